@@ -1,0 +1,1 @@
+//! labmesh TOML configuration: schema, defaults, validation, endpoint resolution

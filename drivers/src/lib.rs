@@ -1,0 +1,17 @@
+//! labmesh-drivers: what a relay drives.
+//!
+//! * [`Instrument`]: the async driver trait (`describe`, `call`, `poll`).
+//! * [`DriverRegistry`]: driver name -> factory, built-ins included.
+//! * [`mock_psu`]: the in-process mock power supply.
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod builtins;
+pub mod instrument;
+pub mod mock_psu;
+pub mod registry;
+
+pub use instrument::{
+    Args, Description, DriverError, ErrorKind, Instrument, MethodSpec, ParamSpec, ParamType,
+};
+pub use registry::{BoxInstrument, DriverRegistry, InstrumentConfig};

@@ -1,0 +1,121 @@
+//! `mock-psu`: the labmesh README's MockPSU, in process.
+
+use serde_json::{json, Value};
+
+use crate::{Args, Description, DriverError, Instrument, MethodSpec, ParamSpec, ParamType};
+
+/// The seed's dummy power supply: remembers voltage and output; `poll`
+/// makes the current follow the voltage with ±10 % noise.
+#[derive(Debug, Clone)]
+pub struct MockPsu {
+    relay_id: String,
+    voltage: f64,
+    current: f64,
+    output: bool,
+    last_updated: f64,
+    runs: u64,
+}
+
+impl MockPsu {
+    /// A supply at 0 V, output off.
+    pub fn new(relay_id: &str) -> Self {
+        MockPsu {
+            relay_id: relay_id.to_string(),
+            voltage: 0.0,
+            current: 0.0,
+            output: false,
+            last_updated: now(),
+            runs: 0,
+        }
+    }
+
+    fn state(&self) -> Value {
+        json!({
+            "relay_id": self.relay_id,
+            "voltage": self.voltage,
+            "current": self.current,
+            "output": self.output,
+            "last_updated": self.last_updated,
+            "runs": self.runs,
+        })
+    }
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[async_trait::async_trait]
+impl Instrument for MockPsu {
+    fn describe(&self) -> Description {
+        Description {
+            driver: "mock-psu".to_string(),
+            identity: Some(format!("labmesh,MockPSU,{},0.1", self.relay_id)),
+            methods: vec![
+                MethodSpec::new("set_voltage", "Set the output voltage")
+                    .param(ParamSpec::required("value", ParamType::Float).unit("V")),
+                MethodSpec::new("set_output", "Switch the output on or off")
+                    .param(ParamSpec::required("on", ParamType::Bool)),
+                MethodSpec::new("get_state", "Voltage, current, output and bookkeeping"),
+                MethodSpec::new("poll", "Measure (updates current) and return the state"),
+            ],
+        }
+    }
+
+    async fn call(&mut self, method: &str, args: Args) -> Result<Value, DriverError> {
+        match method {
+            "set_voltage" => {
+                self.voltage = args.f64("value")?;
+                self.last_updated = now();
+                Ok(json!({"ok": true, "voltage": self.voltage}))
+            }
+            "set_output" => {
+                self.output = args.bool("on")?;
+                self.last_updated = now();
+                Ok(json!({"ok": true, "output": self.output}))
+            }
+            "get_state" => Ok(self.state()),
+            "poll" => self.poll().await,
+            other => Err(DriverError::UnknownMethod(other.to_string())),
+        }
+    }
+
+    async fn poll(&mut self) -> Result<Value, DriverError> {
+        let noise: f64 = 0.9 + 0.2 * rand::random::<f64>();
+        self.current = (self.voltage * noise * 10_000.0).round() / 10_000.0;
+        Ok(self.state())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn behaves_like_the_seed() {
+        let mut p = MockPsu::new("Inst-0");
+        let d = p.describe();
+        let r = p
+            .call(
+                "set_voltage",
+                d.bind("set_voltage", &json!({"value": 2.5})).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r, json!({"ok": true, "voltage": 2.5}));
+        let r = p
+            .call("set_output", d.bind("set_output", &json!([true])).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r, json!({"ok": true, "output": true}));
+        let s = p.poll().await.unwrap();
+        let i = s["current"].as_f64().unwrap();
+        assert!((2.25..=2.75).contains(&i), "current {i}");
+        assert_eq!((i * 10_000.0).round() / 10_000.0, i);
+        assert_eq!(s["relay_id"], "Inst-0");
+        assert!(d.bind("nope", &Value::Null).is_err());
+    }
+}

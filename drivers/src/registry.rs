@@ -1,0 +1,91 @@
+//! [`DriverRegistry`]: driver name -> factory.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{DriverError, Instrument};
+
+/// One instrument as configured (a `[[relay.instruments]]` table, or the CLI).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstrumentConfig {
+    /// The instrument's relay id on the mesh.
+    pub id: String,
+    /// Registry name of the driver.
+    pub driver: String,
+    /// Where it is plugged in: a PyVISA-style resource string or URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// Driver-specific options.
+    #[serde(default)]
+    pub options: Map<String, Value>,
+}
+
+/// A boxed instrument, as the relay holds it.
+pub type BoxInstrument = Box<dyn Instrument>;
+
+/// The future a factory returns.
+pub type FactoryFuture = Pin<Box<dyn Future<Output = Result<BoxInstrument, DriverError>> + Send>>;
+
+type Factory = Arc<dyn Fn(InstrumentConfig) -> FactoryFuture + Send + Sync>;
+
+/// Maps driver names to factories. A value, passed around: build one with
+/// [`DriverRegistry::with_builtins`] and add your own with
+/// [`DriverRegistry::register`].
+#[derive(Clone, Default)]
+pub struct DriverRegistry {
+    factories: BTreeMap<String, Factory>,
+}
+
+impl std::fmt::Debug for DriverRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.factories.keys()).finish()
+    }
+}
+
+impl DriverRegistry {
+    /// An empty registry.
+    pub fn empty() -> Self {
+        DriverRegistry::default()
+    }
+
+    /// A registry with every built-in driver.
+    pub fn with_builtins() -> Self {
+        let mut r = DriverRegistry::empty();
+        crate::builtins::register_all(&mut r);
+        r
+    }
+
+    /// Register (or replace) a driver.
+    pub fn register<F, Fut>(&mut self, name: &str, factory: F)
+    where
+        F: Fn(InstrumentConfig) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<BoxInstrument, DriverError>> + Send + 'static,
+    {
+        self.factories.insert(
+            name.to_string(),
+            Arc::new(move |cfg| Box::pin(factory(cfg))),
+        );
+    }
+
+    /// Names of the registered drivers, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.factories.keys().cloned().collect()
+    }
+
+    /// Create the instrument `cfg` describes.
+    pub async fn create(&self, cfg: InstrumentConfig) -> Result<BoxInstrument, DriverError> {
+        let factory = self.factories.get(&cfg.driver).ok_or_else(|| {
+            DriverError::Config(format!(
+                "unknown driver '{}' (known: {})",
+                cfg.driver,
+                self.names().join(", ")
+            ))
+        })?;
+        factory(cfg).await
+    }
+}

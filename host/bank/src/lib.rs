@@ -1,0 +1,1 @@
+//! labmesh databank: ingest, storage, catalogue, retrieve

@@ -1,0 +1,1 @@
+//! labmesh broker: directory, liveness and the state bus proxy

@@ -1,0 +1,1 @@
+//! labmesh async client: relays, banks, states, datasets

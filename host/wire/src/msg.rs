@@ -1,0 +1,376 @@
+//! Mesh messages: typed versions of the JSON objects labmesh exchanges.
+//!
+//! Every request and reply is one JSON object with a `"type"` field, encoded
+//! compactly (no spaces) as labmesh's `dumps` does. Field order here is the
+//! order on the wire. Extension fields are optional and skipped when absent,
+//! so a message built from a labmesh v0 request serialises exactly as the
+//! Python package would send it (up to non-ASCII escaping: Python escapes,
+//! serde_json writes UTF-8; both are the same JSON text).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ErrorBody;
+
+/// Topic prefix for relay state on the bus: `state.<relay_id>`.
+pub const STATE_PREFIX: &str = "state.";
+/// Topic prefix for dataset announcements: `dataset.<bank_id>`.
+pub const DATASET_PREFIX: &str = "dataset.";
+
+/// A `hello` registration (relay, bank) or greeting (client).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// `relay`, `bank`, or anything else (treated as a client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Relay id (role relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_id: Option<String>,
+    /// The relay's public RPC endpoint (role relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc_endpoint: Option<String>,
+    /// Bank id (role bank); the broker defaults it to `bank`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank_id: Option<String>,
+    /// Bank ingest endpoint (role bank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<String>,
+    /// Bank retrieve endpoint (role bank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrieve: Option<String>,
+    /// Shared network password (labmesh upstream `LMH_NETWORK_PASSWORD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Value>,
+}
+
+/// A remote procedure call, to the broker or to a relay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RpcRequest {
+    /// Caller-chosen id echoed in the reply (labmesh uses a uuid4 hex string).
+    #[serde(default)]
+    pub rpc_uuid: Value,
+    /// Method name.
+    pub method: String,
+    /// Object (named), array (positional), scalar (single argument) or null.
+    #[serde(default)]
+    pub params: Value,
+    /// Shared network password, when the network has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Value>,
+}
+
+/// A sign of life from a relay or bank (labmesh brokers ignore it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// `relay` or `bank`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Set by relays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_id: Option<String>,
+    /// Set by banks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank_id: Option<String>,
+    /// Shared network password, when the network has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Value>,
+}
+
+/// A request arriving on a broker or relay ROUTER socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// `{"type":"hello",...}`
+    Hello(Hello),
+    /// `{"type":"rpc",...}`
+    Rpc(RpcRequest),
+    /// `{"type":"heartbeat",...}`
+    Heartbeat(Heartbeat),
+}
+
+/// Reply to a `hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelloAck {
+    /// Always `"hello"`.
+    #[serde(rename = "type")]
+    pub kind: HelloTag,
+    /// Whether the registration was accepted.
+    pub ok: bool,
+    /// The role as understood (`relay`, `bank`, `client`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The bank id as registered (role bank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank_id: Option<String>,
+    /// Why the hello was refused (upstream's shape: a plain string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+}
+
+/// The literal `"hello"` tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloTag {
+    /// `"hello"`
+    #[serde(rename = "hello")]
+    Hello,
+}
+
+impl HelloAck {
+    /// An accepted hello for `role`.
+    pub fn ok(role: &str) -> Self {
+        HelloAck {
+            kind: HelloTag::Hello,
+            ok: true,
+            role: Some(role.to_string()),
+            bank_id: None,
+            error: None,
+        }
+    }
+
+    /// A refused hello with upstream's string error.
+    pub fn refused(why: &str) -> Self {
+        HelloAck {
+            kind: HelloTag::Hello,
+            ok: false,
+            role: None,
+            bank_id: None,
+            error: Some(Value::String(why.to_string())),
+        }
+    }
+}
+
+/// A reply on a broker or relay ROUTER socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    /// `{"type":"rpc_result","rpc_uuid","result"}`
+    RpcResult {
+        /// Echo of the request's id.
+        rpc_uuid: Value,
+        /// The method's return value.
+        result: Value,
+    },
+    /// `{"type":"rpc_error","rpc_uuid","error":{"code","message"}}`
+    RpcError {
+        /// Echo of the request's id (null when the request had none).
+        rpc_uuid: Value,
+        /// What went wrong.
+        error: ErrorBody,
+    },
+    /// `{"type":"error","error":{"code","message"}}`: a request that could
+    /// not be understood well enough to answer in its own shape.
+    Error {
+        /// What went wrong.
+        error: ErrorBody,
+    },
+}
+
+/// The body of a `state.<relay_id>` bus message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateMsg {
+    /// The publishing relay.
+    pub relay_id: String,
+    /// The driver's state object.
+    pub state: Value,
+    /// Extension: per-relay sequence number, starting at 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Extension: publish time, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<f64>,
+}
+
+/// The body of a `dataset.<bank_id>` announcement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetAnnounce {
+    /// Dataset id.
+    pub dataset_id: String,
+    /// The bank holding it.
+    pub bank_id: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the content.
+    pub sha256: String,
+    /// The relay that uploaded it.
+    pub relay_id: String,
+}
+
+/// A relay as listed by the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayInfo {
+    /// Relay id.
+    pub relay_id: String,
+    /// Where to send RPCs.
+    pub rpc_endpoint: String,
+}
+
+/// A bank as listed by the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BankInfo {
+    /// Bank id.
+    pub bank_id: String,
+    /// Upload endpoint.
+    pub ingest: Option<String>,
+    /// Download endpoint.
+    pub retrieve: Option<String>,
+}
+
+/// Encode a message as compact JSON bytes.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serialising these types cannot fail: all keys are strings and no
+    // custom Serialize impl returns an error.
+    serde_json::to_vec(msg).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "serialising a mesh message failed");
+        b"{}".to_vec()
+    })
+}
+
+/// Why a frame could not be turned into a [`Request`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecodeFailure {
+    /// Not JSON, or JSON but not an object.
+    NotAnObject(String),
+    /// An object without a string `type`, or with a type this node does not
+    /// serve.
+    UnknownType(Option<String>),
+    /// A known type with missing or mistyped fields; the `rpc_uuid` is kept
+    /// (when there was one) so the reply can carry it.
+    BadFields {
+        /// The message's type.
+        kind: String,
+        /// Parser message naming the field.
+        why: String,
+        /// The request id, if the object had one.
+        rpc_uuid: Value,
+    },
+}
+
+impl DecodeFailure {
+    /// The error reply for this failure, in the protocol's shape.
+    pub fn reply(&self) -> Reply {
+        match self {
+            DecodeFailure::NotAnObject(why) => Reply::Error {
+                error: ErrorBody::new(400, format!("bad request: {why}")),
+            },
+            DecodeFailure::UnknownType(t) => Reply::Error {
+                error: ErrorBody::new(
+                    400,
+                    match t {
+                        Some(t) => format!("unknown message type {t:?}"),
+                        None => "missing message type".to_string(),
+                    },
+                ),
+            },
+            DecodeFailure::BadFields {
+                kind,
+                why,
+                rpc_uuid,
+            } if kind == "rpc" => Reply::RpcError {
+                rpc_uuid: rpc_uuid.clone(),
+                error: ErrorBody::new(400, format!("bad rpc: {why}")),
+            },
+            DecodeFailure::BadFields { kind, why, .. } => Reply::Error {
+                error: ErrorBody::new(400, format!("bad {kind}: {why}")),
+            },
+        }
+    }
+}
+
+/// Decode one request frame, telling exactly what was wrong with it.
+pub fn decode_request(frame: &[u8]) -> Result<Request, DecodeFailure> {
+    let value: Value = serde_json::from_slice(frame)
+        .map_err(|e| DecodeFailure::NotAnObject(format!("not JSON: {e}")))?;
+    let Value::Object(obj) = &value else {
+        return Err(DecodeFailure::NotAnObject("not a JSON object".to_string()));
+    };
+    let kind = match obj.get("type") {
+        Some(Value::String(s)) => s.clone(),
+        _ => return Err(DecodeFailure::UnknownType(None)),
+    };
+    if !matches!(kind.as_str(), "hello" | "rpc" | "heartbeat") {
+        return Err(DecodeFailure::UnknownType(Some(kind)));
+    }
+    let rpc_uuid = obj.get("rpc_uuid").cloned().unwrap_or(Value::Null);
+    serde_json::from_value(value).map_err(|e| DecodeFailure::BadFields {
+        kind,
+        why: e.to_string(),
+        rpc_uuid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_ack_bytes_match_labmesh() {
+        assert_eq!(
+            encode(&HelloAck::ok("relay")),
+            br#"{"type":"hello","ok":true,"role":"relay"}"#
+        );
+        assert_eq!(
+            encode(&HelloAck::refused("invalid password")),
+            br#"{"type":"hello","ok":false,"error":"invalid password"}"#
+        );
+    }
+
+    #[test]
+    fn rpc_replies_match_labmesh() {
+        let r = Reply::RpcResult {
+            rpc_uuid: Value::String("ab".into()),
+            result: serde_json::json!({"ok": true}),
+        };
+        assert_eq!(
+            encode(&r),
+            br#"{"type":"rpc_result","rpc_uuid":"ab","result":{"ok":true}}"#
+        );
+        let e = Reply::RpcError {
+            rpc_uuid: Value::String("ab".into()),
+            error: ErrorBody::new(404, "unknown method: x"),
+        };
+        assert_eq!(
+            encode(&e),
+            br#"{"type":"rpc_error","rpc_uuid":"ab","error":{"code":404,"message":"unknown method: x"}}"#
+        );
+    }
+
+    #[test]
+    fn decode_reports_what_is_wrong() {
+        assert!(matches!(
+            decode_request(b"\xff\x00"),
+            Err(DecodeFailure::NotAnObject(_))
+        ));
+        assert!(matches!(
+            decode_request(b"[1,2]"),
+            Err(DecodeFailure::NotAnObject(_))
+        ));
+        assert_eq!(
+            decode_request(br#"{"x":1}"#),
+            Err(DecodeFailure::UnknownType(None))
+        );
+        assert_eq!(
+            decode_request(br#"{"type":"nope"}"#),
+            Err(DecodeFailure::UnknownType(Some("nope".into())))
+        );
+        match decode_request(br#"{"type":"rpc","rpc_uuid":"u","method":5}"#) {
+            Err(f @ DecodeFailure::BadFields { .. }) => match f.reply() {
+                Reply::RpcError { rpc_uuid, error } => {
+                    assert_eq!(rpc_uuid, Value::String("u".into()));
+                    assert_eq!(error.code, 400);
+                }
+                other => panic!("unexpected {other:?}"),
+            },
+            other => panic!("unexpected {other:?}"),
+        }
+        let ok = decode_request(br#"{"type":"rpc","rpc_uuid":"u","method":"m","params":null}"#);
+        assert!(matches!(
+            ok,
+            Ok(Request::Rpc(RpcRequest {
+                params: Value::Null,
+                ..
+            }))
+        ));
+        let hello = decode_request(br#"{"type":"hello","role":"client"}"#);
+        assert!(matches!(hello, Ok(Request::Hello(_))));
+    }
+}

@@ -1,0 +1,211 @@
+//! ZeroMQ sockets driven by tokio.
+//!
+//! One pattern for every node: an [`AsyncSocket`] owns a `zmq::Socket` and
+//! registers the socket's `ZMQ_FD` with tokio's reactor. That descriptor is
+//! edge-triggered and only says "the socket's mailbox has commands", so every
+//! wait re-reads `ZMQ_EVENTS` before and after sleeping, and readiness is only
+//! cleared when `ZMQ_EVENTS` says the wanted direction is not ready. All sends
+//! and receives are `DONTWAIT`, which makes `recv_multipart` cancel-safe: a
+//! message is either fully taken or left on the socket.
+//!
+//! A `zmq::Socket` is `Send` but not `Sync`, so an `AsyncSocket` is owned by
+//! one task at a time and its methods take `&mut self`; a task that must both
+//! receive and send selects over `recv_multipart` and a channel of outgoing
+//! messages (see the broker and relay for the pattern).
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::WireError;
+
+/// Default largest accepted inbound message (ZMQ_MAXMSGSIZE), 64 MiB.
+pub const DEFAULT_MAX_MSG_SIZE: i64 = 64 * 1024 * 1024;
+
+/// A borrowed file descriptor; the zmq socket owns and closes it.
+struct ZmqFd(RawFd);
+
+impl AsRawFd for ZmqFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Options applied to every socket before it binds or connects.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketOptions {
+    /// Send high-water mark (messages).
+    pub sndhwm: i32,
+    /// Receive high-water mark (messages).
+    pub rcvhwm: i32,
+    /// Milliseconds to keep unsent messages after close.
+    pub linger_ms: i32,
+    /// Largest accepted inbound message in bytes; -1 for no limit.
+    pub max_msg_size: i64,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        SocketOptions {
+            sndhwm: 1000,
+            rcvhwm: 1000,
+            linger_ms: 500,
+            max_msg_size: DEFAULT_MAX_MSG_SIZE,
+        }
+    }
+}
+
+/// A ZeroMQ socket usable from async code. See the module docs.
+pub struct AsyncSocket {
+    // Declared before `sock` so it is deregistered before the socket closes.
+    fd: AsyncFd<ZmqFd>,
+    sock: zmq::Socket,
+}
+
+impl std::fmt::Debug for AsyncSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncSocket")
+            .field("type", &self.sock.get_socket_type().ok())
+            .field("endpoint", &self.last_endpoint().ok())
+            .finish()
+    }
+}
+
+impl AsyncSocket {
+    /// Create a socket of `kind` with `opts` applied. Must be called inside a
+    /// tokio runtime.
+    pub fn new(
+        ctx: &zmq::Context,
+        kind: zmq::SocketType,
+        opts: SocketOptions,
+    ) -> Result<Self, WireError> {
+        let sock = ctx.socket(kind)?;
+        sock.set_sndhwm(opts.sndhwm)?;
+        sock.set_rcvhwm(opts.rcvhwm)?;
+        sock.set_linger(opts.linger_ms)?;
+        sock.set_maxmsgsize(opts.max_msg_size)?;
+        let raw = sock.get_fd()?;
+        // SAFETY: `raw` is the zmq socket's own signalling descriptor. It
+        // stays open and unchanged while `sock` lives, and `fd` is declared
+        // before `sock` in the struct, so it is deregistered (dropped) before
+        // the socket closes the descriptor.
+        let fd = unsafe { AsyncFd::register_with_interest(ZmqFd(raw), Interest::READABLE) }
+            .map_err(|e| WireError::Io(e.into_parts().1))?;
+        Ok(AsyncSocket { fd, sock })
+    }
+
+    /// The underlying socket, for options not wrapped here.
+    pub fn raw(&self) -> &zmq::Socket {
+        &self.sock
+    }
+
+    /// Bind to `endpoint` (e.g. `tcp://127.0.0.1:*`) and return the endpoint
+    /// actually bound (with the real port).
+    pub fn bind(&mut self, endpoint: &str) -> Result<String, WireError> {
+        self.sock.bind(endpoint).map_err(|source| WireError::Bind {
+            endpoint: endpoint.to_string(),
+            source,
+        })?;
+        self.last_endpoint()
+    }
+
+    /// Connect to `endpoint`. ZeroMQ connects in the background.
+    pub fn connect(&mut self, endpoint: &str) -> Result<(), WireError> {
+        self.sock
+            .connect(endpoint)
+            .map_err(|source| WireError::Connect {
+                endpoint: endpoint.to_string(),
+                source,
+            })
+    }
+
+    /// The last endpoint bound, as libzmq reports it.
+    pub fn last_endpoint(&self) -> Result<String, WireError> {
+        match self.sock.get_last_endpoint()? {
+            Ok(s) => Ok(s),
+            Err(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        }
+    }
+
+    /// Wait until `ZMQ_EVENTS` contains `want`.
+    async fn wait_for(&mut self, want: zmq::PollEvents) -> Result<(), WireError> {
+        loop {
+            if self.sock.get_events()?.contains(want) {
+                return Ok(());
+            }
+            let mut guard = self.fd.readable().await?;
+            // The fd woke us; ZMQ_EVENTS tells whether it was for us. Reading it
+            // also drains the fd, so clear tokio's readiness only when nothing
+            // we want is ready (clear_ready keeps a newer edge).
+            if self.sock.get_events()?.contains(want) {
+                return Ok(());
+            }
+            guard.clear_ready();
+        }
+    }
+
+    /// Receive one whole multipart message. Cancel-safe.
+    pub async fn recv_multipart(&mut self) -> Result<Vec<Vec<u8>>, WireError> {
+        loop {
+            match self.sock.recv_multipart(zmq::DONTWAIT) {
+                Ok(frames) => return Ok(frames),
+                Err(zmq::Error::EAGAIN) => self.wait_for(zmq::POLLIN).await?,
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Send one multipart message, waiting while the socket is at its
+    /// high-water mark.
+    pub async fn send_multipart<I, T>(&mut self, frames: I) -> Result<(), WireError>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        let frames: Vec<T> = frames.into_iter().collect();
+        let Some((last, head)) = frames.split_last() else {
+            return Ok(());
+        };
+        // The first frame decides whether the message can go: once it is
+        // queued, libzmq accepts the rest of the message atomically.
+        let mut first = true;
+        for f in head {
+            self.send_one(f.as_ref(), zmq::SNDMORE, first).await?;
+            first = false;
+        }
+        self.send_one(last.as_ref(), 0, first).await
+    }
+
+    async fn send_one(&mut self, data: &[u8], flags: i32, first: bool) -> Result<(), WireError> {
+        loop {
+            match self.sock.send(data, flags | zmq::DONTWAIT) {
+                Ok(()) => return Ok(()),
+                Err(zmq::Error::EAGAIN) if first => self.wait_for(zmq::POLLOUT).await?,
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Send one message without waiting: `Ok(false)` if the socket is at its
+    /// high-water mark (the message is dropped, as PUB would).
+    pub fn try_send_multipart<T: AsRef<[u8]>>(&mut self, frames: &[T]) -> Result<bool, WireError> {
+        let Some((last, head)) = frames.split_last() else {
+            return Ok(true);
+        };
+        for (i, f) in head.iter().enumerate() {
+            match self.sock.send(f.as_ref(), zmq::SNDMORE | zmq::DONTWAIT) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) if i == 0 => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match self.sock.send(last.as_ref(), zmq::DONTWAIT) {
+            Ok(()) => Ok(true),
+            Err(zmq::Error::EAGAIN) if head.is_empty() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

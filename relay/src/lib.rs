@@ -1,0 +1,1 @@
+//! labmesh relay agent: registration, RPC server, state publishing

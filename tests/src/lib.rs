@@ -1,0 +1,1 @@
+//! labmesh end-to-end mesh tests and Python interop
