@@ -15,6 +15,7 @@ pub mod dealer;
 pub mod endpoint;
 pub mod msg;
 pub mod socket;
+pub mod transfer;
 
 pub use dealer::DealerConn;
 pub use socket::{AsyncSocket, SocketOptions};

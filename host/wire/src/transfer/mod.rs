@@ -1,0 +1,1 @@
+//! Dataset transfer to and from banks (built with the databank issue).
