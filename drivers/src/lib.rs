@@ -6,12 +6,18 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod block;
 pub mod builtins;
 pub mod instrument;
 pub mod mock_psu;
 pub mod registry;
+pub mod resource;
+pub mod scpi;
+pub mod transport;
 
 pub use instrument::{
     Args, Description, DriverError, ErrorKind, Instrument, MethodSpec, ParamSpec, ParamType,
 };
 pub use registry::{BoxInstrument, DriverRegistry, InstrumentConfig};
+pub use resource::Resource;
+pub use scpi::{ScpiSession, SessionOptions};

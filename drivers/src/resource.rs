@@ -1,0 +1,442 @@
+//! Resource strings: where an instrument is plugged in.
+//!
+//! Two spellings are accepted, case-insensitive in their keywords:
+//!
+//! * PyVISA form: `TCPIP0::192.168.1.50::5025::SOCKET`, `TCPIP::host::5025::SOCKET`,
+//!   `ASRL/dev/ttyUSB0::INSTR` (a device path after `ASRL`).
+//! * URLs: `tcp://host:5025`, `tcp://[::1]:5025`,
+//!   `serial:///dev/ttyUSB0?baud=115200&parity=none&data_bits=8&stop_bits=1&flow=none`.
+//!
+//! `ASRL3::INSTR` (a numbered port) is a VISA-on-Windows convention; it is
+//! rejected on other systems with a hint to name the device path.
+//! See docs/DRIVERS.md for the full grammar.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde_json::{Map, Value};
+
+use crate::DriverError;
+
+/// Parity of a serial line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    /// No parity bit.
+    None,
+    /// Odd parity.
+    Odd,
+    /// Even parity.
+    Even,
+}
+
+/// Flow control of a serial line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowControl {
+    /// None.
+    None,
+    /// XON/XOFF.
+    Software,
+    /// RTS/CTS.
+    Hardware,
+}
+
+/// Line settings of a serial port. The default is PyVISA's: 9600 8N1, no flow control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SerialSettings {
+    /// Baud rate.
+    pub baud: u32,
+    /// Data bits, 5..=8.
+    pub data_bits: u8,
+    /// Parity.
+    pub parity: Parity,
+    /// Stop bits, 1 or 2.
+    pub stop_bits: u8,
+    /// Flow control.
+    pub flow: FlowControl,
+}
+
+impl Default for SerialSettings {
+    fn default() -> Self {
+        SerialSettings {
+            baud: 9600,
+            data_bits: 8,
+            parity: Parity::None,
+            stop_bits: 1,
+            flow: FlowControl::None,
+        }
+    }
+}
+
+impl SerialSettings {
+    /// Bits on the wire per byte: start + data + parity + stop.
+    pub fn bits_per_byte(&self) -> u32 {
+        1 + u32::from(self.data_bits)
+            + u32::from(self.parity != Parity::None)
+            + u32::from(self.stop_bits)
+    }
+
+    /// Apply one `key=value` setting (URL query or config option). Keys:
+    /// `baud` (alias `baud_rate`), `data_bits`, `parity`, `stop_bits`, `flow`.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), DriverError> {
+        let bad = |why: &str| DriverError::Config(format!("serial setting {key}={value:?}: {why}"));
+        match key.to_ascii_lowercase().as_str() {
+            "baud" | "baud_rate" => {
+                self.baud = value
+                    .parse()
+                    .ok()
+                    .filter(|b| *b > 0)
+                    .ok_or_else(|| bad("expected a positive integer"))?
+            }
+            "data_bits" => {
+                self.data_bits = value
+                    .parse()
+                    .ok()
+                    .filter(|b| (5..=8).contains(b))
+                    .ok_or_else(|| bad("expected 5, 6, 7 or 8"))?
+            }
+            "stop_bits" => {
+                self.stop_bits = value
+                    .parse()
+                    .ok()
+                    .filter(|b| *b == 1 || *b == 2)
+                    .ok_or_else(|| bad("expected 1 or 2"))?
+            }
+            "parity" => {
+                self.parity = match value.to_ascii_lowercase().as_str() {
+                    "none" | "n" => Parity::None,
+                    "odd" | "o" => Parity::Odd,
+                    "even" | "e" => Parity::Even,
+                    _ => return Err(bad("expected none, odd or even")),
+                }
+            }
+            "flow" | "flow_control" => {
+                self.flow = match value.to_ascii_lowercase().as_str() {
+                    "none" => FlowControl::None,
+                    "software" | "xon_xoff" | "xonxoff" => FlowControl::Software,
+                    "hardware" | "rts_cts" | "rtscts" => FlowControl::Hardware,
+                    _ => return Err(bad("expected none, software or hardware")),
+                }
+            }
+            _ => return Err(DriverError::Config(format!(
+                "unknown serial setting '{key}' (known: baud, data_bits, parity, stop_bits, flow)"
+            ))),
+        }
+        Ok(())
+    }
+}
+
+/// A parsed resource string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resource {
+    /// A raw TCP socket (SCPI-RAW, usually port 5025).
+    Tcp {
+        /// Host name or address (IPv6 without brackets).
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+    /// A serial port.
+    Serial {
+        /// Device path, e.g. `/dev/ttyUSB0` (or `COM3` on Windows).
+        path: String,
+        /// Line settings.
+        settings: SerialSettings,
+    },
+}
+
+impl Resource {
+    /// Parse a resource string (see the module docs).
+    pub fn parse(s: &str) -> Result<Resource, DriverError> {
+        let s = s.trim();
+        let bad = |why: &str| DriverError::Config(format!("resource {s:?}: {why}"));
+        let lower = s.to_ascii_lowercase();
+        if let Some(rest) = strip_prefix_ci(s, "tcp://") {
+            let rest = rest.trim_end_matches('/');
+            let (host, port) = split_host_port(rest)
+                .ok_or_else(|| bad("expected tcp://HOST:PORT (IPv6 as tcp://[::1]:5025)"))?;
+            return Ok(Resource::Tcp { host, port });
+        }
+        if let Some(rest) = strip_prefix_ci(s, "serial://") {
+            let (path, query) = match rest.split_once('?') {
+                Some((p, q)) => (p, q),
+                None => (rest, ""),
+            };
+            if path.is_empty() {
+                return Err(bad("expected serial:///dev/ttyUSB0?baud=9600"));
+            }
+            let mut settings = SerialSettings::default();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| bad(&format!("query item {pair:?} is not key=value")))?;
+                settings.set(k, v)?;
+            }
+            return Ok(Resource::Serial {
+                path: path.to_string(),
+                settings,
+            });
+        }
+        if lower.starts_with("tcpip") {
+            let parts: Vec<&str> = s.split("::").collect();
+            let board = parts.first().and_then(|b| b.get(5..)).unwrap_or("");
+            if !board.chars().all(|c| c.is_ascii_digit()) {
+                return Err(bad("expected TCPIP[board]::HOST::PORT::SOCKET"));
+            }
+            return match parts.as_slice() {
+                [_, host, port, kind] if kind.eq_ignore_ascii_case("SOCKET") => {
+                    let port: u16 = port
+                        .parse()
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .ok_or_else(|| bad("port must be 1..=65535"))?;
+                    if host.is_empty() {
+                        return Err(bad("empty host"));
+                    }
+                    Ok(Resource::Tcp {
+                        host: host.to_string(),
+                        port,
+                    })
+                }
+                [_, _, kind] | [_, _, _, kind] if kind.eq_ignore_ascii_case("INSTR") => Err(bad(
+                    "VXI-11/HiSLIP (::INSTR) is not supported; use the raw socket, \
+                     e.g. TCPIP::HOST::5025::SOCKET",
+                )),
+                _ => Err(bad("expected TCPIP[board]::HOST::PORT::SOCKET")),
+            };
+        }
+        if lower.starts_with("asrl") {
+            let body = s.get(4..).unwrap_or("");
+            let path = match body.rsplit_once("::") {
+                Some((p, kind)) if kind.eq_ignore_ascii_case("INSTR") => p,
+                Some(_) => return Err(bad("expected ASRL<device>::INSTR")),
+                None => body,
+            };
+            if path.is_empty() {
+                return Err(bad(
+                    "expected ASRL<device>::INSTR, e.g. ASRL/dev/ttyUSB0::INSTR",
+                ));
+            }
+            if path.chars().all(|c| c.is_ascii_digit()) {
+                if cfg!(windows) {
+                    return Ok(Resource::Serial {
+                        path: format!("COM{path}"),
+                        settings: SerialSettings::default(),
+                    });
+                }
+                return Err(bad(
+                    "numbered serial ports (ASRLn) are a Windows convention; \
+                     name the device, e.g. ASRL/dev/ttyUSB0::INSTR",
+                ));
+            }
+            return Ok(Resource::Serial {
+                path: path.to_string(),
+                settings: SerialSettings::default(),
+            });
+        }
+        Err(bad(
+            "expected TCPIP::HOST::PORT::SOCKET, ASRL/dev/DEVICE::INSTR, tcp://HOST:PORT \
+             or serial:///dev/DEVICE?baud=N",
+        ))
+    }
+
+    /// Apply serial line options from an instrument's `options` table
+    /// (`baud`, `data_bits`, `parity`, `stop_bits`, `flow`); other keys are
+    /// ignored here. Does nothing for TCP resources.
+    pub fn apply_options(&mut self, options: &Map<String, Value>) -> Result<(), DriverError> {
+        if let Resource::Serial { settings, .. } = self {
+            for key in [
+                "baud",
+                "baud_rate",
+                "data_bits",
+                "parity",
+                "stop_bits",
+                "flow",
+            ] {
+                if let Some(v) = options.get(key) {
+                    let text = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    settings.set(key, &text)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Resource {
+    type Err = DriverError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Resource::parse(s)
+    }
+}
+
+impl fmt::Display for Resource {
+    /// The URL form, which [`Resource::parse`] reads back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resource::Tcp { host, port } if host.contains(':') => {
+                write!(f, "tcp://[{host}]:{port}")
+            }
+            Resource::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Resource::Serial { path, settings } => {
+                let parity = match settings.parity {
+                    Parity::None => "none",
+                    Parity::Odd => "odd",
+                    Parity::Even => "even",
+                };
+                let flow = match settings.flow {
+                    FlowControl::None => "none",
+                    FlowControl::Software => "software",
+                    FlowControl::Hardware => "hardware",
+                };
+                write!(
+                    f,
+                    "serial://{path}?baud={}&data_bits={}&parity={parity}&stop_bits={}&flow={flow}",
+                    settings.baud, settings.data_bits, settings.stop_bits
+                )
+            }
+        }
+    }
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    if head.eq_ignore_ascii_case(prefix) {
+        s.get(prefix.len()..)
+    } else {
+        None
+    }
+}
+
+fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once(']')?;
+        (h, p.strip_prefix(':')?)
+    } else {
+        s.rsplit_once(':')?
+    };
+    if host.is_empty() || (host.contains(':') && !s.starts_with('[')) {
+        return None;
+    }
+    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+    Some((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(host: &str, port: u16) -> Resource {
+        Resource::Tcp {
+            host: host.into(),
+            port,
+        }
+    }
+
+    fn serial(path: &str, f: impl FnOnce(&mut SerialSettings)) -> Resource {
+        let mut settings = SerialSettings::default();
+        f(&mut settings);
+        Resource::Serial {
+            path: path.into(),
+            settings,
+        }
+    }
+
+    #[test]
+    fn parses_the_table() {
+        let table: Vec<(&str, Resource)> =
+            vec![
+            (
+                "TCPIP0::192.168.1.50::5025::SOCKET",
+                tcp("192.168.1.50", 5025),
+            ),
+            ("TCPIP::host::5025::SOCKET", tcp("host", 5025)),
+            ("tcpip1::lab-psu.local::5025::socket", tcp("lab-psu.local", 5025)),
+            ("tcp://host:5025", tcp("host", 5025)),
+            ("TCP://127.0.0.1:1/", tcp("127.0.0.1", 1)),
+            ("tcp://[::1]:5025", tcp("::1", 5025)),
+            ("ASRL/dev/ttyUSB0::INSTR", serial("/dev/ttyUSB0", |_| {})),
+            ("asrl/dev/ttyACM1::instr", serial("/dev/ttyACM1", |_| {})),
+            ("serial:///dev/ttyUSB0", serial("/dev/ttyUSB0", |_| {})),
+            (
+                "serial:///dev/ttyUSB0?baud=115200&parity=none&data_bits=8&stop_bits=1&flow=none",
+                serial("/dev/ttyUSB0", |s| s.baud = 115200),
+            ),
+            (
+                "serial:///dev/ttyS1?baud=19200&parity=even&data_bits=7&stop_bits=2&flow=hardware",
+                serial("/dev/ttyS1", |s| {
+                    s.baud = 19200;
+                    s.parity = Parity::Even;
+                    s.data_bits = 7;
+                    s.stop_bits = 2;
+                    s.flow = FlowControl::Hardware;
+                }),
+            ),
+        ];
+        for (text, want) in table {
+            let got = Resource::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(got, want, "{text}");
+            // Display round-trips.
+            assert_eq!(Resource::parse(&got.to_string()).unwrap(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn rejects_the_table_with_a_reason() {
+        let table = [
+            ("", "expected"),
+            ("TCPIP::host::SOCKET", "expected TCPIP"),
+            ("TCPIP::host::0::SOCKET", "port"),
+            ("TCPIP::host::99999::SOCKET", "port"),
+            ("TCPIP::host::INSTR", "VXI-11"),
+            ("TCPIPx::host::5025::SOCKET", "expected TCPIP"),
+            ("tcp://host", "tcp://HOST:PORT"),
+            ("tcp://:5025", "tcp://HOST:PORT"),
+            ("tcp://::1:5025", "tcp://HOST:PORT"),
+            ("serial://", "serial:///dev"),
+            ("serial:///dev/ttyUSB0?baud=fast", "baud"),
+            ("serial:///dev/ttyUSB0?parity=mark", "parity"),
+            ("serial:///dev/ttyUSB0?data_bits=9", "data_bits"),
+            ("serial:///dev/ttyUSB0?stop_bits=3", "stop_bits"),
+            ("serial:///dev/ttyUSB0?speed=9600", "unknown serial setting"),
+            ("serial:///dev/ttyUSB0?baud", "key=value"),
+            ("ASRL::INSTR", "ASRL<device>"),
+            ("GPIB0::8::INSTR", "expected"),
+        ];
+        for (text, why) in table {
+            let e = Resource::parse(text).expect_err(text);
+            assert_eq!(e.code(), 500, "{text}");
+            assert!(e.to_string().contains(why), "{text}: {e}");
+        }
+    }
+
+    #[cfg(not(windows))]
+    #[test]
+    fn numbered_asrl_is_an_error_off_windows() {
+        let e = Resource::parse("ASRL3::INSTR").unwrap_err();
+        assert!(e.to_string().contains("/dev/ttyUSB0"), "{e}");
+    }
+
+    #[test]
+    fn options_override_serial_settings() {
+        let mut r = Resource::parse("ASRL/dev/ttyUSB0::INSTR").unwrap();
+        let opts: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "baud": 115200, "parity": "odd", "timeout_ms": 5
+        }))
+        .unwrap();
+        r.apply_options(&opts).unwrap();
+        assert_eq!(
+            r,
+            serial("/dev/ttyUSB0", |s| {
+                s.baud = 115200;
+                s.parity = Parity::Odd
+            })
+        );
+        let bad: Map<String, Value> =
+            serde_json::from_value(serde_json::json!({"baud": -1})).unwrap();
+        assert!(r.apply_options(&bad).is_err());
+        assert_eq!(SerialSettings::default().bits_per_byte(), 10);
+    }
+}
