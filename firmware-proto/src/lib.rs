@@ -1,2 +1,24 @@
 #![cfg_attr(not(feature = "std"), no_std)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+#![warn(missing_docs)]
 //! no_std device link for labmesh firmware instruments.
+//!
+//! Frames are `COBS(postcard(header) ++ postcard(body) ++ crc32c) ++ 0x00`
+//! (see `docs/DEVICE-LINK.md`). Without features the crate needs neither std nor
+//! an allocator; `std` adds the tokio host client and a simulated microcontroller.
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod dispatch;
+pub mod error;
+pub mod frame;
+pub mod key;
+pub mod psu;
+
+pub use error::{ErrorKind, WireError};
+pub use frame::{
+    encode_frame, BadFrame, EncodeError, Feed, Frame, FrameReader, Header, Kind, MAX_BODY,
+    MAX_FRAME, PROTOCOL_VERSION,
+};
+pub use key::{Endpoint, Key, Topic};
