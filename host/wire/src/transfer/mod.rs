@@ -1,1 +1,126 @@
-//! Dataset transfer to and from banks (built with the databank issue).
+//! Dataset transfer to and from databanks.
+//!
+//! * [`msg`]: every bank message as a typed struct (labmesh v0 and the
+//!   extensions: resumable uploads, credit-based downloads, catalogue query).
+//! * [`Uploader`] / [`upload_file`] / [`upload_reader`]: stream a dataset to
+//!   a bank's ingest socket with a window of chunks in flight, resuming after
+//!   a bank restart.
+//! * [`Downloader`] / [`download_to_file`] / [`list_datasets`]: fetch a
+//!   dataset with credit-based flow control into a temp file that is renamed
+//!   only once size and SHA-256 match; query a bank's catalogue.
+//!
+//! The byte-exact protocol is in `docs/PROTOCOL.md` (bank section).
+
+mod download;
+pub mod msg;
+mod upload;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use download::{download_to_file, list_datasets, DownloadOptions, DownloadReceipt, Downloader};
+pub use msg::{valid_dataset_id, DatasetInfo, Query};
+pub use upload::{upload_file, upload_reader, UploadOptions, UploadReceipt, Uploader};
+
+use crate::{ErrorBody, WireError};
+
+/// What a caller should do about a [`TransferError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The bank or link was unavailable; trying again later may work.
+    Retry,
+    /// The request itself is wrong (bad id, conflict, unknown dataset).
+    Report,
+    /// Data was corrupted in transit or at rest; nothing was kept.
+    Integrity,
+    /// A local problem (file system).
+    Local,
+}
+
+/// Errors from uploads, downloads and catalogue queries.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// ZeroMQ plumbing failed.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// Reading the source or writing the destination failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Reading from the caller's reader failed.
+    #[error("reading the upload source: {0}")]
+    Source(std::io::Error),
+    /// The dataset id is not 1..=128 of `[A-Za-z0-9._-]`.
+    #[error("invalid dataset id {0:?} (1..=128 of letters, digits, '.', '_', '-')")]
+    InvalidDatasetId(String),
+    /// The bank did not answer within the timeout (after all retries).
+    #[error("bank did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The bank refused the request.
+    #[error("bank error {0}")]
+    Remote(ErrorBody),
+    /// Size or SHA-256 did not match.
+    #[error("integrity check failed: {0}")]
+    Integrity(String),
+    /// The bank sent something the protocol does not allow here.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The upload was interrupted and cannot be resumed (legacy bank, lost
+    /// session, or the chunks to resend are gone from a non-seekable reader).
+    #[error("upload cannot be resumed: {0}")]
+    CannotResume(String),
+}
+
+impl TransferError {
+    /// What to do about this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            TransferError::Wire(e) if e.is_transient() => ErrorKind::Retry,
+            TransferError::Wire(_) => ErrorKind::Report,
+            TransferError::Timeout(_) | TransferError::CannotResume(_) => ErrorKind::Retry,
+            TransferError::Remote(e) if e.code == crate::codes::UNAVAILABLE => ErrorKind::Retry,
+            TransferError::Remote(e) if e.code == crate::codes::UNPROCESSABLE => {
+                ErrorKind::Integrity
+            }
+            TransferError::Remote(_)
+            | TransferError::InvalidDatasetId(_)
+            | TransferError::Protocol(_) => ErrorKind::Report,
+            TransferError::Integrity(_) => ErrorKind::Integrity,
+            TransferError::Io { .. } | TransferError::Source(_) => ErrorKind::Local,
+        }
+    }
+}
+
+/// A DEALER for one transfer: linger 0 (a finished or abandoned transfer
+/// leaves nothing queued), no inbound size limit beyond 1 GiB.
+pub(crate) fn transfer_socket(
+    ctx: &zmq::Context,
+    endpoint: &str,
+) -> Result<crate::AsyncSocket, WireError> {
+    let mut s = crate::AsyncSocket::new(
+        ctx,
+        zmq::DEALER,
+        crate::SocketOptions {
+            linger_ms: 0,
+            max_msg_size: 1 << 30,
+            ..Default::default()
+        },
+    )?;
+    s.connect(endpoint)?;
+    Ok(s)
+}
+
+/// Receive one message within `timeout`; `Ok(None)` on timeout.
+pub(crate) async fn recv_within(
+    sock: &mut crate::AsyncSocket,
+    timeout: Duration,
+) -> Result<Option<Vec<Vec<u8>>>, WireError> {
+    match tokio::time::timeout(timeout, sock.recv_multipart()).await {
+        Ok(r) => r.map(Some),
+        Err(_) => Ok(None),
+    }
+}

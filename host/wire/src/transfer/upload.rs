@@ -1,0 +1,532 @@
+//! The uploader: relay side of the ingest protocol.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::msg::{
+    decode_ingest_reply, valid_dataset_id, IngestChunk, IngestDone, IngestReply, IngestRequest,
+    IngestResume, IngestStart, NO_SESSION,
+};
+use super::{recv_within, transfer_socket, TransferError};
+use crate::auth::Password;
+use crate::msg::encode;
+use crate::{codes, AsyncSocket};
+
+/// How to upload. `Default` gives labmesh's `[relay]` defaults.
+#[derive(Debug, Clone)]
+pub struct UploadOptions {
+    /// Dataset id; a uuid4 hex string when `None` (as labmesh).
+    pub dataset_id: Option<String>,
+    /// The uploading relay, recorded in the catalogue.
+    pub relay_id: String,
+    /// Metadata object stored with the dataset.
+    pub meta: Value,
+    /// Chunk size in bytes (`[relay] upload_chunk`, default 1 000 000).
+    pub chunk_size: usize,
+    /// How long to wait for any answer from the bank (`upload_timeout`).
+    pub timeout: Duration,
+    /// How many reconnect-and-resume attempts before giving up
+    /// (`upload_retries`).
+    pub retries: u32,
+    /// Chunks sent ahead of the bank's acknowledgements.
+    pub window: usize,
+    /// Shared network password.
+    pub password: Password,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        UploadOptions {
+            dataset_id: None,
+            relay_id: "unknown".to_string(),
+            meta: Value::Object(Default::default()),
+            chunk_size: 1_000_000,
+            timeout: Duration::from_secs(10),
+            retries: 5,
+            window: 8,
+            password: Password::none(),
+        }
+    }
+}
+
+/// What the bank committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadReceipt {
+    /// The dataset id.
+    pub dataset_id: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Lower-case hex SHA-256 (checked against the bank's).
+    pub sha256: String,
+    /// How many times the upload was resumed after losing the bank.
+    pub resumes: u32,
+}
+
+/// Uploads datasets to one bank's ingest endpoint.
+#[derive(Clone)]
+pub struct Uploader {
+    ctx: zmq::Context,
+    endpoint: String,
+    opts: UploadOptions,
+}
+
+impl Uploader {
+    /// An uploader for `ingest_endpoint` with `opts`.
+    pub fn new(ctx: &zmq::Context, ingest_endpoint: &str, opts: UploadOptions) -> Self {
+        Uploader {
+            ctx: ctx.clone(),
+            endpoint: ingest_endpoint.to_string(),
+            opts,
+        }
+    }
+
+    /// Upload the file at `path` (declares its size to the bank).
+    pub async fn upload_file(&self, path: &Path) -> Result<UploadReceipt, TransferError> {
+        let io = |source| TransferError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = tokio::fs::File::open(path).await.map_err(io)?;
+        let size = file.metadata().await.map_err(io)?.len();
+        self.upload_reader(file, Some(size)).await
+    }
+
+    /// Upload everything `reader` yields. Memory stays bounded by the window
+    /// plus the bank's checkpoint interval (the chunks kept for a resume).
+    pub async fn upload_reader<R: AsyncRead + Unpin>(
+        &self,
+        reader: R,
+        size: Option<u64>,
+    ) -> Result<UploadReceipt, TransferError> {
+        let dataset_id = match &self.opts.dataset_id {
+            Some(id) => id.clone(),
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        if !valid_dataset_id(&dataset_id) {
+            return Err(TransferError::InvalidDatasetId(dataset_id));
+        }
+        let session = Session {
+            ctx: &self.ctx,
+            endpoint: &self.endpoint,
+            opts: &self.opts,
+            dataset_id,
+            token: uuid::Uuid::new_v4().simple().to_string(),
+            declared_size: size,
+            sock: transfer_socket(&self.ctx, &self.endpoint)?,
+            extended: false,
+            retained: VecDeque::new(),
+            next_send: 0,
+            acked: 0,
+            read_offset: 0,
+            read_done: false,
+            hasher: Sha256::new(),
+            digest: None,
+            eof_sent: false,
+            attempts_left: self.opts.retries,
+            resumes: 0,
+        };
+        session.run(reader).await
+    }
+}
+
+/// Upload the file at `path` to the bank at `ingest_endpoint`.
+pub async fn upload_file(
+    ctx: &zmq::Context,
+    ingest_endpoint: &str,
+    path: &Path,
+    opts: UploadOptions,
+) -> Result<UploadReceipt, TransferError> {
+    Uploader::new(ctx, ingest_endpoint, opts)
+        .upload_file(path)
+        .await
+}
+
+/// Upload everything `reader` yields to the bank at `ingest_endpoint`.
+pub async fn upload_reader<R: AsyncRead + Unpin>(
+    ctx: &zmq::Context,
+    ingest_endpoint: &str,
+    reader: R,
+    size: Option<u64>,
+    opts: UploadOptions,
+) -> Result<UploadReceipt, TransferError> {
+    Uploader::new(ctx, ingest_endpoint, opts)
+        .upload_reader(reader, size)
+        .await
+}
+
+/// A chunk kept until the bank says it is durable.
+struct Held {
+    seq: u64,
+    offset: u64,
+    data: Vec<u8>,
+}
+
+struct Session<'a> {
+    ctx: &'a zmq::Context,
+    endpoint: &'a str,
+    opts: &'a UploadOptions,
+    dataset_id: String,
+    token: String,
+    declared_size: Option<u64>,
+    sock: AsyncSocket,
+    /// The bank speaks the resumable extension (its ack echoed the token).
+    extended: bool,
+    /// Chunks not yet durable at the bank, in seq order.
+    retained: VecDeque<Held>,
+    /// Next seq to put on the wire.
+    next_send: u64,
+    /// The bank's next_seq.
+    acked: u64,
+    /// Bytes read from the source so far.
+    read_offset: u64,
+    read_done: bool,
+    hasher: Sha256,
+    digest: Option<String>,
+    eof_sent: bool,
+    attempts_left: u32,
+    resumes: u32,
+}
+
+enum Step {
+    Continue,
+    Done(IngestDone),
+}
+
+impl Session<'_> {
+    async fn run<R: AsyncRead + Unpin>(
+        mut self,
+        mut reader: R,
+    ) -> Result<UploadReceipt, TransferError> {
+        self.start().await?;
+        loop {
+            self.fill(&mut reader).await?;
+            let reply = recv_within(&mut self.sock, self.opts.timeout).await?;
+            let step = match reply {
+                None => {
+                    tracing::warn!(dataset_id = %self.dataset_id, "bank silent for {:?}; resuming", self.opts.timeout);
+                    self.resume().await?
+                }
+                Some(frames) => self.on_reply(&frames).await?,
+            };
+            if let Step::Done(done) = step {
+                return self.finish(done);
+            }
+        }
+    }
+
+    fn total_chunks(&self) -> u64 {
+        self.retained
+            .back()
+            .map(|h| h.seq + 1)
+            .unwrap_or(self.acked)
+    }
+
+    async fn send(
+        &mut self,
+        msg: &IngestRequest,
+        data: Option<&[u8]>,
+    ) -> Result<(), TransferError> {
+        let head = encode(msg);
+        match data {
+            Some(d) => self.sock.send_multipart([head.as_slice(), d]).await?,
+            None => self.sock.send_multipart([head]).await?,
+        }
+        Ok(())
+    }
+
+    fn start_msg(&self) -> IngestRequest {
+        IngestRequest::IngestStart(IngestStart {
+            dataset_id: Some(self.dataset_id.clone()),
+            relay_id: Some(self.opts.relay_id.clone()),
+            meta: Some(self.opts.meta.clone()),
+            size: self.declared_size,
+            sha256: None,
+            token: Some(self.token.clone()),
+            password: self.opts.password.to_field(),
+        })
+    }
+
+    /// Send ingest_start until the bank acks it.
+    async fn start(&mut self) -> Result<(), TransferError> {
+        loop {
+            let msg = self.start_msg();
+            self.send(&msg, None).await?;
+            match recv_within(&mut self.sock, self.opts.timeout).await? {
+                Some(frames) => match decode(&frames)? {
+                    IngestReply::IngestAck(ack) => {
+                        self.extended = ack.token.as_deref() == Some(self.token.as_str());
+                        if let Some(max) = ack.max_chunk {
+                            if (self.opts.chunk_size as u64) > max {
+                                return Err(TransferError::Protocol(format!(
+                                    "chunk size {} exceeds the bank's max_chunk {max}",
+                                    self.opts.chunk_size
+                                )));
+                            }
+                        }
+                        return Ok(());
+                    }
+                    IngestReply::Error(e) => return Err(TransferError::Remote(e.error)),
+                    other => {
+                        tracing::debug!(?other, "ignoring a stale reply while starting");
+                    }
+                },
+                None => self.backoff().await?,
+            }
+        }
+    }
+
+    /// Reconnect with a fresh socket after a pause; fails when no attempts
+    /// are left.
+    async fn backoff(&mut self) -> Result<(), TransferError> {
+        if self.attempts_left == 0 {
+            return Err(TransferError::Timeout(self.opts.timeout));
+        }
+        let used = self.opts.retries - self.attempts_left;
+        self.attempts_left -= 1;
+        let pause = Duration::from_millis(100u64 << used.min(5)).min(Duration::from_secs(3));
+        tokio::time::sleep(pause).await;
+        self.sock = transfer_socket(self.ctx, self.endpoint)?;
+        Ok(())
+    }
+
+    /// Put chunks on the wire until the window is full, then eof when all
+    /// chunks are acknowledged.
+    async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Result<(), TransferError> {
+        let window = self.opts.window.max(1) as u64;
+        while !self.eof_sent && self.next_send < self.acked + window {
+            if self.next_send < self.total_chunks() {
+                // Resend a retained chunk (after a resume or a rewind).
+                let Some(first) = self.retained.front().map(|h| h.seq) else {
+                    break;
+                };
+                let idx = (self.next_send - first) as usize;
+                let Some(held) = self.retained.get(idx) else {
+                    return Err(TransferError::CannotResume(format!(
+                        "chunk {} is no longer held",
+                        self.next_send
+                    )));
+                };
+                let msg = self.chunk_msg(held.seq);
+                let data = held.data.clone();
+                self.send(&msg, Some(&data)).await?;
+                self.next_send += 1;
+                continue;
+            }
+            if self.read_done {
+                break;
+            }
+            let data = read_chunk(reader, self.opts.chunk_size.max(1)).await?;
+            if data.is_empty() {
+                self.read_done = true;
+                self.digest = Some(hex::encode(std::mem::take(&mut self.hasher).finalize()));
+                break;
+            }
+            self.hasher.update(&data);
+            let seq = self.next_send;
+            let msg = self.chunk_msg(seq);
+            self.send(&msg, Some(&data)).await?;
+            self.retained.push_back(Held {
+                seq,
+                offset: self.read_offset,
+                data,
+            });
+            self.read_offset += self
+                .retained
+                .back()
+                .map(|h| h.data.len() as u64)
+                .unwrap_or(0);
+            self.next_send += 1;
+        }
+        if self.read_done && !self.eof_sent && self.acked == self.total_chunks() {
+            let eof = IngestRequest::IngestChunk(IngestChunk {
+                dataset_id: Some(self.dataset_id.clone()),
+                seq: self.acked,
+                eof: true,
+                size: Some(self.read_offset),
+                sha256: self.digest.clone(),
+            });
+            self.send(&eof, None).await?;
+            self.eof_sent = true;
+        }
+        Ok(())
+    }
+
+    fn chunk_msg(&self, seq: u64) -> IngestRequest {
+        IngestRequest::IngestChunk(IngestChunk {
+            dataset_id: Some(self.dataset_id.clone()),
+            seq,
+            eof: false,
+            size: None,
+            sha256: None,
+        })
+    }
+
+    /// Forget chunks the bank no longer needs.
+    fn release(&mut self, below: u64) {
+        while self.retained.front().is_some_and(|h| h.seq < below) {
+            self.retained.pop_front();
+        }
+    }
+
+    async fn on_reply(&mut self, frames: &[Vec<u8>]) -> Result<Step, TransferError> {
+        match decode(frames)? {
+            IngestReply::IngestAckChunk(a) => {
+                if a.next_seq > self.total_chunks() {
+                    return Err(TransferError::Protocol(format!(
+                        "bank acknowledged seq {} but only {} chunks were sent",
+                        a.next_seq,
+                        self.total_chunks()
+                    )));
+                }
+                self.acked = self.acked.max(a.next_seq);
+                if a.status.is_some() && a.next_seq < self.next_send {
+                    // The bank wants an earlier chunk: rewind to it.
+                    self.acked = a.next_seq;
+                    self.next_send = a.next_seq;
+                }
+                let durable = if self.extended {
+                    a.durable_seq.unwrap_or(0).min(self.acked)
+                } else {
+                    self.acked
+                };
+                self.release(durable);
+                Ok(Step::Continue)
+            }
+            IngestReply::IngestDone(done) if self.eof_sent => Ok(Step::Done(done)),
+            IngestReply::IngestDone(_) => Err(TransferError::Protocol(
+                "ingest_done before eof was sent".to_string(),
+            )),
+            IngestReply::Error(e)
+                if e.error.code == codes::CONFLICT && e.error.message == NO_SESSION =>
+            {
+                tracing::warn!(dataset_id = %self.dataset_id, "bank lost the session; resuming");
+                self.resume().await
+            }
+            IngestReply::Error(e) => Err(TransferError::Remote(e.error)),
+            IngestReply::IngestAck(_) => Ok(Step::Continue),
+        }
+    }
+
+    /// Reconnect and re-attach to the session at the bank's next_seq.
+    async fn resume(&mut self) -> Result<Step, TransferError> {
+        if !self.extended {
+            return Err(TransferError::CannotResume(
+                "the bank does not support resumable uploads".to_string(),
+            ));
+        }
+        loop {
+            self.backoff().await?;
+            let msg = IngestRequest::IngestResume(IngestResume {
+                dataset_id: self.dataset_id.clone(),
+                token: self.token.clone(),
+                size: self.eof_sent.then_some(self.read_offset),
+                sha256: if self.eof_sent {
+                    self.digest.clone()
+                } else {
+                    None
+                },
+                password: self.opts.password.to_field(),
+            });
+            self.send(&msg, None).await?;
+            let Some(frames) = recv_within(&mut self.sock, self.opts.timeout).await? else {
+                continue;
+            };
+            match decode(&frames)? {
+                IngestReply::IngestAck(ack) => {
+                    let next = ack.next_seq.unwrap_or(0);
+                    let offset = ack.offset.unwrap_or(0);
+                    let held_from = self.retained.front().map(|h| (h.seq, h.offset));
+                    let ok = match held_from {
+                        Some((seq, off)) => {
+                            next >= seq
+                                && next <= self.total_chunks()
+                                && self
+                                    .retained
+                                    .get((next - seq) as usize)
+                                    .map(|h| h.offset)
+                                    .unwrap_or(self.read_offset)
+                                    == offset
+                                && off <= offset
+                        }
+                        None => next == self.acked && offset == self.read_offset,
+                    };
+                    if !ok {
+                        return Err(TransferError::CannotResume(format!(
+                            "bank resumes at chunk {next} (byte {offset}), which is no longer held"
+                        )));
+                    }
+                    self.resumes += 1;
+                    self.acked = next;
+                    self.next_send = next;
+                    self.eof_sent = false;
+                    tracing::info!(dataset_id = %self.dataset_id, next_seq = next, offset, "upload resumed");
+                    return Ok(Step::Continue);
+                }
+                IngestReply::IngestDone(done) if self.eof_sent => return Ok(Step::Done(done)),
+                IngestReply::Error(e) if e.error.code == codes::NOT_FOUND => {
+                    return Err(TransferError::CannotResume(e.error.message))
+                }
+                IngestReply::Error(e) => return Err(TransferError::Remote(e.error)),
+                other => tracing::debug!(?other, "ignoring a stale reply while resuming"),
+            }
+        }
+    }
+
+    fn finish(self, done: IngestDone) -> Result<UploadReceipt, TransferError> {
+        let ours = self.digest.clone().unwrap_or_default();
+        if done.sha256 != ours || done.size != self.read_offset {
+            return Err(TransferError::Integrity(format!(
+                "bank stored {} bytes sha256 {}, we sent {} bytes sha256 {ours}",
+                done.size, done.sha256, self.read_offset
+            )));
+        }
+        Ok(UploadReceipt {
+            dataset_id: done.dataset_id,
+            size: done.size,
+            sha256: done.sha256,
+            resumes: self.resumes,
+        })
+    }
+}
+
+fn decode(frames: &[Vec<u8>]) -> Result<IngestReply, TransferError> {
+    let first = frames
+        .first()
+        .ok_or_else(|| TransferError::Protocol("empty reply".to_string()))?;
+    decode_ingest_reply(first).map_err(|m| TransferError::Protocol(m.message()))
+}
+
+/// Read up to `size` bytes (fewer only at end of input).
+async fn read_chunk<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    size: usize,
+) -> Result<Vec<u8>, TransferError> {
+    let mut buf = vec![0u8; size];
+    let mut filled = 0;
+    while filled < size {
+        let n = reader
+            .read(&mut buf[filled..])
+            .await
+            .map_err(TransferError::Source)?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+impl std::fmt::Debug for Uploader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uploader")
+            .field("endpoint", &self.endpoint)
+            .field("opts", &self.opts)
+            .finish()
+    }
+}
