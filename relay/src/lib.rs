@@ -1,1 +1,415 @@
-//! labmesh relay agent: registration, RPC server, state publishing
+//! labmesh-relay: hosts instruments on the mesh.
+//!
+//! Each hosted instrument is its own relay id with its own ROUTER (so Python
+//! labmesh clients, which address a relay by endpoint, can call it). Per
+//! instrument there are two tasks:
+//!
+//! * the RPC task owns the ROUTER: it decodes requests, checks the method
+//!   and binds the parameters against the driver's [`Description`] (so bad
+//!   calls are answered at once, without queueing behind the instrument),
+//!   and sends replies;
+//! * the instrument task owns the driver: it runs calls one at a time, each
+//!   with a deadline, and polls the state every interval.
+//!
+//! One PUB socket per relay process carries every instrument's
+//! `state.<relay_id>` messages to the broker's XSUB. Different instruments
+//! never wait for each other.
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod register;
+mod rpc;
+
+use std::time::Duration;
+
+use labmesh_drivers::{BoxInstrument, DriverError, DriverRegistry, InstrumentConfig};
+use labmesh_wire::auth::Password;
+use labmesh_wire::endpoint::{public_endpoint, resolve_broker};
+use labmesh_wire::msg::{encode, StateMsg, STATE_PREFIX};
+use labmesh_wire::{AsyncSocket, SocketOptions, WireError};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// Errors starting a relay.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// A socket could not be created, bound or connected.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// An instrument could not be created.
+    #[error("instrument {id}: {source}")]
+    Driver {
+        /// The instrument's relay id.
+        id: String,
+        /// The driver's error.
+        source: DriverError,
+    },
+    /// Two instruments share a relay id.
+    #[error("duplicate relay id {0:?}")]
+    DuplicateId(String),
+}
+
+/// Process-wide relay settings.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// Broker directory endpoint; `None` runs without registering.
+    pub broker_rpc: Option<String>,
+    /// Broker XSUB endpoint; `None` publishes no state.
+    pub broker_xsub: Option<String>,
+    /// Host advertised in place of a wildcard bind address.
+    pub advertise_host: String,
+    /// Interval between heartbeats to the broker.
+    pub heartbeat: Duration,
+    /// Shared network password (checked on requests, sent to the broker).
+    pub password: Password,
+    /// Largest accepted RPC request, bytes.
+    pub max_msg_size: i64,
+}
+
+impl RelayOptions {
+    /// Standalone: no broker, loopback advertising.
+    pub fn standalone() -> Self {
+        RelayOptions {
+            broker_rpc: None,
+            broker_xsub: None,
+            advertise_host: "127.0.0.1".into(),
+            heartbeat: Duration::from_secs(5),
+            password: Password::none(),
+            max_msg_size: 16 * 1024 * 1024,
+        }
+    }
+
+    /// Registering with the broker at `rpc`, publishing to `xsub`.
+    pub fn with_broker(rpc: &str, xsub: &str) -> Self {
+        RelayOptions {
+            broker_rpc: Some(rpc.to_string()),
+            broker_xsub: Some(xsub.to_string()),
+            ..RelayOptions::standalone()
+        }
+    }
+
+    /// From the `[relay]` table (`BROKER` resolved).
+    pub fn from_config(cfg: &labmesh_config::Config) -> Self {
+        RelayOptions {
+            broker_rpc: Some(resolve_broker(&cfg.relay.broker_rpc, &cfg.broker.address)),
+            broker_xsub: Some(resolve_broker(&cfg.relay.broker_xsub, &cfg.broker.address)),
+            advertise_host: cfg.relay.default_address.clone(),
+            heartbeat: labmesh_config::secs(cfg.relay.heartbeat_seconds),
+            password: Password::from_env(),
+            max_msg_size: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// One instrument to host.
+pub struct Hosted {
+    /// Relay id on the mesh.
+    pub relay_id: String,
+    /// RPC bind (`tcp://*:5850`, `tcp://127.0.0.1:*`).
+    pub rpc_bind: String,
+    /// Interval between polls (= state messages).
+    pub poll_interval: Duration,
+    /// Deadline for one call or poll.
+    pub call_timeout: Duration,
+    /// The driver.
+    pub instrument: BoxInstrument,
+}
+
+impl std::fmt::Debug for Hosted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hosted")
+            .field("relay_id", &self.relay_id)
+            .field("rpc_bind", &self.rpc_bind)
+            .finish()
+    }
+}
+
+impl Hosted {
+    /// Host `instrument` as `relay_id` on an ephemeral loopback port, state
+    /// every second, 10 s call deadline.
+    pub fn new(relay_id: &str, instrument: BoxInstrument) -> Self {
+        Hosted {
+            relay_id: relay_id.to_string(),
+            rpc_bind: "tcp://127.0.0.1:*".into(),
+            poll_interval: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(10),
+            instrument,
+        }
+    }
+
+    /// Set the RPC bind.
+    pub fn bind(mut self, endpoint: &str) -> Self {
+        self.rpc_bind = endpoint.to_string();
+        self
+    }
+
+    /// Set the poll / state interval.
+    pub fn poll_every(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Set the per-call deadline.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+}
+
+/// Create every `[[relay.instruments]]` instrument from `cfg` with
+/// `registry`. The first instrument without an `rpc_bind` takes
+/// `default_rpc_bind`; the others get an ephemeral port on the same host.
+pub async fn hosted_from_config(
+    cfg: &labmesh_config::Config,
+    registry: &DriverRegistry,
+) -> Result<Vec<Hosted>, RelayError> {
+    let mut out = Vec::new();
+    let mut default_taken = false;
+    for inst in &cfg.relay.instruments {
+        let instrument = registry
+            .create(InstrumentConfig {
+                id: inst.id.clone(),
+                driver: inst.driver.clone(),
+                resource: inst.resource.clone(),
+                options: inst.options.clone(),
+            })
+            .await
+            .map_err(|source| RelayError::Driver {
+                id: inst.id.clone(),
+                source,
+            })?;
+        let rpc_bind = match &inst.rpc_bind {
+            Some(b) => b.clone(),
+            None if !default_taken => {
+                default_taken = true;
+                cfg.relay.default_rpc_bind.clone()
+            }
+            None => ephemeral_like(&cfg.relay.default_rpc_bind),
+        };
+        out.push(Hosted {
+            relay_id: inst.id.clone(),
+            rpc_bind,
+            poll_interval: labmesh_config::secs(
+                inst.poll_interval.unwrap_or(cfg.relay.state_interval),
+            ),
+            call_timeout: labmesh_config::secs(inst.call_timeout.unwrap_or(10.0)),
+            instrument,
+        });
+    }
+    Ok(out)
+}
+
+/// `tcp://host:5850` -> `tcp://host:*`.
+fn ephemeral_like(bind: &str) -> String {
+    match bind.rsplit_once(':') {
+        Some((head, _)) if bind.starts_with("tcp://") => format!("{head}:*"),
+        _ => "tcp://*:*".to_string(),
+    }
+}
+
+/// A hosted instrument as it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// Relay id.
+    pub relay_id: String,
+    /// The endpoint advertised to the broker and clients.
+    pub rpc_endpoint: String,
+}
+
+/// A running relay.
+#[derive(Debug)]
+pub struct RelayHandle {
+    served: Vec<Served>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RelayHandle {
+    /// The instruments and their endpoints.
+    pub fn served(&self) -> &[Served] {
+        &self.served
+    }
+
+    /// The endpoint of `relay_id`.
+    pub fn endpoint(&self, relay_id: &str) -> Option<&str> {
+        self.served
+            .iter()
+            .find(|s| s.relay_id == relay_id)
+            .map(|s| s.rpc_endpoint.as_str())
+    }
+
+    /// Stop: requests already received are answered, instruments are shut
+    /// down, sockets close.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// A state message on its way to the PUB socket.
+pub(crate) struct Outgoing {
+    topic: Vec<u8>,
+    body: Vec<u8>,
+}
+
+/// Bind every instrument's ROUTER, start its tasks, and register with the
+/// broker (in the background, retrying until it answers).
+pub async fn spawn(
+    ctx: &zmq::Context,
+    opts: RelayOptions,
+    hosted: Vec<Hosted>,
+) -> Result<RelayHandle, RelayError> {
+    let mut ids = std::collections::HashSet::new();
+    for h in &hosted {
+        if !ids.insert(h.relay_id.clone()) {
+            return Err(RelayError::DuplicateId(h.relay_id.clone()));
+        }
+    }
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    // One PUB for the process.
+    let (state_tx, state_rx) = mpsc::channel::<Outgoing>(1024);
+    if let Some(xsub) = &opts.broker_xsub {
+        let mut pub_sock = AsyncSocket::new(ctx, zmq::PUB, SocketOptions::default())?;
+        pub_sock.connect(xsub)?;
+        tasks.push(tokio::spawn(publish(pub_sock, state_rx)));
+    } else {
+        drop(state_rx);
+    }
+
+    let mut served = Vec::new();
+    for h in hosted {
+        let mut router = AsyncSocket::new(
+            ctx,
+            zmq::ROUTER,
+            SocketOptions {
+                max_msg_size: opts.max_msg_size,
+                ..SocketOptions::default()
+            },
+        )?;
+        let bound = router.bind(&h.rpc_bind)?;
+        let endpoint = public_endpoint(&bound, &opts.advertise_host);
+        tracing::info!(relay_id = %h.relay_id, %endpoint, "instrument serving");
+        let description = h.instrument.describe();
+        let (call_tx, call_rx) = mpsc::channel(256);
+        let (reply_tx, reply_rx) = mpsc::channel(256);
+        tasks.push(tokio::spawn(rpc::serve(
+            router,
+            rpc::RpcContext {
+                relay_id: h.relay_id.clone(),
+                description: description.clone(),
+                password: opts.password.clone(),
+            },
+            call_tx,
+            reply_rx,
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(instrument_task(
+            h.relay_id.clone(),
+            h.instrument,
+            h.poll_interval,
+            h.call_timeout,
+            call_rx,
+            reply_tx,
+            state_tx.clone(),
+        )));
+        served.push(Served {
+            relay_id: h.relay_id,
+            rpc_endpoint: endpoint,
+        });
+    }
+    drop(state_tx);
+
+    if let Some(broker) = &opts.broker_rpc {
+        let conn = labmesh_wire::DealerConn::connect(ctx, broker, SocketOptions::default())?;
+        tasks.push(tokio::spawn(register::run(
+            conn,
+            served.clone(),
+            opts.heartbeat,
+            opts.password.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    Ok(RelayHandle {
+        served,
+        stop,
+        tasks,
+    })
+}
+
+async fn publish(mut sock: AsyncSocket, mut rx: mpsc::Receiver<Outgoing>) {
+    while let Some(m) = rx.recv().await {
+        match sock.try_send_multipart(&[m.topic, m.body]) {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!("state dropped at the high-water mark"),
+            Err(e) => tracing::warn!(error = %e, "state publish failed"),
+        }
+    }
+}
+
+/// A call queued for the instrument task.
+pub(crate) struct Call {
+    pub(crate) ident: Vec<u8>,
+    pub(crate) rpc_uuid: Value,
+    pub(crate) method: String,
+    pub(crate) args: labmesh_drivers::Args,
+}
+
+async fn instrument_task(
+    relay_id: String,
+    mut inst: BoxInstrument,
+    poll_interval: Duration,
+    call_timeout: Duration,
+    mut calls: mpsc::Receiver<Call>,
+    replies: mpsc::Sender<(Vec<u8>, Vec<u8>)>,
+    state: mpsc::Sender<Outgoing>,
+) {
+    let topic = format!("{STATE_PREFIX}{relay_id}").into_bytes();
+    let mut ticker = tokio::time::interval(poll_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq: u64 = 0;
+    loop {
+        tokio::select! {
+            biased;
+            call = calls.recv() => {
+                let Some(call) = call else { break };
+                let outcome = match tokio::time::timeout(call_timeout, inst.call(&call.method, call.args)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(DriverError::Timeout(call_timeout)),
+                };
+                let reply = rpc::reply_for(&relay_id, &call.method, call.rpc_uuid, outcome);
+                if replies.send((call.ident, reply)).await.is_err() {
+                    break;
+                }
+            }
+            _ = ticker.tick() => {
+                let st = match tokio::time::timeout(call_timeout, inst.poll()).await {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) => {
+                        tracing::warn!(%relay_id, error = %e, "poll failed");
+                        continue;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%relay_id, timeout = ?call_timeout, "poll timed out");
+                        continue;
+                    }
+                };
+                let msg = StateMsg {
+                    relay_id: relay_id.clone(),
+                    state: st,
+                    seq: Some(seq),
+                    ts: Some(labmesh_wire::unix_now()),
+                };
+                seq += 1;
+                // A full queue means the PUB is behind; drop, as PUB would.
+                let _ = state.try_send(Outgoing { topic: topic.clone(), body: encode(&msg) });
+            }
+        }
+    }
+    inst.shutdown().await;
+    tracing::debug!(%relay_id, "instrument task stopped");
+}

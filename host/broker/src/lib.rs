@@ -1,1 +1,225 @@
-//! labmesh broker: directory, liveness and the state bus proxy
+//! labmesh-broker: the mesh's directory and state bus.
+//!
+//! * Directory: a ROUTER where relays and banks register (`hello`) and
+//!   clients ask `list_relay_ids`, `list_banks`, `ping`.
+//! * State bus: libzmq's own proxy between an XSUB (publishers connect) and
+//!   an XPUB (subscribers connect), on its own thread.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), labmesh_broker::BrokerError> {
+//! let ctx = zmq::Context::new();
+//! let broker = labmesh_broker::spawn(&ctx, labmesh_broker::BrokerOptions::loopback()).await?;
+//! println!("directory at {}", broker.rpc_endpoint());
+//! broker.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod directory;
+
+use std::time::Duration;
+
+use labmesh_wire::auth::Password;
+use labmesh_wire::endpoint::public_endpoint;
+use labmesh_wire::{AsyncSocket, SocketOptions, WireError};
+use tokio::sync::watch;
+
+/// Errors starting a broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A socket could not be created or bound.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// A raw zmq call failed.
+    #[error("zmq: {0}")]
+    Zmq(#[from] zmq::Error),
+    /// The bus proxy thread could not be started.
+    #[error("cannot start the bus proxy thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// How to run a broker.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// Directory ROUTER bind (`tcp://*:5750`; `tcp://127.0.0.1:*` for any port).
+    pub rpc_bind: String,
+    /// Bus XSUB bind.
+    pub xsub_bind: String,
+    /// Bus XPUB bind.
+    pub xpub_bind: String,
+    /// Host advertised for wildcard binds (used in the handle's endpoints).
+    pub advertise_host: String,
+    /// Bus high-water mark (messages).
+    pub hwm: i32,
+    /// Registration time-to-live without a sign of life.
+    pub ttl: Duration,
+    /// Shared network password.
+    pub password: Password,
+    /// Largest accepted directory request, bytes.
+    pub max_msg_size: i64,
+}
+
+impl BrokerOptions {
+    /// Every socket on an ephemeral loopback port (tests, the demo).
+    pub fn loopback() -> Self {
+        BrokerOptions {
+            rpc_bind: "tcp://127.0.0.1:*".into(),
+            xsub_bind: "tcp://127.0.0.1:*".into(),
+            xpub_bind: "tcp://127.0.0.1:*".into(),
+            advertise_host: "127.0.0.1".into(),
+            hwm: 4000,
+            ttl: Duration::from_secs(30),
+            password: Password::none(),
+            max_msg_size: 1024 * 1024,
+        }
+    }
+
+    /// From the `[broker]` table.
+    pub fn from_config(cfg: &labmesh_config::Config) -> Self {
+        BrokerOptions {
+            rpc_bind: cfg.broker.rpc_bind.clone(),
+            xsub_bind: cfg.broker.xsub_bind.clone(),
+            xpub_bind: cfg.broker.xpub_bind.clone(),
+            advertise_host: cfg.broker.address.clone(),
+            hwm: cfg.broker.hwm,
+            ttl: labmesh_config::secs(cfg.broker.ttl_seconds),
+            password: Password::from_env(),
+            max_msg_size: 1024 * 1024,
+        }
+    }
+}
+
+/// A running broker. Dropping it without [`BrokerHandle::shutdown`] leaves
+/// the broker running until the runtime stops.
+pub struct BrokerHandle {
+    rpc: String,
+    xsub: String,
+    xpub: String,
+    stop: watch::Sender<bool>,
+    directory: tokio::task::JoinHandle<()>,
+    proxy_ctl: zmq::Socket,
+    proxy: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for BrokerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerHandle")
+            .field("rpc", &self.rpc)
+            .field("xsub", &self.xsub)
+            .field("xpub", &self.xpub)
+            .finish()
+    }
+}
+
+impl BrokerHandle {
+    /// The directory endpoint to connect to.
+    pub fn rpc_endpoint(&self) -> &str {
+        &self.rpc
+    }
+
+    /// The XSUB endpoint publishers connect to.
+    pub fn xsub_endpoint(&self) -> &str {
+        &self.xsub
+    }
+
+    /// The XPUB endpoint subscribers connect to.
+    pub fn xpub_endpoint(&self) -> &str {
+        &self.xpub
+    }
+
+    /// Stop serving: the directory answers what it has already received,
+    /// the proxy thread terminates, sockets close.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        let _ = (&mut self.directory).await;
+        if let Err(e) = self.proxy_ctl.send("TERMINATE", 0) {
+            tracing::warn!(error = %e, "cannot stop the bus proxy");
+        }
+        if let Some(t) = self.proxy.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+
+    /// Resolves when the directory task ends (it only ends on shutdown).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.directory).await;
+    }
+}
+
+/// Bind every socket and start serving.
+pub async fn spawn(ctx: &zmq::Context, opts: BrokerOptions) -> Result<BrokerHandle, BrokerError> {
+    // The bus: plain zmq sockets moved to the proxy thread.
+    let xsub = ctx.socket(zmq::XSUB)?;
+    xsub.set_sndhwm(opts.hwm)?;
+    xsub.set_rcvhwm(opts.hwm)?;
+    xsub.set_linger(0)?;
+    xsub.set_maxmsgsize(labmesh_wire::socket::DEFAULT_MAX_MSG_SIZE)?;
+    bind_raw(&xsub, &opts.xsub_bind)?;
+    let xpub = ctx.socket(zmq::XPUB)?;
+    xpub.set_sndhwm(opts.hwm)?;
+    xpub.set_rcvhwm(opts.hwm)?;
+    xpub.set_linger(0)?;
+    xpub.set_xpub_verbose(true)?;
+    bind_raw(&xpub, &opts.xpub_bind)?;
+    let xsub_ep = public_endpoint(&last_endpoint(&xsub)?, &opts.advertise_host);
+    let xpub_ep = public_endpoint(&last_endpoint(&xpub)?, &opts.advertise_host);
+
+    let ctl_addr = format!("inproc://labmesh-broker-proxy-{}", uuid_like());
+    let proxy_ctl = ctx.socket(zmq::PAIR)?;
+    proxy_ctl.bind(&ctl_addr)?;
+    let ctl_peer = ctx.socket(zmq::PAIR)?;
+    ctl_peer.connect(&ctl_addr)?;
+    let proxy = std::thread::Builder::new()
+        .name("labmesh-bus".into())
+        .spawn(move || {
+            let (mut xsub, mut xpub, mut ctl) = (xsub, xpub, ctl_peer);
+            if let Err(e) = zmq::proxy_steerable(&mut xsub, &mut xpub, &mut ctl) {
+                tracing::error!(error = %e, "bus proxy stopped");
+            }
+        })
+        .map_err(BrokerError::Thread)?;
+
+    let mut router = AsyncSocket::new(
+        ctx,
+        zmq::ROUTER,
+        SocketOptions {
+            max_msg_size: opts.max_msg_size,
+            ..SocketOptions::default()
+        },
+    )?;
+    let rpc_ep = public_endpoint(&router.bind(&opts.rpc_bind)?, &opts.advertise_host);
+    tracing::info!(rpc = %rpc_ep, xsub = %xsub_ep, xpub = %xpub_ep, "broker serving");
+
+    let (stop, stop_rx) = watch::channel(false);
+    let directory = tokio::spawn(directory::run(router, opts, stop_rx));
+    Ok(BrokerHandle {
+        rpc: rpc_ep,
+        xsub: xsub_ep,
+        xpub: xpub_ep,
+        stop,
+        directory,
+        proxy_ctl,
+        proxy: Some(proxy),
+    })
+}
+
+fn bind_raw(sock: &zmq::Socket, endpoint: &str) -> Result<(), BrokerError> {
+    sock.bind(endpoint).map_err(|source| {
+        BrokerError::Wire(WireError::Bind {
+            endpoint: endpoint.to_string(),
+            source,
+        })
+    })
+}
+
+fn last_endpoint(sock: &zmq::Socket) -> Result<String, BrokerError> {
+    Ok(match sock.get_last_endpoint()? {
+        Ok(s) => s,
+        Err(b) => String::from_utf8_lossy(&b).into_owned(),
+    })
+}
+
+fn uuid_like() -> String {
+    labmesh_wire::dealer::new_rpc_uuid()
+}

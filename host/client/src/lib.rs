@@ -1,1 +1,495 @@
-//! labmesh async client: relays, banks, states, datasets
+//! labmesh-client: talk to a labmesh mesh from async Rust.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), labmesh_client::ClientError> {
+//! use labmesh_client::{Client, ClientOptions};
+//! let ctx = zmq::Context::new();
+//! let client = Client::connect(&ctx, ClientOptions::new("tcp://127.0.0.1:5750", "tcp://127.0.0.1:5752")).await?;
+//! println!("{:?}", client.list_relays().await?);
+//! let psu = client.relay("Inst-0").await?;
+//! psu.call("set_voltage", serde_json::json!({"value": 2.5})).await?;
+//! let mut states = client.events();
+//! while let Ok(ev) = states.recv().await {
+//!     println!("{ev:?}");
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Receiving: [`Client::events`] is a *queue* (every state and dataset
+//! message, in order; a slow reader is told how many it missed), and
+//! [`Client::latest_state`] is a *cache* (the newest state of each relay).
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use labmesh_wire::auth::Password;
+use labmesh_wire::msg::{
+    encode, BankInfo, DatasetAnnounce, Hello, HelloAck, RelayInfo, Request, StateMsg,
+    DATASET_PREFIX, STATE_PREFIX,
+};
+use labmesh_wire::{AsyncSocket, DealerConn, ErrorBody, SocketOptions, WireError};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+/// Errors from client calls.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Socket-level failure.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The broker has no relay (or bank) by that id.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The call did not complete in time.
+    #[error("{target}.{method}: no reply within {after:?}")]
+    Timeout {
+        /// Relay id (or `broker`).
+        target: String,
+        /// Method called.
+        method: String,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The remote side answered with an error.
+    #[error("{target}.{method}: error {code}: {message}")]
+    Remote {
+        /// Relay id (or `broker`).
+        target: String,
+        /// Method called.
+        method: String,
+        /// Stable error code (400, 404, 408, ...).
+        code: i64,
+        /// The remote message.
+        message: String,
+    },
+    /// The broker refused our hello (wrong password).
+    #[error("broker refused the connection: {0}")]
+    Refused(String),
+    /// A reply had an unexpected shape.
+    #[error("unexpected reply from {target}: {detail}")]
+    Unexpected {
+        /// Who answered.
+        target: String,
+        /// What was odd.
+        detail: String,
+    },
+}
+
+impl ClientError {
+    /// The remote error code, if the remote side answered with an error.
+    pub fn code(&self) -> Option<i64> {
+        match self {
+            ClientError::Remote { code, .. } => Some(*code),
+            ClientError::Timeout { .. } => Some(labmesh_wire::codes::TIMEOUT),
+            ClientError::NotFound(_) => Some(labmesh_wire::codes::NOT_FOUND),
+            _ => None,
+        }
+    }
+}
+
+/// How to reach the mesh.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Broker directory endpoint.
+    pub broker_rpc: String,
+    /// Broker XPUB endpoint.
+    pub broker_xpub: String,
+    /// Deadline for one call.
+    pub timeout: Duration,
+    /// Shared network password.
+    pub password: Password,
+}
+
+impl ClientOptions {
+    /// Options with a 10 s timeout and the password from the environment.
+    pub fn new(broker_rpc: &str, broker_xpub: &str) -> Self {
+        ClientOptions {
+            broker_rpc: broker_rpc.to_string(),
+            broker_xpub: broker_xpub.to_string(),
+            timeout: Duration::from_secs(10),
+            password: Password::from_env(),
+        }
+    }
+
+    /// From the `[client]` table (`BROKER` resolved).
+    pub fn from_config(cfg: &labmesh_config::Config) -> Self {
+        ClientOptions {
+            timeout: labmesh_config::secs(cfg.client.timeout_seconds),
+            ..ClientOptions::new(
+                &cfg.at_broker(&cfg.client.broker_rpc),
+                &cfg.at_broker(&cfg.client.broker_xpub),
+            )
+        }
+    }
+}
+
+/// A state message as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateUpdate {
+    /// The relay.
+    pub relay_id: String,
+    /// The driver's state.
+    pub state: Value,
+    /// Sequence number (Rust relays; None from Python relays).
+    pub seq: Option<u64>,
+    /// Publish time (Rust relays).
+    pub ts: Option<f64>,
+}
+
+/// Something published on the bus.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// `state.<relay_id>`
+    State(StateUpdate),
+    /// `dataset.<bank_id>`
+    Dataset(DatasetAnnounce),
+}
+
+/// A connection to the mesh: the broker directory plus the state bus.
+#[derive(Clone)]
+pub struct Client {
+    ctx: zmq::Context,
+    broker: DealerConn,
+    opts: ClientOptions,
+    events: broadcast::Sender<Event>,
+    latest: Arc<Mutex<HashMap<String, StateUpdate>>>,
+    relays: Arc<Mutex<HashMap<String, RelayClient>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("broker", &self.opts.broker_rpc)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connect to the broker, say hello, and subscribe to the bus.
+    pub async fn connect(ctx: &zmq::Context, opts: ClientOptions) -> Result<Client, ClientError> {
+        let broker = DealerConn::connect(ctx, &opts.broker_rpc, SocketOptions::default())?;
+        let hello = Request::Hello(Hello {
+            role: Some("client".into()),
+            password: opts.password.to_field(),
+            ..Hello::default()
+        });
+        let reply = broker
+            .request(encode(&hello), None, opts.timeout)
+            .await
+            .map_err(|e| match e {
+                WireError::Timeout(after) => ClientError::Timeout {
+                    target: "broker".into(),
+                    method: "hello".into(),
+                    after,
+                },
+                other => other.into(),
+            })?;
+        match serde_json::from_value::<HelloAck>(reply.clone()) {
+            Ok(ack) if ack.ok => {}
+            Ok(ack) => {
+                return Err(ClientError::Refused(
+                    ack.error.map(|e| e.to_string()).unwrap_or_default(),
+                ))
+            }
+            Err(_) => {
+                return Err(ClientError::Unexpected {
+                    target: "broker".into(),
+                    detail: reply.to_string(),
+                })
+            }
+        }
+        let mut sub = AsyncSocket::new(ctx, zmq::SUB, SocketOptions::default())?;
+        sub.raw()
+            .set_subscribe(STATE_PREFIX.as_bytes())
+            .map_err(WireError::from)?;
+        sub.raw()
+            .set_subscribe(DATASET_PREFIX.as_bytes())
+            .map_err(WireError::from)?;
+        sub.connect(&opts.broker_xpub)?;
+        let (events, _) = broadcast::channel(4096);
+        let latest = Arc::new(Mutex::new(HashMap::new()));
+        tokio::spawn(listen(sub, events.clone(), latest.clone()));
+        Ok(Client {
+            ctx: ctx.clone(),
+            broker,
+            opts,
+            events,
+            latest,
+            relays: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    async fn broker_rpc(&self, method: &str) -> Result<Value, ClientError> {
+        rpc(
+            &self.broker,
+            "broker",
+            method,
+            Value::Object(Default::default()),
+            &self.opts,
+        )
+        .await
+    }
+
+    /// Relays registered with the broker, sorted by id.
+    pub async fn list_relays(&self) -> Result<Vec<RelayInfo>, ClientError> {
+        let v = self.broker_rpc("list_relay_ids").await?;
+        serde_json::from_value(v).map_err(|e| ClientError::Unexpected {
+            target: "broker".into(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Banks registered with the broker, sorted by id.
+    pub async fn list_banks(&self) -> Result<Vec<BankInfo>, ClientError> {
+        let v = self.broker_rpc("list_banks").await?;
+        serde_json::from_value(v).map_err(|e| ClientError::Unexpected {
+            target: "broker".into(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Wait until the broker lists `relay_id` (asks every 50 ms).
+    pub async fn wait_for_relay(
+        &self,
+        relay_id: &str,
+        timeout: Duration,
+    ) -> Result<RelayInfo, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(r) = self
+                .list_relays()
+                .await?
+                .into_iter()
+                .find(|r| r.relay_id == relay_id)
+            {
+                return Ok(r);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::NotFound(format!(
+                    "relay '{relay_id}' (waited {timeout:?})"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Ask the broker whether it is alive.
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        self.broker_rpc("ping").await.map(|_| ())
+    }
+
+    /// A handle on `relay_id`, resolved through the broker (and cached; see
+    /// [`Client::forget_relay`]).
+    pub async fn relay(&self, relay_id: &str) -> Result<RelayClient, ClientError> {
+        if let Some(r) = self.cached(relay_id) {
+            return Ok(r);
+        }
+        let info = self
+            .list_relays()
+            .await?
+            .into_iter()
+            .find(|r| r.relay_id == relay_id)
+            .ok_or_else(|| ClientError::NotFound(format!("relay '{relay_id}'")))?;
+        let r = RelayClient::connect(&self.ctx, relay_id, &info.rpc_endpoint, self.opts.clone())?;
+        if let Ok(mut m) = self.relays.lock() {
+            m.insert(relay_id.to_string(), r.clone());
+        }
+        Ok(r)
+    }
+
+    fn cached(&self, relay_id: &str) -> Option<RelayClient> {
+        self.relays
+            .lock()
+            .ok()
+            .and_then(|m| m.get(relay_id).cloned())
+    }
+
+    /// Drop the cached endpoint of `relay_id` (the next [`Client::relay`]
+    /// asks the broker again).
+    pub fn forget_relay(&self, relay_id: &str) {
+        if let Ok(mut m) = self.relays.lock() {
+            m.remove(relay_id);
+        }
+    }
+
+    /// Call `method` on `relay_id`.
+    pub async fn call(
+        &self,
+        relay_id: &str,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, ClientError> {
+        self.relay(relay_id).await?.call(method, params).await
+    }
+
+    /// Queue mode: every state and dataset message from now on.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Cache mode: the newest state of `relay_id`, if any arrived.
+    pub fn latest_state(&self, relay_id: &str) -> Option<StateUpdate> {
+        self.latest
+            .lock()
+            .ok()
+            .and_then(|m| m.get(relay_id).cloned())
+    }
+
+    /// Wait until a state of `relay_id` matching `pred` arrives.
+    pub async fn wait_state(
+        &self,
+        relay_id: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&StateUpdate) -> bool,
+    ) -> Result<StateUpdate, ClientError> {
+        let mut rx = self.events();
+        let fut = async {
+            loop {
+                match rx.recv().await {
+                    Ok(Event::State(s)) if s.relay_id == relay_id && pred(&s) => return Ok(s),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(ClientError::Wire(WireError::Closed))
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                target: relay_id.to_string(),
+                method: "state".into(),
+                after: timeout,
+            })?
+    }
+}
+
+async fn listen(
+    mut sub: AsyncSocket,
+    events: broadcast::Sender<Event>,
+    latest: Arc<Mutex<HashMap<String, StateUpdate>>>,
+) {
+    loop {
+        let frames = match sub.recv_multipart().await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "bus receive failed");
+                continue;
+            }
+        };
+        let [topic, body] = frames.as_slice() else {
+            tracing::warn!(
+                frames = frames.len(),
+                "bus message without exactly [topic, body]"
+            );
+            continue;
+        };
+        let ev = if topic.starts_with(STATE_PREFIX.as_bytes()) {
+            match serde_json::from_slice::<StateMsg>(body) {
+                Ok(m) => Event::State(StateUpdate {
+                    relay_id: m.relay_id,
+                    state: m.state,
+                    seq: m.seq,
+                    ts: m.ts,
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed state message");
+                    continue;
+                }
+            }
+        } else if topic.starts_with(DATASET_PREFIX.as_bytes()) {
+            match serde_json::from_slice::<DatasetAnnounce>(body) {
+                Ok(d) => Event::Dataset(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed dataset announcement");
+                    continue;
+                }
+            }
+        } else {
+            continue;
+        };
+        if let Event::State(s) = &ev {
+            if let Ok(mut m) = latest.lock() {
+                m.insert(s.relay_id.clone(), s.clone());
+            }
+        }
+        // No receivers is fine: cache mode only.
+        let _ = events.send(ev);
+    }
+}
+
+async fn rpc(
+    conn: &DealerConn,
+    target: &str,
+    method: &str,
+    params: Value,
+    opts: &ClientOptions,
+) -> Result<Value, ClientError> {
+    match conn
+        .rpc(method, params, opts.password.to_field(), opts.timeout)
+        .await
+    {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(ErrorBody { code, message })) => Err(ClientError::Remote {
+            target: target.to_string(),
+            method: method.to_string(),
+            code,
+            message,
+        }),
+        Err(WireError::Timeout(after)) => Err(ClientError::Timeout {
+            target: target.to_string(),
+            method: method.to_string(),
+            after,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A connection to one relay; cheap to clone, calls may run concurrently.
+#[derive(Clone, Debug)]
+pub struct RelayClient {
+    relay_id: String,
+    conn: DealerConn,
+    opts: ClientOptions,
+}
+
+impl RelayClient {
+    /// Connect directly to a relay's RPC endpoint.
+    pub fn connect(
+        ctx: &zmq::Context,
+        relay_id: &str,
+        endpoint: &str,
+        opts: ClientOptions,
+    ) -> Result<RelayClient, ClientError> {
+        let conn = DealerConn::connect(ctx, endpoint, SocketOptions::default())?;
+        Ok(RelayClient {
+            relay_id: relay_id.to_string(),
+            conn,
+            opts,
+        })
+    }
+
+    /// The relay id.
+    pub fn relay_id(&self) -> &str {
+        &self.relay_id
+    }
+
+    /// The relay's RPC endpoint.
+    pub fn endpoint(&self) -> &str {
+        self.conn.endpoint()
+    }
+
+    /// Call `method`; `params` is an object (named), array (positional),
+    /// scalar (single) or null.
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+        rpc(&self.conn, &self.relay_id, method, params, &self.opts).await
+    }
+
+    /// The relay's methods and parameters (`lm.describe`).
+    pub async fn describe(&self) -> Result<Value, ClientError> {
+        self.call("lm.describe", Value::Null).await
+    }
+}

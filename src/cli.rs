@@ -1,0 +1,368 @@
+//! Argument parsing and the thin glue from subcommands to the libraries.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use labmesh_client::{Client, ClientError, ClientOptions, Event};
+use labmesh_config::Config;
+use labmesh_drivers::{DriverRegistry, InstrumentConfig};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Parser)]
+#[command(name = "labmesh", version, about = "Lab-instrument mesh over ZeroMQ")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Configuration file (labmesh TOML); the labmesh defaults are used when
+    /// the default file does not exist.
+    #[arg(long, global = true, default_value = "labmesh.toml")]
+    pub config: PathBuf,
+    /// Broker host, overriding `[broker] address`.
+    #[arg(long, global = true)]
+    pub broker: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker (directory + state bus).
+    Broker {
+        /// Directory bind, overriding `[broker] rpc_bind`.
+        #[arg(long)]
+        rpc_bind: Option<String>,
+        /// XSUB bind, overriding `[broker] xsub_bind`.
+        #[arg(long)]
+        xsub_bind: Option<String>,
+        /// XPUB bind, overriding `[broker] xpub_bind`.
+        #[arg(long)]
+        xpub_bind: Option<String>,
+    },
+    /// Run a relay hosting one instrument (flags) or the `[[relay.instruments]]`.
+    Relay {
+        /// Relay id of the single instrument.
+        #[arg(long)]
+        relay_id: Option<String>,
+        /// Driver of the single instrument (see `labmesh drivers`).
+        #[arg(long)]
+        driver: Option<String>,
+        /// Resource string (`TCPIP::host::5025::SOCKET`, `tcp://host:5025`,
+        /// `ASRL/dev/ttyUSB0::INSTR`, `serial:///dev/ttyUSB0?baud=9600`).
+        #[arg(long)]
+        resource: Option<String>,
+        /// RPC bind, overriding `[relay] default_rpc_bind` (`tcp://*:*` for any port).
+        #[arg(long)]
+        rpc: Option<String>,
+        /// Seconds between state messages, overriding `[relay] state_interval`.
+        #[arg(long)]
+        state_interval: Option<f64>,
+        /// Driver option `key=value` (repeatable).
+        #[arg(long = "option", value_name = "KEY=VALUE")]
+        options: Vec<String>,
+    },
+    /// List relays and banks.
+    Ls {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call a method on a relay and print the result as JSON.
+    Call {
+        /// Relay id.
+        relay: String,
+        /// Method name (`lm.describe` lists them).
+        method: String,
+        /// Named parameters `key=value`; values are JSON when they parse as JSON.
+        params: Vec<String>,
+        /// All parameters as one JSON value (object, array or scalar).
+        #[arg(long, conflicts_with = "params")]
+        json: Option<String>,
+        /// Seconds to wait for the reply.
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// Print live state messages.
+    Watch {
+        /// Only this relay.
+        relay: Option<String>,
+        /// Stop after N messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Print the raw JSON of each message.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the built-in drivers.
+    Drivers,
+    /// Run a whole mesh in one process and show it working.
+    Demo,
+}
+
+impl Cli {
+    /// Nodes log at info; client commands and the demo at warn, so their
+    /// output stays readable. RUST_LOG overrides both.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.cmd {
+            Command::Broker { .. } | Command::Relay { .. } => "info",
+            _ => "warn",
+        }
+    }
+}
+
+struct Loaded {
+    cfg: Config,
+}
+
+fn load(global: &Global) -> anyhow::Result<Loaded> {
+    let (mut cfg, warnings, from) = Config::load_or_default(&global.config)?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    match from {
+        Some(p) => tracing::debug!(file = %p.display(), "configuration loaded"),
+        None if global.config != Path::new("labmesh.toml") => {
+            bail!("{}: no such file", global.config.display())
+        }
+        None => tracing::debug!("no labmesh.toml here; using the labmesh defaults"),
+    }
+    if let Some(b) = &global.broker {
+        cfg.broker.address = b.clone();
+    }
+    Ok(Loaded { cfg })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Parse `key=value` pairs; a value that parses as JSON is taken as JSON.
+pub fn parse_kv(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
+    let mut map = Map::new();
+    for p in pairs {
+        let Some((k, v)) = p.split_once('=') else {
+            bail!("expected key=value, got {p:?}");
+        };
+        let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
+        map.insert(k.to_string(), value);
+    }
+    Ok(map)
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ctx = zmq::Context::new();
+    match cli.cmd {
+        Command::Broker {
+            rpc_bind,
+            xsub_bind,
+            xpub_bind,
+        } => {
+            let Loaded { cfg } = load(&cli.global)?;
+            let mut opts = labmesh_broker::BrokerOptions::from_config(&cfg);
+            if let Some(b) = rpc_bind {
+                opts.rpc_bind = b;
+            }
+            if let Some(b) = xsub_bind {
+                opts.xsub_bind = b;
+            }
+            if let Some(b) = xpub_bind {
+                opts.xpub_bind = b;
+            }
+            let broker = labmesh_broker::spawn(&ctx, opts).await?;
+            println!(
+                "broker: directory {}  xsub {}  xpub {}",
+                broker.rpc_endpoint(),
+                broker.xsub_endpoint(),
+                broker.xpub_endpoint()
+            );
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            broker.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Relay {
+            relay_id,
+            driver,
+            resource,
+            rpc,
+            state_interval,
+            options,
+        } => {
+            let Loaded { mut cfg } = load(&cli.global)?;
+            if let Some(s) = state_interval {
+                cfg.relay.state_interval = s;
+            }
+            let registry = DriverRegistry::with_builtins();
+            let hosted = match (relay_id, driver) {
+                (Some(id), Some(driver)) => {
+                    let instrument = registry
+                        .create(InstrumentConfig {
+                            id: id.clone(),
+                            driver,
+                            resource,
+                            options: parse_kv(&options)?,
+                        })
+                        .await
+                        .with_context(|| format!("instrument {id}"))?;
+                    vec![labmesh_relay::Hosted {
+                        relay_id: id,
+                        rpc_bind: rpc.unwrap_or_else(|| cfg.relay.default_rpc_bind.clone()),
+                        poll_interval: labmesh_config::secs(cfg.relay.state_interval),
+                        call_timeout: Duration::from_secs(10),
+                        instrument,
+                    }]
+                }
+                (None, None) => {
+                    if let Some(r) = rpc {
+                        cfg.relay.default_rpc_bind = r;
+                    }
+                    let hosted = labmesh_relay::hosted_from_config(&cfg, &registry).await?;
+                    if hosted.is_empty() {
+                        bail!(
+                            "nothing to host: pass --relay-id ID --driver DRIVER, or add [[relay.instruments]] to {}",
+                            cli.global.config.display()
+                        );
+                    }
+                    hosted
+                }
+                _ => bail!("--relay-id and --driver go together"),
+            };
+            let relay =
+                labmesh_relay::spawn(&ctx, labmesh_relay::RelayOptions::from_config(&cfg), hosted)
+                    .await?;
+            for s in relay.served() {
+                println!("relay {}: {}", s.relay_id, s.rpc_endpoint);
+            }
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            relay.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ls { json } => {
+            let Loaded { cfg } = load(&cli.global)?;
+            let client = Client::connect(&ctx, ClientOptions::from_config(&cfg)).await?;
+            let relays = client.list_relays().await?;
+            let banks = client.list_banks().await?;
+            if json {
+                println!("{}", serde_json::json!({"relays": relays, "banks": banks}));
+            } else {
+                println!("RELAY                ENDPOINT");
+                for r in &relays {
+                    println!("{:<20} {}", r.relay_id, r.rpc_endpoint);
+                }
+                println!("BANK                 INGEST / RETRIEVE");
+                for b in &banks {
+                    println!(
+                        "{:<20} {} / {}",
+                        b.bank_id,
+                        b.ingest.as_deref().unwrap_or("-"),
+                        b.retrieve.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Call {
+            relay,
+            method,
+            params,
+            json,
+            timeout,
+        } => {
+            let Loaded { cfg } = load(&cli.global)?;
+            let mut opts = ClientOptions::from_config(&cfg);
+            if let Some(t) = timeout {
+                opts.timeout = labmesh_config::secs(t);
+            }
+            let params = match json {
+                Some(j) => serde_json::from_str(&j).context("--json is not valid JSON")?,
+                None => Value::Object(parse_kv(&params)?),
+            };
+            let client = Client::connect(&ctx, opts).await?;
+            match client.call(&relay, &method, params).await {
+                Ok(v) => {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e @ ClientError::Remote { .. })
+                | Err(e @ ClientError::Timeout { .. })
+                | Err(e @ ClientError::NotFound(_)) => {
+                    eprintln!("labmesh: {e}");
+                    Ok(ExitCode::from(2))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Watch { relay, count, json } => {
+            let Loaded { cfg } = load(&cli.global)?;
+            let client = Client::connect(&ctx, ClientOptions::from_config(&cfg)).await?;
+            let mut rx = client.events();
+            let mut seen = 0u64;
+            let stop = shutdown_signal();
+            tokio::pin!(stop);
+            loop {
+                let ev = tokio::select! {
+                    _ = &mut stop => break,
+                    ev = rx.recv() => ev,
+                };
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        eprintln!("labmesh: missed {n} messages (terminal too slow)");
+                        continue;
+                    }
+                    Err(_) => break,
+                };
+                let Event::State(s) = ev else { continue };
+                if relay.as_ref().is_some_and(|r| r != &s.relay_id) {
+                    continue;
+                }
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"relay_id": s.relay_id, "state": s.state, "seq": s.seq, "ts": s.ts})
+                    );
+                } else {
+                    println!("[state] {}: {}", s.relay_id, s.state);
+                }
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drivers => {
+            for name in DriverRegistry::with_builtins().names() {
+                println!("{name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => crate::demo::run(&ctx).await.map(|_| ExitCode::SUCCESS),
+    }
+}

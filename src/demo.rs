@@ -1,0 +1,102 @@
+//! `labmesh demo`: a whole mesh in one process on free loopback ports.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use labmesh_client::{Client, ClientOptions, Event};
+use labmesh_drivers::mock_psu::MockPsu;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+pub async fn run(ctx: &zmq::Context) -> anyhow::Result<()> {
+    println!("== labmesh demo: broker, relay Inst-0 (mock PSU) and a client on loopback ==");
+    let broker = labmesh_broker::spawn(ctx, labmesh_broker::BrokerOptions::loopback()).await?;
+    println!(
+        "broker     directory {}  bus {} -> {}",
+        broker.rpc_endpoint(),
+        broker.xsub_endpoint(),
+        broker.xpub_endpoint()
+    );
+
+    let relay = labmesh_relay::spawn(
+        ctx,
+        labmesh_relay::RelayOptions::with_broker(broker.rpc_endpoint(), broker.xsub_endpoint()),
+        vec![
+            labmesh_relay::Hosted::new("Inst-0", Box::new(MockPsu::new("Inst-0")))
+                .poll_every(Duration::from_millis(250)),
+        ],
+    )
+    .await?;
+    for s in relay.served() {
+        println!("relay      {} at {}", s.relay_id, s.rpc_endpoint);
+    }
+
+    let client = Client::connect(
+        ctx,
+        ClientOptions::new(broker.rpc_endpoint(), broker.xpub_endpoint()),
+    )
+    .await?;
+    client
+        .wait_for_relay("Inst-0", WAIT)
+        .await
+        .context("relay did not register")?;
+    println!(
+        "client     relays: {}",
+        serde_json::to_string(&client.list_relays().await?)?
+    );
+    println!(
+        "client     banks:  {}",
+        serde_json::to_string(&client.list_banks().await?)?
+    );
+
+    let mut events = client.events();
+    let psu = client.relay("Inst-0").await?;
+    println!(
+        "call       set_voltage(value=2.5) -> {}",
+        psu.call("set_voltage", json!({"value": 2.5})).await?
+    );
+    println!(
+        "call       set_output(on=true)    -> {}",
+        psu.call("set_output", json!({"on": true})).await?
+    );
+
+    let mut shown = 0;
+    let got = tokio::time::timeout(WAIT, async {
+        while shown < 3 {
+            match events.recv().await {
+                Ok(Event::State(s))
+                    if s.relay_id == "Inst-0" && s.state["voltage"] == json!(2.5) =>
+                {
+                    println!(
+                        "[state]    {}: voltage={} current={} output={} (seq {})",
+                        s.relay_id,
+                        s.state["voltage"],
+                        s.state["current"],
+                        s.state["output"],
+                        s.seq.unwrap_or_default()
+                    );
+                    shown += 1;
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => return Err(anyhow::anyhow!("state bus closed: {e}")),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match got {
+        Ok(r) => r?,
+        Err(_) => anyhow::bail!("no state update showing 2.5 V within {WAIT:?}"),
+    }
+    match psu.call("no_such_method", json!({})).await {
+        Err(e) => println!("call       no_such_method -> {e}"),
+        Ok(v) => anyhow::bail!("unknown method answered {v}"),
+    }
+
+    relay.shutdown().await;
+    broker.shutdown().await;
+    println!("== demo finished ==");
+    Ok(())
+}
