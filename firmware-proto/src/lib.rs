@@ -22,3 +22,13 @@ pub use frame::{
     MAX_FRAME, PROTOCOL_VERSION,
 };
 pub use key::{Endpoint, Key, Topic};
+
+#[cfg(feature = "std")]
+pub mod host;
+#[cfg(feature = "std")]
+pub mod sim;
+
+#[cfg(feature = "std")]
+pub use host::{ClientConfig, ClientError, ClientStats, DeviceClient, DeviceEvent};
+#[cfg(feature = "std")]
+pub use sim::run_simulated_device;

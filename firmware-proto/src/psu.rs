@@ -21,7 +21,7 @@ pub const DEFAULT_LOAD_MOHM: u32 = 10_000;
 /// Model name returned by `identify`.
 pub const MODEL: &str = "labmesh FW-PSU-1";
 /// Firmware version returned by `identify`.
-pub const FIRMWARE: &str = env!("CARGO_PKG_VERSION");
+pub const FIRMWARE: &str = "1.0.0";
 
 /// Regulation mode.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
