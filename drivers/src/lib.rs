@@ -10,9 +10,11 @@ pub mod block;
 pub mod builtins;
 pub mod instrument;
 pub mod mock_psu;
+pub mod psu;
 pub mod registry;
 pub mod resource;
 pub mod scpi;
+pub mod sim;
 pub mod transport;
 
 pub use instrument::{

@@ -117,9 +117,11 @@ impl SerialSettings {
                     _ => return Err(bad("expected none, software or hardware")),
                 }
             }
-            _ => return Err(DriverError::Config(format!(
+            _ => {
+                return Err(DriverError::Config(format!(
                 "unknown serial setting '{key}' (known: baud, data_bits, parity, stop_bits, flow)"
-            ))),
+            )))
+            }
         }
         Ok(())
     }

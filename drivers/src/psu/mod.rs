@@ -1,0 +1,3 @@
+//! Power supplies: model limits and the family drivers.
+
+pub mod models;
