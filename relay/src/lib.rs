@@ -351,6 +351,44 @@ async fn publish(mut sock: AsyncSocket, mut rx: mpsc::Receiver<Outgoing>) {
     }
 }
 
+/// Builds and queues `state.<relay_id>` messages for one instrument.
+struct StatePublisher<'a> {
+    relay_id: &'a str,
+    topic: Vec<u8>,
+    seq: u64,
+    last: Option<serde_json::Value>,
+    out: mpsc::Sender<Outgoing>,
+}
+
+impl StatePublisher<'_> {
+    fn send(&mut self, state: serde_json::Value, stale: bool) {
+        let msg = StateMsg {
+            relay_id: self.relay_id.to_string(),
+            state,
+            seq: Some(self.seq),
+            ts: Some(labmesh_wire::unix_now()),
+            stale: stale.then_some(true),
+        };
+        self.seq += 1;
+        // A full queue means the PUB is behind; drop, as PUB would.
+        let _ = self.out.try_send(Outgoing {
+            topic: self.topic.clone(),
+            body: encode(&msg),
+        });
+    }
+
+    fn publish(&mut self, state: serde_json::Value) {
+        self.last = Some(state.clone());
+        self.send(state, false);
+    }
+
+    fn republish_stale(&mut self) {
+        if let Some(s) = self.last.clone() {
+            self.send(s, true);
+        }
+    }
+}
+
 /// A call queued for the instrument task.
 pub(crate) struct Call {
     pub(crate) ident: Vec<u8>,
@@ -371,15 +409,27 @@ async fn instrument_task(
     let topic = format!("{STATE_PREFIX}{relay_id}").into_bytes();
     let mut ticker = tokio::time::interval(poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seq: u64 = 0;
+    let mut publisher = StatePublisher {
+        relay_id: &relay_id,
+        topic,
+        seq: 0,
+        last: None,
+        out: state,
+    };
     loop {
         tokio::select! {
             biased;
             call = calls.recv() => {
                 let Some(call) = call else { break };
-                let outcome = match tokio::time::timeout(call_timeout, inst.call(&call.method, call.args)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(DriverError::Timeout(call_timeout)),
+                let fut = tokio::time::timeout(call_timeout, inst.call(&call.method, call.args));
+                tokio::pin!(fut);
+                // While a call runs, keep the state bus ticking with the last
+                // known state, marked stale: subscribers see the relay alive.
+                let outcome = loop {
+                    tokio::select! {
+                        r = &mut fut => break r.unwrap_or(Err(DriverError::Timeout(call_timeout))),
+                        _ = ticker.tick() => publisher.republish_stale(),
+                    }
                 };
                 let reply = rpc::reply_for(&relay_id, &call.method, call.rpc_uuid, outcome);
                 if replies.send((call.ident, reply)).await.is_err() {
@@ -387,26 +437,11 @@ async fn instrument_task(
                 }
             }
             _ = ticker.tick() => {
-                let st = match tokio::time::timeout(call_timeout, inst.poll()).await {
-                    Ok(Ok(v)) => v,
-                    Ok(Err(e)) => {
-                        tracing::warn!(%relay_id, error = %e, "poll failed");
-                        continue;
-                    }
-                    Err(_) => {
-                        tracing::warn!(%relay_id, timeout = ?call_timeout, "poll timed out");
-                        continue;
-                    }
-                };
-                let msg = StateMsg {
-                    relay_id: relay_id.clone(),
-                    state: st,
-                    seq: Some(seq),
-                    ts: Some(labmesh_wire::unix_now()),
-                };
-                seq += 1;
-                // A full queue means the PUB is behind; drop, as PUB would.
-                let _ = state.try_send(Outgoing { topic: topic.clone(), body: encode(&msg) });
+                match tokio::time::timeout(call_timeout, inst.poll()).await {
+                    Ok(Ok(v)) => publisher.publish(v),
+                    Ok(Err(e)) => tracing::warn!(%relay_id, error = %e, "poll failed"),
+                    Err(_) => tracing::warn!(%relay_id, timeout = ?call_timeout, "poll timed out"),
+                }
             }
         }
     }

@@ -1,1 +1,218 @@
-//! labmesh end-to-end mesh tests and Python interop
+//! Shared helpers for the end-to-end tests: a whole mesh on loopback, the
+//! Python labmesh package, bounded waits.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use labmesh_broker::{BrokerHandle, BrokerOptions};
+use labmesh_client::{Client, ClientOptions};
+use labmesh_drivers::mock_psu::MockPsu;
+use labmesh_relay::{Hosted, RelayHandle, RelayOptions};
+use labmesh_wire::auth::Password;
+
+/// Upper bound for any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// Log to the test output when `RUST_LOG` is set.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A broker, a relay hosting mock PSUs, and a client, all on loopback.
+pub struct Mesh {
+    pub ctx: zmq::Context,
+    pub broker: BrokerHandle,
+    pub relay: RelayHandle,
+    pub client: Client,
+}
+
+impl Mesh {
+    /// Start a mesh with mock PSUs named `ids`, state every `interval`.
+    pub async fn start(ids: &[&str], interval: Duration) -> anyhow::Result<Mesh> {
+        Mesh::start_with_password(ids, interval, Password::none()).await
+    }
+
+    /// As [`Mesh::start`], every node requiring `password`.
+    pub async fn start_with_password(
+        ids: &[&str],
+        interval: Duration,
+        password: Password,
+    ) -> anyhow::Result<Mesh> {
+        init_logging();
+        let ctx = zmq::Context::new();
+        let broker = labmesh_broker::spawn(
+            &ctx,
+            BrokerOptions {
+                password: password.clone(),
+                ..BrokerOptions::loopback()
+            },
+        )
+        .await?;
+        let hosted = ids
+            .iter()
+            .map(|id| Hosted::new(id, Box::new(MockPsu::new(id))).poll_every(interval))
+            .collect();
+        let relay = labmesh_relay::spawn(
+            &ctx,
+            RelayOptions {
+                password: password.clone(),
+                ..RelayOptions::with_broker(broker.rpc_endpoint(), broker.xsub_endpoint())
+            },
+            hosted,
+        )
+        .await?;
+        let client = Client::connect(
+            &ctx,
+            ClientOptions {
+                password,
+                timeout: Duration::from_secs(5),
+                ..ClientOptions::new(broker.rpc_endpoint(), broker.xpub_endpoint())
+            },
+        )
+        .await?;
+        for id in ids {
+            client.wait_for_relay(id, WAIT).await?;
+        }
+        Ok(Mesh {
+            ctx,
+            broker,
+            relay,
+            client,
+        })
+    }
+
+    /// Stop everything gracefully.
+    pub async fn stop(self) {
+        self.relay.shutdown().await;
+        self.broker.shutdown().await;
+    }
+}
+
+/// Whether the Python labmesh package is importable. Locally a missing
+/// package skips (with a printed reason); with `CI=true` it fails.
+pub fn python_labmesh() -> Option<PathBuf> {
+    let py = std::env::var_os("PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import labmesh, zmq"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(py);
+    }
+    let why = format!(
+        "{} cannot import labmesh and zmq (pip install labmesh pyzmq)",
+        py.display()
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
+/// Path of a script in tests/python.
+pub fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name)
+}
+
+/// Run a Python script to completion within `limit`; returns stdout.
+pub async fn run_python(
+    py: &PathBuf,
+    name: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    limit: Duration,
+) -> anyhow::Result<String> {
+    let mut cmd = tokio::process::Command::new(py);
+    cmd.arg(script(name))
+        .args(args)
+        .env_remove("LMH_NETWORK_PASSWORD")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().with_context(|| format!("spawn {name}"))?;
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .with_context(|| format!("{name} did not finish within {limit:?}"))??;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "{name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
+/// Start a long-running Python script (killed when the child is dropped)
+/// and wait until it prints a line containing `ready`. Its output keeps
+/// being drained (and echoed to stderr) so it never blocks on a full pipe.
+pub async fn spawn_python(
+    py: &PathBuf,
+    name: &str,
+    args: &[&str],
+) -> anyhow::Result<tokio::process::Child> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(py)
+        .arg(script(name))
+        .args(args)
+        .env_remove("LMH_NETWORK_PASSWORD")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawn {name}"))?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let tag = name.to_string();
+    tokio::spawn(async move {
+        let mut ready_tx = Some(ready_tx);
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("[{tag}] {line}");
+            if line.contains("ready") {
+                if let Some(tx) = ready_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, ready_rx)
+        .await
+        .with_context(|| format!("{name} not ready within {WAIT:?}"))?
+        .with_context(|| format!("{name} exited before it was ready"))?;
+    Ok(child)
+}
+
+/// A TCP port that was free a moment ago (for peers that cannot bind port 0
+/// and report it, like Python labmesh's relay).
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The last line of `out` parsed as JSON.
+pub fn last_json(out: &str) -> anyhow::Result<serde_json::Value> {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .with_context(|| format!("no JSON line in output:\n{out}"))?;
+    Ok(serde_json::from_str(line)?)
+}

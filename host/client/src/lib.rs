@@ -137,6 +137,8 @@ pub struct StateUpdate {
     pub seq: Option<u64>,
     /// Publish time (Rust relays).
     pub ts: Option<f64>,
+    /// The relay republished its last state because the instrument is busy.
+    pub stale: bool,
 }
 
 /// Something published on the bus.
@@ -394,6 +396,7 @@ async fn listen(
                     state: m.state,
                     seq: m.seq,
                     ts: m.ts,
+                    stale: m.stale.unwrap_or(false),
                 }),
                 Err(e) => {
                     tracing::warn!(error = %e, "malformed state message");

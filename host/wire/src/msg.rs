@@ -178,6 +178,10 @@ pub struct StateMsg {
     /// Extension: publish time, seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts: Option<f64>,
+    /// Extension: `true` when the instrument was busy and this is the last
+    /// known state, republished so the relay is seen alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<bool>,
 }
 
 /// The body of a `dataset.<bank_id>` announcement.

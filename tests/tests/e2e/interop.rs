@@ -1,0 +1,145 @@
+//! Interop with the real Python labmesh package (PyPI `labmesh`).
+
+use std::time::Duration;
+
+use labmesh_tests::{last_json, python_labmesh, run_python, spawn_python, Mesh, WAIT};
+use labmesh_wire::auth::Password;
+use serde_json::json;
+
+#[tokio::test]
+async fn python_client_lists_calls_and_watches_rust_relay() -> anyhow::Result<()> {
+    let Some(py) = python_labmesh() else {
+        return Ok(());
+    };
+    let mesh = Mesh::start(&["Inst-0"], Duration::from_millis(100)).await?;
+    let out = run_python(
+        &py,
+        "client_flow.py",
+        &[
+            mesh.broker.rpc_endpoint(),
+            mesh.broker.xpub_endpoint(),
+            "Inst-0",
+        ],
+        &[],
+        WAIT,
+    )
+    .await?;
+    let v = last_json(&out)?;
+    assert_eq!(
+        v["relays"],
+        json!([{"relay_id": "Inst-0", "rpc_endpoint": mesh.relay.endpoint("Inst-0")}])
+    );
+    assert_eq!(v["banks"], json!([]));
+    assert_eq!(v["ping"], json!({"ok": true}));
+    assert_eq!(v["set_voltage"], json!({"ok": true, "voltage": 2.5}));
+    assert_eq!(v["state"]["voltage"], json!(2.5));
+    assert_eq!(v["positional"], json!({"ok": true, "output": true}));
+    assert_eq!(
+        v["unknown"],
+        json!("RPC error 404: unknown method: no_such_method")
+    );
+    assert_eq!(v["on_state"]["state"]["voltage"], json!(2.5));
+    // The Rust side saw the Python client's call.
+    assert_eq!(
+        mesh.client.call("Inst-0", "get_state", json!({})).await?["output"],
+        json!(true)
+    );
+    mesh.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn python_relay_registers_with_rust_broker_and_is_called_from_rust() -> anyhow::Result<()> {
+    let Some(py) = python_labmesh() else {
+        return Ok(());
+    };
+    let mesh = Mesh::start(&["rust-psu"], Duration::from_millis(100)).await?;
+    let port = labmesh_tests::free_port()?.to_string();
+    let mut child = spawn_python(
+        &py,
+        "relay_node.py",
+        &[
+            mesh.broker.rpc_endpoint(),
+            mesh.broker.xsub_endpoint(),
+            "py-psu",
+            &port,
+        ],
+    )
+    .await?;
+    let info = mesh.client.wait_for_relay("py-psu", WAIT).await?;
+    assert_eq!(info.rpc_endpoint, format!("tcp://127.0.0.1:{port}"));
+    let psu = mesh.client.relay("py-psu").await?;
+    assert_eq!(
+        psu.call("set_voltage", json!({"value": 4.5})).await?,
+        json!({"ok": true, "voltage": 4.5})
+    );
+    assert_eq!(
+        psu.call("set_output", json!([true])).await?,
+        json!({"ok": true, "output": true})
+    );
+    let st = psu.call("get_state", json!({})).await?;
+    assert_eq!(
+        (st["voltage"].clone(), st["output"].clone()),
+        (json!(4.5), json!(true))
+    );
+    // Python's error shape for a failing method reaches the Rust caller.
+    let e = psu
+        .call("set_voltage", json!({"volts": 1}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(500), "{e}");
+    // Its state arrives through the Rust broker's bus (no seq: labmesh v0).
+    let s = mesh
+        .client
+        .wait_state("py-psu", WAIT, |s| s.state["voltage"] == json!(4.5))
+        .await?;
+    assert_eq!(s.seq, None);
+    let _ = child.kill().await;
+    mesh.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn network_password_accepts_the_right_one_and_refuses_others() -> anyhow::Result<()> {
+    let Some(py) = python_labmesh() else {
+        return Ok(());
+    };
+    let mesh = Mesh::start_with_password(
+        &["Inst-0"],
+        Duration::from_millis(100),
+        Password::new("s3cret"),
+    )
+    .await?;
+    let out = run_python(
+        &py,
+        "password.py",
+        &[mesh.broker.rpc_endpoint(), "Inst-0", "s3cret"],
+        &[],
+        WAIT,
+    )
+    .await?;
+    let v = last_json(&out)?;
+    assert_eq!(
+        v["hello_good"],
+        json!({"type": "hello", "ok": true, "role": "client"})
+    );
+    let refused = json!({"type": "hello", "ok": false, "error": "invalid password"});
+    assert_eq!(v["hello_bad"], refused);
+    assert_eq!(v["hello_none"], refused);
+    assert_eq!(v["hello_odd"], refused);
+    assert_eq!(v["list_good"]["type"], json!("rpc_result"));
+    assert_eq!(v["list_bad"]["type"], json!("rpc_error"));
+    assert_eq!(v["list_bad"]["error"]["code"], json!(401));
+    assert_eq!(
+        v["call_good"]["result"],
+        json!({"ok": true, "voltage": 1.5})
+    );
+    assert_eq!(v["call_bad"]["error"]["code"], json!(401));
+    assert_eq!(v["call_number"]["error"]["code"], json!(401));
+    // The refused call changed nothing.
+    assert_eq!(v["state_after"]["result"]["voltage"], json!(1.5));
+    let pypi = v["pypi_client"].as_str().unwrap_or_default();
+    assert!(pypi.contains("401"), "{pypi}");
+    mesh.stop().await;
+    Ok(())
+}
