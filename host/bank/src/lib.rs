@@ -1,1 +1,378 @@
-//! labmesh databank: ingest, storage, catalogue, retrieve
+//! labmesh databank: ingest, crash-safe storage, SQLite catalogue, retrieve.
+//!
+//! A [`Bank`] binds two ROUTER sockets, wire-compatible with the Python
+//! `labmesh.databank.DataBank`:
+//!
+//! * **ingest** (`[bank] ingest_bind`): upload sessions — labmesh v0 ones
+//!   keyed by the sender's identity, and resumable ones keyed by an upload
+//!   token (extension);
+//! * **retrieve** (`[bank] retrieve_bind`): `get` (paced legacy stream, or
+//!   credit-based with an offset), and the `list_datasets` catalogue query.
+//!
+//! It registers with the broker (hello, retried until acknowledged, then a
+//! heartbeat) and announces each committed dataset on
+//! `dataset.<bank_id>`. See [`store`] for the on-disk layout and the crash
+//! guarantees, and `docs/PROTOCOL.md` for every message.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), labmesh_bank::BankError> {
+//! let ctx = zmq::Context::new();
+//! let opts = labmesh_bank::BankOptions::new("bank-1", "./bank_data");
+//! let bank = labmesh_bank::Bank::start(&ctx, opts).await?;
+//! println!("uploads to {}", bank.ingest_endpoint());
+//! bank.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod ingest;
+mod retrieve;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use labmesh_wire::auth::Password;
+use labmesh_wire::endpoint::public_endpoint;
+use labmesh_wire::msg::{encode, DatasetAnnounce, Heartbeat, Hello, Request, DATASET_PREFIX};
+use labmesh_wire::transfer::{DatasetInfo, Query};
+use labmesh_wire::{AsyncSocket, DealerConn, SocketOptions, WireError};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use retrieve::MAX_CREDIT;
+pub use store::{Recovery, StoreError};
+
+/// Everything a bank needs. [`BankOptions::new`] gives labmesh's defaults
+/// with ephemeral loopback ports.
+#[derive(Debug, Clone)]
+pub struct BankOptions {
+    /// Bank id, announced on `dataset.<bank_id>`.
+    pub bank_id: String,
+    /// Ingest ROUTER bind (`tcp://*:5761`; `tcp://127.0.0.1:*` for any port).
+    pub ingest_bind: String,
+    /// Retrieve ROUTER bind (`tcp://*:5762`).
+    pub retrieve_bind: String,
+    /// Where datasets, partial uploads and the catalogue live.
+    pub data_dir: PathBuf,
+    /// Broker RPC endpoint to register with; `None` = standalone.
+    pub broker_rpc: Option<String>,
+    /// Broker XSUB endpoint for announcements; `None` = no announcements.
+    pub broker_xsub: Option<String>,
+    /// Host put in place of a wildcard when advertising endpoints.
+    pub advertise_host: String,
+    /// Heartbeat period towards the broker.
+    pub heartbeat: Duration,
+    /// Shared network password (checked on ingest_start, ingest_resume, get
+    /// and list_datasets).
+    pub password: Password,
+    /// Largest chunk accepted on ingest and served on retrieve, bytes.
+    pub max_chunk: usize,
+    /// Chunk size for downloads that do not ask for one (labmesh: 1 MB).
+    pub retrieve_chunk: usize,
+    /// Resumable uploads are made durable every this many bytes; it bounds
+    /// what an uploader must keep in memory to resume.
+    pub checkpoint_bytes: u64,
+    /// Sessions and downloads idle this long are suspended/dropped.
+    pub idle_timeout: Duration,
+    /// Suspended resumable uploads older than this are deleted at start.
+    pub resume_ttl: Duration,
+}
+
+impl BankOptions {
+    /// Defaults: loopback ephemeral ports, no broker, 1 MB download chunks,
+    /// 16 MiB max chunk, 8 MiB checkpoints, 5 min idle, 24 h resume TTL.
+    pub fn new(bank_id: &str, data_dir: impl Into<PathBuf>) -> Self {
+        BankOptions {
+            bank_id: bank_id.to_string(),
+            ingest_bind: "tcp://127.0.0.1:*".to_string(),
+            retrieve_bind: "tcp://127.0.0.1:*".to_string(),
+            data_dir: data_dir.into(),
+            broker_rpc: None,
+            broker_xsub: None,
+            advertise_host: "127.0.0.1".to_string(),
+            heartbeat: Duration::from_secs(5),
+            password: Password::none(),
+            max_chunk: 16 * 1024 * 1024,
+            retrieve_chunk: 1_000_000,
+            checkpoint_bytes: 8 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(300),
+            resume_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Errors starting a bank.
+#[derive(Debug, thiserror::Error)]
+pub enum BankError {
+    /// Opening or recovering the storage failed.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// Binding or connecting a socket failed.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// An option is out of range.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    /// A blocking start-up task failed.
+    #[error("start-up task failed: {0}")]
+    Task(String),
+}
+
+/// The databank service.
+#[derive(Debug)]
+pub struct Bank;
+
+/// A running bank.
+#[derive(Debug)]
+pub struct BankHandle {
+    ingest: String,
+    retrieve: String,
+    store: Arc<store::Store>,
+    recovery: Recovery,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Bank {
+    /// Open the storage (recovering from any crash), bind both sockets and
+    /// start serving. Must run inside a tokio runtime.
+    pub async fn start(ctx: &zmq::Context, opts: BankOptions) -> Result<BankHandle, BankError> {
+        if opts.max_chunk == 0 || opts.retrieve_chunk == 0 || opts.retrieve_chunk > opts.max_chunk {
+            return Err(BankError::InvalidOption(
+                "need 0 < retrieve_chunk <= max_chunk".to_string(),
+            ));
+        }
+        if opts.bank_id.is_empty() {
+            return Err(BankError::InvalidOption("empty bank_id".to_string()));
+        }
+        let (dir, id, ttl) = (opts.data_dir.clone(), opts.bank_id.clone(), opts.resume_ttl);
+        let (store, recovery) =
+            tokio::task::spawn_blocking(move || store::Store::open(&dir, &id, ttl))
+                .await
+                .map_err(|e| BankError::Task(e.to_string()))??;
+        let store = Arc::new(store);
+
+        // Ingest: a small receive HWM so a fast uploader is held back by TCP
+        // instead of filling the bank's memory; room for a whole max chunk.
+        let frame_limit = (opts.max_chunk + 64 * 1024) as i64;
+        let mut ingest_sock = AsyncSocket::new(
+            ctx,
+            zmq::ROUTER,
+            SocketOptions {
+                rcvhwm: 16,
+                sndhwm: 1000,
+                linger_ms: 500,
+                // Frames beyond max_chunk but below this get a 400; beyond
+                // it libzmq drops the connection (the peer reconnects).
+                max_msg_size: frame_limit * 2,
+            },
+        )?;
+        let ingest = ingest_sock.bind(&opts.ingest_bind)?;
+        let mut retrieve_sock = AsyncSocket::new(
+            ctx,
+            zmq::ROUTER,
+            SocketOptions {
+                rcvhwm: 1000,
+                sndhwm: 4,
+                linger_ms: 500,
+                max_msg_size: 1024 * 1024,
+            },
+        )?;
+        retrieve_sock
+            .raw()
+            .set_router_mandatory(true)
+            .map_err(WireError::from)?;
+        let retrieve = retrieve_sock.bind(&opts.retrieve_bind)?;
+        let ingest_pub = public_endpoint(&ingest, &opts.advertise_host);
+        let retrieve_pub = public_endpoint(&retrieve, &opts.advertise_host);
+        tracing::info!(bank_id = %opts.bank_id, ingest = %ingest_pub, retrieve = %retrieve_pub, ?recovery, "bank started");
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (announce_tx, announce_rx) = mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(ingest::run(
+            ingest_sock,
+            store.clone(),
+            ingest::IngestConfig {
+                bank_id: opts.bank_id.clone(),
+                max_chunk: opts.max_chunk,
+                checkpoint_bytes: opts.checkpoint_bytes.max(1),
+                session_idle: opts.idle_timeout,
+                password: opts.password.clone(),
+            },
+            announce_tx,
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(retrieve::run(
+            retrieve_sock,
+            store.clone(),
+            retrieve::RetrieveConfig {
+                chunk_size: opts.retrieve_chunk,
+                max_chunk: opts.max_chunk,
+                idle: opts.idle_timeout,
+                password: opts.password.clone(),
+            },
+            shutdown_rx.clone(),
+        )));
+        let publisher = match &opts.broker_xsub {
+            Some(xsub) => {
+                let mut s = AsyncSocket::new(ctx, zmq::PUB, SocketOptions::default())?;
+                s.connect(xsub)?;
+                Some(s)
+            }
+            None => None,
+        };
+        tasks.push(tokio::spawn(announce(
+            publisher,
+            opts.bank_id.clone(),
+            announce_rx,
+            shutdown_rx.clone(),
+        )));
+        if let Some(rpc) = &opts.broker_rpc {
+            let conn = DealerConn::connect(
+                ctx,
+                rpc,
+                SocketOptions {
+                    linger_ms: 0,
+                    ..Default::default()
+                },
+            )?;
+            let hello = Hello {
+                role: Some("bank".to_string()),
+                bank_id: Some(opts.bank_id.clone()),
+                ingest: Some(ingest_pub.clone()),
+                retrieve: Some(retrieve_pub.clone()),
+                password: opts.password.to_field(),
+                ..Default::default()
+            };
+            tasks.push(tokio::spawn(register(
+                conn,
+                hello,
+                opts.heartbeat,
+                opts.password.clone(),
+                shutdown_rx,
+            )));
+        }
+        Ok(BankHandle {
+            ingest: ingest_pub,
+            retrieve: retrieve_pub,
+            store,
+            recovery,
+            shutdown,
+            tasks,
+        })
+    }
+}
+
+impl BankHandle {
+    /// The ingest endpoint as advertised (real port, wildcard replaced).
+    pub fn ingest_endpoint(&self) -> &str {
+        &self.ingest
+    }
+
+    /// The retrieve endpoint as advertised.
+    pub fn retrieve_endpoint(&self) -> &str {
+        &self.retrieve
+    }
+
+    /// What start-up recovery found.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// Query the catalogue directly (same semantics as `list_datasets`).
+    pub async fn list(&self, q: Query) -> Result<Vec<DatasetInfo>, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.list(&q))
+            .await
+            .map_err(|_| StoreError::Poisoned)?
+    }
+
+    /// Stop gracefully: resumable uploads are checkpointed (they resume after
+    /// the next start), legacy uploads are dropped, downloads end.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn announce(
+    mut publisher: Option<AsyncSocket>,
+    bank_id: String,
+    mut rx: mpsc::UnboundedReceiver<DatasetAnnounce>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let topic = format!("{DATASET_PREFIX}{bank_id}").into_bytes();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            msg = rx.recv() => {
+                let Some(msg) = msg else { return };
+                if let Some(p) = publisher.as_mut() {
+                    if let Err(e) = p.send_multipart([topic.clone(), encode(&msg)]).await {
+                        tracing::warn!(error = %e, "announcement not published");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Register with the broker until it acknowledges, then heartbeat.
+async fn register(
+    conn: DealerConn,
+    hello: Hello,
+    heartbeat: Duration,
+    password: Password,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let body = encode(&Request::Hello(hello.clone()));
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let attempt = conn.request(body.clone(), None, Duration::from_secs(2));
+        let reply = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = attempt => r,
+        };
+        match reply {
+            Ok(v) if v.get("ok") == Some(&serde_json::Value::Bool(true)) => {
+                tracing::info!(broker = %conn.endpoint(), "registered with the broker");
+                break;
+            }
+            Ok(v) => {
+                tracing::warn!(broker = %conn.endpoint(), reply = %v, "broker refused the bank's hello; retrying")
+            }
+            Err(e) => {
+                tracing::warn!(broker = %conn.endpoint(), error = %e, "no answer from the broker; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
+    let beat = encode(&Request::Heartbeat(Heartbeat {
+        role: Some("bank".to_string()),
+        relay_id: None,
+        bank_id: hello.bank_id.clone(),
+        password: password.to_field(),
+    }));
+    let mut tick = tokio::time::interval(heartbeat.max(Duration::from_millis(10)));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {
+                if let Err(e) = conn.send(beat.clone()).await {
+                    tracing::warn!(error = %e, "heartbeat not sent");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! The retrieve socket: downloads (legacy `get` and credit mode) and the
+//! catalogue query.
+//!
+//! The ROUTER has `ROUTER_MANDATORY` and a small send high-water mark, so a
+//! send to a peer whose queue is full fails with `EAGAIN` instead of being
+//! dropped. Each download has a reader task that may only read a chunk when
+//! it holds a permit from the download's semaphore:
+//!
+//! * legacy `get` (labmesh v0 clients): 2 permits, plus one each time a
+//!   chunk is handed to libzmq — the stream is paced by the client's TCP
+//!   window, nothing is dropped, and the bank holds at most a few chunks;
+//! * credit mode (extension): permits are exactly the credit the client
+//!   grants with `credit` messages.
+//!
+//! A message that meets a full peer queue waits in the download's own queue
+//! and is retried a few milliseconds later; other downloads keep flowing.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use labmesh_wire::msg::encode;
+use labmesh_wire::transfer::msg::{
+    decode_retrieve, valid_dataset_id, BankError, ChunkMsg, DatasetList, Get, Malformed, MetaMsg,
+    Query, RetrieveReply, RetrieveRequest,
+};
+use labmesh_wire::{codes, AsyncSocket, WireError};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::store::Store;
+
+/// Largest credit a client may hold at once (chunks).
+pub const MAX_CREDIT: u32 = 64;
+
+#[derive(Debug, Clone)]
+pub(crate) struct RetrieveConfig {
+    pub chunk_size: usize,
+    pub max_chunk: usize,
+    pub idle: Duration,
+    pub password: labmesh_wire::auth::Password,
+}
+
+type Ident = Vec<u8>;
+type Frames = Vec<Vec<u8>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Meta,
+    Chunk,
+    Last,
+}
+
+struct Out {
+    id: u64,
+    frames: Frames,
+    kind: Kind,
+}
+
+struct Download {
+    ident: Ident,
+    dataset_id: String,
+    sem: Arc<Semaphore>,
+    legacy: bool,
+    queue: VecDeque<Out>,
+    last_progress: Instant,
+}
+
+enum Internal {
+    Reply(Ident, Vec<u8>),
+    Start {
+        ident: Ident,
+        meta: MetaMsg,
+        path: PathBuf,
+        offset: u64,
+        chunk: usize,
+        credit: Option<u32>,
+    },
+}
+
+struct Retrieve {
+    sock: AsyncSocket,
+    store: Arc<Store>,
+    cfg: RetrieveConfig,
+    downloads: HashMap<u64, Download>,
+    next_id: u64,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    stream_tx: mpsc::Sender<Out>,
+}
+
+pub(crate) async fn run(
+    sock: AsyncSocket,
+    store: Arc<Store>,
+    cfg: RetrieveConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (internal_tx, mut internal_rx) = mpsc::unbounded_channel();
+    let (stream_tx, mut stream_rx) = mpsc::channel(8);
+    let mut r = Retrieve {
+        sock,
+        store,
+        cfg,
+        downloads: HashMap::new(),
+        next_id: 0,
+        internal_tx,
+        stream_tx,
+    };
+    let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        let blocked = r.downloads.values().any(|d| !d.queue.is_empty());
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            frames = r.sock.recv_multipart() => match frames {
+                Ok(f) => r.on_frames(f),
+                Err(e) => tracing::warn!(error = %e, "retrieve receive failed"),
+            },
+            Some(msg) = internal_rx.recv() => r.on_internal(msg),
+            Some(out) = stream_rx.recv() => r.enqueue(out),
+            // Retry sends that met a full peer queue (pacing, not polling:
+            // only armed while something is waiting).
+            _ = tokio::time::sleep(Duration::from_millis(2)), if blocked => r.pump_all(),
+            _ = sweep.tick() => r.sweep(),
+        }
+    }
+    for d in r.downloads.values() {
+        d.sem.close();
+    }
+    tracing::info!("retrieve stopped");
+}
+
+impl Retrieve {
+    fn reply(&mut self, ident: &Ident, r: &RetrieveReply) {
+        let frames = [ident.clone(), encode(r)];
+        match self.sock.try_send_multipart(&frames) {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!("reply dropped: peer queue full"),
+            Err(e) => tracing::debug!(error = %e, "reply not sent"),
+        }
+    }
+
+    fn error(&mut self, ident: &Ident, code: i64, msg: impl Into<String>) {
+        self.reply(ident, &RetrieveReply::Error(BankError::new(code, msg)));
+    }
+
+    fn on_frames(&mut self, frames: Frames) {
+        let mut it = frames.into_iter();
+        let (Some(ident), Some(head)) = (it.next(), it.next()) else {
+            tracing::warn!("retrieve message without a body; ignored");
+            return;
+        };
+        if it.next().is_some() {
+            self.error(&ident, codes::BAD_REQUEST, "expected one frame");
+            return;
+        }
+        match decode_retrieve(&head) {
+            Ok(RetrieveRequest::Get(g)) => self.on_get(ident, g),
+            Ok(RetrieveRequest::Credit(c)) => {
+                if let Some(d) = self
+                    .downloads
+                    .values_mut()
+                    .find(|d| d.ident == ident && d.dataset_id == c.dataset_id && !d.legacy)
+                {
+                    let held = d.sem.available_permits() as u32;
+                    let add = c.credit.min(MAX_CREDIT.saturating_sub(held));
+                    d.sem.add_permits(add as usize);
+                    d.last_progress = Instant::now();
+                }
+            }
+            Ok(RetrieveRequest::Cancel(c)) => {
+                self.cancel(|d| d.ident == ident && d.dataset_id == c.dataset_id);
+            }
+            Ok(RetrieveRequest::ListDatasets(q)) => self.on_list(ident, q),
+            Err(Malformed::UnknownType(Some(_))) => {
+                // labmesh's answer to anything that is not a get.
+                self.error(&ident, codes::BAD_REQUEST, "expected get");
+            }
+            Err(m) => {
+                tracing::warn!(problem = %m.message(), "bad retrieve request");
+                self.error(&ident, codes::BAD_REQUEST, m.message());
+            }
+        }
+    }
+
+    fn cancel(&mut self, pred: impl Fn(&Download) -> bool) {
+        let ids: Vec<u64> = self
+            .downloads
+            .iter()
+            .filter(|(_, d)| pred(d))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(d) = self.downloads.remove(&id) {
+                d.sem.close();
+            }
+        }
+    }
+
+    fn on_get(&mut self, ident: Ident, g: Get) {
+        if !self.cfg.password.accepts(g.password.as_ref()) {
+            self.error(&ident, codes::UNAUTHORIZED, "invalid password");
+            return;
+        }
+        let Some(dataset_id) = g.dataset_id.filter(|d| valid_dataset_id(d)) else {
+            self.error(&ident, codes::NOT_FOUND, "not found");
+            return;
+        };
+        // A new get for the same dataset from the same peer replaces the old.
+        self.cancel(|d| d.ident == ident && d.dataset_id == dataset_id);
+        let extended = g.credit.is_some() || g.offset.is_some() || g.chunk_size.is_some();
+        let chunk = g
+            .chunk_size
+            .map(|c| (c as usize).clamp(1, self.cfg.max_chunk))
+            .unwrap_or(self.cfg.chunk_size);
+        let offset = g.offset.unwrap_or(0);
+        let credit = g.credit.map(|c| c.clamp(1, MAX_CREDIT));
+        let store = self.store.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let id = dataset_id.clone();
+            let found =
+                tokio::task::spawn_blocking(move || store.lookup(&id).map(|r| (r, store))).await;
+            let msg = match found {
+                Ok(Ok((Some(rec), store))) if offset <= rec.size => Internal::Start {
+                    path: store.object_path(&rec.dataset_id),
+                    meta: MetaMsg {
+                        dataset_id: rec.dataset_id,
+                        size: rec.size,
+                        sha256: rec.sha256,
+                        meta: rec.meta,
+                        offset: extended.then_some(offset),
+                        chunk_size: extended.then_some(chunk as u64),
+                        credit,
+                    },
+                    ident,
+                    offset,
+                    chunk,
+                    credit,
+                },
+                Ok(Ok((Some(rec), _))) => Internal::Reply(
+                    ident,
+                    encode(&RetrieveReply::Error(BankError::for_dataset(
+                        &rec.dataset_id,
+                        codes::BAD_REQUEST,
+                        format!("offset {offset} beyond size {}", rec.size),
+                    ))),
+                ),
+                Ok(Ok((None, _))) => Internal::Reply(
+                    ident,
+                    encode(&RetrieveReply::Error(BankError::new(
+                        codes::NOT_FOUND,
+                        "not found",
+                    ))),
+                ),
+                Ok(Err(e)) => Internal::Reply(
+                    ident,
+                    encode(&RetrieveReply::Error(BankError::new(
+                        codes::UNAVAILABLE,
+                        format!("storage: {e}"),
+                    ))),
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "lookup task failed");
+                    return;
+                }
+            };
+            let _ = tx.send(msg);
+        });
+    }
+
+    fn on_list(&mut self, ident: Ident, q: Query) {
+        if !self.cfg.password.accepts(q.password.as_ref()) {
+            self.error(&ident, codes::UNAUTHORIZED, "invalid password");
+            return;
+        }
+        let store = self.store.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let reply = match tokio::task::spawn_blocking(move || store.list(&q)).await {
+                Ok(Ok(datasets)) => RetrieveReply::Datasets(DatasetList { datasets }),
+                Ok(Err(e)) => RetrieveReply::Error(BankError::new(
+                    codes::UNAVAILABLE,
+                    format!("storage: {e}"),
+                )),
+                Err(e) => {
+                    tracing::error!(error = %e, "list task failed");
+                    return;
+                }
+            };
+            let _ = tx.send(Internal::Reply(ident, encode(&reply)));
+        });
+    }
+
+    fn on_internal(&mut self, msg: Internal) {
+        match msg {
+            Internal::Reply(ident, body) => {
+                if let Err(e) = self.sock.try_send_multipart(&[ident, body]) {
+                    tracing::debug!(error = %e, "reply not sent");
+                }
+            }
+            Internal::Start {
+                ident,
+                meta,
+                path,
+                offset,
+                chunk,
+                credit,
+            } => {
+                let id = self.next_id;
+                self.next_id += 1;
+                let legacy = credit.is_none();
+                let sem = Arc::new(Semaphore::new(credit.unwrap_or(2) as usize));
+                let extended = meta.offset.is_some();
+                let dataset_id = meta.dataset_id.clone();
+                self.downloads.insert(
+                    id,
+                    Download {
+                        ident: ident.clone(),
+                        dataset_id: dataset_id.clone(),
+                        sem: sem.clone(),
+                        legacy,
+                        queue: VecDeque::new(),
+                        last_progress: Instant::now(),
+                    },
+                );
+                let frames = vec![ident.clone(), encode(&RetrieveReply::Meta(meta))];
+                self.enqueue(Out {
+                    id,
+                    frames,
+                    kind: Kind::Meta,
+                });
+                let reader = Reader {
+                    id,
+                    ident,
+                    dataset_id,
+                    path,
+                    offset,
+                    chunk,
+                    extended,
+                    sem,
+                    tx: self.stream_tx.clone(),
+                };
+                tokio::spawn(reader.run());
+            }
+        }
+    }
+
+    fn enqueue(&mut self, out: Out) {
+        let id = out.id;
+        let Some(d) = self.downloads.get_mut(&id) else {
+            return; // cancelled
+        };
+        d.queue.push_back(out);
+        self.pump(id);
+    }
+
+    fn pump_all(&mut self) {
+        let ids: Vec<u64> = self
+            .downloads
+            .iter()
+            .filter(|(_, d)| !d.queue.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.pump(id);
+        }
+    }
+
+    /// Hand queued messages of download `id` to libzmq until its peer's
+    /// queue is full.
+    fn pump(&mut self, id: u64) {
+        loop {
+            let Some(d) = self.downloads.get_mut(&id) else {
+                return;
+            };
+            let Some(out) = d.queue.front() else {
+                return;
+            };
+            match self.sock.try_send_multipart(&out.frames) {
+                Ok(true) => {
+                    let kind = out.kind;
+                    d.queue.pop_front();
+                    d.last_progress = Instant::now();
+                    match kind {
+                        Kind::Last => {
+                            if let Some(d) = self.downloads.remove(&id) {
+                                d.sem.close();
+                            }
+                            return;
+                        }
+                        Kind::Chunk if d.legacy => d.sem.add_permits(1),
+                        _ => {}
+                    }
+                }
+                Ok(false) => return,
+                Err(WireError::Zmq(zmq::Error::EHOSTUNREACH)) => {
+                    tracing::info!(dataset_id = %d.dataset_id, "downloader went away");
+                    if let Some(d) = self.downloads.remove(&id) {
+                        d.sem.close();
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "download send failed");
+                    if let Some(d) = self.downloads.remove(&id) {
+                        d.sem.close();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Drop downloads that made no progress for too long (a credit-mode
+    /// client that died, a legacy client that stopped reading).
+    fn sweep(&mut self) {
+        let idle = self.cfg.idle;
+        self.cancel(|d| d.last_progress.elapsed() > idle);
+    }
+}
+
+struct Reader {
+    id: u64,
+    ident: Ident,
+    dataset_id: String,
+    path: PathBuf,
+    offset: u64,
+    chunk: usize,
+    extended: bool,
+    sem: Arc<Semaphore>,
+    tx: mpsc::Sender<Out>,
+}
+
+impl Reader {
+    async fn run(self) {
+        if let Err(e) = self.stream().await {
+            tracing::warn!(dataset_id = %self.dataset_id, error = %e, "download failed");
+            let err = BankError::for_dataset(
+                &self.dataset_id,
+                codes::UNAVAILABLE,
+                format!("storage: {e}"),
+            );
+            let _ = self
+                .tx
+                .send(Out {
+                    id: self.id,
+                    frames: vec![self.ident.clone(), encode(&RetrieveReply::Error(err))],
+                    kind: Kind::Last,
+                })
+                .await;
+        }
+    }
+
+    async fn stream(&self) -> std::io::Result<()> {
+        let mut f = tokio::fs::File::open(&self.path).await?;
+        f.seek(std::io::SeekFrom::Start(self.offset)).await?;
+        let mut seq = 0u64;
+        let mut pos = self.offset;
+        loop {
+            match self.sem.acquire().await {
+                Ok(p) => p.forget(),
+                Err(_) => return Ok(()), // cancelled
+            }
+            let mut buf = vec![0u8; self.chunk];
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = f.read(buf.get_mut(filled..).unwrap_or_default()).await?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            buf.truncate(filled);
+            let eof = buf.is_empty();
+            let head = ChunkMsg {
+                dataset_id: self.dataset_id.clone(),
+                seq,
+                eof,
+                offset: self.extended.then_some(pos),
+            };
+            let mut frames = vec![self.ident.clone(), encode(&RetrieveReply::Chunk(head))];
+            if !eof {
+                pos += buf.len() as u64;
+                frames.push(buf);
+            }
+            let out = Out {
+                id: self.id,
+                frames,
+                kind: if eof { Kind::Last } else { Kind::Chunk },
+            };
+            if self.tx.send(out).await.is_err() || eof {
+                return Ok(());
+            }
+            seq += 1;
+        }
+    }
+}

@@ -1,0 +1,617 @@
+//! On-disk storage: committed datasets, resumable partial uploads, and the
+//! SQLite catalogue.
+//!
+//! Layout under `data_dir`:
+//!
+//! ```text
+//! catalogue.sqlite          WAL-mode SQLite: one row per committed dataset
+//! objects/<dataset_id>.bin  committed content (ids are validated: no traversal)
+//! partial/<token>.part      bytes of a resumable upload (token sessions)
+//! partial/<token>.json      its checkpoint: next_seq + offset durable on disk
+//! partial/legacy-<uuid>.part  a labmesh v0 upload (not resumable)
+//! ```
+//!
+//! Commit order: fsync the part file, rename it into `objects/`, fsync the
+//! directory, insert the catalogue row (synchronous=FULL), delete the
+//! checkpoint. A dataset is visible only once its row exists, so a crash at
+//! any point leaves either no row (the object is an orphan, removed at the
+//! next start) or a complete dataset. At start the store also drops rows
+//! whose object is missing or has the wrong size, deletes legacy part files
+//! and checkpoints older than the resume TTL, and truncates every remaining
+//! part file to its checkpoint so the upload can resume from there.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use labmesh_wire::transfer::msg::{valid_token, DatasetInfo, Query};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The catalogue failed.
+    #[error("catalogue: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The catalogue lock was poisoned by a panic elsewhere.
+    #[error("catalogue lock poisoned")]
+    Poisoned,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a start-up recovery found and fixed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Object files without a catalogue row, deleted.
+    pub orphan_objects: usize,
+    /// Catalogue rows whose object was missing or truncated, deleted.
+    pub broken_rows: usize,
+    /// Part files that cannot be resumed (legacy, expired, corrupt), deleted.
+    pub dropped_partials: usize,
+    /// Resumable uploads kept.
+    pub resumable: usize,
+}
+
+/// A committed dataset's row.
+pub type Record = DatasetInfo;
+
+/// Outcome of a commit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Commit {
+    /// Stored and now visible.
+    Stored(Record),
+    /// The same id already held identical content; nothing changed.
+    Identical(Record),
+    /// The id is taken by different content.
+    Conflict(Record),
+}
+
+/// Checkpoint of a resumable upload (`partial/<token>.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Dataset being uploaded.
+    pub dataset_id: String,
+    /// Uploading relay.
+    pub relay_id: String,
+    /// Metadata from ingest_start.
+    pub meta: Value,
+    /// Size declared at start (0 = none).
+    pub expected_size: Option<u64>,
+    /// SHA-256 declared at start.
+    pub expected_sha: Option<String>,
+    /// Chunks durable in the part file.
+    pub next_seq: u64,
+    /// Bytes durable in the part file.
+    pub offset: u64,
+    /// Unix time of this checkpoint.
+    pub updated: f64,
+}
+
+/// The bank's storage. All methods block; call them from
+/// `spawn_blocking`.
+#[derive(Debug)]
+pub struct Store {
+    bank_id: String,
+    objects: PathBuf,
+    partial: PathBuf,
+    db: Mutex<Connection>,
+}
+
+impl Store {
+    /// Open (creating) the store in `data_dir` and recover from any crash.
+    pub fn open(
+        data_dir: &Path,
+        bank_id: &str,
+        resume_ttl: Duration,
+    ) -> Result<(Store, Recovery), StoreError> {
+        let objects = data_dir.join("objects");
+        let partial = data_dir.join("partial");
+        for d in [data_dir, &objects, &partial] {
+            fs::create_dir_all(d).map_err(io_err(d))?;
+        }
+        let db = Connection::open(data_dir.join("catalogue.sqlite"))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.busy_timeout(Duration::from_secs(5))?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS datasets (
+                dataset_id TEXT PRIMARY KEY,
+                bank_id    TEXT NOT NULL,
+                relay_id   TEXT NOT NULL,
+                size       INTEGER NOT NULL,
+                sha256     TEXT NOT NULL,
+                created    REAL NOT NULL,
+                meta       TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS datasets_created ON datasets(created DESC);",
+        )?;
+        let store = Store {
+            bank_id: bank_id.to_string(),
+            objects,
+            partial,
+            db: Mutex::new(db),
+        };
+        let rec = store.recover(resume_ttl)?;
+        Ok((store, rec))
+    }
+
+    fn db(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        self.db.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// Path of a committed dataset (the id must be valid).
+    pub fn object_path(&self, dataset_id: &str) -> PathBuf {
+        self.objects.join(format!("{dataset_id}.bin"))
+    }
+
+    fn recover(&self, resume_ttl: Duration) -> Result<Recovery, StoreError> {
+        let mut rec = Recovery::default();
+        // Rows whose object is gone or short.
+        let rows: Vec<(String, u64)> = {
+            let db = self.db()?;
+            let mut st = db.prepare("SELECT dataset_id, size FROM datasets")?;
+            let it = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
+            it.collect::<Result<_, _>>()?
+        };
+        let mut known = std::collections::HashSet::new();
+        for (id, size) in rows {
+            let ok = fs::metadata(self.object_path(&id))
+                .map(|m| m.len() == size)
+                .unwrap_or(false);
+            if ok {
+                known.insert(format!("{id}.bin"));
+            } else {
+                tracing::warn!(dataset_id = %id, "catalogue row without a complete object; dropping it");
+                self.db()?
+                    .execute("DELETE FROM datasets WHERE dataset_id = ?1", [&id])?;
+                rec.broken_rows += 1;
+            }
+        }
+        // Objects without rows: a crash between rename and insert.
+        for entry in fs::read_dir(&self.objects).map_err(io_err(&self.objects))? {
+            let entry = entry.map_err(io_err(&self.objects))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !known.contains(&name) {
+                tracing::info!(file = %name, "removing orphan object");
+                let _ = fs::remove_file(entry.path());
+                rec.orphan_objects += 1;
+            }
+        }
+        // Partial uploads.
+        let now = labmesh_wire::unix_now();
+        let mut parts = Vec::new();
+        for entry in fs::read_dir(&self.partial).map_err(io_err(&self.partial))? {
+            let entry = entry.map_err(io_err(&self.partial))?;
+            parts.push(entry.path());
+        }
+        for path in &parts {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let Some(token) = name.strip_suffix(".json") else {
+                if let Some(token) = name.strip_suffix(".part") {
+                    if valid_token(token) && self.partial.join(format!("{token}.json")).exists() {
+                        continue; // handled with its checkpoint
+                    }
+                }
+                tracing::info!(file = %name, "removing unresumable partial upload");
+                let _ = fs::remove_file(path);
+                rec.dropped_partials += 1;
+                continue;
+            };
+            let keep = valid_token(token)
+                && match self.read_checkpoint(token) {
+                    Some(cp) if now - cp.updated <= resume_ttl.as_secs_f64() => {
+                        let part = self.part_path(token);
+                        match OpenOptions::new().write(true).open(&part) {
+                            Ok(f) => match f.metadata() {
+                                Ok(m) if m.len() >= cp.offset => {
+                                    f.set_len(cp.offset).is_ok() && f.sync_all().is_ok()
+                                }
+                                _ => false,
+                            },
+                            Err(_) => false,
+                        }
+                    }
+                    _ => false,
+                };
+            if keep {
+                rec.resumable += 1;
+            } else {
+                tracing::info!(file = %name, "removing expired or corrupt upload checkpoint");
+                let _ = fs::remove_file(path);
+                if valid_token(token) {
+                    let _ = fs::remove_file(self.part_path(token));
+                }
+                rec.dropped_partials += 1;
+            }
+        }
+        if rec != Recovery::default() {
+            tracing::info!(?rec, "storage recovered");
+        }
+        Ok(rec)
+    }
+
+    fn part_path(&self, token: &str) -> PathBuf {
+        self.partial.join(format!("{token}.part"))
+    }
+
+    fn checkpoint_path(&self, token: &str) -> PathBuf {
+        self.partial.join(format!("{token}.json"))
+    }
+
+    /// Read a resumable upload's checkpoint.
+    pub fn read_checkpoint(&self, token: &str) -> Option<Checkpoint> {
+        if !valid_token(token) {
+            return None;
+        }
+        let bytes = fs::read(self.checkpoint_path(token)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Look a dataset up.
+    pub fn lookup(&self, dataset_id: &str) -> Result<Option<Record>, StoreError> {
+        let db = self.db()?;
+        let r = db
+            .query_row(
+                "SELECT dataset_id, bank_id, relay_id, size, sha256, created, meta
+                 FROM datasets WHERE dataset_id = ?1",
+                [dataset_id],
+                row_to_record,
+            )
+            .optional()?;
+        Ok(r)
+    }
+
+    /// Catalogue query, newest first.
+    pub fn list(&self, q: &Query) -> Result<Vec<Record>, StoreError> {
+        let mut sql = String::from(
+            "SELECT dataset_id, bank_id, relay_id, size, sha256, created, meta FROM datasets WHERE 1=1",
+        );
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(r) = &q.relay_id {
+            args.push(r.clone().into());
+            sql.push_str(&format!(" AND relay_id = ?{}", args.len()));
+        }
+        if let Some(t) = q.since {
+            args.push(t.into());
+            sql.push_str(&format!(" AND created >= ?{}", args.len()));
+        }
+        if let Some(t) = q.until {
+            args.push(t.into());
+            sql.push_str(&format!(" AND created < ?{}", args.len()));
+        }
+        for (k, v) in &q.meta {
+            args.push(k.clone().into());
+            let kn = args.len();
+            args.push(v.clone().into());
+            let vn = args.len();
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM json_each(datasets.meta) AS m
+                   WHERE m.key = ?{kn} AND (CAST(m.value AS TEXT) = ?{vn}
+                   OR (m.type = 'true' AND ?{vn} = 'true')
+                   OR (m.type = 'false' AND ?{vn} = 'false')))"
+            ));
+        }
+        let limit = q.limit.unwrap_or(1000).min(10_000);
+        sql.push_str(&format!(" ORDER BY created DESC, dataset_id LIMIT {limit}"));
+        let db = self.db()?;
+        let mut st = db.prepare(&sql)?;
+        let it = st.query_map(rusqlite::params_from_iter(args), row_to_record)?;
+        Ok(it.collect::<Result<_, _>>()?)
+    }
+
+    /// Start a new partial upload. A token makes it resumable (an existing
+    /// checkpoint with that token is replaced).
+    pub fn create_partial(
+        &self,
+        token: Option<&str>,
+        cp: Checkpoint,
+        checkpoint_bytes: u64,
+    ) -> Result<Partial, StoreError> {
+        let (path, sidecar) = match token {
+            Some(t) => (self.part_path(t), Some(self.checkpoint_path(t))),
+            None => (
+                self.partial
+                    .join(format!("legacy-{}.part", uuid::Uuid::new_v4().simple())),
+                None,
+            ),
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let mut p = Partial {
+            path,
+            sidecar,
+            file,
+            hasher: Sha256::new(),
+            cp,
+            next_seq: 0,
+            offset: 0,
+            since_checkpoint: 0,
+            checkpoint_bytes,
+            partial_dir: self.partial.clone(),
+        };
+        p.checkpoint()?;
+        Ok(p)
+    }
+
+    /// Re-open a resumable upload from its checkpoint (re-hashing the bytes
+    /// kept so far). `None` when there is no such upload.
+    pub fn load_partial(
+        &self,
+        token: &str,
+        checkpoint_bytes: u64,
+    ) -> Result<Option<Partial>, StoreError> {
+        let Some(cp) = self.read_checkpoint(token) else {
+            return Ok(None);
+        };
+        let path = self.part_path(token);
+        let mut file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(_) => return Ok(None),
+        };
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        if len < cp.offset {
+            return Ok(None);
+        }
+        file.set_len(cp.offset).map_err(io_err(&path))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = cp.offset;
+        file.seek(SeekFrom::Start(0)).map_err(io_err(&path))?;
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let n = file
+                .read(buf.get_mut(..want).unwrap_or_default())
+                .map_err(io_err(&path))?;
+            if n == 0 {
+                return Ok(None);
+            }
+            hasher.update(buf.get(..n).unwrap_or_default());
+            left -= n as u64;
+        }
+        Ok(Some(Partial {
+            path,
+            sidecar: Some(self.checkpoint_path(token)),
+            file,
+            hasher,
+            next_seq: cp.next_seq,
+            offset: cp.offset,
+            cp,
+            since_checkpoint: 0,
+            checkpoint_bytes,
+            partial_dir: self.partial.clone(),
+        }))
+    }
+
+    /// Make a finished partial upload a dataset (see the module docs for the
+    /// crash-safe order). The partial's files are gone afterwards whatever
+    /// the outcome.
+    pub fn commit(&self, done: Finished) -> Result<Commit, StoreError> {
+        let id = done.cp.dataset_id.clone();
+        let result = (|| {
+            if let Some(existing) = self.lookup(&id)? {
+                return Ok(
+                    if existing.size == done.size && existing.sha256 == done.sha256 {
+                        Commit::Identical(existing)
+                    } else {
+                        Commit::Conflict(existing)
+                    },
+                );
+            }
+            let dest = self.object_path(&id);
+            fs::rename(&done.path, &dest).map_err(io_err(&dest))?;
+            sync_dir(&self.objects)?;
+            let rec = Record {
+                dataset_id: id.clone(),
+                bank_id: self.bank_id.clone(),
+                relay_id: done.cp.relay_id.clone(),
+                size: done.size,
+                sha256: done.sha256.clone(),
+                created: labmesh_wire::unix_now(),
+                meta: done.cp.meta.clone(),
+            };
+            let inserted = self.db()?.execute(
+                "INSERT INTO datasets (dataset_id, bank_id, relay_id, size, sha256, created, meta)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    rec.dataset_id,
+                    rec.bank_id,
+                    rec.relay_id,
+                    rec.size,
+                    rec.sha256,
+                    rec.created,
+                    rec.meta.to_string()
+                ],
+            );
+            if let Err(e) = inserted {
+                let _ = fs::remove_file(&dest);
+                return Err(e.into());
+            }
+            Ok(Commit::Stored(rec))
+        })();
+        let _ = fs::remove_file(&done.path);
+        if let Some(s) = &done.sidecar {
+            let _ = fs::remove_file(s);
+        }
+        result
+    }
+}
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let meta: String = r.get(6)?;
+    Ok(Record {
+        dataset_id: r.get(0)?,
+        bank_id: r.get(1)?,
+        relay_id: r.get(2)?,
+        size: r.get(3)?,
+        sha256: r.get(4)?,
+        created: r.get(5)?,
+        meta: serde_json::from_str(&meta).unwrap_or(Value::Null),
+    })
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// An upload being written.
+#[derive(Debug)]
+pub struct Partial {
+    path: PathBuf,
+    sidecar: Option<PathBuf>,
+    file: File,
+    hasher: Sha256,
+    cp: Checkpoint,
+    next_seq: u64,
+    offset: u64,
+    since_checkpoint: u64,
+    checkpoint_bytes: u64,
+    partial_dir: PathBuf,
+}
+
+/// A finished, fsynced upload awaiting commit.
+#[derive(Debug)]
+pub struct Finished {
+    path: PathBuf,
+    sidecar: Option<PathBuf>,
+    /// Session facts.
+    pub cp: Checkpoint,
+    /// Final size.
+    pub size: u64,
+    /// Final SHA-256.
+    pub sha256: String,
+}
+
+impl Finished {
+    /// Delete the files (verification failed).
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.path);
+        if let Some(s) = &self.sidecar {
+            let _ = fs::remove_file(s);
+        }
+    }
+}
+
+impl Partial {
+    /// Session facts (as of the last checkpoint for next_seq/offset).
+    pub fn info(&self) -> &Checkpoint {
+        &self.cp
+    }
+
+    /// Next chunk expected.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Bytes received.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Chunks durable on disk (== next_seq of the last checkpoint).
+    pub fn durable_seq(&self) -> u64 {
+        self.cp.next_seq
+    }
+
+    /// Whether the upload survives a bank restart.
+    pub fn resumable(&self) -> bool {
+        self.sidecar.is_some()
+    }
+
+    /// Append chunk `next_seq`; checkpoints every `checkpoint_bytes` for
+    /// resumable uploads.
+    pub fn append(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.file.write_all(data).map_err(io_err(&self.path))?;
+        self.hasher.update(data);
+        self.offset += data.len() as u64;
+        self.next_seq += 1;
+        self.since_checkpoint += data.len() as u64;
+        if self.sidecar.is_some() && self.since_checkpoint >= self.checkpoint_bytes {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Make everything received durable and record it (resumable uploads).
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let Some(sidecar) = self.sidecar.clone() else {
+            return Ok(());
+        };
+        self.file.sync_data().map_err(io_err(&self.path))?;
+        self.cp.next_seq = self.next_seq;
+        self.cp.offset = self.offset;
+        self.cp.updated = labmesh_wire::unix_now();
+        let tmp = sidecar.with_extension("json.tmp");
+        let body = serde_json::to_vec(&self.cp).unwrap_or_default();
+        {
+            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+            f.write_all(&body).map_err(io_err(&tmp))?;
+            f.sync_all().map_err(io_err(&tmp))?;
+        }
+        fs::rename(&tmp, &sidecar).map_err(io_err(&sidecar))?;
+        sync_dir(&self.partial_dir)?;
+        self.since_checkpoint = 0;
+        Ok(())
+    }
+
+    /// Flush and fsync; the content is ready for verification and commit.
+    pub fn finish(mut self) -> Result<Finished, StoreError> {
+        self.file.sync_all().map_err(io_err(&self.path))?;
+        let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        Ok(Finished {
+            path: self.path,
+            sidecar: self.sidecar,
+            cp: self.cp,
+            size: self.offset,
+            sha256,
+        })
+    }
+
+    /// Stop: a resumable upload is checkpointed and kept; a legacy one is
+    /// deleted.
+    pub fn suspend(mut self) {
+        if self.sidecar.is_some() {
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!(error = %e, "checkpoint on suspend failed");
+            }
+        } else {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+
+    /// Delete the upload.
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.path);
+        if let Some(s) = &self.sidecar {
+            let _ = fs::remove_file(s);
+        }
+    }
+}
