@@ -15,6 +15,8 @@ use crate::key::{Endpoint, Topic};
 pub const MAX_MV: u32 = 30_000;
 /// Highest current limit, mA.
 pub const MAX_MA: u32 = 3_000;
+/// Largest load the model accepts, mΩ (1 kΩ); larger values are clamped.
+pub const MAX_LOAD_MOHM: u32 = 1_000_000;
 /// Load of the simulated device, mΩ (10 Ω).
 pub const DEFAULT_LOAD_MOHM: u32 = 10_000;
 
@@ -198,7 +200,8 @@ pub struct Psu {
 }
 
 impl Psu {
-    /// Output off, 0 V, 1 A limit, driving `load_mohm` (0 is treated as a short: 1 mΩ).
+    /// Output off, 0 V, 1 A limit, driving `load_mohm`, clamped to
+    /// `1..=MAX_LOAD_MOHM` (0 is treated as a 1 mΩ short).
     pub fn new(load_mohm: u32, serial: &str) -> Self {
         let mut s = heapless::String::new();
         for c in serial.chars() {
@@ -210,7 +213,7 @@ impl Psu {
             set_mv: 0,
             limit_ma: 1_000,
             output: false,
-            load_mohm: load_mohm.max(1),
+            load_mohm: load_mohm.clamp(1, MAX_LOAD_MOHM),
             serial: s,
         }
     }
@@ -224,19 +227,21 @@ impl Psu {
                 mode: Mode::Off,
             };
         }
-        let r = u64::from(self.load_mohm);
-        let cv_ma = u64::from(self.set_mv) * 1000 / r;
-        if cv_ma > u64::from(self.limit_ma) {
-            let cc_mv = u64::from(self.limit_ma) * r / 1000;
+        // u32 arithmetic (no 64-bit division on a Cortex-M4): set_mv <= 30_000,
+        // limit_ma <= 3_000 and load_mohm <= MAX_LOAD_MOHM keep every product in range.
+        let r = self.load_mohm;
+        let cv_ma = self.set_mv.saturating_mul(1000) / r;
+        if cv_ma > self.limit_ma {
+            let cc_mv = self.limit_ma.saturating_mul(r) / 1000;
             Measurement {
-                mv: cc_mv.min(u64::from(self.set_mv)) as u32,
+                mv: cc_mv.min(self.set_mv),
                 ma: self.limit_ma,
                 mode: Mode::Cc,
             }
         } else {
             Measurement {
                 mv: self.set_mv,
-                ma: cv_ma as u32,
+                ma: cv_ma,
                 mode: Mode::Cv,
             }
         }
@@ -363,5 +368,72 @@ impl PsuFirmware {
         let _ = self
             .device
             .emit_event(TelemetryTopic::KEY, seq, &body, emit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on(mv: u32, ma: u32, load: u32) -> Measurement {
+        let mut p = Psu::new(load, "T");
+        p.set_mv = mv;
+        p.limit_ma = ma;
+        p.output = true;
+        p.measure()
+    }
+
+    #[test]
+    fn resistive_load_cv_and_cc() {
+        assert_eq!(
+            on(5_000, 1_000, 10_000),
+            Measurement {
+                mv: 5_000,
+                ma: 500,
+                mode: Mode::Cv
+            }
+        );
+        assert_eq!(
+            on(12_000, 1_000, 10_000),
+            Measurement {
+                mv: 10_000,
+                ma: 1_000,
+                mode: Mode::Cc
+            }
+        );
+        // A short: the limit flows at (almost) zero volts.
+        assert_eq!(
+            on(30_000, 3_000, 0),
+            Measurement {
+                mv: 3,
+                ma: 3_000,
+                mode: Mode::Cc
+            }
+        );
+        // Extreme corners do not overflow.
+        assert_eq!(on(MAX_MV, MAX_MA, u32::MAX).mode, Mode::Cv);
+        assert_eq!(
+            on(MAX_MV, 0, MAX_LOAD_MOHM),
+            Measurement {
+                mv: 0,
+                ma: 0,
+                mode: Mode::Cc
+            }
+        );
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let mut p = Psu::new(DEFAULT_LOAD_MOHM, "T");
+        assert_eq!(
+            Serve::<SetVoltageEp>::serve(&mut p, SetVoltage { mv: MAX_MV + 1 }),
+            Err(WireError::OutOfRange)
+        );
+        assert_eq!(
+            Serve::<SetCurrentEp>::serve(&mut p, SetCurrent { ma: MAX_MA + 1 }),
+            Err(WireError::OutOfRange)
+        );
+        assert!(Serve::<SetVoltageEp>::serve(&mut p, SetVoltage { mv: MAX_MV }).is_ok());
+        assert_eq!(p.measure().mode, Mode::Off);
     }
 }
