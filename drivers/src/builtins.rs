@@ -7,4 +7,6 @@ pub fn register_all(r: &mut DriverRegistry) {
     r.register("mock-psu", |cfg: InstrumentConfig| async move {
         Ok(Box::new(crate::mock_psu::MockPsu::new(&cfg.id)) as BoxInstrument)
     });
+    crate::scpi_driver::register(r);
+    crate::psu::register(r);
 }

@@ -14,6 +14,7 @@ pub mod psu;
 pub mod registry;
 pub mod resource;
 pub mod scpi;
+pub mod scpi_driver;
 pub mod sim;
 pub mod transport;
 

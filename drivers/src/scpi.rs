@@ -71,6 +71,14 @@ impl SessionOptions {
     /// `max_reply`, `drain_quiet_ms`. Other keys are left to the driver.
     pub fn from_options(options: &Map<String, Value>) -> Result<Self, DriverError> {
         let mut o = SessionOptions::default();
+        o.apply_options(options)?;
+        Ok(o)
+    }
+
+    /// Override these options with the session keys of `options` (see
+    /// [`SessionOptions::from_options`]).
+    pub fn apply_options(&mut self, options: &Map<String, Value>) -> Result<(), DriverError> {
+        let o = self;
         let bad = |k: &str, why: &str| DriverError::Config(format!("option '{k}': {why}"));
         let ms = |k: &str| -> Result<Option<Duration>, DriverError> {
             match options.get(k) {
@@ -127,7 +135,7 @@ impl SessionOptions {
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| bad("init", "expected a list of strings"))?;
         }
-        Ok(o)
+        Ok(())
     }
 }
 
@@ -157,6 +165,26 @@ impl ScpiSession {
             out_of_step: false,
             skip_terminator: false,
         }
+    }
+
+    /// A session for an instrument's config: its `resource` (required) with
+    /// serial line options, and the session keys of its `options` over
+    /// `defaults`.
+    pub fn from_config(
+        cfg: &crate::InstrumentConfig,
+        defaults: SessionOptions,
+    ) -> Result<ScpiSession, DriverError> {
+        let text = cfg.resource.as_deref().ok_or_else(|| {
+            DriverError::Config(format!(
+                "instrument '{}' (driver {}) needs a resource, e.g. tcp://HOST:5025",
+                cfg.id, cfg.driver
+            ))
+        })?;
+        let mut resource = Resource::parse(text)?;
+        resource.apply_options(&cfg.options)?;
+        let mut opts = defaults;
+        opts.apply_options(&cfg.options)?;
+        Ok(ScpiSession::new(resource, opts))
     }
 
     /// The resource this session talks to.

@@ -1,0 +1,631 @@
+//! Drivers against the simulated PSUs over real TCP sockets and real
+//! pseudo-terminals. One test binary, shared helpers below.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use base64::Engine;
+use labmesh_drivers::psu::models::Family;
+use labmesh_drivers::sim::{self, PtySim, SimConfig, SimPsu};
+use labmesh_drivers::{
+    BoxInstrument, DriverError, DriverRegistry, InstrumentConfig, Resource, ScpiSession,
+    SessionOptions,
+};
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A simulator on 127.0.0.1:0; dropping it shuts the server down.
+struct TcpSim {
+    sim: SimPsu,
+    resource: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TcpSim {
+    async fn start(family: Family) -> Result<TcpSim> {
+        let sim = SimPsu::new(SimConfig::new(family))?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, rx) = oneshot::channel::<()>();
+        let s = sim.clone();
+        let task = tokio::spawn(async move {
+            s.serve_tcp(listener, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        Ok(TcpSim {
+            sim,
+            resource: format!("tcp://{addr}"),
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    async fn shutdown(mut self) -> Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TcpSim {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+fn pty_sim(family: Family) -> Result<(SimPsu, PtySim, String)> {
+    let (sim, pty) = sim::serve_pty(SimConfig::new(family))?;
+    let resource = format!("serial://{}?baud=115200", pty.path().display());
+    Ok((sim, pty, resource))
+}
+
+fn options(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+async fn create(driver: &str, resource: &str, opts: Value) -> Result<BoxInstrument> {
+    let reg = DriverRegistry::with_builtins();
+    let cfg = InstrumentConfig {
+        id: format!("{driver}-1"),
+        driver: driver.to_string(),
+        resource: Some(resource.to_string()),
+        options: options(opts),
+    };
+    Ok(reg.create(cfg).await?)
+}
+
+async fn call(inst: &mut BoxInstrument, method: &str, params: Value) -> Result<Value, DriverError> {
+    let args = inst.describe().bind(method, &params)?;
+    inst.call(method, args).await
+}
+
+fn close_to(v: &Value, want: f64) -> bool {
+    v.as_f64().is_some_and(|x| (x - want).abs() < 1e-6)
+}
+
+/// The common PSU method set, end to end, against a simulator of the family.
+async fn exercise_psu(family: Family, resource: &str, sim: &SimPsu) -> Result<()> {
+    let mut psu = create(family.driver_name(), resource, json!({"timeout_ms": 2000})).await?;
+    let idn = call(&mut psu, "identify", Value::Null).await?;
+    let model = family.default_model().model;
+    assert!(
+        idn.as_str().is_some_and(|s| s.contains(model)),
+        "{family}: {idn}"
+    );
+
+    // 5 V into the simulator's 10 ohm load with a 1 A limit: CV, 0.5 A.
+    let r = call(&mut psu, "set_voltage", json!({"value": 5.0, "channel": 2})).await?;
+    assert_eq!(r["ok"], true);
+    call(&mut psu, "set_current", json!([1.0, 2])).await?;
+    call(&mut psu, "set_output", json!({"on": true, "channel": 2})).await?;
+    let v = call(&mut psu, "measure_voltage", json!({"channel": 2})).await?;
+    let i = call(&mut psu, "measure_current", json!({"channel": 2})).await?;
+    assert!(close_to(&v, 5.0), "{family}: V = {v}");
+    assert!(close_to(&i, 0.5), "{family}: I = {i}");
+    assert!(
+        (sim.reading(2).current - 0.5).abs() < 1e-9,
+        "{family}: sim disagrees"
+    );
+
+    // Lower the limit below V/R: constant current, the voltage sags.
+    call(&mut psu, "set_current", json!({"value": 0.2, "channel": 2})).await?;
+    let v = call(&mut psu, "measure_voltage", json!({"channel": 2})).await?;
+    assert!(close_to(&v, 2.0), "{family}: CC V = {v}");
+
+    // Channel 1 stays off and reads zero.
+    let i1 = call(&mut psu, "measure_current", json!({})).await?;
+    assert!(close_to(&i1, 0.0), "{family}: ch1 I = {i1}");
+
+    let state = psu.poll().await?;
+    let ch2 = &state["channels"][1];
+    assert_eq!(ch2["output"], true, "{family}: {state}");
+    assert!(close_to(&ch2["voltage_set"], 5.0), "{family}: {state}");
+    assert!(close_to(&ch2["current_set"], 0.2), "{family}: {state}");
+    assert_eq!(state["channels"][0]["output"], false, "{family}: {state}");
+    assert_eq!(
+        state["channels"].as_array().map(Vec::len),
+        Some(family.default_model().channels.len())
+    );
+
+    // Per-channel limits: above the model's maximum is refused before any I/O.
+    let max = family.default_model().channels[0].max_voltage;
+    let e = call(
+        &mut psu,
+        "set_voltage",
+        json!({"value": max + 1.0, "channel": 1}),
+    )
+    .await
+    .expect_err("over range");
+    assert_eq!(e.code(), 400, "{family}: {e}");
+    let e = call(&mut psu, "set_output", json!({"on": true, "channel": 9}))
+        .await
+        .expect_err("no channel 9");
+    assert_eq!(e.code(), 400, "{family}: {e}");
+
+    call(&mut psu, "set_output", json!([false, 2])).await?;
+    let i = call(&mut psu, "measure_current", json!({"channel": 2})).await?;
+    assert!(close_to(&i, 0.0), "{family}: off I = {i}");
+    assert_eq!(sim.error_count(), 0, "{family}: driver caused SCPI errors");
+    psu.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn psu_families_over_tcp() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        for family in Family::ALL {
+            let sim = TcpSim::start(family).await?;
+            exercise_psu(family, &sim.resource, &sim.sim)
+                .await
+                .with_context(|| format!("{family} over TCP"))?;
+            sim.shutdown().await?;
+        }
+        Ok(())
+    })
+    .await?
+}
+
+#[tokio::test]
+async fn psu_families_over_a_pty() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        for family in Family::ALL {
+            let (sim, pty, resource) = pty_sim(family)?;
+            exercise_psu(family, &resource, &sim)
+                .await
+                .with_context(|| format!("{family} over {resource}"))?;
+            pty.close().await;
+        }
+        Ok(())
+    })
+    .await?
+}
+
+#[tokio::test]
+async fn generic_scpi_write_read_query_binary() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        let sim = TcpSim::start(Family::KeysightE36xx).await?;
+        let mut inst = create("scpi", &sim.resource, json!({})).await?;
+        assert_eq!(call(&mut inst, "connect", Value::Null).await?, json!(true));
+        assert_eq!(inst.poll().await?["connected"], true);
+        assert_eq!(
+            call(&mut inst, "write", json!({"cmd": "VOLT 3.5"})).await?,
+            json!(true)
+        );
+        assert_eq!(
+            call(&mut inst, "write", json!(["VOLT?"])).await?,
+            json!(true)
+        );
+        assert_eq!(
+            call(&mut inst, "read", Value::Null).await?,
+            json!([true, "+3.50000000E+00"])
+        );
+        let idn = call(&mut inst, "query", json!({"cmd": "*IDN?"})).await?;
+        assert_eq!(idn, json!([true, sim.sim.idn()]));
+        // Binary: the data contains '\n' bytes; a line read would cut it.
+        let r = call(&mut inst, "query_binary", json!({"cmd": "HCOP:SDUM:DATA?"})).await?;
+        assert_eq!(r[0], true, "{r}");
+        let b64 = r[1].as_str().ok_or_else(|| anyhow!("not a string: {r}"))?;
+        let data = base64::engine::general_purpose::STANDARD.decode(b64)?;
+        assert_eq!(data, sim::psu::screenshot());
+        assert!(data.contains(&b'\n'));
+        // The block's trailing terminator does not leak into the next reply.
+        assert_eq!(
+            call(&mut inst, "query", json!({"cmd": "*OPC?"})).await?,
+            json!([true, "1"])
+        );
+        // A non-block reply to query_binary: [false, why], then back in step.
+        let r = call(&mut inst, "query_binary", json!({"cmd": "*IDN?"})).await?;
+        assert_eq!(r[0], false, "{r}");
+        assert_eq!(
+            call(&mut inst, "query", json!({"cmd": "VOLT?"})).await?,
+            json!([true, "+3.50000000E+00"])
+        );
+        assert_eq!(call(&mut inst, "close", Value::Null).await?, Value::Null);
+        assert_eq!(inst.poll().await?["connected"], false);
+        // The next call reconnects by itself.
+        assert_eq!(
+            call(&mut inst, "query", json!({"cmd": "*OPC?"})).await?,
+            json!([true, "1"])
+        );
+        // Missing cmd is a request error, not [false, ..].
+        let e = call(&mut inst, "query", json!({}))
+            .await
+            .expect_err("no cmd");
+        assert_eq!(e.code(), 400);
+        sim.shutdown().await
+    })
+    .await?
+}
+
+#[tokio::test]
+async fn tcp_clients_share_one_instrument() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        let sim = TcpSim::start(Family::RigolDp8xx).await?;
+        let res = Resource::parse(&sim.resource)?;
+        let mut a = ScpiSession::new(res.clone(), SessionOptions::default());
+        let mut b = ScpiSession::new(res, SessionOptions::default());
+        a.write(":SOUR1:VOLT 7.25").await?;
+        a.opc().await?;
+        assert_eq!(b.query(":SOUR1:VOLT?").await?, "7.250");
+        sim.shutdown().await
+    })
+    .await?
+}
+
+async fn timeout_then_no_stale_reply(
+    resource: &str,
+    sim: &SimPsu,
+    driver: &str,
+    stall: impl Fn(&SimPsu, bool),
+) -> Result<()> {
+    let mut psu = create(driver, resource, json!({"timeout_ms": 300})).await?;
+    call(&mut psu, "set_voltage", json!({"value": 1.5, "channel": 1})).await?;
+    call(&mut psu, "set_output", json!({"on": true, "channel": 1})).await?;
+    stall(sim, true);
+    let started = tokio::time::Instant::now();
+    let e = call(&mut psu, "identify", Value::Null)
+        .await
+        .expect_err("stalled");
+    assert!(matches!(e, DriverError::Timeout(_)), "{e}");
+    assert_eq!(e.code(), 408);
+    // Bounded by the call's own timeout (generous slack; not a timing test).
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    stall(sim, false);
+    // The *IDN? answer arrives late; it must not be taken as this reply.
+    let v = call(&mut psu, "measure_voltage", json!({"channel": 1})).await?;
+    assert!(close_to(&v, 1.5), "stale reply? {v}");
+    let idn = call(&mut psu, "identify", Value::Null).await?;
+    assert_eq!(idn, json!(sim.idn()));
+    psu.shutdown().await;
+    Ok(())
+}
+
+fn mute(sim: &SimPsu, on: bool) {
+    sim.set_muted(on);
+}
+
+fn slow(sim: &SimPsu, on: bool) {
+    sim.set_latency(if on {
+        Duration::from_millis(600)
+    } else {
+        Duration::ZERO
+    });
+}
+
+#[tokio::test]
+async fn muted_sim_times_out_then_recovers_over_tcp() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        let sim = TcpSim::start(Family::KeysightE36xx).await?;
+        timeout_then_no_stale_reply(&sim.resource, &sim.sim, "keysight-e36xx", mute).await?;
+        timeout_then_no_stale_reply(&sim.resource, &sim.sim, "keysight-e36xx", slow).await?;
+        sim.shutdown().await
+    })
+    .await?
+}
+
+#[tokio::test]
+async fn muted_sim_times_out_then_recovers_over_a_pty() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        let (sim, pty, resource) = pty_sim(Family::SiglentSpd3303x)?;
+        timeout_then_no_stale_reply(&resource, &sim, "siglent-spd3303x", mute).await?;
+        pty.close().await;
+        Ok(())
+    })
+    .await?
+}
+
+#[tokio::test]
+async fn unplugged_pty_is_a_link_error_and_replugging_reconnects() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        // A stable name, as udev's /dev/serial/by-id links give real ports.
+        let dir = tempfile::tempdir()?;
+        let link = dir.path().join("ttyUSB0");
+        let (sim, pty, _) = pty_sim(Family::RigolDp8xx)?;
+        std::os::unix::fs::symlink(pty.path(), &link)?;
+        let resource = format!("ASRL{}::INSTR", link.display());
+        let mut psu = create(
+            "rigol-dp8xx",
+            &resource,
+            json!({"timeout_ms": 1000, "baud": 115200}),
+        )
+        .await?;
+        call(&mut psu, "set_voltage", json!({"value": 2.0})).await?;
+
+        pty.close().await; // unplug
+        let e = call(&mut psu, "measure_voltage", Value::Null)
+            .await
+            .expect_err("unplugged");
+        assert!(matches!(e, DriverError::Link(_)), "{e}");
+        assert_eq!(e.code(), 503);
+        // Still gone: reopening fails, clearly.
+        std::fs::remove_file(&link)?;
+        let e = call(&mut psu, "measure_voltage", Value::Null)
+            .await
+            .expect_err("still unplugged");
+        assert!(matches!(e, DriverError::Link(_)), "{e}");
+        assert!(e.to_string().contains("ttyUSB0"), "{e}");
+
+        // Plug a port back under the same name: the next call reconnects.
+        let pty2 = sim.serve_pty()?;
+        std::os::unix::fs::symlink(pty2.path(), &link)?;
+        let v = call(&mut psu, "measure_voltage", Value::Null).await?;
+        assert!(close_to(&v, 0.0), "{v}");
+        let idn = call(&mut psu, "identify", Value::Null).await?;
+        assert_eq!(idn, json!(sim.idn()));
+        psu.shutdown().await;
+        pty2.close().await;
+        Ok(())
+    })
+    .await?
+}
+
+#[tokio::test]
+async fn tcp_link_loss_then_reconnect() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        let sim = TcpSim::start(Family::KeysightE36xx).await?;
+        let resource = sim.resource.clone();
+        let handle = sim.sim.clone();
+        let mut psu = create("keysight-e36xx", &resource, json!({"timeout_ms": 1000})).await?;
+        call(&mut psu, "identify", Value::Null).await?;
+        sim.shutdown().await?; // the instrument goes away, connections close
+        let e = call(&mut psu, "identify", Value::Null)
+            .await
+            .expect_err("gone");
+        assert_eq!(e.code(), 503, "{e}");
+        // Back on the same port.
+        let addr = resource.trim_start_matches("tcp://").to_string();
+        let listener = TcpListener::bind(&addr).await?;
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            handle
+                .serve_tcp(listener, async {
+                    let _ = rx.await;
+                })
+                .await
+        });
+        let idn = call(&mut psu, "identify", Value::Null).await?;
+        assert!(idn.as_str().is_some_and(|s| s.contains("E36313A")));
+        let _ = stop.send(());
+        task.await??;
+        Ok(())
+    })
+    .await?
+}
+
+/// Commands -> what `SYST:ERR?` answers next (Keysight formats `+0`).
+#[tokio::test]
+async fn scpi_error_queue_table() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        let sim = TcpSim::start(Family::KeysightE36xx).await?;
+        let mut s = ScpiSession::new(Resource::parse(&sim.resource)?, SessionOptions::default());
+        let table: &[(&str, &str)] = &[
+            ("VOLT 5", "+0,\"No error\""),
+            ("voltage:level:immediate:amplitude 5", "+0,\"No error\""),
+            ("SOUR:VOLT 5;CURR 1", "+0,\"No error\""),
+            ("VOLT 99", "-222,\"Data out of range\""),
+            ("VOLT -1", "-222,\"Data out of range\""),
+            ("CURR 11", "-222,\"Data out of range\""),
+            ("INST:NSEL 4", "-222,\"Data out of range\""),
+            ("FOO", "-113,\"Undefined header\""),
+            ("VOLTA 5", "-113,\"Undefined header\""),
+            ("*FOO", "-113,\"Undefined header\""),
+            ("*RST?", "-113,\"Undefined header\""),
+            ("MEAS:VOLT", "-113,\"Undefined header\""),
+            ("VOLT", "-109,\"Missing parameter\""),
+            ("VOLT abc", "-104,\"Data type error\""),
+            ("VOLT 1,2,3", "-108,\"Parameter not allowed\""),
+            ("OUTP MAYBE", "-224,\"Illegal parameter value\""),
+            ("OUTP ON,(@7)", "-224,\"Illegal parameter value\""),
+            ("VOLT::5", "-100,\"Command error\""),
+            ("VO$T 5", "-100,\"Command error\""),
+            ("VOLT 500mV", "+0,\"No error\""),
+        ];
+        for (cmd, want) in table {
+            s.write(cmd).await?;
+            assert_eq!(s.query("SYST:ERR?").await?, *want, "after {cmd:?}");
+            assert_eq!(
+                s.query("SYST:ERR?").await?,
+                "+0,\"No error\"",
+                "after {cmd:?}"
+            );
+        }
+        assert_eq!(s.query("VOLT?").await?, "+5.00000000E-01");
+
+        // A command error aborts the rest of the message.
+        s.write("VOLT 1;BAD;VOLT 2").await?;
+        assert_eq!(s.query("SYST:ERR?").await?, "-113,\"Undefined header\"");
+        assert_eq!(s.query("VOLT?").await?, "+1.00000000E+00");
+
+        // *ESR? reports (and clears) the event classes seen so far:
+        // command errors (bit 5) and execution errors (bit 4).
+        assert_eq!(s.query("*ESR?").await?, "48");
+        assert_eq!(s.query("*ESR?").await?, "0");
+        // Overflow: 20 entries, the last one -350; later errors are lost.
+        for _ in 0..25 {
+            s.write("NOPE").await?;
+        }
+        assert_eq!(s.query("*STB?").await?, "4");
+        assert_eq!(s.query("*ESR?").await?, "32");
+        let errs = s.errors().await?;
+        assert_eq!(errs.len(), 20, "{errs:?}");
+        assert!(errs[..19].iter().all(|(c, _)| *c == -113), "{errs:?}");
+        assert_eq!(errs[19], (-350, "Queue overflow".to_string()));
+        // *CLS empties the queue.
+        s.write("BAD;").await?;
+        s.write("*CLS").await?;
+        assert_eq!(s.query("SYST:ERR?").await?, "+0,\"No error\"");
+
+        // check_errors turns an error entry into DriverError::Instrument.
+        let mut checked = ScpiSession::new(
+            Resource::parse(&sim.resource)?,
+            SessionOptions {
+                check_errors: true,
+                ..SessionOptions::default()
+            },
+        );
+        checked.write("VOLT 2").await?;
+        let e = checked.write("VOLT 99").await.expect_err("out of range");
+        assert!(matches!(e, DriverError::Instrument(_)), "{e}");
+        assert!(e.to_string().contains("-222"), "{e}");
+        assert!(e.to_string().contains("VOLT 99"), "{e}");
+        sim.shutdown().await
+    })
+    .await?
+}
+
+#[tokio::test]
+async fn rigol_and_siglent_error_answers() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        for (family, cmd, want) in [
+            (
+                Family::RigolDp8xx,
+                ":SOUR3:VOLT 6",
+                "-222,\"Data out of range\"",
+            ),
+            (
+                Family::RigolDp8xx,
+                ":SOUR4:VOLT 1",
+                "-224,\"Illegal parameter value\"",
+            ),
+            (
+                Family::RigolDp8xx,
+                ":OUTP CH9,ON",
+                "-224,\"Illegal parameter value\"",
+            ),
+            (
+                Family::SiglentSpd3303x,
+                "CH1:VOLT 33",
+                "-222,\"Data out of range\"",
+            ),
+            (
+                Family::SiglentSpd3303x,
+                "OUTP? CH1",
+                "-113,\"Undefined header\"",
+            ),
+            (
+                Family::SiglentSpd3303x,
+                "OUTP ON",
+                "-109,\"Missing parameter\"",
+            ),
+            (Family::SiglentSpd3303x, "CH1:VOLT 3", "0,\"No error\""),
+        ] {
+            let sim = TcpSim::start(family).await?;
+            let mut s =
+                ScpiSession::new(Resource::parse(&sim.resource)?, SessionOptions::default());
+            s.write(cmd).await?;
+            assert_eq!(s.query("SYST:ERR?").await?, want, "{family}: {cmd}");
+            sim.shutdown().await?;
+        }
+        Ok(())
+    })
+    .await?
+}
+
+#[tokio::test]
+async fn sim_shutdown_closes_connected_clients() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        let sim = TcpSim::start(Family::KeysightE36xx).await?;
+        let mut s = ScpiSession::new(Resource::parse(&sim.resource)?, SessionOptions::default());
+        s.idn().await?;
+        sim.shutdown().await?; // returns only once the client's task ended
+        let e = s.idn().await.expect_err("server gone");
+        assert_eq!(e.code(), 503, "{e}");
+        Ok(())
+    })
+    .await?
+}
+
+#[tokio::test]
+async fn registry_rejects_bad_configs_clearly() -> Result<()> {
+    let reg = DriverRegistry::with_builtins();
+    for name in [
+        "scpi",
+        "keysight-e36xx",
+        "rigol-dp8xx",
+        "siglent-spd3303x",
+        "mock-psu",
+    ] {
+        assert!(reg.names().iter().any(|n| n == name), "{name}");
+    }
+    let cases = [
+        ("keysight-e36xx", None, json!({}), "needs a resource"),
+        (
+            "rigol-dp8xx",
+            Some("GPIB0::1::INSTR"),
+            json!({}),
+            "resource",
+        ),
+        (
+            "rigol-dp8xx",
+            Some("tcp://h:1"),
+            json!({"model": "DP9000"}),
+            "DP832",
+        ),
+        (
+            "scpi",
+            Some("tcp://h:1"),
+            json!({"timeout_ms": "x"}),
+            "timeout_ms",
+        ),
+        (
+            "scpi",
+            Some("ASRL/dev/x::INSTR"),
+            json!({"parity": "mark"}),
+            "parity",
+        ),
+    ];
+    for (driver, resource, opts, why) in cases {
+        let cfg = InstrumentConfig {
+            id: "x".into(),
+            driver: driver.into(),
+            resource: resource.map(str::to_string),
+            options: options(opts),
+        };
+        let e = reg
+            .create(cfg)
+            .await
+            .err()
+            .ok_or_else(|| anyhow!("{driver} accepted"))?;
+        assert_eq!(e.code(), 500, "{e}");
+        assert!(e.to_string().contains(why), "{driver}: {e}");
+    }
+    // Nothing listening: creation succeeds (instruments may be switched on
+    // later), the first call is a link error.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let mut psu = create(
+        "keysight-e36xx",
+        &format!("tcp://127.0.0.1:{port}"),
+        json!({}),
+    )
+    .await?;
+    let e = call(&mut psu, "identify", Value::Null)
+        .await
+        .expect_err("nothing there");
+    assert_eq!(e.code(), 503, "{e}");
+    let _ = Path::new("/");
+    Ok(())
+}
