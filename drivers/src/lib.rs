@@ -8,6 +8,7 @@
 
 pub mod block;
 pub mod builtins;
+pub mod declarative;
 pub mod instrument;
 pub mod mock_psu;
 pub mod psu;

@@ -72,6 +72,43 @@ impl DriverRegistry {
         );
     }
 
+    /// Load every declarative driver (`*.toml`) in `dir` and register it.
+    /// Returns the names registered, sorted by file name. All files are
+    /// checked before any is registered; an error names the file and key.
+    /// A name already registered (a built-in, or a file loaded before) is
+    /// an error too.
+    pub fn load_dir(&mut self, dir: &std::path::Path) -> Result<Vec<String>, DriverError> {
+        let defs = crate::declarative::load_dir(dir)?;
+        for def in &defs {
+            if self.factories.contains_key(&def.name) {
+                return Err(DriverError::Config(format!(
+                    "{}: driver.name: '{}' is already registered",
+                    def.file.display(),
+                    def.name
+                )));
+            }
+        }
+        let mut names = Vec::new();
+        for def in defs {
+            let name = def.name.clone();
+            let def = Arc::new(def);
+            self.register(&name, move |cfg: InstrumentConfig| {
+                let def = def.clone();
+                async move {
+                    crate::declarative::DeclarativeDriver::from_config(def, &cfg)
+                        .map(|d| Box::new(d) as BoxInstrument)
+                }
+            });
+            names.push(name);
+        }
+        Ok(names)
+    }
+
+    /// Whether a driver named `name` is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.factories.contains_key(name)
+    }
+
     /// Names of the registered drivers, sorted.
     pub fn names(&self) -> Vec<String> {
         self.factories.keys().cloned().collect()

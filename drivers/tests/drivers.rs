@@ -626,6 +626,163 @@ async fn registry_rejects_bad_configs_clearly() -> Result<()> {
         .await
         .expect_err("nothing there");
     assert_eq!(e.code(), 503, "{e}");
-    let _ = Path::new("/");
+    Ok(())
+}
+
+fn shipped_instruments() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../instruments")
+}
+
+async fn exercise_declarative(reg: &DriverRegistry, resource: &str, sim: &SimPsu) -> Result<()> {
+    let cfg = InstrumentConfig {
+        id: "bench-psu".into(),
+        driver: "labmesh-sim-psu".into(),
+        resource: Some(resource.to_string()),
+        options: Map::new(),
+    };
+    let mut psu = reg.create(cfg).await?;
+    let d = psu.describe();
+    assert_eq!(d.driver, "labmesh-sim-psu");
+    let sv = d
+        .method("set_voltage")
+        .ok_or_else(|| anyhow!("no set_voltage"))?;
+    assert_eq!(sv.params[0].unit.as_deref(), Some("V"));
+    assert_eq!(sv.params[0].max, Some(25.0));
+    assert!(d.method("identify").is_some() && d.method("get_state").is_some());
+
+    assert_eq!(
+        call(&mut psu, "reset", Value::Null).await?,
+        json!({"ok": true})
+    );
+    call(&mut psu, "set_voltage", json!({"value": 12, "channel": 2})).await?;
+    call(&mut psu, "set_current", json!({"value": 0.5, "channel": 2})).await?;
+    call(&mut psu, "set_output", json!({"on": true, "channel": 2})).await?;
+    let v = call(&mut psu, "measure_voltage", json!({"channel": 2})).await?;
+    assert!(close_to(&v, 5.0), "CC into 10 ohm at 0.5 A: {v}");
+    let i = call(&mut psu, "measure_current", json!([2])).await?;
+    assert!(close_to(&i, 0.5), "{i}");
+    let state = psu.poll().await?;
+    assert_eq!(state["voltages"], json!([0.0, 5.0, 0.0]), "{state}");
+    assert_eq!(state["outputs"], json!([0.0, 1.0, 0.0]), "{state}");
+    assert_eq!(state["relay_id"], "bench-psu");
+
+    let shot = call(&mut psu, "screenshot", Value::Null).await?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(shot.as_str().ok_or_else(|| anyhow!("{shot}"))?)?;
+    assert_eq!(bytes, sim::psu::screenshot());
+
+    // Range-checked from the file before anything is sent ...
+    let e = call(&mut psu, "set_voltage", json!({"value": 26}))
+        .await
+        .expect_err("max 25");
+    assert_eq!(e.code(), 400, "{e}");
+    let e = call(&mut psu, "set_voltage", json!({"value": 1, "chanel": 2}))
+        .await
+        .expect_err("typo");
+    assert!(e.to_string().contains("chanel"), "{e}");
+    // ... and the instrument's own per-channel limit comes back via SYST:ERR?.
+    let e = call(&mut psu, "set_voltage", json!({"value": 7, "channel": 1}))
+        .await
+        .expect_err("CH1 6 V");
+    assert!(matches!(e, DriverError::Instrument(_)), "{e}");
+    assert!(e.to_string().contains("-222"), "{e}");
+    assert_eq!(sim.error_count(), 0, "the driver read the queue empty");
+    let idn = call(&mut psu, "identify", Value::Null).await?;
+    assert_eq!(idn, json!(sim.idn()));
+    psu.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn declarative_driver_drives_the_sim_over_tcp_and_a_pty() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        let mut reg = DriverRegistry::with_builtins();
+        let names = reg.load_dir(&shipped_instruments())?;
+        assert_eq!(names, ["keysight-34461a", "labmesh-sim-psu"]);
+        assert!(reg.contains("labmesh-sim-psu"));
+        let tcp = TcpSim::start(Family::KeysightE36xx).await?;
+        exercise_declarative(&reg, &tcp.resource, &tcp.sim)
+            .await
+            .context("over TCP")?;
+        tcp.shutdown().await?;
+        let (sim, pty, resource) = pty_sim(Family::KeysightE36xx)?;
+        exercise_declarative(&reg, &resource, &sim)
+            .await
+            .context("over a pty")?;
+        pty.close().await;
+        // Loading the same directory again would shadow the drivers: refused.
+        let e = reg
+            .load_dir(&shipped_instruments())
+            .expect_err("already registered");
+        assert!(e.to_string().contains("already registered"), "{e}");
+        Ok(())
+    })
+    .await?
+}
+
+#[test]
+fn bad_driver_files_are_refused_naming_file_and_key() -> Result<()> {
+    const OK_HEAD: &str = "[driver]\nname = \"x\"\n";
+    let table: &[(&str, &str)] = &[
+        ("[driver]\n", "name"),
+        ("[driver]\nname = \"x\"\ncolour = 1\n", "colour"),
+        (
+            "[driver]\nname = \"x\"\n[[methods]]\nname = \"m\"\nwrite = \"VOLT {v}\"\n",
+            "placeholder {v}",
+        ),
+        (
+            "[driver]\nname = \"x\"\n[[methods]]\nname = \"m\"\nquery = \"VOLT?\"\nreply = \"flaot\"\n",
+            "flaot",
+        ),
+        ("[driver]\nname = \"x\"\n[[methods]]\nname = \"m\"\n", "methods[0] (m)"),
+        (
+            "[driver]\nname = \"x\"\n[[methods]]\nname = \"m\"\nwrite = \"A\"\n[[methods]]\nname = \"m\"\nwrite = \"B\"\n",
+            "methods[1] (m)",
+        ),
+        (
+            "[driver]\nname = \"x\"\n[[methods]]\nname = \"m\"\nwrite = \"V {v}\"\nparams = [{name = \"v\", type = \"float\", min = 5, max = 1}]\n",
+            "min 5 is above max 1",
+        ),
+        (
+            "[driver]\nname = \"x\"\n[[methods]]\nname = \"m\"\nwrite = \"V {v}\"\nparams = [{name = \"v\", type = \"float\", max = 1, default = 2}]\n",
+            "params.v.default",
+        ),
+        (
+            "[driver]\nname = \"x\"\n[[methods]]\nname = \"m\"\nwrite = \"V {v\"\nparams = [{name = \"v\", type = \"float\"}]\n",
+            "unclosed",
+        ),
+        ("[driver]\nname = \"x\"\n[session]\ntimeout_ms = \"soon\"\n", "timeout_ms"),
+        ("[driver]\nname = \"x\"\n[[poll]]\nname = \"p\"\nquery = \"X? {a}\"\n", "poll[0]"),
+        ("this is not toml", "x.toml"),
+    ];
+    for (text, why) in table {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("a-fine.toml"), format!("{OK_HEAD}"))?;
+        let bad = dir.path().join("x.toml");
+        std::fs::write(&bad, text)?;
+        let mut reg = DriverRegistry::empty();
+        let e = reg.load_dir(dir.path()).expect_err(text);
+        let msg = e.to_string();
+        assert!(msg.contains("x.toml"), "{text:?}: {msg}");
+        assert!(msg.contains(why), "{text:?}: {msg}");
+        // All or nothing: the good file was not registered either.
+        assert!(reg.names().is_empty(), "{text:?}");
+    }
+    // Two files, one name.
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("a.toml"), OK_HEAD)?;
+    std::fs::write(dir.path().join("b.toml"), OK_HEAD)?;
+    let e = DriverRegistry::empty()
+        .load_dir(dir.path())
+        .expect_err("dup");
+    assert!(
+        e.to_string().contains("a.toml") && e.to_string().contains("b.toml"),
+        "{e}"
+    );
+    // Not a directory.
+    let e = DriverRegistry::empty()
+        .load_dir(&dir.path().join("missing"))
+        .expect_err("missing");
+    assert!(e.to_string().contains("missing"), "{e}");
     Ok(())
 }
