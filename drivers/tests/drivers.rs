@@ -757,7 +757,7 @@ fn bad_driver_files_are_refused_naming_file_and_key() -> Result<()> {
     ];
     for (text, why) in table {
         let dir = tempfile::tempdir()?;
-        std::fs::write(dir.path().join("a-fine.toml"), format!("{OK_HEAD}"))?;
+        std::fs::write(dir.path().join("a-fine.toml"), OK_HEAD)?;
         let bad = dir.path().join("x.toml");
         std::fs::write(&bad, text)?;
         let mut reg = DriverRegistry::empty();
