@@ -103,6 +103,19 @@ pub enum Command {
     Drivers,
     /// Run a whole mesh in one process and show it working.
     Demo,
+    /// Measure the mesh next to a raw baseline from the same run.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// RPC round trips (client -> relay -> mock PSU) vs a raw zmq echo.
+    Rpc {
+        /// Calls per measurement.
+        #[arg(long, default_value_t = 5000)]
+        n: usize,
+    },
 }
 
 impl Cli {
@@ -364,5 +377,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => crate::demo::run(&ctx).await.map(|_| ExitCode::SUCCESS),
+        Command::Bench(BenchCmd::Rpc { n }) => {
+            crate::bench::rpc(&ctx, n).await.map(|_| ExitCode::SUCCESS)
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! `labmesh`: run mesh nodes and talk to them.
 
+mod bench;
 mod cli;
 mod demo;
 
