@@ -81,7 +81,10 @@ mod app {
     static DEVICE: Global<Device<'static, Ctx>> = Global(RefCell::new(None));
 
     pub fn rx(input: &[u8]) {
-        DEVICE.with(|| Device::new(&ROUTES), |d| d.receive(&mut Ctx, input, send));
+        DEVICE.with(
+            || Device::new(&ROUTES),
+            |d| d.receive(&mut Ctx, input, send),
+        );
     }
 
     pub fn tick(_: u32) {}
