@@ -1,8 +1,18 @@
 //! labmesh-drivers: what a relay drives.
 //!
 //! * [`Instrument`]: the async driver trait (`describe`, `call`, `poll`).
-//! * [`DriverRegistry`]: driver name -> factory, built-ins included.
-//! * [`mock_psu`]: the in-process mock power supply.
+//! * [`DriverRegistry`]: driver name -> factory, built-ins included
+//!   (`mock-psu`, `scpi`, `keysight-e36xx`, `rigol-dp8xx`,
+//!   `siglent-spd3303x`), plus declarative TOML drivers
+//!   ([`DriverRegistry::load_dir`], [`declarative`]).
+//! * [`resource`]: PyVISA-style and URL resource strings; [`transport`]:
+//!   TCP and serial links; [`scpi`]: the SCPI session; [`block`]: IEEE 488.2
+//!   binary blocks.
+//! * [`psu`]: the power-supply family drivers; [`scpi_driver`]: the
+//!   generic `scpi` driver; [`mock_psu`]: the in-process mock power supply.
+//! * [`sim`]: simulated SCPI power supplies over TCP, streams and ptys.
+//!
+//! docs/DRIVERS.md is the user guide.
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
