@@ -786,3 +786,54 @@ fn bad_driver_files_are_refused_naming_file_and_key() -> Result<()> {
     assert!(e.to_string().contains("missing"), "{e}");
     Ok(())
 }
+
+/// A misbehaving instrument on a real socket: the session reports clear
+/// errors, never panics, and the next exchange is back in step.
+#[tokio::test]
+async fn garbage_from_the_instrument_is_an_error_not_a_panic() -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    tokio::time::timeout(LIMIT, async {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (r, mut w) = sock.into_split();
+                    let mut lines = BufReader::new(r).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let reply: Vec<u8> = match line.as_str() {
+                            "LONG?" => vec![b'A'; 4096],
+                            "HUGE?" => b"#9999999999\n".to_vec(),
+                            "NOTBLOCK?" => b"hello\n".to_vec(),
+                            "UTF?" => vec![0xff, 0xfe, b'o', b'k', b'\r', b'\n'],
+                            _ => b"ok\n".to_vec(),
+                        };
+                        if w.write_all(&reply).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let opts = SessionOptions {
+            max_reply: 1024,
+            timeout: Duration::from_secs(2),
+            ..SessionOptions::default()
+        };
+        let mut s = ScpiSession::new(Resource::parse(&format!("tcp://{addr}"))?, opts);
+        let e = s.query("LONG?").await.expect_err("no terminator, too long");
+        assert!(e.to_string().contains("longer than 1024"), "{e}");
+        assert_eq!(s.query("*IDN?").await?, "ok");
+        let e = s.query_binary("HUGE?").await.expect_err("absurd length");
+        assert!(e.to_string().contains("exceeds"), "{e}");
+        assert_eq!(s.query("*IDN?").await?, "ok");
+        let e = s.query_binary("NOTBLOCK?").await.expect_err("not a block");
+        assert!(e.to_string().contains("'#'"), "{e}");
+        assert_eq!(s.query("*IDN?").await?, "ok");
+        assert_eq!(s.query("UTF?").await?, "\u{fffd}\u{fffd}ok");
+        assert_eq!(s.query("*IDN?").await?, "ok");
+        server.abort();
+        Ok(())
+    })
+    .await?
+}
