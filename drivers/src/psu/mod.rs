@@ -101,7 +101,7 @@ impl PsuDriver {
     }
 
     fn limit_check(&self, what: &str, value: f64, ch: usize) -> Result<(), DriverError> {
-        let Some(lim) = self.model.channels.get(ch - 1) else {
+        let Some(lim) = ch.checked_sub(1).and_then(|i| self.model.channels.get(i)) else {
             return Err(DriverError::bad_param("channel", "no such channel"));
         };
         let (max, unit) = if what == "voltage" {
