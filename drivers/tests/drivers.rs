@@ -275,7 +275,9 @@ async fn timeout_then_no_stale_reply(
     driver: &str,
     stall: impl Fn(&SimPsu, bool),
 ) -> Result<()> {
-    let mut psu = create(driver, resource, json!({"timeout_ms": 300})).await?;
+    // A generous serial drain window: a loaded CI machine may answer late.
+    let opts = json!({"timeout_ms": 300, "drain_quiet_ms": 500});
+    let mut psu = create(driver, resource, opts).await?;
     call(&mut psu, "set_voltage", json!({"value": 1.5, "channel": 1})).await?;
     call(&mut psu, "set_output", json!({"on": true, "channel": 1})).await?;
     stall(sim, true);
