@@ -297,7 +297,10 @@ impl Config {
             if v.is_finite() && v > 0.0 && v < 1.0e9 {
                 Ok(())
             } else {
-                Err(bad(key, format!("must be a positive number of seconds, got {v}")))
+                Err(bad(
+                    key,
+                    format!("must be a positive number of seconds, got {v}"),
+                ))
             }
         };
         let endpoint = |key: &str, v: &str| {
@@ -332,7 +335,10 @@ impl Config {
         if self.relay.upload_chunk == 0 || self.relay.upload_chunk > 64 * 1024 * 1024 {
             return Err(bad(
                 "relay.upload_chunk",
-                format!("must be 1..=67108864 bytes, got {}", self.relay.upload_chunk),
+                format!(
+                    "must be 1..=67108864 bytes, got {}",
+                    self.relay.upload_chunk
+                ),
             ));
         }
         let mut seen = std::collections::HashSet::new();
@@ -342,7 +348,10 @@ impl Config {
                 return Err(bad(&key("id"), "must not be empty".into()));
             }
             if !seen.insert(inst.id.as_str()) {
-                return Err(bad(&key("id"), format!("duplicate instrument id {:?}", inst.id)));
+                return Err(bad(
+                    &key("id"),
+                    format!("duplicate instrument id {:?}", inst.id),
+                ));
             }
             if let Some(p) = inst.poll_interval {
                 positive(&key("poll_interval"), p)?;
@@ -393,8 +402,11 @@ mod tests {
 
     #[test]
     fn unknown_keys_warn_with_file_and_key() {
-        let (_, w) = Config::parse("[relay]\nstate_intervall = 2\n[bogus]\nx=1\n", Path::new("lab.toml"))
-            .unwrap();
+        let (_, w) = Config::parse(
+            "[relay]\nstate_intervall = 2\n[bogus]\nx=1\n",
+            Path::new("lab.toml"),
+        )
+        .unwrap();
         let keys: Vec<_> = w.iter().map(|w| w.key.as_str()).collect();
         assert!(keys.contains(&"relay.state_intervall"), "{keys:?}");
         assert!(keys.contains(&"bogus"), "{keys:?}");
@@ -405,11 +417,22 @@ mod tests {
     fn invalid_values_name_file_key_and_why() {
         let e = Config::parse("[relay]\nstate_interval = -1\n", Path::new("lab.toml")).unwrap_err();
         let s = e.to_string();
-        assert!(s.contains("lab.toml") && s.contains("relay.state_interval") && s.contains("positive"), "{s}");
-        let e = Config::parse("[broker]\nrpc_bind = \"localhost:1\"\n", Path::new("lab.toml")).unwrap_err();
+        assert!(
+            s.contains("lab.toml") && s.contains("relay.state_interval") && s.contains("positive"),
+            "{s}"
+        );
+        let e = Config::parse(
+            "[broker]\nrpc_bind = \"localhost:1\"\n",
+            Path::new("lab.toml"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("broker.rpc_bind"), "{e}");
-        let e = Config::parse("[broker]\nttl_seconds = \"x\"\n", Path::new("lab.toml")).unwrap_err();
-        assert!(e.to_string().contains("lab.toml") && e.to_string().contains("ttl_seconds"), "{e}");
+        let e =
+            Config::parse("[broker]\nttl_seconds = \"x\"\n", Path::new("lab.toml")).unwrap_err();
+        assert!(
+            e.to_string().contains("lab.toml") && e.to_string().contains("ttl_seconds"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -426,8 +449,14 @@ model = "E36313A"
         assert!(w.is_empty());
         let i = &c.relay.instruments[0];
         assert_eq!(i.driver, "keysight-e36xx");
-        assert_eq!(i.options.get("model").and_then(|v| v.as_str()), Some("E36313A"));
+        assert_eq!(
+            i.options.get("model").and_then(|v| v.as_str()),
+            Some("E36313A")
+        );
         let dup = format!("{text}\n[[relay.instruments]]\nid = \"psu-1\"\ndriver = \"mock-psu\"\n");
-        assert!(Config::parse(&dup, Path::new("x.toml")).unwrap_err().to_string().contains("duplicate"));
+        assert!(Config::parse(&dup, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate"));
     }
 }

@@ -17,7 +17,6 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
-mod register;
 mod rpc;
 
 use std::time::Duration;
@@ -26,6 +25,7 @@ use labmesh_drivers::{BoxInstrument, DriverError, DriverRegistry, InstrumentConf
 use labmesh_wire::auth::Password;
 use labmesh_wire::endpoint::{public_endpoint, resolve_broker};
 use labmesh_wire::msg::{encode, StateMsg, STATE_PREFIX};
+use labmesh_wire::register::{keep_registered, Registrant};
 use labmesh_wire::{AsyncSocket, SocketOptions, WireError};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
@@ -326,11 +326,14 @@ pub async fn spawn(
 
     if let Some(broker) = &opts.broker_rpc {
         let conn = labmesh_wire::DealerConn::connect(ctx, broker, SocketOptions::default())?;
-        tasks.push(tokio::spawn(register::run(
+        let nodes = served
+            .iter()
+            .map(|s| Registrant::relay(&s.relay_id, &s.rpc_endpoint, &opts.password))
+            .collect();
+        tasks.push(tokio::spawn(keep_registered(
             conn,
-            served.clone(),
+            nodes,
             opts.heartbeat,
-            opts.password.clone(),
             stop_rx.clone(),
         )));
     }
@@ -354,6 +357,7 @@ async fn publish(mut sock: AsyncSocket, mut rx: mpsc::Receiver<Outgoing>) {
 /// Builds and queues `state.<relay_id>` messages for one instrument.
 struct StatePublisher<'a> {
     relay_id: &'a str,
+    interval: f64,
     topic: Vec<u8>,
     seq: u64,
     last: Option<serde_json::Value>,
@@ -368,6 +372,7 @@ impl StatePublisher<'_> {
             seq: Some(self.seq),
             ts: Some(labmesh_wire::unix_now()),
             stale: stale.then_some(true),
+            interval: Some(self.interval),
         };
         self.seq += 1;
         // A full queue means the PUB is behind; drop, as PUB would.
@@ -411,6 +416,7 @@ async fn instrument_task(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut publisher = StatePublisher {
         relay_id: &relay_id,
+        interval: poll_interval.as_secs_f64(),
         topic,
         seq: 0,
         last: None,

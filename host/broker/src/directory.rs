@@ -1,182 +1,519 @@
-//! The directory ROUTER: registrations and directory RPCs.
+//! The directory ROUTER: registrations, liveness and directory RPCs.
+//!
+//! Liveness: every registration remembers when it last showed a sign of life
+//! (hello, heartbeat, answered probe). A node silent for `ttl / 2` is probed
+//! with an `lm.ping` RPC at its advertised endpoint (labmesh v0 relays never
+//! heartbeat; any reply, even an `rpc_error`, proves life). A node silent
+//! for `ttl` is expired. Changes are published on the bus as
+//! `presence.<id>` events.
 
-use std::collections::BTreeMap;
-use std::time::Instant;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use labmesh_wire::msg::{
-    self, encode, BankInfo, Hello, HelloAck, RelayInfo, Reply, Request, RpcRequest,
+    self, encode, BankInfo, Bye, Heartbeat, Hello, HelloAck, Presence, RelayInfo, Reply, Request,
+    RpcRequest, PRESENCE_PREFIX,
 };
-use labmesh_wire::{codes, AsyncSocket, ErrorBody};
+use labmesh_wire::{codes, AsyncSocket, DealerConn, ErrorBody, SocketOptions};
 use serde_json::{json, Value};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::BrokerOptions;
+
+/// How long a probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 
 struct Entry<T> {
     info: T,
     last_seen: Instant,
+    probing: bool,
 }
 
-#[derive(Default)]
+impl<T> Entry<T> {
+    fn new(info: T) -> Self {
+        Entry {
+            info,
+            last_seen: Instant::now(),
+            probing: false,
+        }
+    }
+}
+
+/// Results of work done outside the directory task.
+enum Internal {
+    /// A probe of `relay_id` at `endpoint` finished.
+    Probed {
+        relay_id: String,
+        endpoint: String,
+        alive: bool,
+    },
+    /// A relay id registered from a new endpoint: was the old one alive?
+    DuplicateChecked {
+        ident: Vec<u8>,
+        hello: Hello,
+        old_alive: bool,
+    },
+}
+
 struct Directory {
+    opts: BrokerOptions,
+    ctx: zmq::Context,
     relays: BTreeMap<String, Entry<RelayInfo>>,
     banks: BTreeMap<String, Entry<BankInfo>>,
+    probes: HashMap<String, DealerConn>,
+    internal: mpsc::Sender<Internal>,
+    presence: Option<AsyncSocket>,
+}
+
+/// What to do after handling a request.
+enum Action {
+    Reply(Vec<u8>),
+    Nothing,
 }
 
 pub(crate) async fn run(
     mut router: AsyncSocket,
     opts: BrokerOptions,
+    ctx: zmq::Context,
+    presence: Option<AsyncSocket>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut dir = Directory::default();
+    let (internal, mut internal_rx) = mpsc::channel(256);
+    let sweep_every = (opts.ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut dir = Directory {
+        opts,
+        ctx,
+        relays: BTreeMap::new(),
+        banks: BTreeMap::new(),
+        probes: HashMap::new(),
+        internal,
+        presence,
+    };
+    let mut sweep = tokio::time::interval(sweep_every);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let frames = tokio::select! {
+        tokio::select! {
             biased;
             _ = stop.changed() => break,
-            f = router.recv_multipart() => f,
-        };
-        let frames = match frames {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(error = %e, "directory receive failed");
-                continue;
+            Some(ev) = internal_rx.recv() => {
+                if let Some((ident, reply)) = dir.apply(ev) {
+                    send(&mut router, &ident, &reply).await;
+                }
             }
-        };
-        let Some(reply) = handle(&mut dir, &opts, &frames) else {
-            continue;
-        };
-        // frames[0] is the peer identity ROUTER prepends; handle() only
-        // answers when it is there.
-        if let Some(ident) = frames.first() {
-            if let Err(e) = router.send_multipart([ident.as_slice(), &reply]).await {
-                tracing::warn!(error = %e, "directory reply failed");
+            f = router.recv_multipart() => {
+                let frames = match f {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "directory receive failed");
+                        continue;
+                    }
+                };
+                if let Some(ident) = frames.first() {
+                    if let Action::Reply(reply) = dir.handle(&frames) {
+                        send(&mut router, ident, &reply).await;
+                    }
+                }
             }
+            _ = sweep.tick() => dir.sweep(),
         }
     }
     tracing::info!("directory stopped");
 }
 
-/// One request; `None` when nothing is to be sent back.
-fn handle(dir: &mut Directory, opts: &BrokerOptions, frames: &[Vec<u8>]) -> Option<Vec<u8>> {
-    let payload = match frames {
-        [_ident, payload] => payload,
-        [_ident, ..] => {
-            tracing::warn!(
-                frames = frames.len(),
-                "directory request with {} frames, expected 1",
-                frames.len() - 1
-            );
-            return Some(encode(&Reply::Error {
-                error: ErrorBody::new(codes::BAD_REQUEST, "expected exactly one frame of JSON"),
-            }));
-        }
-        [] => return None,
-    };
-    let req = match msg::decode_request(payload) {
-        Ok(r) => r,
-        Err(failure) => {
-            tracing::warn!(?failure, "bad directory request");
-            return Some(encode(&failure.reply()));
-        }
-    };
-    match req {
-        Request::Hello(h) => Some(hello(dir, opts, h)),
-        Request::Rpc(r) => Some(rpc(dir, opts, r)),
-        Request::Heartbeat(hb) => {
-            if !opts.password.accepts(hb.password.as_ref()) {
-                tracing::warn!("heartbeat with a wrong password ignored");
-                return None;
-            }
-            let now = Instant::now();
-            if let Some(e) = hb.relay_id.as_ref().and_then(|id| dir.relays.get_mut(id)) {
-                e.last_seen = now;
-            }
-            if let Some(e) = hb.bank_id.as_ref().and_then(|id| dir.banks.get_mut(id)) {
-                e.last_seen = now;
-            }
-            None
-        }
+async fn send(router: &mut AsyncSocket, ident: &[u8], reply: &[u8]) {
+    if let Err(e) = router.send_multipart([ident, reply]).await {
+        tracing::warn!(error = %e, "directory reply failed");
     }
 }
 
-fn hello(dir: &mut Directory, opts: &BrokerOptions, h: Hello) -> Vec<u8> {
-    if !opts.password.accepts(h.password.as_ref()) {
-        tracing::warn!(role = ?h.role, "hello with a wrong password refused");
-        return encode(&HelloAck::refused("invalid password"));
+impl Directory {
+    /// One request.
+    fn handle(&mut self, frames: &[Vec<u8>]) -> Action {
+        let payload = match frames {
+            [_ident, payload] => payload,
+            [_ident, rest @ ..] => {
+                tracing::warn!(
+                    frames = rest.len(),
+                    "directory request with the wrong number of frames"
+                );
+                return Action::Reply(encode(&Reply::Error {
+                    error: ErrorBody::new(codes::BAD_REQUEST, "expected exactly one frame of JSON"),
+                }));
+            }
+            [] => return Action::Nothing,
+        };
+        let req = match msg::decode_request(payload) {
+            Ok(r) => r,
+            Err(failure) => {
+                tracing::warn!(?failure, "bad directory request");
+                return Action::Reply(encode(&failure.reply()));
+            }
+        };
+        match req {
+            Request::Hello(h) => self.hello(frames[0].clone(), h),
+            Request::Rpc(r) => Action::Reply(self.rpc(r)),
+            Request::Heartbeat(hb) => self.heartbeat(hb),
+            Request::Bye(b) => {
+                self.bye(b);
+                Action::Nothing
+            }
+        }
     }
-    let now = Instant::now();
-    match h.role.as_deref() {
-        Some("relay") => {
-            let (Some(rid), Some(ep)) = (
-                h.relay_id.filter(|s| !s.is_empty()),
-                h.rpc_endpoint.filter(|s| !s.is_empty()),
-            ) else {
-                return encode(&Reply::Error {
-                    error: ErrorBody::new(codes::BAD_REQUEST, "missing relay_id/rpc_endpoint"),
-                });
-            };
+
+    fn hello(&mut self, ident: Vec<u8>, h: Hello) -> Action {
+        if !self.opts.password.accepts(h.password.as_ref()) {
+            tracing::warn!(role = ?h.role, "hello with a wrong password refused");
+            return Action::Reply(encode(&HelloAck::refused("invalid password")));
+        }
+        match h.role.as_deref() {
+            Some("relay") => {
+                let (Some(rid), Some(ep)) = (
+                    h.relay_id.as_deref().filter(|s| !s.is_empty()),
+                    h.rpc_endpoint.as_deref().filter(|s| !s.is_empty()),
+                ) else {
+                    return Action::Reply(encode(&Reply::Error {
+                        error: ErrorBody::new(codes::BAD_REQUEST, "missing relay_id/rpc_endpoint"),
+                    }));
+                };
+                if let Some(old) = self.relays.get(rid) {
+                    let fresh = old.last_seen.elapsed() < self.opts.ttl;
+                    if old.info.rpc_endpoint != ep && fresh {
+                        // Is the first registrant still there? Ask it, without
+                        // blocking the directory; the answer comes back as
+                        // Internal::DuplicateChecked.
+                        let old_ep = old.info.rpc_endpoint.clone();
+                        self.check_duplicate(ident, h, old_ep);
+                        return Action::Nothing;
+                    }
+                }
+                Action::Reply(self.register_relay(&h))
+            }
+            Some("bank") => {
+                let bank_id = h
+                    .bank_id
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "bank".into());
+                let info = BankInfo {
+                    bank_id: bank_id.clone(),
+                    ingest: h.ingest.clone(),
+                    retrieve: h.retrieve.clone(),
+                };
+                let changed = self.banks.get(&bank_id).is_none_or(|e| e.info != info);
+                if changed {
+                    tracing::info!(%bank_id, ingest = ?h.ingest, retrieve = ?h.retrieve, "bank online");
+                    self.publish_presence(
+                        &bank_id,
+                        "bank",
+                        "online",
+                        "registered",
+                        h.retrieve.clone(),
+                    );
+                }
+                self.banks.insert(bank_id.clone(), Entry::new(info));
+                Action::Reply(encode(&HelloAck {
+                    bank_id: Some(bank_id),
+                    ..HelloAck::ok("bank")
+                }))
+            }
+            _ => {
+                tracing::debug!("client hello");
+                Action::Reply(encode(&HelloAck::ok("client")))
+            }
+        }
+    }
+
+    fn register_relay(&mut self, h: &Hello) -> Vec<u8> {
+        let (rid, ep) = (
+            h.relay_id.clone().unwrap_or_default(),
+            h.rpc_endpoint.clone().unwrap_or_default(),
+        );
+        let changed = self
+            .relays
+            .get(&rid)
+            .is_none_or(|e| e.info.rpc_endpoint != ep);
+        if changed {
             tracing::info!(relay_id = %rid, endpoint = %ep, "relay online");
-            dir.relays.insert(
-                rid.clone(),
-                Entry {
-                    info: RelayInfo {
-                        relay_id: rid,
-                        rpc_endpoint: ep,
-                    },
-                    last_seen: now,
-                },
-            );
-            encode(&HelloAck::ok("relay"))
+            self.publish_presence(&rid, "relay", "online", "registered", Some(ep.clone()));
         }
-        Some("bank") => {
-            let bank_id = h
-                .bank_id
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "bank".into());
-            tracing::info!(%bank_id, ingest = ?h.ingest, retrieve = ?h.retrieve, "bank online");
-            dir.banks.insert(
-                bank_id.clone(),
-                Entry {
-                    info: BankInfo {
-                        bank_id: bank_id.clone(),
-                        ingest: h.ingest,
-                        retrieve: h.retrieve,
-                    },
-                    last_seen: now,
-                },
-            );
-            encode(&HelloAck {
-                bank_id: Some(bank_id),
-                ..HelloAck::ok("bank")
-            })
-        }
-        _ => {
-            tracing::debug!("client hello");
-            encode(&HelloAck::ok("client"))
-        }
+        self.relays.insert(
+            rid.clone(),
+            Entry::new(RelayInfo {
+                relay_id: rid,
+                rpc_endpoint: ep,
+            }),
+        );
+        encode(&HelloAck::ok("relay"))
     }
-}
 
-fn rpc(dir: &Directory, opts: &BrokerOptions, r: RpcRequest) -> Vec<u8> {
-    let rpc_uuid = r.rpc_uuid;
-    if !opts.password.accepts(r.password.as_ref()) {
-        tracing::warn!(method = %r.method, "rpc with a wrong password refused");
-        return encode(&Reply::RpcError {
-            rpc_uuid,
-            error: ErrorBody::new(codes::UNAUTHORIZED, "invalid password"),
+    fn check_duplicate(&mut self, ident: Vec<u8>, hello: Hello, old_endpoint: String) {
+        let conn = match self.probe_conn(&old_endpoint) {
+            Some(c) => c,
+            None => {
+                // Cannot even connect: treat the old one as gone.
+                let _ = self.internal.try_send(Internal::DuplicateChecked {
+                    ident,
+                    hello,
+                    old_alive: false,
+                });
+                return;
+            }
+        };
+        let tx = self.internal.clone();
+        tokio::spawn(async move {
+            let old_alive = conn
+                .rpc("lm.ping", Value::Null, None, PROBE_TIMEOUT)
+                .await
+                .is_ok();
+            let _ = tx
+                .send(Internal::DuplicateChecked {
+                    ident,
+                    hello,
+                    old_alive,
+                })
+                .await;
         });
     }
-    let result: Value = match r.method.as_str() {
-        "list_relay_ids" => json!(dir.relays.values().map(|e| &e.info).collect::<Vec<_>>()),
-        "list_banks" => json!(dir.banks.values().map(|e| &e.info).collect::<Vec<_>>()),
-        "ping" => json!({"ok": true}),
-        other => {
-            tracing::warn!(method = %other, "unknown directory method");
+
+    fn heartbeat(&mut self, hb: Heartbeat) -> Action {
+        if !self.opts.password.accepts(hb.password.as_ref()) {
+            tracing::warn!("heartbeat with a wrong password ignored");
+            return Action::Nothing;
+        }
+        let now = Instant::now();
+        let mut known = false;
+        if let Some(e) = hb.relay_id.as_ref().and_then(|id| self.relays.get_mut(id)) {
+            e.last_seen = now;
+            known = true;
+        }
+        if let Some(e) = hb.bank_id.as_ref().and_then(|id| self.banks.get_mut(id)) {
+            e.last_seen = now;
+            known = true;
+        }
+        match hb.rpc_uuid {
+            // Extension: acknowledge, so the sender can tell a restarted broker.
+            Some(id) => Action::Reply(encode(&Reply::HeartbeatAck {
+                rpc_uuid: Value::String(id),
+                known,
+            })),
+            None => Action::Nothing,
+        }
+    }
+
+    fn bye(&mut self, b: Bye) {
+        if !self.opts.password.accepts(b.password.as_ref()) {
+            tracing::warn!("bye with a wrong password ignored");
+            return;
+        }
+        if let Some(e) = b.relay_id.as_ref().and_then(|id| self.relays.remove(id)) {
+            tracing::info!(relay_id = %e.info.relay_id, "relay offline (shutdown)");
+            self.probes.remove(&e.info.rpc_endpoint);
+            self.publish_presence(
+                &e.info.relay_id,
+                "relay",
+                "offline",
+                "shutdown",
+                Some(e.info.rpc_endpoint.clone()),
+            );
+        }
+        if let Some(e) = b.bank_id.as_ref().and_then(|id| self.banks.remove(id)) {
+            tracing::info!(bank_id = %e.info.bank_id, "bank offline (shutdown)");
+            self.publish_presence(
+                &e.info.bank_id,
+                "bank",
+                "offline",
+                "shutdown",
+                e.info.retrieve.clone(),
+            );
+        }
+    }
+
+    fn rpc(&self, r: RpcRequest) -> Vec<u8> {
+        let rpc_uuid = r.rpc_uuid;
+        if !self.opts.password.accepts(r.password.as_ref()) {
+            tracing::warn!(method = %r.method, "rpc with a wrong password refused");
             return encode(&Reply::RpcError {
                 rpc_uuid,
-                error: ErrorBody::new(codes::BAD_REQUEST, format!("unknown method {other}")),
+                error: ErrorBody::new(codes::UNAUTHORIZED, "invalid password"),
             });
         }
-    };
-    encode(&Reply::RpcResult { rpc_uuid, result })
+        let result: Value = match r.method.as_str() {
+            "list_relay_ids" => json!(self.relays.values().map(|e| &e.info).collect::<Vec<_>>()),
+            "list_banks" => json!(self.banks.values().map(|e| &e.info).collect::<Vec<_>>()),
+            "ping" => json!({"ok": true}),
+            other => {
+                tracing::warn!(method = %other, "unknown directory method");
+                return encode(&Reply::RpcError {
+                    rpc_uuid,
+                    error: ErrorBody::new(codes::BAD_REQUEST, format!("unknown method {other}")),
+                });
+            }
+        };
+        encode(&Reply::RpcResult { rpc_uuid, result })
+    }
+
+    /// Fold in the result of outside work; maybe a deferred reply.
+    fn apply(&mut self, ev: Internal) -> Option<(Vec<u8>, Vec<u8>)> {
+        match ev {
+            Internal::Probed {
+                relay_id,
+                endpoint,
+                alive,
+            } => {
+                if let Some(e) = self.relays.get_mut(&relay_id) {
+                    if e.info.rpc_endpoint == endpoint {
+                        e.probing = false;
+                        if alive {
+                            e.last_seen = Instant::now();
+                        }
+                    }
+                }
+                None
+            }
+            Internal::DuplicateChecked {
+                ident,
+                hello,
+                old_alive,
+            } => {
+                let rid = hello.relay_id.clone().unwrap_or_default();
+                if old_alive {
+                    let old = self
+                        .relays
+                        .get(&rid)
+                        .map(|e| e.info.rpc_endpoint.clone())
+                        .unwrap_or_default();
+                    tracing::warn!(relay_id = %rid, existing = %old, refused = ?hello.rpc_endpoint, "duplicate relay id refused");
+                    let reply = encode(&Reply::Error {
+                        error: ErrorBody::new(
+                            codes::CONFLICT,
+                            format!(
+                                "relay_id '{rid}' is already registered by a live relay at {old}"
+                            ),
+                        ),
+                    });
+                    return Some((ident, reply));
+                }
+                if let Some(old) = self.relays.get(&rid) {
+                    let ep = old.info.rpc_endpoint.clone();
+                    self.probes.remove(&ep);
+                    self.publish_presence(&rid, "relay", "offline", "replaced", Some(ep));
+                }
+                let reply = self.register_relay(&hello);
+                Some((ident, reply))
+            }
+        }
+    }
+
+    fn probe_conn(&mut self, endpoint: &str) -> Option<DealerConn> {
+        if let Some(c) = self.probes.get(endpoint) {
+            return Some(c.clone());
+        }
+        match DealerConn::connect(
+            &self.ctx,
+            endpoint,
+            SocketOptions {
+                linger_ms: 0,
+                ..SocketOptions::default()
+            },
+        ) {
+            Ok(c) => {
+                self.probes.insert(endpoint.to_string(), c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(%endpoint, error = %e, "cannot probe");
+                None
+            }
+        }
+    }
+
+    /// Expire silent registrations; probe the quiet ones.
+    fn sweep(&mut self) {
+        let ttl = self.opts.ttl;
+        let expired: Vec<String> = self
+            .relays
+            .iter()
+            .filter(|(_, e)| e.last_seen.elapsed() >= ttl)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for rid in expired {
+            if let Some(e) = self.relays.remove(&rid) {
+                tracing::warn!(relay_id = %rid, endpoint = %e.info.rpc_endpoint, "relay offline (ttl expired)");
+                self.probes.remove(&e.info.rpc_endpoint);
+                self.publish_presence(
+                    &rid,
+                    "relay",
+                    "offline",
+                    "ttl expired",
+                    Some(e.info.rpc_endpoint),
+                );
+            }
+        }
+        let expired: Vec<String> = self
+            .banks
+            .iter()
+            .filter(|(_, e)| e.last_seen.elapsed() >= ttl)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for bid in expired {
+            if let Some(e) = self.banks.remove(&bid) {
+                tracing::warn!(bank_id = %bid, "bank offline (ttl expired)");
+                self.publish_presence(&bid, "bank", "offline", "ttl expired", e.info.retrieve);
+            }
+        }
+        let quiet: Vec<(String, String)> = self
+            .relays
+            .iter()
+            .filter(|(_, e)| !e.probing && e.last_seen.elapsed() >= ttl / 2)
+            .map(|(k, e)| (k.clone(), e.info.rpc_endpoint.clone()))
+            .collect();
+        for (relay_id, endpoint) in quiet {
+            let Some(conn) = self.probe_conn(&endpoint) else {
+                continue;
+            };
+            if let Some(e) = self.relays.get_mut(&relay_id) {
+                e.probing = true;
+            }
+            let tx = self.internal.clone();
+            let timeout = PROBE_TIMEOUT.min(ttl / 2);
+            tokio::spawn(async move {
+                let alive = conn
+                    .rpc("lm.ping", Value::Null, None, timeout)
+                    .await
+                    .is_ok();
+                let _ = tx
+                    .send(Internal::Probed {
+                        relay_id,
+                        endpoint,
+                        alive,
+                    })
+                    .await;
+            });
+        }
+    }
+
+    fn publish_presence(
+        &mut self,
+        id: &str,
+        role: &str,
+        status: &str,
+        reason: &str,
+        endpoint: Option<String>,
+    ) {
+        let Some(sock) = self.presence.as_mut() else {
+            return;
+        };
+        let body = encode(&Presence {
+            id: id.to_string(),
+            role: role.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            endpoint,
+            ts: labmesh_wire::unix_now(),
+        });
+        let topic = format!("{PRESENCE_PREFIX}{id}");
+        if let Err(e) = sock.try_send_multipart(&[topic.as_bytes(), &body]) {
+            tracing::warn!(error = %e, "presence publish failed");
+        }
+    }
 }

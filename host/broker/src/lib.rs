@@ -191,8 +191,18 @@ pub async fn spawn(ctx: &zmq::Context, opts: BrokerOptions) -> Result<BrokerHand
     let rpc_ep = public_endpoint(&router.bind(&opts.rpc_bind)?, &opts.advertise_host);
     tracing::info!(rpc = %rpc_ep, xsub = %xsub_ep, xpub = %xpub_ep, "broker serving");
 
+    // Presence events go out through our own bus, like any publisher's.
+    let mut presence = AsyncSocket::new(ctx, zmq::PUB, SocketOptions::default())?;
+    presence.connect(&xsub_ep)?;
+
     let (stop, stop_rx) = watch::channel(false);
-    let directory = tokio::spawn(directory::run(router, opts, stop_rx));
+    let directory = tokio::spawn(directory::run(
+        router,
+        opts,
+        ctx.clone(),
+        Some(presence),
+        stop_rx,
+    ));
     Ok(BrokerHandle {
         rpc: rpc_ep,
         xsub: xsub_ep,

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use labmesh_wire::auth::Password;
 use labmesh_wire::msg::{
-    encode, BankInfo, DatasetAnnounce, Hello, HelloAck, RelayInfo, Request, StateMsg,
-    DATASET_PREFIX, STATE_PREFIX,
+    encode, BankInfo, DatasetAnnounce, Hello, HelloAck, Presence, RelayInfo, Request, StateMsg,
+    DATASET_PREFIX, PRESENCE_PREFIX, STATE_PREFIX,
 };
 use labmesh_wire::{AsyncSocket, DealerConn, ErrorBody, SocketOptions, WireError};
 use serde_json::Value;
@@ -139,6 +139,26 @@ pub struct StateUpdate {
     pub ts: Option<f64>,
     /// The relay republished its last state because the instrument is busy.
     pub stale: bool,
+    /// The relay's state interval in seconds (Rust relays).
+    pub interval: Option<f64>,
+}
+
+/// How a relay's state stream looks from this client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateHealth {
+    /// The newest state.
+    pub last: StateUpdate,
+    /// State messages missed (gaps in `seq`) since the client connected.
+    pub gaps: u64,
+    /// No state for three intervals (or three seconds when the relay does
+    /// not say its interval).
+    pub stale: bool,
+}
+
+struct Tracked {
+    last: StateUpdate,
+    at: std::time::Instant,
+    gaps: u64,
 }
 
 /// Something published on the bus.
@@ -148,6 +168,8 @@ pub enum Event {
     State(StateUpdate),
     /// `dataset.<bank_id>`
     Dataset(DatasetAnnounce),
+    /// `presence.<id>` (ext): a relay or bank came online or went offline.
+    Presence(Presence),
 }
 
 /// A connection to the mesh: the broker directory plus the state bus.
@@ -157,7 +179,7 @@ pub struct Client {
     broker: DealerConn,
     opts: ClientOptions,
     events: broadcast::Sender<Event>,
-    latest: Arc<Mutex<HashMap<String, StateUpdate>>>,
+    latest: Arc<Mutex<HashMap<String, Tracked>>>,
     relays: Arc<Mutex<HashMap<String, RelayClient>>>,
 }
 
@@ -210,17 +232,21 @@ impl Client {
         sub.raw()
             .set_subscribe(DATASET_PREFIX.as_bytes())
             .map_err(WireError::from)?;
+        sub.raw()
+            .set_subscribe(PRESENCE_PREFIX.as_bytes())
+            .map_err(WireError::from)?;
         sub.connect(&opts.broker_xpub)?;
         let (events, _) = broadcast::channel(4096);
         let latest = Arc::new(Mutex::new(HashMap::new()));
-        tokio::spawn(listen(sub, events.clone(), latest.clone()));
+        let relays = Arc::new(Mutex::new(HashMap::new()));
+        tokio::spawn(listen(sub, events.clone(), latest.clone(), relays.clone()));
         Ok(Client {
             ctx: ctx.clone(),
             broker,
             opts,
             events,
             latest,
-            relays: Arc::new(Mutex::new(HashMap::new())),
+            relays,
         })
     }
 
@@ -317,17 +343,33 @@ impl Client {
         }
     }
 
-    /// Call `method` on `relay_id`.
+    /// Call `method` on `relay_id`. When the call times out or the
+    /// connection is gone, the relay's endpoint is asked of the broker again;
+    /// if the relay has moved (restarted on another port), the call is sent
+    /// once more to the new endpoint.
     pub async fn call(
         &self,
         relay_id: &str,
         method: &str,
         params: Value,
     ) -> Result<Value, ClientError> {
-        self.relay(relay_id).await?.call(method, params).await
+        let relay = self.relay(relay_id).await?;
+        match relay.call(method, params.clone()).await {
+            Err(e @ (ClientError::Timeout { .. } | ClientError::Wire(WireError::Closed))) => {
+                self.forget_relay(relay_id);
+                match self.relay(relay_id).await {
+                    Ok(moved) if moved.endpoint() != relay.endpoint() => {
+                        tracing::info!(%relay_id, from = %relay.endpoint(), to = %moved.endpoint(), "relay moved; calling it at its new endpoint");
+                        moved.call(method, params).await
+                    }
+                    _ => Err(e),
+                }
+            }
+            other => other,
+        }
     }
 
-    /// Queue mode: every state and dataset message from now on.
+    /// Queue mode: every state, dataset and presence message from now on.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
@@ -337,7 +379,23 @@ impl Client {
         self.latest
             .lock()
             .ok()
-            .and_then(|m| m.get(relay_id).cloned())
+            .and_then(|m| m.get(relay_id).map(|t| t.last.clone()))
+    }
+
+    /// The newest state of `relay_id` with its gap count and staleness.
+    pub fn state_health(&self, relay_id: &str) -> Option<StateHealth> {
+        let m = self.latest.lock().ok()?;
+        let t = m.get(relay_id)?;
+        let interval = t
+            .last
+            .interval
+            .filter(|i| i.is_finite() && *i > 0.0)
+            .unwrap_or(1.0);
+        Some(StateHealth {
+            last: t.last.clone(),
+            gaps: t.gaps,
+            stale: t.at.elapsed().as_secs_f64() > 3.0 * interval,
+        })
     }
 
     /// Wait until a state of `relay_id` matching `pred` arrives.
@@ -372,7 +430,8 @@ impl Client {
 async fn listen(
     mut sub: AsyncSocket,
     events: broadcast::Sender<Event>,
-    latest: Arc<Mutex<HashMap<String, StateUpdate>>>,
+    latest: Arc<Mutex<HashMap<String, Tracked>>>,
+    relays: Arc<Mutex<HashMap<String, RelayClient>>>,
 ) {
     loop {
         let frames = match sub.recv_multipart().await {
@@ -397,6 +456,7 @@ async fn listen(
                     seq: m.seq,
                     ts: m.ts,
                     stale: m.stale.unwrap_or(false),
+                    interval: m.interval,
                 }),
                 Err(e) => {
                     tracing::warn!(error = %e, "malformed state message");
@@ -411,16 +471,64 @@ async fn listen(
                     continue;
                 }
             }
+        } else if topic.starts_with(PRESENCE_PREFIX.as_bytes()) {
+            match serde_json::from_slice::<Presence>(body) {
+                Ok(p) => Event::Presence(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed presence event");
+                    continue;
+                }
+            }
         } else {
             continue;
         };
-        if let Event::State(s) = &ev {
-            if let Ok(mut m) = latest.lock() {
-                m.insert(s.relay_id.clone(), s.clone());
+        match &ev {
+            Event::State(s) => track(&latest, s),
+            Event::Presence(p) if p.role == "relay" => {
+                // A relay that went offline or came back elsewhere: resolve
+                // it again on the next call.
+                if let Ok(mut m) = relays.lock() {
+                    if m.get(&p.id).is_some_and(|r| {
+                        p.status != "online" || p.endpoint.as_deref() != Some(r.endpoint())
+                    }) {
+                        m.remove(&p.id);
+                    }
+                }
             }
+            _ => {}
         }
         // No receivers is fine: cache mode only.
         let _ = events.send(ev);
+    }
+}
+
+/// Record a state in the cache, counting sequence gaps.
+fn track(latest: &Mutex<HashMap<String, Tracked>>, s: &StateUpdate) {
+    let Ok(mut m) = latest.lock() else { return };
+    let now = std::time::Instant::now();
+    match m.get_mut(&s.relay_id) {
+        Some(t) => {
+            if let (Some(prev), Some(seq)) = (t.last.seq, s.seq) {
+                if seq > prev + 1 {
+                    let missed = seq - prev - 1;
+                    t.gaps += missed;
+                    tracing::debug!(relay_id = %s.relay_id, missed, "state sequence gap");
+                }
+                // seq <= prev: the relay restarted; start counting afresh.
+            }
+            t.last = s.clone();
+            t.at = now;
+        }
+        None => {
+            m.insert(
+                s.relay_id.clone(),
+                Tracked {
+                    last: s.clone(),
+                    at: now,
+                    gaps: 0,
+                },
+            );
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::msg::{encode, Reply, RpcRequest};
 use crate::{AsyncSocket, ErrorBody, SocketOptions, WireError};
@@ -34,6 +34,7 @@ enum Cmd {
 pub struct DealerConn {
     tx: mpsc::Sender<Cmd>,
     endpoint: String,
+    connections: watch::Receiver<u64>,
 }
 
 impl DealerConn {
@@ -44,14 +45,29 @@ impl DealerConn {
         opts: SocketOptions,
     ) -> Result<Self, WireError> {
         let mut sock = AsyncSocket::new(ctx, zmq::DEALER, opts)?;
+        // Watch the connection: every (re)connect is counted, so owners can
+        // re-register after the peer restarts.
+        let monitor_addr = format!("inproc://labmesh-monitor-{}", new_rpc_uuid());
+        let events = zmq::SocketEvent::CONNECTED.to_raw() | zmq::SocketEvent::DISCONNECTED.to_raw();
+        sock.raw().monitor(&monitor_addr, i32::from(events))?;
+        let mut monitor = AsyncSocket::new(ctx, zmq::PAIR, SocketOptions::default())?;
+        monitor.connect(&monitor_addr)?;
         sock.connect(endpoint)?;
         let (tx, rx) = mpsc::channel(1024);
+        let (connected_tx, connections) = watch::channel(0);
         let ep = endpoint.to_string();
-        tokio::spawn(run(sock, rx, ep));
+        tokio::spawn(run(sock, monitor, rx, ep, connected_tx));
         Ok(DealerConn {
             tx,
             endpoint: endpoint.to_string(),
+            connections,
         })
+    }
+
+    /// Counts successful TCP connects to the peer (0 until the first). A
+    /// change after the first means the peer came back (restart, network).
+    pub fn connections(&self) -> watch::Receiver<u64> {
+        self.connections.clone()
     }
 
     /// The endpoint this connection points at.
@@ -107,7 +123,9 @@ impl DealerConn {
         match serde_json::from_value::<Reply>(reply.clone()) {
             Ok(Reply::RpcResult { result, .. }) => Ok(Ok(result)),
             Ok(Reply::RpcError { error, .. }) | Ok(Reply::Error { error }) => Ok(Err(error)),
-            Err(_) => Err(WireError::MalformedReply(reply.to_string())),
+            Ok(Reply::HeartbeatAck { .. }) | Err(_) => {
+                Err(WireError::MalformedReply(reply.to_string()))
+            }
         }
     }
 }
@@ -117,7 +135,13 @@ pub fn new_rpc_uuid() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-async fn run(mut sock: AsyncSocket, mut rx: mpsc::Receiver<Cmd>, endpoint: String) {
+async fn run(
+    mut sock: AsyncSocket,
+    mut monitor: AsyncSocket,
+    mut rx: mpsc::Receiver<Cmd>,
+    endpoint: String,
+    connected: watch::Sender<u64>,
+) {
     let mut keyed: HashMap<String, oneshot::Sender<Value>> = HashMap::new();
     let mut unkeyed: VecDeque<oneshot::Sender<Value>> = VecDeque::new();
     loop {
@@ -145,6 +169,20 @@ async fn run(mut sock: AsyncSocket, mut rx: mpsc::Receiver<Cmd>, endpoint: Strin
                 };
                 if let Err(e) = sock.send_multipart([body]).await {
                     tracing::warn!(%endpoint, error = %e, "send failed");
+                }
+            }
+            ev = monitor.recv_multipart() => {
+                // First frame: u16 event (native endian) + u32 value.
+                let event = ev.ok().and_then(|f| f.first().and_then(|b| b.get(0..2).map(|e| u16::from_ne_bytes([e[0], e[1]]))));
+                match event {
+                    Some(e) if e == zmq::SocketEvent::CONNECTED.to_raw() => {
+                        tracing::debug!(%endpoint, "connected");
+                        connected.send_modify(|n| *n += 1);
+                    }
+                    Some(e) if e == zmq::SocketEvent::DISCONNECTED.to_raw() => {
+                        tracing::debug!(%endpoint, "disconnected");
+                    }
+                    _ => {}
                 }
             }
             frames = sock.recv_multipart() => {

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod dealer;
 pub mod endpoint;
 pub mod msg;
+pub mod register;
 pub mod socket;
 pub mod transfer;
 

@@ -16,6 +16,8 @@ use crate::ErrorBody;
 pub const STATE_PREFIX: &str = "state.";
 /// Topic prefix for dataset announcements: `dataset.<bank_id>`.
 pub const DATASET_PREFIX: &str = "dataset.";
+/// Topic prefix for presence events (ext): `presence.<id>`.
+pub const PRESENCE_PREFIX: &str = "presence.";
 
 /// A `hello` registration (relay, bank) or greeting (client).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -74,6 +76,46 @@ pub struct Heartbeat {
     /// Shared network password, when the network has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Value>,
+    /// Extension: when present, a Rust broker answers with a
+    /// [`Reply::HeartbeatAck`] carrying this id (labmesh v0 heartbeats have
+    /// none and get no answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc_uuid: Option<String>,
+}
+
+/// Extension: a node leaving on purpose (graceful shutdown). No reply.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bye {
+    /// `relay` or `bank`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Set by relays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_id: Option<String>,
+    /// Set by banks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank_id: Option<String>,
+    /// Shared network password, when the network has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Value>,
+}
+
+/// Extension: the body of a `presence.<id>` bus message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Presence {
+    /// Relay or bank id.
+    pub id: String,
+    /// `relay` or `bank`.
+    pub role: String,
+    /// `online` or `offline`.
+    pub status: String,
+    /// Why: `registered`, `ttl expired`, `shutdown`, `replaced`.
+    pub reason: String,
+    /// The node's RPC (relay) or retrieve (bank) endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Event time, Unix seconds.
+    pub ts: f64,
 }
 
 /// A request arriving on a broker or relay ROUTER socket.
@@ -86,6 +128,8 @@ pub enum Request {
     Rpc(RpcRequest),
     /// `{"type":"heartbeat",...}`
     Heartbeat(Heartbeat),
+    /// `{"type":"bye",...}` (ext)
+    Bye(Bye),
 }
 
 /// Reply to a `hello`.
@@ -163,6 +207,15 @@ pub enum Reply {
         /// What went wrong.
         error: ErrorBody,
     },
+    /// Extension: `{"type":"heartbeat_ack","rpc_uuid","known"}`; `known`
+    /// is false when the broker has no registration for the sender (it
+    /// restarted, or expired it), which tells the sender to register again.
+    HeartbeatAck {
+        /// Echo of the heartbeat's id.
+        rpc_uuid: Value,
+        /// Whether the broker knows the sender.
+        known: bool,
+    },
 }
 
 /// The body of a `state.<relay_id>` bus message.
@@ -182,6 +235,10 @@ pub struct StateMsg {
     /// known state, republished so the relay is seen alive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale: Option<bool>,
+    /// Extension: the relay's state interval in seconds (a client marks the
+    /// relay stale after three missed intervals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<f64>,
 }
 
 /// The body of a `dataset.<bank_id>` announcement.
@@ -291,7 +348,7 @@ pub fn decode_request(frame: &[u8]) -> Result<Request, DecodeFailure> {
         Some(Value::String(s)) => s.clone(),
         _ => return Err(DecodeFailure::UnknownType(None)),
     };
-    if !matches!(kind.as_str(), "hello" | "rpc" | "heartbeat") {
+    if !matches!(kind.as_str(), "hello" | "rpc" | "heartbeat" | "bye") {
         return Err(DecodeFailure::UnknownType(Some(kind)));
     }
     let rpc_uuid = obj.get("rpc_uuid").cloned().unwrap_or(Value::Null);
@@ -376,5 +433,44 @@ mod tests {
         ));
         let hello = decode_request(br#"{"type":"hello","role":"client"}"#);
         assert!(matches!(hello, Ok(Request::Hello(_))));
+    }
+
+    #[test]
+    fn state_message_bytes_match_labmesh_order() {
+        // Python: dumps({"relay_id": rid, "state": dict(st)}) with the MockPSU
+        // state's insertion order; extension fields come after.
+        let state: Value = serde_json::from_str(
+            r#"{"relay_id":"Inst-0","voltage":2.5,"current":2.4961,"output":true,"last_updated":1.5,"runs":0}"#,
+        )
+        .unwrap();
+        let m = StateMsg {
+            relay_id: "Inst-0".into(),
+            state,
+            seq: None,
+            ts: None,
+            stale: None,
+            interval: None,
+        };
+        assert_eq!(
+            encode(&m),
+            br#"{"relay_id":"Inst-0","state":{"relay_id":"Inst-0","voltage":2.5,"current":2.4961,"output":true,"last_updated":1.5,"runs":0}}"#
+        );
+        let v0_heartbeat = Request::Heartbeat(Heartbeat {
+            role: Some("bank".into()),
+            bank_id: Some("bank-0".into()),
+            ..Heartbeat::default()
+        });
+        assert_eq!(
+            encode(&v0_heartbeat),
+            br#"{"type":"heartbeat","role":"bank","bank_id":"bank-0"}"#
+        );
+        let ack = Reply::HeartbeatAck {
+            rpc_uuid: Value::String("h1".into()),
+            known: false,
+        };
+        assert_eq!(
+            encode(&ack),
+            br#"{"type":"heartbeat_ack","rpc_uuid":"h1","known":false}"#
+        );
     }
 }

@@ -39,7 +39,10 @@ fn assert_error(v: &Value, kind: &str, code: i64, needle: &str) {
 }
 
 /// Malformed messages every ROUTER must answer with an error.
-fn common_cases() -> Vec<(&'static str, Vec<Vec<u8>>, &'static str, i64, &'static str)> {
+/// (case name, frames, expected reply type, code, message fragment)
+type Case = (&'static str, Vec<Vec<u8>>, &'static str, i64, &'static str);
+
+fn common_cases() -> Vec<Case> {
     vec![
         (
             "two frames",

@@ -1,0 +1,264 @@
+//! Staying registered with the broker, for relays and banks alike.
+//!
+//! [`keep_registered`] sends each node's `hello` and checks the ack,
+//! retrying with backoff (100 ms doubling to 5 s) until the broker accepts;
+//! then it heartbeats. It registers again when
+//!
+//! * the DEALER reconnects to the broker (a restarted broker is seen within
+//!   libzmq's reconnect interval, 100 ms), or
+//! * a Rust broker's heartbeat ack says it does not know the node (it
+//!   expired it), or
+//! * the broker stops answering (registration resumes when it is back).
+//!
+//! A labmesh v0 broker never answers heartbeats; that is detected with one
+//! `ping` and heartbeats continue unacknowledged. On stop, each node says
+//! `bye` so the broker lists it offline at once.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::auth::Password;
+use crate::dealer::new_rpc_uuid;
+use crate::msg::{encode, Bye, Heartbeat, Hello, HelloAck, Reply, Request};
+use crate::{DealerConn, WireError};
+
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// One node to keep registered.
+#[derive(Debug, Clone)]
+pub struct Registrant {
+    /// Name for logs (`relay psu-1`).
+    pub label: String,
+    /// The hello to send.
+    pub hello: Hello,
+    /// The heartbeat to send (its `rpc_uuid` is filled per beat).
+    pub heartbeat: Heartbeat,
+    /// The goodbye to send on stop.
+    pub bye: Bye,
+}
+
+impl Registrant {
+    /// A relay serving RPC at `rpc_endpoint`.
+    pub fn relay(relay_id: &str, rpc_endpoint: &str, password: &Password) -> Self {
+        Registrant {
+            label: format!("relay {relay_id}"),
+            hello: Hello {
+                role: Some("relay".into()),
+                relay_id: Some(relay_id.into()),
+                rpc_endpoint: Some(rpc_endpoint.into()),
+                password: password.to_field(),
+                ..Hello::default()
+            },
+            heartbeat: Heartbeat {
+                role: Some("relay".into()),
+                relay_id: Some(relay_id.into()),
+                password: password.to_field(),
+                ..Heartbeat::default()
+            },
+            bye: Bye {
+                role: Some("relay".into()),
+                relay_id: Some(relay_id.into()),
+                password: password.to_field(),
+                ..Bye::default()
+            },
+        }
+    }
+
+    /// A bank with its ingest and retrieve endpoints.
+    pub fn bank(bank_id: &str, ingest: &str, retrieve: &str, password: &Password) -> Self {
+        Registrant {
+            label: format!("bank {bank_id}"),
+            hello: Hello {
+                role: Some("bank".into()),
+                bank_id: Some(bank_id.into()),
+                ingest: Some(ingest.into()),
+                retrieve: Some(retrieve.into()),
+                password: password.to_field(),
+                ..Hello::default()
+            },
+            heartbeat: Heartbeat {
+                role: Some("bank".into()),
+                bank_id: Some(bank_id.into()),
+                password: password.to_field(),
+                ..Heartbeat::default()
+            },
+            bye: Bye {
+                role: Some("bank".into()),
+                bank_id: Some(bank_id.into()),
+                password: password.to_field(),
+                ..Bye::default()
+            },
+        }
+    }
+}
+
+/// What the broker said to a hello.
+#[derive(Debug)]
+enum HelloOutcome {
+    Accepted,
+    Refused(String),
+}
+
+async fn hello(conn: &DealerConn, node: &Registrant) -> Result<HelloOutcome, WireError> {
+    let reply = conn
+        .request(
+            encode(&Request::Hello(node.hello.clone())),
+            None,
+            REPLY_TIMEOUT,
+        )
+        .await?;
+    Ok(match serde_json::from_value::<HelloAck>(reply.clone()) {
+        Ok(ack) if ack.ok => HelloOutcome::Accepted,
+        Ok(ack) => HelloOutcome::Refused(
+            ack.error
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "refused".into()),
+        ),
+        Err(_) => HelloOutcome::Refused(
+            reply
+                .get("error")
+                .map(Value::to_string)
+                .unwrap_or_else(|| reply.to_string()),
+        ),
+    })
+}
+
+/// Heartbeat outcome for one node.
+enum Beat {
+    Known,
+    Unknown,
+    NoAck,
+}
+
+async fn beat(conn: &DealerConn, node: &Registrant, acks: bool) -> Result<Beat, WireError> {
+    if !acks {
+        conn.send(encode(&Request::Heartbeat(node.heartbeat.clone())))
+            .await?;
+        return Ok(Beat::NoAck);
+    }
+    let id = new_rpc_uuid();
+    let hb = Heartbeat {
+        rpc_uuid: Some(id.clone()),
+        ..node.heartbeat.clone()
+    };
+    match conn
+        .request(encode(&Request::Heartbeat(hb)), Some(id), REPLY_TIMEOUT)
+        .await
+    {
+        Ok(v) => match serde_json::from_value::<Reply>(v) {
+            Ok(Reply::HeartbeatAck { known: false, .. }) => Ok(Beat::Unknown),
+            _ => Ok(Beat::Known),
+        },
+        Err(WireError::Timeout(_)) => Ok(Beat::NoAck),
+        Err(e) => Err(e),
+    }
+}
+
+/// Keep `nodes` registered with the broker behind `conn` until `stop`
+/// turns true; then say goodbye.
+pub async fn keep_registered(
+    conn: DealerConn,
+    nodes: Vec<Registrant>,
+    heartbeat: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut connections = conn.connections();
+    let mut need = vec![true; nodes.len()];
+    let mut backoff = Duration::from_millis(100);
+    let mut attempts = 0u32;
+    // Whether this broker answers heartbeats (Rust) or not (labmesh v0).
+    let mut acks = true;
+    let mut ticker = tokio::time::interval(heartbeat.max(Duration::from_millis(10)));
+    ticker.tick().await;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        if need.iter().any(|n| *n) {
+            attempts += 1;
+            for (node, need) in nodes.iter().zip(need.iter_mut()).filter(|(_, n)| **n) {
+                match hello(&conn, node).await {
+                    Ok(HelloOutcome::Accepted) => {
+                        tracing::info!(node = %node.label, broker = %conn.endpoint(), "registered with the broker");
+                        *need = false;
+                    }
+                    Ok(HelloOutcome::Refused(why)) => {
+                        tracing::error!(node = %node.label, broker = %conn.endpoint(), %why, "broker refused registration; retrying");
+                    }
+                    Err(e) if attempts == 1 || attempts.is_multiple_of(10) => {
+                        tracing::warn!(node = %node.label, broker = %conn.endpoint(), error = %e, attempts, "broker not answering; still trying to register");
+                    }
+                    Err(_) => {}
+                }
+            }
+            if need.iter().any(|n| *n) {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => break,
+                    _ = connections.changed() => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            backoff = Duration::from_millis(100);
+            attempts = 0;
+            connections.borrow_and_update();
+        }
+        tokio::select! {
+            _ = stop.changed() => break,
+            changed = connections.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                tracing::info!(broker = %conn.endpoint(), "broker connection re-established; registering again");
+                need.iter_mut().for_each(|n| *n = true);
+            }
+            _ = ticker.tick() => {
+                for (node, need) in nodes.iter().zip(need.iter_mut()) {
+                    match beat(&conn, node, acks).await {
+                        Ok(Beat::Known) => {}
+                        Ok(Beat::Unknown) => {
+                            tracing::info!(node = %node.label, "broker does not know us (restarted or expired); registering again");
+                            *need = true;
+                        }
+                        Ok(Beat::NoAck) if acks => {
+                            // Either a labmesh v0 broker (never acks) or a dead one.
+                            match conn.rpc("ping", Value::Object(Default::default()), node.hello.password.clone(), REPLY_TIMEOUT).await {
+                                Ok(_) => {
+                                    tracing::info!(broker = %conn.endpoint(), "broker does not acknowledge heartbeats (labmesh v0); sending them unacknowledged");
+                                    acks = false;
+                                }
+                                Err(_) => {
+                                    tracing::warn!(broker = %conn.endpoint(), "broker not answering; will register again when it is back");
+                                    *need = true;
+                                }
+                            }
+                        }
+                        Ok(Beat::NoAck) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "heartbeat failed");
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Goodbye, then a ping on the same socket: once it is answered, the
+    // broker has processed the byes (one socket, in order).
+    for node in &nodes {
+        let _ = conn.send(encode(&Request::Bye(node.bye.clone()))).await;
+    }
+    let password = nodes.first().and_then(|n| n.hello.password.clone());
+    let _ = conn
+        .rpc(
+            "ping",
+            Value::Object(Default::default()),
+            password,
+            Duration::from_millis(500),
+        )
+        .await;
+}
