@@ -64,7 +64,7 @@ enum Internal {
     Opened {
         ident: Ident,
         key: String,
-        partial: Partial,
+        partial: Box<Partial>,
         ack: IngestAck,
     },
     /// A writer ended.
@@ -210,7 +210,7 @@ impl Ingest {
                     size: c.size,
                     sha256: c.sha256,
                 };
-                self.to_writer(&key, &ident, cmd).await;
+                self.forward(&key, &ident, cmd).await;
             }
             IngestRequest::IngestResume(r) => self.on_resume(ident, r).await,
             IngestRequest::IngestAbort(a) => {
@@ -223,7 +223,7 @@ impl Ingest {
         }
     }
 
-    async fn to_writer(&mut self, key: &str, ident: &Ident, cmd: WriterCmd) {
+    async fn forward(&mut self, key: &str, ident: &Ident, cmd: WriterCmd) {
         let Some(s) = self.sessions.get_mut(key) else {
             self.by_ident.remove(ident);
             self.error(ident, None, codes::CONFLICT, NO_SESSION.to_string());
@@ -337,7 +337,7 @@ impl Ingest {
                     let _ = internal.send(Internal::Opened {
                         ident,
                         key,
-                        partial,
+                        partial: Box::new(partial),
                         ack,
                     });
                 }
@@ -384,7 +384,7 @@ impl Ingest {
             }
             self.by_ident.insert(ident.clone(), r.token.clone());
             let key = r.token.clone();
-            self.to_writer(
+            self.forward(
                 &key,
                 &ident,
                 WriterCmd::Rebind {
@@ -422,7 +422,7 @@ impl Ingest {
                     let _ = internal.send(Internal::Opened {
                         ident,
                         key: r.token,
-                        partial: p,
+                        partial: Box::new(p),
                         ack,
                     });
                     return;
@@ -484,7 +484,7 @@ impl Ingest {
                 let dataset_id = partial.info().dataset_id.clone();
                 let task = tokio::spawn(async move {
                     let key = writer.key.clone();
-                    writer.run(partial, rx).await;
+                    writer.run(*partial, rx).await;
                     let _ = internal.send(Internal::Closed { key });
                 });
                 self.sessions.insert(

@@ -83,7 +83,7 @@ pub struct BankOptions {
 
 impl BankOptions {
     /// Defaults: loopback ephemeral ports, no broker, 1 MB download chunks,
-    /// 16 MiB max chunk, 8 MiB checkpoints, 5 min idle, 24 h resume TTL.
+    /// 16 MiB max chunk, 32 MiB checkpoints, 5 min idle, 24 h resume TTL.
     pub fn new(bank_id: &str, data_dir: impl Into<PathBuf>) -> Self {
         BankOptions {
             bank_id: bank_id.to_string(),
@@ -97,7 +97,7 @@ impl BankOptions {
             password: Password::none(),
             max_chunk: 16 * 1024 * 1024,
             retrieve_chunk: 1_000_000,
-            checkpoint_bytes: 8 * 1024 * 1024,
+            checkpoint_bytes: 32 * 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
             resume_ttl: Duration::from_secs(24 * 3600),
         }
@@ -176,7 +176,7 @@ impl Bank {
             zmq::ROUTER,
             SocketOptions {
                 rcvhwm: 1000,
-                sndhwm: 4,
+                sndhwm: 8,
                 linger_ms: 500,
                 max_msg_size: 1024 * 1024,
             },
@@ -362,6 +362,7 @@ async fn register(
         relay_id: None,
         bank_id: hello.bank_id.clone(),
         password: password.to_field(),
+        ..Default::default()
     }));
     let mut tick = tokio::time::interval(heartbeat.max(Duration::from_millis(10)));
     tick.tick().await;

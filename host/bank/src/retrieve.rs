@@ -34,6 +34,9 @@ use crate::store::Store;
 /// Largest credit a client may hold at once (chunks).
 pub const MAX_CREDIT: u32 = 64;
 
+/// Largest credit in bytes (credit x chunk size) per download.
+pub const CREDIT_BYTES: usize = 32 * 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub(crate) struct RetrieveConfig {
     pub chunk_size: usize,
@@ -63,6 +66,8 @@ struct Download {
     dataset_id: String,
     sem: Arc<Semaphore>,
     legacy: bool,
+    /// Most chunks this download may have granted at once.
+    cap: u32,
     queue: VecDeque<Out>,
     last_progress: Instant,
 }
@@ -107,8 +112,18 @@ pub(crate) async fn run(
         stream_tx,
     };
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    // When some download met a full peer queue, retry at this instant. It is
+    // set once and not pushed back by other events, so a busy socket cannot
+    // starve the retry.
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         let blocked = r.downloads.values().any(|d| !d.queue.is_empty());
+        if !blocked {
+            retry_at = None;
+        } else if retry_at.is_none() {
+            retry_at = Some(tokio::time::Instant::now() + Duration::from_millis(1));
+        }
+        let retry = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now));
         tokio::select! {
             _ = shutdown.changed() => break,
             frames = r.sock.recv_multipart() => match frames {
@@ -119,7 +134,10 @@ pub(crate) async fn run(
             Some(out) = stream_rx.recv() => r.enqueue(out),
             // Retry sends that met a full peer queue (pacing, not polling:
             // only armed while something is waiting).
-            _ = tokio::time::sleep(Duration::from_millis(2)), if blocked => r.pump_all(),
+            _ = retry, if blocked => {
+                retry_at = None;
+                r.pump_all();
+            }
             _ = sweep.tick() => r.sweep(),
         }
     }
@@ -161,8 +179,10 @@ impl Retrieve {
                     .values_mut()
                     .find(|d| d.ident == ident && d.dataset_id == c.dataset_id && !d.legacy)
                 {
-                    let held = d.sem.available_permits() as u32;
-                    let add = c.credit.min(MAX_CREDIT.saturating_sub(held));
+                    // Unsent chunks count against the cap too, so a client
+                    // that grants without reading cannot grow the queue.
+                    let held = (d.sem.available_permits() + d.queue.len()) as u32;
+                    let add = c.credit.min(d.cap.saturating_sub(held));
                     d.sem.add_permits(add as usize);
                     d.last_progress = Instant::now();
                 }
@@ -213,7 +233,9 @@ impl Retrieve {
             .map(|c| (c as usize).clamp(1, self.cfg.max_chunk))
             .unwrap_or(self.cfg.chunk_size);
         let offset = g.offset.unwrap_or(0);
-        let credit = g.credit.map(|c| c.clamp(1, MAX_CREDIT));
+        // The bank holds at most credit x chunk bytes for a download.
+        let cap = (CREDIT_BYTES / chunk.max(1)).clamp(1, MAX_CREDIT as usize) as u32;
+        let credit = g.credit.map(|c| c.clamp(1, cap));
         let store = self.store.clone();
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
@@ -319,6 +341,7 @@ impl Retrieve {
                         dataset_id: dataset_id.clone(),
                         sem: sem.clone(),
                         legacy,
+                        cap: credit.unwrap_or(2),
                         queue: VecDeque::new(),
                         last_progress: Instant::now(),
                     },

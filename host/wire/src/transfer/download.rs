@@ -39,7 +39,7 @@ impl Default for DownloadOptions {
     fn default() -> Self {
         DownloadOptions {
             timeout: Duration::from_secs(30),
-            credit: 8,
+            credit: 32,
             chunk_size: None,
             resume: true,
             retries: 3,

@@ -475,3 +475,94 @@ pub fn valid_token(token: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_tokens() {
+        for ok in ["a", "run-001.raw", "A_b.c-9", &"x".repeat(128), "..."] {
+            assert!(valid_dataset_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a\\b",
+            "sp ace",
+            "é",
+            &"x".repeat(129),
+        ] {
+            assert!(!valid_dataset_id(bad), "{bad}");
+        }
+        assert!(valid_token("9f0c_ab-1"));
+        assert!(!valid_token("a.b"));
+        assert!(!valid_token(""));
+    }
+
+    #[test]
+    fn legacy_messages_are_byte_exact() {
+        let ack = IngestReply::IngestAckChunk(IngestAckChunk {
+            dataset_id: "d".into(),
+            next_seq: 3,
+            status: Some("out_of_order".into()),
+            durable_seq: None,
+        });
+        assert_eq!(
+            crate::msg::encode(&ack),
+            br#"{"type":"ingest_ack_chunk","dataset_id":"d","next_seq":3,"status":"out_of_order"}"#
+        );
+        let e = IngestReply::Error(BankError::new(409, NO_SESSION));
+        assert_eq!(
+            crate::msg::encode(&e),
+            br#"{"type":"error","error":{"code":409,"message":"no ingest_start"}}"#
+        );
+        let c = RetrieveReply::Chunk(ChunkMsg {
+            dataset_id: "d".into(),
+            seq: 0,
+            eof: true,
+            offset: None,
+        });
+        assert_eq!(
+            crate::msg::encode(&c),
+            br#"{"type":"chunk","dataset_id":"d","seq":0,"eof":true}"#
+        );
+        // What labmesh's upload_dataset sends decodes, extra fields ignored.
+        let r =
+            decode_ingest(br#"{"type":"ingest_chunk","dataset_id":"d","seq":4,"eof":false,"x":1}"#);
+        assert!(matches!(
+            r,
+            Ok(IngestRequest::IngestChunk(IngestChunk {
+                seq: 4,
+                eof: false,
+                ..
+            }))
+        ));
+        let q = decode_retrieve(br#"{"type":"list_datasets","meta":{"n":5,"k":"v"}}"#);
+        match q {
+            Ok(RetrieveRequest::ListDatasets(q)) => {
+                let mut m = q.meta;
+                m.sort();
+                assert_eq!(
+                    m,
+                    [
+                        ("k".to_string(), "v".to_string()),
+                        ("n".to_string(), "5".to_string())
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decode_retrieve(b"\xff"),
+            Err(Malformed::NotAnObject(_))
+        ));
+        assert!(matches!(
+            decode_retrieve(br#"{"type":"put"}"#),
+            Err(Malformed::UnknownType(Some(_)))
+        ));
+    }
+}
