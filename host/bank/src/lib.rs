@@ -9,8 +9,10 @@
 //! * **retrieve** (`[bank] retrieve_bind`): `get` (paced legacy stream, or
 //!   credit-based with an offset), and the `list_datasets` catalogue query.
 //!
-//! It registers with the broker (hello, retried until acknowledged, then a
-//! heartbeat) and announces each committed dataset on
+//! It stays registered with the broker through
+//! `labmesh_wire::register::keep_registered` (hello retried until
+//! acknowledged, heartbeats, re-registration after a broker restart, `bye`
+//! on shutdown) and announces each committed dataset on
 //! `dataset.<bank_id>`. See [`store`] for the on-disk layout and the crash
 //! guarantees, and `docs/PROTOCOL.md` for every message.
 //!
@@ -36,7 +38,8 @@ use std::time::Duration;
 
 use labmesh_wire::auth::Password;
 use labmesh_wire::endpoint::public_endpoint;
-use labmesh_wire::msg::{encode, DatasetAnnounce, Heartbeat, Hello, Request, DATASET_PREFIX};
+use labmesh_wire::msg::{encode, DatasetAnnounce, DATASET_PREFIX};
+use labmesh_wire::register::{keep_registered, Registrant};
 use labmesh_wire::transfer::{DatasetInfo, Query};
 use labmesh_wire::{AsyncSocket, DealerConn, SocketOptions, WireError};
 use tokio::sync::{mpsc, watch};
@@ -240,19 +243,11 @@ impl Bank {
                     ..Default::default()
                 },
             )?;
-            let hello = Hello {
-                role: Some("bank".to_string()),
-                bank_id: Some(opts.bank_id.clone()),
-                ingest: Some(ingest_pub.clone()),
-                retrieve: Some(retrieve_pub.clone()),
-                password: opts.password.to_field(),
-                ..Default::default()
-            };
-            tasks.push(tokio::spawn(register(
+            let node = Registrant::bank(&opts.bank_id, &ingest_pub, &retrieve_pub, &opts.password);
+            tasks.push(tokio::spawn(keep_registered(
                 conn,
-                hello,
+                vec![node],
                 opts.heartbeat,
-                opts.password.clone(),
                 shutdown_rx,
             )));
         }
@@ -317,61 +312,6 @@ async fn announce(
                     if let Err(e) = p.send_multipart([topic.clone(), encode(&msg)]).await {
                         tracing::warn!(error = %e, "announcement not published");
                     }
-                }
-            }
-        }
-    }
-}
-
-/// Register with the broker until it acknowledges, then heartbeat.
-async fn register(
-    conn: DealerConn,
-    hello: Hello,
-    heartbeat: Duration,
-    password: Password,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let body = encode(&Request::Hello(hello.clone()));
-    let mut pause = Duration::from_millis(200);
-    loop {
-        let attempt = conn.request(body.clone(), None, Duration::from_secs(2));
-        let reply = tokio::select! {
-            _ = shutdown.changed() => return,
-            r = attempt => r,
-        };
-        match reply {
-            Ok(v) if v.get("ok") == Some(&serde_json::Value::Bool(true)) => {
-                tracing::info!(broker = %conn.endpoint(), "registered with the broker");
-                break;
-            }
-            Ok(v) => {
-                tracing::warn!(broker = %conn.endpoint(), reply = %v, "broker refused the bank's hello; retrying")
-            }
-            Err(e) => {
-                tracing::warn!(broker = %conn.endpoint(), error = %e, "no answer from the broker; retrying")
-            }
-        }
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(Duration::from_secs(10));
-    }
-    let beat = encode(&Request::Heartbeat(Heartbeat {
-        role: Some("bank".to_string()),
-        relay_id: None,
-        bank_id: hello.bank_id.clone(),
-        password: password.to_field(),
-        ..Default::default()
-    }));
-    let mut tick = tokio::time::interval(heartbeat.max(Duration::from_millis(10)));
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tick.tick() => {
-                if let Err(e) = conn.send(beat.clone()).await {
-                    tracing::warn!(error = %e, "heartbeat not sent");
                 }
             }
         }
