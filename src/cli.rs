@@ -99,13 +99,42 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the built-in drivers.
+    /// List the drivers (built-in, and declarative ones from `[relay] driver_dirs`).
     Drivers,
     /// Run a whole mesh in one process and show it working.
     Demo,
     /// Measure the mesh next to a raw baseline from the same run.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Run a simulated instrument (for tests and demos).
+    #[command(subcommand)]
+    Sim(SimCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCmd {
+    /// A simulated SCPI power supply (keysight / rigol / siglent dialect),
+    /// or with --firmware the firmware PSU over the postcard device link.
+    Psu {
+        /// SCPI dialect.
+        #[arg(long, default_value = "keysight")]
+        dialect: String,
+        /// Model name (E36313A, DP832, SPD3303X, ...); default per dialect.
+        #[arg(long)]
+        model: Option<String>,
+        /// Serve SCPI over TCP at this address (e.g. 127.0.0.1:5025).
+        #[arg(long, conflicts_with = "pty")]
+        tcp: Option<String>,
+        /// Serve on a new pseudo-terminal and print its path.
+        #[arg(long)]
+        pty: bool,
+        /// Resistive load on each output, ohms.
+        #[arg(long, default_value_t = 10.0)]
+        load_ohms: f64,
+        /// Delay before every reply, milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,7 +152,8 @@ impl Cli {
     /// output stays readable. RUST_LOG overrides both.
     pub fn default_log_level(&self) -> &'static str {
         match self.cmd {
-            Command::Broker { .. } | Command::Relay { .. } => "info",
+            Command::Broker { .. } | Command::Relay { .. } | Command::Sim(_) => "info",
+            Command::Demo => "error",
             _ => "warn",
         }
     }
@@ -230,7 +260,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(s) = state_interval {
                 cfg.relay.state_interval = s;
             }
-            let registry = DriverRegistry::with_builtins();
+            let mut registry = DriverRegistry::with_builtins();
+            for dir in &cfg.relay.driver_dirs {
+                let names = registry
+                    .load_dir(dir)
+                    .with_context(|| format!("driver directory {}", dir.display()))?;
+                tracing::info!(dir = %dir.display(), ?names, "declarative drivers loaded");
+            }
             let hosted = match (relay_id, driver) {
                 (Some(id), Some(driver)) => {
                     let instrument = registry
@@ -371,12 +407,61 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Drivers => {
-            for name in DriverRegistry::with_builtins().names() {
+            let Loaded { cfg } = load(&cli.global)?;
+            let mut registry = DriverRegistry::with_builtins();
+            for dir in &cfg.relay.driver_dirs {
+                registry
+                    .load_dir(dir)
+                    .with_context(|| format!("driver directory {}", dir.display()))?;
+            }
+            for name in registry.names() {
                 println!("{name}");
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => crate::demo::run(&ctx).await.map(|_| ExitCode::SUCCESS),
+        Command::Sim(SimCmd::Psu {
+            dialect,
+            model,
+            tcp,
+            pty,
+            load_ohms,
+            latency_ms,
+        }) => {
+            let cfg = labmesh_drivers::sim::SimConfig {
+                model,
+                load_ohms,
+                latency: Duration::from_millis(latency_ms),
+                ..labmesh_drivers::sim::SimConfig::new(
+                    dialect
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("--dialect {dialect}: {e}"))?,
+                )
+            };
+            let sim = labmesh_drivers::sim::SimPsu::new(cfg)?;
+            if pty {
+                let port = sim.serve_pty()?;
+                println!(
+                    "sim psu ({dialect}) {}: {}",
+                    sim.idn(),
+                    port.path().display()
+                );
+                shutdown_signal().await;
+                port.close().await;
+            } else {
+                let addr = tcp.unwrap_or_else(|| "127.0.0.1:5025".to_string());
+                let listener = tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                println!(
+                    "sim psu ({dialect}) {}: tcp://{}",
+                    sim.idn(),
+                    listener.local_addr()?
+                );
+                sim.serve_tcp(listener, shutdown_signal()).await?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCmd::Rpc { n }) => {
             crate::bench::rpc(&ctx, n).await.map(|_| ExitCode::SUCCESS)
         }

@@ -4,13 +4,28 @@ use std::time::Duration;
 
 use anyhow::Context;
 use labmesh_client::{Client, ClientOptions, Event};
-use labmesh_drivers::mock_psu::MockPsu;
+use labmesh_drivers::sim::{Dialect, SimConfig, SimPsu};
+use labmesh_drivers::{DriverRegistry, InstrumentConfig};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 pub async fn run(ctx: &zmq::Context) -> anyhow::Result<()> {
-    println!("== labmesh demo: broker, relay Inst-0 (mock PSU) and a client on loopback ==");
+    println!("== labmesh demo: a simulated Keysight PSU over SCPI/TCP, a broker, relay Inst-0 and a client, on loopback ==");
+    let sim = SimPsu::new(SimConfig::new(Dialect::KeysightE36xx))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sim_addr = listener.local_addr()?;
+    let (sim_stop, sim_stopped) = tokio::sync::oneshot::channel::<()>();
+    let sim_task = tokio::spawn({
+        let sim = sim.clone();
+        async move {
+            sim.serve_tcp(listener, async {
+                let _ = sim_stopped.await;
+            })
+            .await
+        }
+    });
+    println!("instrument {} at tcp://{sim_addr} (10 ohm load)", sim.idn());
     let broker = labmesh_broker::spawn(ctx, labmesh_broker::BrokerOptions::loopback()).await?;
     println!(
         "broker     directory {}  bus {} -> {}",
@@ -19,12 +34,23 @@ pub async fn run(ctx: &zmq::Context) -> anyhow::Result<()> {
         broker.xpub_endpoint()
     );
 
+    let instrument = DriverRegistry::with_builtins()
+        .create(InstrumentConfig {
+            id: "Inst-0".into(),
+            driver: "keysight-e36xx".into(),
+            resource: Some(format!(
+                "TCPIP::{}::{}::SOCKET",
+                sim_addr.ip(),
+                sim_addr.port()
+            )),
+            options: Default::default(),
+        })
+        .await?;
     let relay = labmesh_relay::spawn(
         ctx,
         labmesh_relay::RelayOptions::with_broker(broker.rpc_endpoint(), broker.xsub_endpoint()),
         vec![
-            labmesh_relay::Hosted::new("Inst-0", Box::new(MockPsu::new("Inst-0")))
-                .poll_every(Duration::from_millis(250)),
+            labmesh_relay::Hosted::new("Inst-0", instrument).poll_every(Duration::from_millis(250))
         ],
     )
     .await?;
@@ -97,6 +123,8 @@ pub async fn run(ctx: &zmq::Context) -> anyhow::Result<()> {
 
     relay.shutdown().await;
     broker.shutdown().await;
+    let _ = sim_stop.send(());
+    sim_task.await??;
     println!("== demo finished ==");
     Ok(())
 }

@@ -143,3 +143,52 @@ async fn network_password_accepts_the_right_one_and_refuses_others() -> anyhow::
     mesh.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn python_client_queries_idn_through_the_scpi_driver() -> anyhow::Result<()> {
+    let Some(py) = python_labmesh() else {
+        return Ok(());
+    };
+    let mesh = Mesh::start(&["mock"], Duration::from_millis(200)).await?;
+    let t = crate::instruments::tcp_sim(labmesh_drivers::sim::Dialect::KeysightE36xx).await?;
+    let registry = labmesh_drivers::DriverRegistry::with_builtins();
+    let inst = crate::instruments::create(
+        &registry,
+        "dmm",
+        "scpi",
+        &format!("tcp://{}", t.addr),
+        json!({}),
+    )
+    .await?;
+    let relay = labmesh_relay::spawn(
+        &mesh.ctx,
+        labmesh_relay::RelayOptions::with_broker(
+            mesh.broker.rpc_endpoint(),
+            mesh.broker.xsub_endpoint(),
+        ),
+        vec![labmesh_relay::Hosted::new("dmm", inst)],
+    )
+    .await?;
+    mesh.client.wait_for_relay("dmm", WAIT).await?;
+    let out = run_python(
+        &py,
+        "scpi_query.py",
+        &[
+            mesh.broker.rpc_endpoint(),
+            mesh.broker.xpub_endpoint(),
+            "dmm",
+        ],
+        &[],
+        WAIT,
+    )
+    .await?;
+    let v = last_json(&out)?;
+    assert_eq!(v["idn"], json!([true, t.sim.idn()]));
+    assert_eq!(v["write"], json!(true));
+    assert_eq!(v["volt"][0], json!(true));
+    let volts: f64 = v["volt"][1].as_str().unwrap_or_default().trim().parse()?;
+    assert!((volts - 2.5).abs() < 1e-9, "{v}");
+    relay.shutdown().await;
+    mesh.stop().await;
+    Ok(())
+}

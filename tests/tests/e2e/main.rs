@@ -1,5 +1,6 @@
 //! End-to-end tests: one binary, shared helpers in `labmesh_tests`.
 
 mod bad_input;
+mod instruments;
 mod interop;
 mod mesh;
