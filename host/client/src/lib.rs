@@ -279,7 +279,8 @@ impl Client {
         })
     }
 
-    /// Wait until the broker lists `relay_id` (asks every 50 ms).
+    /// Wait until the broker lists `relay_id` (asks every 50 ms; a broker
+    /// that is down or restarting is asked again until `timeout`).
     pub async fn wait_for_relay(
         &self,
         relay_id: &str,
@@ -287,13 +288,29 @@ impl Client {
     ) -> Result<RelayInfo, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(r) = self
-                .list_relays()
-                .await?
-                .into_iter()
-                .find(|r| r.relay_id == relay_id)
-            {
-                return Ok(r);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = Duration::from_millis(500).min(self.opts.timeout).min(left);
+            let opts = ClientOptions {
+                timeout: attempt.max(Duration::from_millis(1)),
+                ..self.opts.clone()
+            };
+            let listed = rpc(
+                &self.broker,
+                "broker",
+                "list_relay_ids",
+                Value::Object(Default::default()),
+                &opts,
+            )
+            .await;
+            if let Ok(v) = listed {
+                let relays: Vec<RelayInfo> =
+                    serde_json::from_value(v).map_err(|e| ClientError::Unexpected {
+                        target: "broker".into(),
+                        detail: e.to_string(),
+                    })?;
+                if let Some(r) = relays.into_iter().find(|r| r.relay_id == relay_id) {
+                    return Ok(r);
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(ClientError::NotFound(format!(
