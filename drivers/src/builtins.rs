@@ -9,4 +9,5 @@ pub fn register_all(r: &mut DriverRegistry) {
     });
     crate::scpi_driver::register(r);
     crate::psu::register(r);
+    crate::firmware::register(r);
 }
