@@ -67,6 +67,73 @@ pub enum Command {
         #[arg(long = "option", value_name = "KEY=VALUE")]
         options: Vec<String>,
     },
+    /// Run a databank (dataset ingest, storage, retrieve).
+    Bank {
+        /// Bank id on the mesh.
+        #[arg(long, default_value = "bank-0")]
+        bank_id: String,
+        /// Where datasets are stored, overriding `[bank] default_data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Ingest bind, overriding `[bank] ingest_bind`.
+        #[arg(long)]
+        ingest_bind: Option<String>,
+        /// Retrieve bind, overriding `[bank] retrieve_bind`.
+        #[arg(long)]
+        retrieve_bind: Option<String>,
+    },
+    /// Upload a file to a bank as a dataset (resumable; verified).
+    Upload {
+        /// The file.
+        file: PathBuf,
+        /// Relay id recorded as the dataset's source.
+        #[arg(long, default_value = "cli")]
+        relay_id: String,
+        /// Dataset id (default: a new uuid).
+        #[arg(long)]
+        dataset_id: Option<String>,
+        /// Metadata `key=value` (repeatable).
+        #[arg(long = "meta", value_name = "KEY=VALUE")]
+        meta: Vec<String>,
+        /// Bank id (default: the first registered bank).
+        #[arg(long)]
+        bank: Option<String>,
+    },
+    /// List datasets in the banks' catalogues, newest first.
+    Datasets {
+        /// Only this bank.
+        #[arg(long)]
+        bank: Option<String>,
+        /// Only datasets from this relay.
+        #[arg(long)]
+        relay: Option<String>,
+        /// Created at or after: Unix seconds, or 30s / 10m / 2h / 7d ago.
+        #[arg(long)]
+        since: Option<String>,
+        /// Created before: Unix seconds, or a duration ago.
+        #[arg(long)]
+        until: Option<String>,
+        /// Metadata filter `key=value` (repeatable; all must match).
+        #[arg(long = "meta", value_name = "KEY=VALUE")]
+        meta: Vec<String>,
+        /// At most N datasets.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a dataset (verified size and SHA-256).
+    Get {
+        /// Dataset id.
+        dataset_id: String,
+        /// Output file (default: the dataset id).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Bank id (default: every bank until one has it).
+        #[arg(long)]
+        bank: Option<String>,
+    },
     /// List relays and banks.
     Ls {
         /// Print JSON instead of a table.
@@ -128,6 +195,13 @@ pub enum SimCmd {
         /// Serve on a new pseudo-terminal and print its path.
         #[arg(long)]
         pty: bool,
+        /// The firmware PSU (no_std code behind the postcard device link)
+        /// instead of SCPI; needs --pty.
+        #[arg(long, requires = "pty")]
+        firmware: bool,
+        /// With --firmware: milliseconds between telemetry events (0: none).
+        #[arg(long, default_value_t = 200)]
+        telemetry_ms: u64,
         /// Resistive load on each output, ohms.
         #[arg(long, default_value_t = 10.0)]
         load_ohms: f64,
@@ -152,7 +226,10 @@ impl Cli {
     /// output stays readable. RUST_LOG overrides both.
     pub fn default_log_level(&self) -> &'static str {
         match self.cmd {
-            Command::Broker { .. } | Command::Relay { .. } | Command::Sim(_) => "info",
+            Command::Broker { .. }
+            | Command::Relay { .. }
+            | Command::Bank { .. }
+            | Command::Sim(_) => "info",
             Command::Demo => "error",
             _ => "warn",
         }
@@ -312,6 +389,92 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             relay.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bank {
+            bank_id,
+            data_dir,
+            ingest_bind,
+            retrieve_bind,
+        } => {
+            let Loaded { cfg } = load(&cli.global)?;
+            let mut opts = labmesh_bank::BankOptions::new(
+                &bank_id,
+                data_dir.unwrap_or(cfg.bank.default_data_dir.clone()),
+            );
+            opts.ingest_bind = ingest_bind.unwrap_or(cfg.bank.ingest_bind.clone());
+            opts.retrieve_bind = retrieve_bind.unwrap_or(cfg.bank.retrieve_bind.clone());
+            opts.broker_rpc = Some(cfg.at_broker(&cfg.bank.broker_rpc));
+            opts.broker_xsub = Some(cfg.at_broker(&cfg.bank.broker_xsub));
+            opts.advertise_host = cfg.bank.default_address.clone();
+            opts.heartbeat = labmesh_config::secs(cfg.bank.heartbeat_seconds);
+            opts.password = labmesh_wire::auth::Password::from_env();
+            let bank = labmesh_bank::Bank::start(&ctx, opts).await?;
+            println!(
+                "bank {bank_id}: ingest {}  retrieve {}",
+                bank.ingest_endpoint(),
+                bank.retrieve_endpoint()
+            );
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            bank.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Upload {
+            file,
+            relay_id,
+            dataset_id,
+            meta,
+            bank,
+        } => {
+            let Loaded { cfg } = load(&cli.global)?;
+            let client = Client::connect(&ctx, ClientOptions::from_config(&cfg)).await?;
+            let opts = labmesh_relay::upload_options(&cfg, &relay_id);
+            crate::data::upload(
+                &client,
+                crate::data::UploadArgs {
+                    file,
+                    relay_id,
+                    dataset_id,
+                    meta,
+                    bank,
+                    opts,
+                },
+            )
+            .await
+        }
+        Command::Datasets {
+            bank,
+            relay,
+            since,
+            until,
+            meta,
+            limit,
+            json,
+        } => {
+            let Loaded { cfg } = load(&cli.global)?;
+            let client = Client::connect(&ctx, ClientOptions::from_config(&cfg)).await?;
+            crate::data::datasets(
+                &client,
+                crate::data::ListArgs {
+                    bank,
+                    relay,
+                    since,
+                    until,
+                    meta,
+                    limit,
+                    json,
+                },
+            )
+            .await
+        }
+        Command::Get {
+            dataset_id,
+            output,
+            bank,
+        } => {
+            let Loaded { cfg } = load(&cli.global)?;
+            let client = Client::connect(&ctx, ClientOptions::from_config(&cfg)).await?;
+            crate::data::get(&client, &dataset_id, output, bank).await
+        }
         Command::Ls { json } => {
             let Loaded { cfg } = load(&cli.global)?;
             let client = Client::connect(&ctx, ClientOptions::from_config(&cfg)).await?;
@@ -421,12 +584,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo => crate::demo::run(&ctx).await.map(|_| ExitCode::SUCCESS),
         Command::Sim(SimCmd::Psu {
+            firmware: true,
+            telemetry_ms,
+            ..
+        }) => {
+            let period = (telemetry_ms > 0).then(|| Duration::from_millis(telemetry_ms));
+            let port = labmesh_drivers::firmware::serve_firmware_pty(period)?;
+            println!("sim psu (firmware): {}", port.path().display());
+            println!("resource: {}", port.resource());
+            shutdown_signal().await;
+            port.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sim(SimCmd::Psu {
             dialect,
             model,
             tcp,
             pty,
             load_ohms,
             latency_ms,
+            ..
         }) => {
             let cfg = labmesh_drivers::sim::SimConfig {
                 model,

@@ -46,6 +46,17 @@ pub async fn run(ctx: &zmq::Context) -> anyhow::Result<()> {
             options: Default::default(),
         })
         .await?;
+    let work = std::env::temp_dir().join(format!("labmesh-demo-{}", std::process::id()));
+    let mut bank_opts = labmesh_bank::BankOptions::new("bank-0", work.join("bank_data"));
+    bank_opts.broker_rpc = Some(broker.rpc_endpoint().to_string());
+    bank_opts.broker_xsub = Some(broker.xsub_endpoint().to_string());
+    let bank = labmesh_bank::Bank::start(ctx, bank_opts).await?;
+    println!(
+        "bank       bank-0 ingest {}  retrieve {}",
+        bank.ingest_endpoint(),
+        bank.retrieve_endpoint()
+    );
+
     let relay = labmesh_relay::spawn(
         ctx,
         labmesh_relay::RelayOptions::with_broker(broker.rpc_endpoint(), broker.xsub_endpoint()),
@@ -121,10 +132,70 @@ pub async fn run(ctx: &zmq::Context) -> anyhow::Result<()> {
         Ok(v) => anyhow::bail!("unknown method answered {v}"),
     }
 
+    dataset_round_trip(&client, &bank, &work).await?;
+    bank.shutdown().await;
+    let _ = std::fs::remove_dir_all(&work);
+
     relay.shutdown().await;
     broker.shutdown().await;
     let _ = sim_stop.send(());
     sim_task.await??;
     println!("== demo finished ==");
+    Ok(())
+}
+
+/// The relay uploads a few MB; the client downloads it when the bank
+/// announces it and checks the SHA-256.
+async fn dataset_round_trip(
+    client: &Client,
+    bank: &labmesh_bank::BankHandle,
+    work: &std::path::Path,
+) -> anyhow::Result<()> {
+    let src = work.join("result-0.bin");
+    let payload: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| format!("Result {i} from Inst-0\n").into_bytes())
+        .collect();
+    std::fs::write(&src, &payload)?;
+    let local_sha = crate::data::sha256_file(&src)?;
+    let mut events = client.events();
+    let opts = labmesh_relay::UploadOptions {
+        relay_id: "Inst-0".into(),
+        meta: json!({"note": "demo"}),
+        ..labmesh_relay::UploadOptions::default()
+    };
+    let ctx = zmq::Context::new();
+    let receipt = labmesh_relay::upload_file(&ctx, bank.ingest_endpoint(), &src, opts).await?;
+    println!(
+        "relay      uploaded {} ({} bytes) to bank-0",
+        receipt.dataset_id, receipt.size
+    );
+    let announced = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(Event::Dataset(d)) if d.dataset_id == receipt.dataset_id => return Ok(d),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => return Err(anyhow::anyhow!("bus closed: {e}")),
+            }
+        }
+    })
+    .await
+    .context("no dataset announcement")??;
+    println!(
+        "[dataset]  {} on {}: {} bytes sha256 {}",
+        announced.dataset_id, announced.bank_id, announced.size, announced.sha256
+    );
+    let dest = work.join("download.bin");
+    let got = client
+        .bank(Some(&announced.bank_id))
+        .await?
+        .download(&announced.dataset_id, &dest)
+        .await?;
+    let ok = got.sha256 == local_sha && crate::data::sha256_file(&dest)? == local_sha;
+    println!(
+        "client     downloaded {} bytes, sha256 {}",
+        got.size,
+        if ok { "matches" } else { "DIFFERS" }
+    );
+    anyhow::ensure!(ok, "downloaded dataset differs from the upload");
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod data;
 mod demo;
 
 use std::process::ExitCode;

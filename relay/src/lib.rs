@@ -31,6 +31,22 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+/// Dataset upload from a relay to a bank (see [`upload_options`]).
+pub use labmesh_wire::transfer::{upload_file, upload_reader, UploadOptions, UploadReceipt};
+
+/// Upload options from `[relay]`: `upload_chunk`, `upload_timeout`,
+/// `upload_retries`, and the network password.
+pub fn upload_options(cfg: &labmesh_config::Config, relay_id: &str) -> UploadOptions {
+    UploadOptions {
+        relay_id: relay_id.to_string(),
+        chunk_size: cfg.relay.upload_chunk,
+        timeout: labmesh_config::secs(cfg.relay.upload_timeout),
+        retries: cfg.relay.upload_retries,
+        password: Password::from_env(),
+        ..UploadOptions::default()
+    }
+}
+
 /// Errors starting a relay.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {

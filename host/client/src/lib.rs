@@ -30,6 +30,9 @@ use labmesh_wire::msg::{
     encode, BankInfo, DatasetAnnounce, Hello, HelloAck, Presence, RelayInfo, Request, StateMsg,
     DATASET_PREFIX, PRESENCE_PREFIX, STATE_PREFIX,
 };
+use labmesh_wire::transfer::{
+    DatasetInfo, DownloadOptions, DownloadReceipt, Query, UploadOptions, UploadReceipt,
+};
 use labmesh_wire::{AsyncSocket, DealerConn, ErrorBody, SocketOptions, WireError};
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -68,6 +71,9 @@ pub enum ClientError {
     /// The broker refused our hello (wrong password).
     #[error("broker refused the connection: {0}")]
     Refused(String),
+    /// A dataset transfer or catalogue query failed.
+    #[error(transparent)]
+    Transfer(#[from] labmesh_wire::transfer::TransferError),
     /// A reply had an unexpected shape.
     #[error("unexpected reply from {target}: {detail}")]
     Unexpected {
@@ -319,6 +325,54 @@ impl Client {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The bank `bank_id`, or the first registered bank when `None`.
+    pub async fn bank(&self, bank_id: Option<&str>) -> Result<BankClient, ClientError> {
+        let banks = self.list_banks().await?;
+        let info = match bank_id {
+            Some(id) => banks.into_iter().find(|b| b.bank_id == id),
+            None => banks.into_iter().next(),
+        }
+        .ok_or_else(|| ClientError::NotFound(format!("bank '{}'", bank_id.unwrap_or("(any)"))))?;
+        Ok(BankClient::new(&self.ctx, info, self.opts.password.clone()))
+    }
+
+    /// Every registered bank.
+    pub async fn banks(&self) -> Result<Vec<BankClient>, ClientError> {
+        Ok(self
+            .list_banks()
+            .await?
+            .into_iter()
+            .map(|b| BankClient::new(&self.ctx, b, self.opts.password.clone()))
+            .collect())
+    }
+
+    /// Wait until a dataset announcement matching `pred` arrives.
+    pub async fn wait_dataset(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&DatasetAnnounce) -> bool,
+    ) -> Result<DatasetAnnounce, ClientError> {
+        let mut rx = self.events();
+        let fut = async {
+            loop {
+                match rx.recv().await {
+                    Ok(Event::Dataset(d)) if pred(&d) => return Ok(d),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(ClientError::Wire(WireError::Closed))
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                target: "bus".into(),
+                method: "dataset".into(),
+                after: timeout,
+            })?
     }
 
     /// Ask the broker whether it is alive.
@@ -573,6 +627,99 @@ async fn rpc(
             after,
         }),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A databank as the broker lists it: download, upload, query.
+#[derive(Clone)]
+pub struct BankClient {
+    ctx: zmq::Context,
+    info: BankInfo,
+    password: Password,
+}
+
+impl std::fmt::Debug for BankClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BankClient")
+            .field("bank", &self.info)
+            .finish()
+    }
+}
+
+impl BankClient {
+    /// A client for the bank `info` describes.
+    pub fn new(ctx: &zmq::Context, info: BankInfo, password: Password) -> Self {
+        BankClient {
+            ctx: ctx.clone(),
+            info,
+            password,
+        }
+    }
+
+    /// The bank's id and endpoints.
+    pub fn info(&self) -> &BankInfo {
+        &self.info
+    }
+
+    fn retrieve(&self) -> Result<&str, ClientError> {
+        self.info.retrieve.as_deref().ok_or_else(|| {
+            ClientError::NotFound(format!("retrieve endpoint of bank '{}'", self.info.bank_id))
+        })
+    }
+
+    /// Download `dataset_id` into `dest` (verified size and SHA-256; written
+    /// to a temporary file that is renamed into place).
+    pub async fn download(
+        &self,
+        dataset_id: &str,
+        dest: &std::path::Path,
+    ) -> Result<DownloadReceipt, ClientError> {
+        self.download_with(dataset_id, dest, DownloadOptions::default())
+            .await
+    }
+
+    /// [`BankClient::download`] with options (credit, resume, progress).
+    pub async fn download_with(
+        &self,
+        dataset_id: &str,
+        dest: &std::path::Path,
+        mut opts: DownloadOptions,
+    ) -> Result<DownloadReceipt, ClientError> {
+        if !opts.password.is_set() {
+            opts.password = self.password.clone();
+        }
+        Ok(labmesh_wire::transfer::download_to_file(
+            &self.ctx,
+            self.retrieve()?,
+            dataset_id,
+            dest,
+            opts,
+        )
+        .await?)
+    }
+
+    /// The bank's catalogue, newest first (extension; a labmesh v0 bank
+    /// answers 400).
+    pub async fn list_datasets(&self, mut query: Query) -> Result<Vec<DatasetInfo>, ClientError> {
+        if query.password.is_none() {
+            query.password = self.password.to_field();
+        }
+        Ok(labmesh_wire::transfer::list_datasets(&self.ctx, self.retrieve()?, query).await?)
+    }
+
+    /// Upload a file to this bank; returns once the bank committed it.
+    pub async fn upload_file(
+        &self,
+        path: &std::path::Path,
+        mut opts: UploadOptions,
+    ) -> Result<UploadReceipt, ClientError> {
+        if !opts.password.is_set() {
+            opts.password = self.password.clone();
+        }
+        let ingest = self.info.ingest.as_deref().ok_or_else(|| {
+            ClientError::NotFound(format!("ingest endpoint of bank '{}'", self.info.bank_id))
+        })?;
+        Ok(labmesh_wire::transfer::upload_file(&self.ctx, ingest, path, opts).await?)
     }
 }
 

@@ -33,6 +33,8 @@ pub struct DownloadOptions {
     pub retries: u32,
     /// Shared network password.
     pub password: Password,
+    /// Where to report bytes written (for progress bars).
+    pub progress: Option<std::sync::Arc<super::Progress>>,
 }
 
 impl Default for DownloadOptions {
@@ -44,6 +46,7 @@ impl Default for DownloadOptions {
             resume: true,
             retries: 3,
             password: Password::none(),
+            progress: None,
         }
     }
 }
@@ -291,6 +294,9 @@ impl Stream<'_> {
                 return Err(TransferError::Protocol(format!("expected meta, got {other:?}")).into())
             }
         };
+        if let Some(p) = &self.opts.progress {
+            p.set_total(meta.size);
+        }
         if meta.dataset_id != self.dataset_id {
             return Err(TransferError::Protocol(format!(
                 "meta for {:?}, asked for {:?}",
@@ -367,6 +373,9 @@ impl Stream<'_> {
             file.write_all(data).await.map_err(io)?;
             hasher.update(data);
             *offset += data.len() as u64;
+            if let Some(p) = &self.opts.progress {
+                p.set_done(*offset);
+            }
             seq += 1;
             if credit_mode {
                 consumed += 1;

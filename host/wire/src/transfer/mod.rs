@@ -24,6 +24,35 @@ pub use upload::{upload_file, upload_reader, UploadOptions, UploadReceipt, Uploa
 
 use crate::{ErrorBody, WireError};
 
+/// Live progress of a transfer, for progress bars: bytes done and the total
+/// (0 until known). Share one with [`UploadOptions::progress`] or
+/// [`DownloadOptions::progress`] and read it from another task.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes acknowledged by the bank (upload) or written locally (download).
+    pub done: std::sync::atomic::AtomicU64,
+    /// Dataset size in bytes, once known.
+    pub total: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    pub(crate) fn set_done(&self, n: u64) {
+        self.done.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_total(&self, n: u64) {
+        self.total.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `(done, total)` now.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.done.load(std::sync::atomic::Ordering::Relaxed),
+            self.total.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
+
 /// What a caller should do about a [`TransferError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {

@@ -37,6 +37,8 @@ pub struct UploadOptions {
     pub window: usize,
     /// Shared network password.
     pub password: Password,
+    /// Where to report bytes acknowledged by the bank (for progress bars).
+    pub progress: Option<std::sync::Arc<super::Progress>>,
 }
 
 impl Default for UploadOptions {
@@ -50,6 +52,7 @@ impl Default for UploadOptions {
             retries: 5,
             window: 8,
             password: Password::none(),
+            progress: None,
         }
     }
 }
@@ -253,6 +256,9 @@ impl Session<'_> {
 
     /// Send ingest_start until the bank acks it.
     async fn start(&mut self) -> Result<(), TransferError> {
+        if let (Some(p), Some(size)) = (&self.opts.progress, self.declared_size) {
+            p.set_total(size);
+        }
         loop {
             let msg = self.start_msg();
             self.send(&msg, None).await?;
@@ -388,6 +394,10 @@ impl Session<'_> {
                     // The bank wants an earlier chunk: rewind to it.
                     self.acked = a.next_seq;
                     self.next_send = a.next_seq;
+                }
+                if let Some(p) = &self.opts.progress {
+                    let bytes = self.acked.saturating_mul(self.opts.chunk_size as u64);
+                    p.set_done(bytes.min(self.read_offset));
                 }
                 let durable = if self.extended {
                     a.durable_seq.unwrap_or(0).min(self.acked)
