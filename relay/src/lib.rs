@@ -1,15 +1,12 @@
 //! labmesh-relay: hosts instruments on the mesh.
 //!
 //! Each hosted instrument is its own relay id with its own ROUTER (so Python
-//! labmesh clients, which address a relay by endpoint, can call it). Per
-//! instrument there are two tasks:
-//!
-//! * the RPC task owns the ROUTER: it decodes requests, checks the method
-//!   and binds the parameters against the driver's [`Description`] (so bad
-//!   calls are answered at once, without queueing behind the instrument),
-//!   and sends replies;
-//! * the instrument task owns the driver: it runs calls one at a time, each
-//!   with a deadline, and polls the state every interval.
+//! labmesh clients, which address a relay by endpoint, can call it). One
+//! task per instrument owns both its ROUTER and its driver: it decodes
+//! requests, checks the method and binds the parameters against the driver's
+//! description (bad calls are answered at once, without queueing behind the
+//! instrument), runs calls one at a time with a deadline, polls the state
+//! every interval, and keeps answering `lm.ping` while a call runs.
 //!
 //! One PUB socket per relay process carries every instrument's
 //! `state.<relay_id>` messages to the broker's XSUB. Different instruments
@@ -18,16 +15,15 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod rpc;
+mod serve;
 
 use std::time::Duration;
 
 use labmesh_drivers::{BoxInstrument, DriverError, DriverRegistry, InstrumentConfig};
 use labmesh_wire::auth::Password;
 use labmesh_wire::endpoint::{public_endpoint, resolve_broker};
-use labmesh_wire::msg::{encode, StateMsg, STATE_PREFIX};
 use labmesh_wire::register::{keep_registered, Registrant};
 use labmesh_wire::{AsyncSocket, SocketOptions, WireError};
-use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -311,27 +307,20 @@ pub async fn spawn(
         let endpoint = public_endpoint(&bound, &opts.advertise_host);
         tracing::info!(relay_id = %h.relay_id, %endpoint, "instrument serving");
         let description = h.instrument.describe();
-        let (call_tx, call_rx) = mpsc::channel(256);
-        let (reply_tx, reply_rx) = mpsc::channel(256);
-        tasks.push(tokio::spawn(rpc::serve(
+        tasks.push(tokio::spawn(serve::run(
             router,
             rpc::RpcContext {
                 relay_id: h.relay_id.clone(),
-                description: description.clone(),
+                description,
                 password: opts.password.clone(),
             },
-            call_tx,
-            reply_rx,
-            stop_rx.clone(),
-        )));
-        tasks.push(tokio::spawn(instrument_task(
-            h.relay_id.clone(),
             h.instrument,
-            h.poll_interval,
-            h.call_timeout,
-            call_rx,
-            reply_tx,
+            serve::Settings {
+                poll_interval: h.poll_interval,
+                call_timeout: h.call_timeout,
+            },
             state_tx.clone(),
+            stop_rx.clone(),
         )));
         served.push(Served {
             relay_id: h.relay_id,
@@ -368,105 +357,4 @@ async fn publish(mut sock: AsyncSocket, mut rx: mpsc::Receiver<Outgoing>) {
             Err(e) => tracing::warn!(error = %e, "state publish failed"),
         }
     }
-}
-
-/// Builds and queues `state.<relay_id>` messages for one instrument.
-struct StatePublisher<'a> {
-    relay_id: &'a str,
-    interval: f64,
-    topic: Vec<u8>,
-    seq: u64,
-    last: Option<serde_json::Value>,
-    out: mpsc::Sender<Outgoing>,
-}
-
-impl StatePublisher<'_> {
-    fn send(&mut self, state: serde_json::Value, stale: bool) {
-        let msg = StateMsg {
-            relay_id: self.relay_id.to_string(),
-            state,
-            seq: Some(self.seq),
-            ts: Some(labmesh_wire::unix_now()),
-            stale: stale.then_some(true),
-            interval: Some(self.interval),
-        };
-        self.seq += 1;
-        // A full queue means the PUB is behind; drop, as PUB would.
-        let _ = self.out.try_send(Outgoing {
-            topic: self.topic.clone(),
-            body: encode(&msg),
-        });
-    }
-
-    fn publish(&mut self, state: serde_json::Value) {
-        self.last = Some(state.clone());
-        self.send(state, false);
-    }
-
-    fn republish_stale(&mut self) {
-        if let Some(s) = self.last.clone() {
-            self.send(s, true);
-        }
-    }
-}
-
-/// A call queued for the instrument task.
-pub(crate) struct Call {
-    pub(crate) ident: Vec<u8>,
-    pub(crate) rpc_uuid: Value,
-    pub(crate) method: String,
-    pub(crate) args: labmesh_drivers::Args,
-}
-
-async fn instrument_task(
-    relay_id: String,
-    mut inst: BoxInstrument,
-    poll_interval: Duration,
-    call_timeout: Duration,
-    mut calls: mpsc::Receiver<Call>,
-    replies: mpsc::Sender<(Vec<u8>, Vec<u8>)>,
-    state: mpsc::Sender<Outgoing>,
-) {
-    let topic = format!("{STATE_PREFIX}{relay_id}").into_bytes();
-    let mut ticker = tokio::time::interval(poll_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut publisher = StatePublisher {
-        relay_id: &relay_id,
-        interval: poll_interval.as_secs_f64(),
-        topic,
-        seq: 0,
-        last: None,
-        out: state,
-    };
-    loop {
-        tokio::select! {
-            biased;
-            call = calls.recv() => {
-                let Some(call) = call else { break };
-                let fut = tokio::time::timeout(call_timeout, inst.call(&call.method, call.args));
-                tokio::pin!(fut);
-                // While a call runs, keep the state bus ticking with the last
-                // known state, marked stale: subscribers see the relay alive.
-                let outcome = loop {
-                    tokio::select! {
-                        r = &mut fut => break r.unwrap_or(Err(DriverError::Timeout(call_timeout))),
-                        _ = ticker.tick() => publisher.republish_stale(),
-                    }
-                };
-                let reply = rpc::reply_for(&relay_id, &call.method, call.rpc_uuid, outcome);
-                if replies.send((call.ident, reply)).await.is_err() {
-                    break;
-                }
-            }
-            _ = ticker.tick() => {
-                match tokio::time::timeout(call_timeout, inst.poll()).await {
-                    Ok(Ok(v)) => publisher.publish(v),
-                    Ok(Err(e)) => tracing::warn!(%relay_id, error = %e, "poll failed"),
-                    Err(_) => tracing::warn!(%relay_id, timeout = ?call_timeout, "poll timed out"),
-                }
-            }
-        }
-    }
-    inst.shutdown().await;
-    tracing::debug!(%relay_id, "instrument task stopped");
 }

@@ -1,13 +1,13 @@
-//! The per-instrument RPC task: owns the ROUTER socket.
+//! Request handling for a relay's ROUTER: decoding, password, reserved
+//! methods, and binding parameters to the driver's description.
 
 use labmesh_drivers::{Description, DriverError};
 use labmesh_wire::auth::Password;
 use labmesh_wire::msg::{self, encode, Reply, Request};
-use labmesh_wire::{codes, AsyncSocket, ErrorBody};
+use labmesh_wire::{codes, ErrorBody};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch};
 
-use crate::Call;
+use crate::serve::Call;
 
 /// What the RPC task needs to answer without the instrument.
 pub(crate) struct RpcContext {
@@ -21,58 +21,20 @@ pub const DESCRIBE: &str = "lm.describe";
 /// Reserved method: liveness check that bypasses the instrument queue.
 pub const PING: &str = "lm.ping";
 
-pub(crate) async fn serve(
-    mut router: AsyncSocket,
-    ctx: RpcContext,
-    call_tx: mpsc::Sender<Call>,
-    mut replies: mpsc::Receiver<(Vec<u8>, Vec<u8>)>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut call_tx = Some(call_tx);
-    loop {
-        tokio::select! {
-            biased;
-            r = replies.recv() => {
-                // None: the instrument task has finished its queue after a stop.
-                let Some((ident, body)) = r else { break };
-                send(&mut router, &ident, &body).await;
-            }
-            _ = stop.changed(), if call_tx.is_some() => {
-                // Stop taking requests; queued calls finish and are answered.
-                call_tx = None;
-            }
-            frames = router.recv_multipart(), if call_tx.is_some() => {
-                let frames = match frames {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::warn!(relay_id = %ctx.relay_id, error = %e, "receive failed");
-                        continue;
-                    }
-                };
-                let Some(tx) = &call_tx else { continue };
-                if let Some((ident, reply)) = handle(&ctx, tx, frames) {
-                    send(&mut router, &ident, &reply).await;
-                }
-            }
-        }
-    }
-    tracing::debug!(relay_id = %ctx.relay_id, "rpc task stopped");
+/// What to do with one request.
+pub(crate) enum Handled {
+    /// Answer at once.
+    Reply(Vec<u8>, Vec<u8>),
+    /// A valid call for the instrument.
+    Call(Call),
+    /// Nothing to answer.
+    Nothing,
 }
 
-async fn send(router: &mut AsyncSocket, ident: &[u8], body: &[u8]) {
-    if let Err(e) = router.send_multipart([ident, body]).await {
-        tracing::warn!(error = %e, "reply failed");
-    }
-}
-
-/// Handle one request; returns an immediate reply, or queues a call.
-fn handle(
-    ctx: &RpcContext,
-    calls: &mpsc::Sender<Call>,
-    mut frames: Vec<Vec<u8>>,
-) -> Option<(Vec<u8>, Vec<u8>)> {
+/// Handle one request: an immediate reply, or a call for the instrument.
+pub(crate) fn handle(ctx: &RpcContext, mut frames: Vec<Vec<u8>>) -> Handled {
     if frames.is_empty() {
-        return None;
+        return Handled::Nothing;
     }
     let ident = frames.remove(0);
     let payload = match frames.as_slice() {
@@ -82,7 +44,7 @@ fn handle(
             let e = Reply::Error {
                 error: ErrorBody::new(codes::BAD_REQUEST, "expected exactly one frame of JSON"),
             };
-            return Some((ident, encode(&e)));
+            return Handled::Reply(ident, encode(&e));
         }
     };
     let rpc = match msg::decode_request(payload) {
@@ -92,11 +54,11 @@ fn handle(
             let e = Reply::Error {
                 error: ErrorBody::new(codes::BAD_REQUEST, "a relay only serves rpc requests"),
             };
-            return Some((ident, encode(&e)));
+            return Handled::Reply(ident, encode(&e));
         }
         Err(failure) => {
             tracing::warn!(relay_id = %ctx.relay_id, ?failure, "bad request");
-            return Some((ident, encode(&failure.reply())));
+            return Handled::Reply(ident, encode(&failure.reply()));
         }
     };
     let error = |code: i64, message: String, rpc_uuid: Value| {
@@ -107,32 +69,32 @@ fn handle(
     };
     if !ctx.password.accepts(rpc.password.as_ref()) {
         tracing::warn!(relay_id = %ctx.relay_id, method = %rpc.method, "rpc with a wrong password refused");
-        return Some((
+        return Handled::Reply(
             ident,
             error(codes::UNAUTHORIZED, "invalid password".into(), rpc.rpc_uuid),
-        ));
+        );
     }
     match rpc.method.as_str() {
         DESCRIBE => {
             let mut d = json!(ctx.description);
             d["relay_id"] = json!(ctx.relay_id);
-            return Some((
+            return Handled::Reply(
                 ident,
                 encode(&Reply::RpcResult {
                     rpc_uuid: rpc.rpc_uuid,
                     result: d,
                 }),
-            ));
+            );
         }
         PING => {
             let r = json!({"ok": true, "relay_id": ctx.relay_id});
-            return Some((
+            return Handled::Reply(
                 ident,
                 encode(&Reply::RpcResult {
                     rpc_uuid: rpc.rpc_uuid,
                     result: r,
                 }),
-            ));
+            );
         }
         _ => {}
     }
@@ -140,7 +102,7 @@ fn handle(
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(relay_id = %ctx.relay_id, method = %rpc.method, error = %e, "call refused");
-            return Some((ident, error(e.code(), e.to_string(), rpc.rpc_uuid)));
+            return Handled::Reply(ident, error(e.code(), e.to_string(), rpc.rpc_uuid));
         }
     };
     let call = Call {
@@ -149,18 +111,7 @@ fn handle(
         method: rpc.method,
         args,
     };
-    match calls.try_send(call) {
-        Ok(()) => None,
-        Err(mpsc::error::TrySendError::Full(c)) | Err(mpsc::error::TrySendError::Closed(c)) => {
-            tracing::warn!(relay_id = %ctx.relay_id, method = %c.method, "instrument queue full");
-            let body = error(
-                codes::UNAVAILABLE,
-                format!("{}: instrument queue full, try again", ctx.relay_id),
-                c.rpc_uuid,
-            );
-            Some((c.ident, body))
-        }
-    }
+    Handled::Call(call)
 }
 
 /// The reply for a finished call.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::msg::{encode, Reply, RpcRequest};
+use crate::msg::{encode, RpcRequest};
 use crate::{AsyncSocket, ErrorBody, SocketOptions, WireError};
 
 /// Outcome of an RPC: the remote result, or the remote error object.
@@ -119,13 +119,24 @@ impl DealerConn {
             params,
             password,
         });
-        let reply = self.request(encode(&req), Some(id), timeout).await?;
-        match serde_json::from_value::<Reply>(reply.clone()) {
-            Ok(Reply::RpcResult { result, .. }) => Ok(Ok(result)),
-            Ok(Reply::RpcError { error, .. }) | Ok(Reply::Error { error }) => Ok(Err(error)),
-            Ok(Reply::HeartbeatAck { .. }) | Err(_) => {
-                Err(WireError::MalformedReply(reply.to_string()))
+        let mut reply = self.request(encode(&req), Some(id), timeout).await?;
+        // Take the parts out of the parsed reply instead of re-parsing it.
+        match reply.get("type").and_then(Value::as_str) {
+            Some("rpc_result") => Ok(Ok(reply
+                .get_mut("result")
+                .map(Value::take)
+                .unwrap_or(Value::Null))),
+            Some("rpc_error") | Some("error") => {
+                match reply
+                    .get_mut("error")
+                    .map(Value::take)
+                    .map(serde_json::from_value::<ErrorBody>)
+                {
+                    Some(Ok(e)) => Ok(Err(e)),
+                    _ => Err(WireError::MalformedReply(reply.to_string())),
+                }
             }
+            _ => Err(WireError::MalformedReply(reply.to_string())),
         }
     }
 }

@@ -1,0 +1,232 @@
+//! One task per hosted instrument: it owns the ROUTER socket and the
+//! instrument, so a call that the driver answers at once is received,
+//! executed and answered in a single wake-up of one task.
+//!
+//! The instrument is either idle (held here) or busy: moved into the one
+//! future that runs its current call or poll, and handed back when that
+//! finishes. Requests that arrive meanwhile are decoded and checked at once
+//! (bad ones are answered immediately), and valid calls wait in a bounded
+//! queue, in arrival order.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::future::OptionFuture;
+use labmesh_drivers::{Args, BoxInstrument, DriverError};
+use labmesh_wire::msg::{encode, Reply, StateMsg, STATE_PREFIX};
+use labmesh_wire::{codes, AsyncSocket, ErrorBody};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use crate::rpc::{self, Handled, RpcContext};
+use crate::Outgoing;
+
+/// Calls that may wait for a busy instrument before new ones get 503.
+const QUEUE_LIMIT: usize = 256;
+
+/// A call waiting for the instrument.
+pub(crate) struct Call {
+    pub(crate) ident: Vec<u8>,
+    pub(crate) rpc_uuid: Value,
+    pub(crate) method: String,
+    pub(crate) args: Args,
+}
+
+/// What the instrument was doing, and how it went.
+enum Work {
+    Call {
+        ident: Vec<u8>,
+        rpc_uuid: Value,
+        method: String,
+        outcome: Result<Value, DriverError>,
+    },
+    Poll(Result<Value, DriverError>),
+}
+
+type Busy = Pin<Box<dyn Future<Output = (BoxInstrument, Work)> + Send>>;
+
+fn start_call(mut inst: BoxInstrument, call: Call, deadline: Duration) -> Busy {
+    Box::pin(async move {
+        let Call {
+            ident,
+            rpc_uuid,
+            method,
+            args,
+        } = call;
+        let outcome = match tokio::time::timeout(deadline, inst.call(&method, args)).await {
+            Ok(r) => r,
+            Err(_) => Err(DriverError::Timeout(deadline)),
+        };
+        (
+            inst,
+            Work::Call {
+                ident,
+                rpc_uuid,
+                method,
+                outcome,
+            },
+        )
+    })
+}
+
+fn start_poll(mut inst: BoxInstrument, deadline: Duration) -> Busy {
+    Box::pin(async move {
+        let r = match tokio::time::timeout(deadline, inst.poll()).await {
+            Ok(r) => r,
+            Err(_) => Err(DriverError::Timeout(deadline)),
+        };
+        (inst, Work::Poll(r))
+    })
+}
+
+/// Builds and queues `state.<relay_id>` messages for one instrument.
+struct StatePublisher {
+    relay_id: String,
+    interval: f64,
+    topic: Vec<u8>,
+    seq: u64,
+    last: Option<Value>,
+    out: mpsc::Sender<Outgoing>,
+}
+
+impl StatePublisher {
+    fn send(&mut self, state: Value, stale: bool) {
+        let msg = StateMsg {
+            relay_id: self.relay_id.clone(),
+            state,
+            seq: Some(self.seq),
+            ts: Some(labmesh_wire::unix_now()),
+            stale: stale.then_some(true),
+            interval: Some(self.interval),
+        };
+        self.seq += 1;
+        // A full queue means the PUB is behind; drop, as PUB would.
+        let _ = self.out.try_send(Outgoing {
+            topic: self.topic.clone(),
+            body: encode(&msg),
+        });
+    }
+
+    fn publish(&mut self, state: Value) {
+        self.last = Some(state.clone());
+        self.send(state, false);
+    }
+
+    /// While a call runs, keep the bus ticking with the last known state,
+    /// marked stale: subscribers see the relay alive.
+    fn republish_stale(&mut self) {
+        if let Some(s) = self.last.clone() {
+            self.send(s, true);
+        }
+    }
+}
+
+/// Settings of one instrument's task.
+pub(crate) struct Settings {
+    pub(crate) poll_interval: Duration,
+    pub(crate) call_timeout: Duration,
+}
+
+pub(crate) async fn run(
+    mut router: AsyncSocket,
+    ctx: RpcContext,
+    inst: BoxInstrument,
+    settings: Settings,
+    state: mpsc::Sender<Outgoing>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let relay_id = ctx.relay_id.clone();
+    let mut publisher = StatePublisher {
+        relay_id: relay_id.clone(),
+        interval: settings.poll_interval.as_secs_f64(),
+        topic: format!("{STATE_PREFIX}{relay_id}").into_bytes(),
+        seq: 0,
+        last: None,
+        out: state,
+    };
+    let mut ticker = tokio::time::interval(settings.poll_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut idle: Option<BoxInstrument> = Some(inst);
+    let mut busy: Option<Busy> = None;
+    let mut busy_with_call = false;
+    let mut queue: VecDeque<Call> = VecDeque::new();
+    let mut poll_due = false;
+    let mut stopping = false;
+    loop {
+        if let Some(inst) = idle.take() {
+            if let Some(call) = queue.pop_front() {
+                busy = Some(start_call(inst, call, settings.call_timeout));
+                busy_with_call = true;
+            } else if poll_due && !stopping {
+                poll_due = false;
+                busy = Some(start_poll(inst, settings.call_timeout));
+                busy_with_call = false;
+            } else {
+                idle = Some(inst);
+            }
+        }
+        if stopping && busy.is_none() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            Some((inst, work)) = OptionFuture::from(busy.as_mut()), if busy.is_some() => {
+                busy = None;
+                idle = Some(inst);
+                match work {
+                    Work::Call { ident, rpc_uuid, method, outcome } => {
+                        let reply = rpc::reply_for(&relay_id, &method, rpc_uuid, outcome);
+                        send(&mut router, &ident, &reply).await;
+                    }
+                    Work::Poll(Ok(v)) => publisher.publish(v),
+                    Work::Poll(Err(e)) => tracing::warn!(%relay_id, error = %e, "poll failed"),
+                }
+            }
+            _ = stop.changed(), if !stopping => {
+                // Stop taking requests; queued calls finish and are answered.
+                stopping = true;
+            }
+            frames = router.recv_multipart(), if !stopping => {
+                let frames = match frames {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!(%relay_id, error = %e, "receive failed");
+                        continue;
+                    }
+                };
+                match rpc::handle(&ctx, frames) {
+                    Handled::Reply(ident, body) => send(&mut router, &ident, &body).await,
+                    Handled::Call(call) if queue.len() >= QUEUE_LIMIT => {
+                        tracing::warn!(%relay_id, method = %call.method, "instrument queue full");
+                        let body = encode(&Reply::RpcError {
+                            rpc_uuid: call.rpc_uuid,
+                            error: ErrorBody::new(codes::UNAVAILABLE, format!("{relay_id}: instrument queue full, try again")),
+                        });
+                        send(&mut router, &call.ident, &body).await;
+                    }
+                    Handled::Call(call) => queue.push_back(call),
+                    Handled::Nothing => {}
+                }
+            }
+            _ = ticker.tick() => {
+                if busy.is_none() {
+                    poll_due = true;
+                } else if busy_with_call {
+                    publisher.republish_stale();
+                }
+            }
+        }
+    }
+    if let Some(mut inst) = idle {
+        inst.shutdown().await;
+    }
+    tracing::debug!(%relay_id, "instrument task stopped");
+}
+
+async fn send(router: &mut AsyncSocket, ident: &[u8], body: &[u8]) {
+    if let Err(e) = router.send_multipart([ident, body]).await {
+        tracing::warn!(error = %e, "reply failed");
+    }
+}
