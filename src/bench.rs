@@ -150,3 +150,139 @@ pub async fn rpc(ctx: &zmq::Context, n: usize) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// CPU seconds (user + system) and RSS in KiB of process `pid` (Linux).
+fn proc_usage(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of /proc/pid/stat (11, 12 here).
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((cpu, kib("VmRSS:"), kib("VmHWM:")))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `labmesh bench soak`: many relays publishing state through one broker
+/// (a separate process, so its CPU and memory can be read) to one client
+/// that counts sequence gaps.
+pub async fn soak(ctx: &zmq::Context, relays: usize, hz: f64, seconds: u64) -> anyhow::Result<()> {
+    let (p1, p2, p3) = (free_port()?, free_port()?, free_port()?);
+    let dir = std::env::temp_dir().join(format!("labmesh-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let cfg = dir.join("labmesh.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[broker]\nrpc_bind = \"tcp://127.0.0.1:{p1}\"\nxsub_bind = \"tcp://127.0.0.1:{p2}\"\nxpub_bind = \"tcp://127.0.0.1:{p3}\"\n"
+        ),
+    )?;
+    let mut broker = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("broker")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = broker
+        .id()
+        .ok_or_else(|| anyhow::anyhow!("broker exited at once"))?;
+    let rpc = format!("tcp://127.0.0.1:{p1}");
+    let xsub = format!("tcp://127.0.0.1:{p2}");
+    let xpub = format!("tcp://127.0.0.1:{p3}");
+
+    let client = Client::connect(ctx, ClientOptions::new(&rpc, &xpub)).await?;
+    let interval = Duration::from_secs_f64(1.0 / hz);
+    let ids: Vec<String> = (0..relays).map(|i| format!("soak-{i:03}")).collect();
+    let hosted = ids
+        .iter()
+        .map(|id| labmesh_relay::Hosted::new(id, Box::new(MockPsu::new(id))).poll_every(interval))
+        .collect();
+    let relay = labmesh_relay::spawn(
+        ctx,
+        labmesh_relay::RelayOptions::with_broker(&rpc, &xsub),
+        hosted,
+    )
+    .await?;
+    for id in &ids {
+        client.wait_for_relay(id, Duration::from_secs(30)).await?;
+    }
+    // Count from the first message of each relay on (the subscription needs
+    // a moment to reach the publishers).
+    let mut events = client.events();
+    let warmup = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < warmup {
+        let _ = tokio::time::timeout_at(warmup, events.recv()).await;
+    }
+    let gaps0: u64 = ids
+        .iter()
+        .filter_map(|id| client.state_health(id))
+        .map(|h| h.gaps)
+        .sum();
+    let (cpu0, rss0, _) = proc_usage(pid)?;
+    let t0 = std::time::Instant::now();
+    let mut received = 0u64;
+    let mut lagged = 0u64;
+    let end = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let mut next_report = t0 + Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout_at(end, events.recv()).await {
+            Err(_) => break,
+            Ok(Ok(labmesh_client::Event::State(_))) => received += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => lagged += n,
+            Ok(Err(_)) => break,
+        }
+        if std::time::Instant::now() >= next_report {
+            next_report += Duration::from_secs(60);
+            let (cpu, rss, _) = proc_usage(pid)?;
+            eprintln!(
+                "{:>5.0} s: {received} states, broker CPU {:.1} %, RSS {} KiB",
+                t0.elapsed().as_secs_f64(),
+                100.0 * (cpu - cpu0) / t0.elapsed().as_secs_f64(),
+                rss
+            );
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let (cpu1, rss1, hwm) = proc_usage(pid)?;
+    let gaps: u64 = ids
+        .iter()
+        .filter_map(|id| client.state_health(id))
+        .map(|h| h.gaps)
+        .sum::<u64>()
+        - gaps0;
+    relay.shutdown().await;
+    let _ = broker.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!("soak: {relays} relays x {hz} Hz through one broker for {elapsed:.0} s");
+    println!(
+        "  state messages received   {received} ({:.0}/s; offered {:.0}/s)",
+        received as f64 / elapsed,
+        relays as f64 * hz
+    );
+    println!("  sequence gaps at client   {gaps}");
+    println!("  client queue overruns     {lagged}");
+    println!(
+        "  broker CPU                {:.1} % of one core",
+        100.0 * (cpu1 - cpu0) / elapsed
+    );
+    println!("  broker RSS                {rss0} KiB at start, {rss1} KiB at end, peak {hwm} KiB");
+    Ok(())
+}

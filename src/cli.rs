@@ -219,6 +219,19 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 5000)]
         n: usize,
     },
+    /// Many relays publishing state through one broker process; counts
+    /// sequence gaps at a client, reports broker CPU and RSS.
+    Soak {
+        /// Relay ids (mock PSUs, hosted by one relay).
+        #[arg(long, default_value_t = 100)]
+        relays: usize,
+        /// State messages per second per relay.
+        #[arg(long, default_value_t = 10.0)]
+        hz: f64,
+        /// Duration of the measurement.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
 }
 
 impl Cli {
@@ -639,6 +652,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(BenchCmd::Soak {
+            relays,
+            hz,
+            seconds,
+        }) => crate::bench::soak(&ctx, relays, hz, seconds)
+            .await
+            .map(|_| ExitCode::SUCCESS),
         Command::Bench(BenchCmd::Rpc { n }) => {
             crate::bench::rpc(&ctx, n).await.map(|_| ExitCode::SUCCESS)
         }

@@ -120,6 +120,18 @@ pub struct InstrumentSection {
     pub options: serde_json::Map<String, serde_json::Value>,
 }
 
+impl InstrumentSection {
+    /// The driver options: the table's other keys, with an `options = {...}`
+    /// sub-table (if any) merged in (its keys win).
+    pub fn driver_options(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut out = self.options.clone();
+        if let Some(serde_json::Value::Object(inner)) = out.remove("options") {
+            out.extend(inner);
+        }
+        out
+    }
+}
+
 /// `[relay]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -449,6 +461,11 @@ model = "E36313A"
         assert!(w.is_empty());
         let i = &c.relay.instruments[0];
         assert_eq!(i.driver, "keysight-e36xx");
+        let nested = format!("{text}options = {{ timeout_ms = 500 }}\n");
+        let (c2, _) = Config::parse(&nested, Path::new("x.toml")).unwrap();
+        let o = c2.relay.instruments[0].driver_options();
+        assert_eq!(o.get("timeout_ms").and_then(|v| v.as_i64()), Some(500));
+        assert_eq!(o.get("model").and_then(|v| v.as_str()), Some("E36313A"));
         assert_eq!(
             i.options.get("model").and_then(|v| v.as_str()),
             Some("E36313A")

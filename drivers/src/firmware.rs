@@ -1,5 +1,5 @@
 //! `firmware`: a microcontroller instrument speaking the firmware-proto
-//! device link (postcard + COBS + CRC frames, docs/DEVICE-LINK.md) over a
+//! device link (postcard + COBS + CRC frames, docs/PROTOCOL.md (Device link)) over a
 //! serial port, here the firmware bench PSU (`firmware_proto::psu`).
 //!
 //! * [`FirmwareDriver`]: the driver. It opens the serial resource through

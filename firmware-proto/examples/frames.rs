@@ -1,4 +1,4 @@
-//! Print the encoded frame of every message type (the examples in docs/DEVICE-LINK.md).
+//! Print the encoded frame of every message type (the examples in docs/PROTOCOL.md (Device link)).
 //!
 //! `cargo run -p firmware-proto --example frames`
 

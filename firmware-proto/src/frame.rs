@@ -3,7 +3,7 @@
 //! Encoding uses postcard's own flavors (`CrcModifier` over `Cobs` over `Slice`);
 //! decoding uses postcard's [`CobsAccumulator`] for delimiting and COBS, then the
 //! CRC-32/ISCSI is checked over the decoded bytes before anything is trusted.
-//! The byte-exact format is in `docs/DEVICE-LINK.md`.
+//! The byte-exact format is in `docs/PROTOCOL.md (Device link)`.
 
 use core::fmt;
 

@@ -4,7 +4,7 @@
 //! no_std device link for labmesh firmware instruments.
 //!
 //! Frames are `COBS(postcard(header) ++ postcard(body) ++ crc32c) ++ 0x00`
-//! (see `docs/DEVICE-LINK.md`). Without features the crate needs neither std nor
+//! (see `docs/PROTOCOL.md (Device link)`). Without features the crate needs neither std nor
 //! an allocator; `std` adds the tokio host client and a simulated microcontroller.
 
 #[cfg(feature = "alloc")]

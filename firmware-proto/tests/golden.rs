@@ -1,6 +1,6 @@
 //! Golden bytes: the encoding of every message type is pinned.
 //!
-//! The same examples are worked through in docs/DEVICE-LINK.md; they were
+//! The same examples are worked through in docs/PROTOCOL.md (Device link); they were
 //! cross-checked against an independent Python CRC-32C + COBS implementation.
 
 use firmware_proto::psu::{

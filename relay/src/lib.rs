@@ -184,7 +184,7 @@ pub async fn hosted_from_config(
                 id: inst.id.clone(),
                 driver: inst.driver.clone(),
                 resource: inst.resource.clone(),
-                options: inst.options.clone(),
+                options: inst.driver_options(),
             })
             .await
             .map_err(|source| RelayError::Driver {

@@ -557,3 +557,279 @@ async fn hundred_thousand_malformed_frames_crash_nothing() -> anyhow::Result<()>
     broker.kill().await?;
     Ok(())
 }
+
+/// Network namespaces made by this test (deleted on drop).
+struct Netns {
+    names: Vec<String>,
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", n])
+                .status();
+        }
+    }
+}
+
+fn sh(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Whether this machine can run the multi-host test; the reason if not.
+fn netns_unavailable() -> Option<String> {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !root {
+        return Some("not root: cannot create network namespaces".into());
+    }
+    if std::process::Command::new("ip").arg("-V").output().is_err() {
+        return Some("iproute2 ('ip') is not installed".into());
+    }
+    None
+}
+
+/// Broker, relay, bank and client on four hosts (network namespaces joined
+/// by a bridge), each link impaired with 50 ms delay and 5 % loss when the
+/// kernel has netem: the seed flow completes.
+#[tokio::test]
+async fn multi_host_mesh_over_network_namespaces() -> anyhow::Result<()> {
+    init_logging();
+    if let Some(why) = netns_unavailable() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true and {why}");
+        }
+        eprintln!("SKIPPED: {why}");
+        return Ok(());
+    }
+    let tag = format!("{}", std::process::id() % 100_000);
+    let sw = format!("lmsw{tag}");
+    let hosts = ["broker", "relay", "bank", "client"];
+    let ns: Vec<String> = hosts
+        .iter()
+        .map(|h| format!("lm{}{tag}", &h[..2]))
+        .collect();
+    let mut guard = Netns {
+        names: vec![sw.clone()],
+    };
+    sh(&["ip", "netns", "add", &sw])?;
+    sh(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+    sh(&["ip", "-n", &sw, "link", "set", "br0", "up"])?;
+    let mut netem = true;
+    let mut lossy = 0;
+    for (i, n) in ns.iter().enumerate() {
+        guard.names.push(n.clone());
+        sh(&["ip", "netns", "add", n])?;
+        let (a, b) = (format!("h{i}{tag}"), format!("s{i}{tag}"));
+        sh(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b])?;
+        sh(&["ip", "link", "set", &a, "netns", n])?;
+        sh(&["ip", "link", "set", &b, "netns", &sw])?;
+        sh(&["ip", "-n", &sw, "link", "set", &b, "master", "br0", "up"])?;
+        let addr = format!("10.77.{}.{}/24", tag.len(), i + 1);
+        sh(&["ip", "-n", n, "addr", "add", &addr, "dev", &a])?;
+        sh(&["ip", "-n", n, "link", "set", &a, "up"])?;
+        sh(&["ip", "-n", n, "link", "set", "lo", "up"])?;
+        if netem {
+            if let Err(e) = sh(&[
+                "ip", "netns", "exec", n, "tc", "qdisc", "add", "dev", &a, "root", "netem",
+                "delay", "50ms", "loss", "5%",
+            ]) {
+                eprintln!("NOTE: netem unavailable ({e}); no 50 ms delay on this kernel");
+                netem = false;
+            }
+        }
+        if !netem {
+            // Loss without netem: nftables drops 5 % of each host's incoming
+            // packets at random (TCP retransmits them, as on a lossy link).
+            let rules = "add table inet lm\nadd chain inet lm in { type filter hook input priority 0; }\nadd rule inet lm in iifname != \"lo\" numgen random mod 100 < 5 drop\n";
+            let path = std::env::temp_dir().join(format!("labmesh-nft-{tag}"));
+            std::fs::write(&path, rules)?;
+            match sh(&[
+                "ip",
+                "netns",
+                "exec",
+                n,
+                "nft",
+                "-f",
+                &path.to_string_lossy(),
+            ]) {
+                Ok(()) => lossy += 1,
+                Err(e) => eprintln!("NOTE: nftables unavailable ({e}); host {n} runs without loss"),
+            }
+        }
+    }
+    let ip = |i: usize| format!("10.77.{}.{}", tag.len(), i + 1);
+    let dir = std::env::temp_dir().join(format!("labmesh-netns-{tag}"));
+    std::fs::create_dir_all(&dir)?;
+    let cfg_for = |me: usize| -> anyhow::Result<PathBuf> {
+        let text = format!(
+            r#"
+[broker]
+rpc_bind = "tcp://{b}:5750"
+xsub_bind = "tcp://{b}:5751"
+xpub_bind = "tcp://{b}:5752"
+ttl_seconds = 30
+address = "{b}"
+[relay]
+default_rpc_bind = "tcp://*:5850"
+state_interval = 0.2
+default_address = "{me}"
+[bank]
+ingest_bind = "tcp://*:5761"
+retrieve_bind = "tcp://*:5762"
+default_address = "{me}"
+[client]
+timeout_seconds = 10
+"#,
+            b = ip(0),
+            me = ip(me)
+        );
+        let p = dir.join(format!("host{me}.toml"));
+        std::fs::write(&p, text)?;
+        Ok(p)
+    };
+    let in_ns = |n: &str, cfg: &Path, args: &[&str]| -> Vec<String> {
+        let mut v = vec![
+            "netns".to_string(),
+            "exec".into(),
+            n.to_string(),
+            BIN.into(),
+            "--config".into(),
+            cfg.to_string_lossy().into_owned(),
+        ];
+        v.extend(args.iter().map(|s| s.to_string()));
+        v
+    };
+    let spawn = |argv: Vec<String>, ready: &'static str| async move {
+        let mut child = tokio::process::Command::new("ip")
+            .args(&argv)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut rd = tokio::io::BufReader::new(stdout).lines();
+        let ok = tokio::time::timeout(WAIT, async {
+            while let Ok(Some(l)) = rd.next_line().await {
+                eprintln!("[netns] {l}");
+                if l.contains(ready) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        tokio::spawn(async move { while let Ok(Some(_)) = rd.next_line().await {} });
+        anyhow::ensure!(ok, "{argv:?} not ready");
+        anyhow::Ok(child)
+    };
+    let (c0, c1, c2, c3) = (cfg_for(0)?, cfg_for(1)?, cfg_for(2)?, cfg_for(3)?);
+    let data = dir.join("bank_data").to_string_lossy().into_owned();
+    let _broker = spawn(in_ns(&ns[0], &c0, &["broker"]), "broker:").await?;
+    let _relay = spawn(
+        in_ns(
+            &ns[1],
+            &c1,
+            &["relay", "--relay-id", "psu", "--driver", "mock-psu"],
+        ),
+        "relay psu:",
+    )
+    .await?;
+    let _bank = spawn(
+        in_ns(&ns[2], &c2, &["bank", "--data-dir", &data]),
+        "bank bank-0:",
+    )
+    .await?;
+
+    let client = |args: &[&str]| {
+        let argv = in_ns(&ns[3], &c3, args);
+        async move {
+            let out = tokio::time::timeout(
+                WAIT * 4,
+                tokio::process::Command::new("ip")
+                    .args(&argv)
+                    .kill_on_drop(true)
+                    .output(),
+            )
+            .await??;
+            eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+            anyhow::Ok((
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            ))
+        }
+    };
+    // Registration crosses the links; wait until both are listed.
+    let listed = tokio::time::timeout(WAIT * 2, async {
+        loop {
+            if let Ok((0, out)) = client(&["ls", "--json"]).await {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(out.trim()) {
+                    if v["relays"][0]["rpc_endpoint"] == json!(format!("tcp://{}:5850", ip(1)))
+                        && v["banks"][0]["bank_id"] == json!("bank-0")
+                    {
+                        return v;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .context("relay and bank not listed across hosts")?;
+    assert_eq!(
+        listed["banks"][0]["retrieve"],
+        json!(format!("tcp://{}:5762", ip(2)))
+    );
+    let (code, out) = client(&["call", "psu", "set_voltage", "value=2.5"]).await?;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = client(&["watch", "psu", "--count", "3", "--json"]).await?;
+    assert_eq!(code, 0);
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or_default())?;
+    assert_eq!(last["state"]["voltage"], json!(2.5));
+    let src = dir.join("data.bin");
+    let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&src, &payload)?;
+    let (code, out) = client(&[
+        "upload",
+        &src.to_string_lossy(),
+        "--relay-id",
+        "psu",
+        "--dataset-id",
+        "netns-1",
+    ])
+    .await?;
+    assert_eq!(code, 0, "{out}");
+    let dest = dir.join("got.bin");
+    let (code, out) = client(&["get", "netns-1", "-o", &dest.to_string_lossy()]).await?;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(std::fs::read(&dest)?, payload);
+    let impairment = if netem {
+        "netem: 50 ms delay, 5 % loss per link".to_string()
+    } else {
+        format!("no netem; 5 % random loss by nftables on {lossy} of 4 hosts, no added delay")
+    };
+    eprintln!("multi-host flow done ({impairment})");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        assert!(
+            netem || lossy == 4,
+            "CI must run the multi-host flow impaired: {impairment}"
+        );
+    }
+    drop(guard);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

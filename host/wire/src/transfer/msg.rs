@@ -4,7 +4,7 @@
 //! Legacy (labmesh v0) messages keep labmesh's field order; every extension
 //! field is optional and skipped when absent, so a reply to a legacy request
 //! serialises byte for byte as the Python `DataBank` would send it. See
-//! `docs/PROTOCOL-BANK.md` for the frame-by-frame description.
+//! `docs/PROTOCOL.md` (Databank) for the frame-by-frame description.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
