@@ -354,12 +354,32 @@ impl Client {
         timeout: Duration,
         mut pred: impl FnMut(&DatasetAnnounce) -> bool,
     ) -> Result<DatasetAnnounce, ClientError> {
+        self.wait_event("bus", "dataset", timeout, |ev| match ev {
+            Event::Dataset(d) if pred(&d) => Some(d),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Wait until `pick` takes an event from the bus; `target`/`what` name
+    /// the wait in the timeout error.
+    pub async fn wait_event<T>(
+        &self,
+        target: &str,
+        what: &str,
+        timeout: Duration,
+        mut pick: impl FnMut(Event) -> Option<T>,
+    ) -> Result<T, ClientError> {
         let mut rx = self.events();
         let fut = async {
             loop {
                 match rx.recv().await {
-                    Ok(Event::Dataset(d)) if pred(&d) => return Ok(d),
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Ok(ev) => {
+                        if let Some(t) = pick(ev) {
+                            return Ok(t);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => {
                         return Err(ClientError::Wire(WireError::Closed))
                     }
@@ -369,8 +389,8 @@ impl Client {
         tokio::time::timeout(timeout, fut)
             .await
             .map_err(|_| ClientError::Timeout {
-                target: "bus".into(),
-                method: "dataset".into(),
+                target: target.to_string(),
+                method: what.to_string(),
                 after: timeout,
             })?
     }
@@ -476,25 +496,11 @@ impl Client {
         timeout: Duration,
         mut pred: impl FnMut(&StateUpdate) -> bool,
     ) -> Result<StateUpdate, ClientError> {
-        let mut rx = self.events();
-        let fut = async {
-            loop {
-                match rx.recv().await {
-                    Ok(Event::State(s)) if s.relay_id == relay_id && pred(&s) => return Ok(s),
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Err(ClientError::Wire(WireError::Closed))
-                    }
-                }
-            }
-        };
-        tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| ClientError::Timeout {
-                target: relay_id.to_string(),
-                method: "state".into(),
-                after: timeout,
-            })?
+        self.wait_event(relay_id, "state", timeout, |ev| match ev {
+            Event::State(s) if s.relay_id == relay_id && pred(&s) => Some(s),
+            _ => None,
+        })
+        .await
     }
 }
 
