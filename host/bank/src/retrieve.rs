@@ -65,12 +65,27 @@ struct Download {
     ident: Ident,
     dataset_id: String,
     sem: Arc<Semaphore>,
+    /// Chunks the reader may have read but not yet handed to libzmq (both
+    /// modes): reading is paced to sending, so the bank's own queue stays
+    /// short and credit is never refused because of it.
+    pipe: Arc<Semaphore>,
     legacy: bool,
     /// Most chunks this download may have granted at once.
     cap: u32,
     queue: VecDeque<Out>,
     last_progress: Instant,
 }
+
+impl Download {
+    /// Stop the reader (it sees closed semaphores).
+    fn close(&self) {
+        self.sem.close();
+        self.pipe.close();
+    }
+}
+
+/// Chunks a credit-mode reader may read ahead of what libzmq has taken.
+const PIPE_AHEAD: usize = 2;
 
 enum Internal {
     Reply(Ident, Vec<u8>),
@@ -142,7 +157,7 @@ pub(crate) async fn run(
         }
     }
     for d in r.downloads.values() {
-        d.sem.close();
+        d.close();
     }
     tracing::info!("retrieve stopped");
 }
@@ -211,7 +226,7 @@ impl Retrieve {
             .collect();
         for id in ids {
             if let Some(d) = self.downloads.remove(&id) {
-                d.sem.close();
+                d.close();
             }
         }
     }
@@ -332,6 +347,7 @@ impl Retrieve {
                 self.next_id += 1;
                 let legacy = credit.is_none();
                 let sem = Arc::new(Semaphore::new(credit.unwrap_or(2) as usize));
+                let pipe = Arc::new(Semaphore::new(PIPE_AHEAD));
                 let extended = meta.offset.is_some();
                 let dataset_id = meta.dataset_id.clone();
                 self.downloads.insert(
@@ -340,6 +356,7 @@ impl Retrieve {
                         ident: ident.clone(),
                         dataset_id: dataset_id.clone(),
                         sem: sem.clone(),
+                        pipe: pipe.clone(),
                         legacy,
                         cap: credit.unwrap_or(2),
                         queue: VecDeque::new(),
@@ -361,6 +378,7 @@ impl Retrieve {
                     chunk,
                     extended,
                     sem,
+                    pipe: (!legacy).then_some(pipe),
                     tx: self.stream_tx.clone(),
                 };
                 tokio::spawn(reader.run());
@@ -407,11 +425,12 @@ impl Retrieve {
                     match kind {
                         Kind::Last => {
                             if let Some(d) = self.downloads.remove(&id) {
-                                d.sem.close();
+                                d.close();
                             }
                             return;
                         }
                         Kind::Chunk if d.legacy => d.sem.add_permits(1),
+                        Kind::Chunk => d.pipe.add_permits(1),
                         _ => {}
                     }
                 }
@@ -419,14 +438,14 @@ impl Retrieve {
                 Err(WireError::Zmq(zmq::Error::EHOSTUNREACH)) => {
                     tracing::info!(dataset_id = %d.dataset_id, "downloader went away");
                     if let Some(d) = self.downloads.remove(&id) {
-                        d.sem.close();
+                        d.close();
                     }
                     return;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "download send failed");
                     if let Some(d) = self.downloads.remove(&id) {
-                        d.sem.close();
+                        d.close();
                     }
                     return;
                 }
@@ -451,6 +470,8 @@ struct Reader {
     chunk: usize,
     extended: bool,
     sem: Arc<Semaphore>,
+    /// Credit mode: pacing to the socket (legacy paces with `sem` itself).
+    pipe: Option<Arc<Semaphore>>,
     tx: mpsc::Sender<Out>,
 }
 
@@ -483,6 +504,12 @@ impl Reader {
             match self.sem.acquire().await {
                 Ok(p) => p.forget(),
                 Err(_) => return Ok(()), // cancelled
+            }
+            if let Some(pipe) = &self.pipe {
+                match pipe.acquire().await {
+                    Ok(p) => p.forget(),
+                    Err(_) => return Ok(()), // cancelled
+                }
             }
             let mut buf = vec![0u8; self.chunk];
             let mut filled = 0;
