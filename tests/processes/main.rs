@@ -833,3 +833,102 @@ timeout_seconds = 10
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// `labmesh sim psu` as a process and a relay hosting every
+/// `[[relay.instruments]]` of its config file (built-in, SCPI over TCP, and a
+/// TOML driver from `driver_dirs`).
+#[tokio::test]
+async fn relay_hosts_the_instruments_of_its_config_file() -> anyhow::Result<()> {
+    init_logging();
+    let cfg = write_cfg(10.0)?;
+    let sim_port = free_port()?;
+    let sim_addr = format!("127.0.0.1:{sim_port}");
+    let _sim = Node::start(
+        &cfg.path,
+        &["sim", "psu", "--dialect", "rigol", "--tcp", &sim_addr],
+        "sim psu",
+    )
+    .await?;
+    let instruments = Path::new(env!("CARGO_MANIFEST_DIR")).join("instruments");
+    let ksim_port = free_port()?;
+    let _ksim = Node::start(
+        &cfg.path,
+        &[
+            "sim",
+            "psu",
+            "--dialect",
+            "keysight",
+            "--tcp",
+            &format!("127.0.0.1:{ksim_port}"),
+        ],
+        "sim psu",
+    )
+    .await?;
+    let mut text = std::fs::read_to_string(&cfg.path)?;
+    text = text.replace(
+        "[relay]\n",
+        &format!(
+            "[relay]\ndriver_dirs = [{:?}]\n",
+            instruments.to_string_lossy()
+        ),
+    );
+    text.push_str(&format!(
+        r#"
+[[relay.instruments]]
+id = "mock"
+driver = "mock-psu"
+
+[[relay.instruments]]
+id = "dp832"
+driver = "rigol-dp8xx"
+resource = "TCPIP::127.0.0.1::{sim_port}::SOCKET"
+poll_interval = 0.2
+options = {{ timeout_ms = 1500 }}
+
+[[relay.instruments]]
+id = "e36313"
+driver = "labmesh-sim-psu"
+resource = "tcp://127.0.0.1:{ksim_port}"
+"#
+    ));
+    let path = cfg.path.with_file_name("relay.toml");
+    std::fs::write(&path, text)?;
+    let broker = Node::start(&cfg.path, &["broker"], "broker:").await?;
+    let relay = Node::start(&path, &["relay"], "relay e36313:").await?;
+    let ctx = zmq::Context::new();
+    let c = client(&ctx, &cfg).await?;
+    for id in ["mock", "dp832", "e36313"] {
+        c.wait_for_relay(id, WAIT).await?;
+    }
+    let eps: std::collections::HashSet<String> = c
+        .list_relays()
+        .await?
+        .into_iter()
+        .map(|r| r.rpc_endpoint)
+        .collect();
+    assert_eq!(
+        eps.len(),
+        3,
+        "each instrument has its own endpoint: {eps:?}"
+    );
+    c.call("dp832", "set_voltage", json!({"value": 5.0, "channel": 2}))
+        .await?;
+    c.call("dp832", "set_output", json!({"on": true, "channel": 2}))
+        .await?;
+    let v = c
+        .call("dp832", "measure_voltage", json!({"channel": 2}))
+        .await?;
+    assert!(v.as_f64().is_some_and(|v| (v - 5.0).abs() < 1e-6), "{v}");
+    assert_eq!(
+        c.call("e36313", "lm.describe", json!(null)).await?["driver"],
+        json!("labmesh-sim-psu")
+    );
+    assert_eq!(
+        c.call("mock", "set_voltage", json!([1.0])).await?["voltage"],
+        json!(1.0)
+    );
+    let status = relay.terminate().await?;
+    assert!(status.success(), "relay exit status {status}");
+    broker.kill().await?;
+    Ok(())
+}
