@@ -40,7 +40,7 @@ pub(crate) fn handle(ctx: &RpcContext, mut frames: Vec<Vec<u8>>) -> Handled {
     let payload = match frames.as_slice() {
         [p] => p,
         _ => {
-            tracing::warn!(relay_id = %ctx.relay_id, frames = frames.len(), "request with the wrong number of frames");
+            labmesh_wire::warn_throttled!(relay_id = %ctx.relay_id, frames = frames.len(), "request with the wrong number of frames");
             let e = Reply::Error {
                 error: ErrorBody::new(codes::BAD_REQUEST, "expected exactly one frame of JSON"),
             };
@@ -50,14 +50,14 @@ pub(crate) fn handle(ctx: &RpcContext, mut frames: Vec<Vec<u8>>) -> Handled {
     let rpc = match msg::decode_request(payload) {
         Ok(Request::Rpc(r)) => r,
         Ok(other) => {
-            tracing::warn!(relay_id = %ctx.relay_id, ?other, "non-rpc message sent to a relay");
+            labmesh_wire::warn_throttled!(relay_id = %ctx.relay_id, ?other, "non-rpc message sent to a relay");
             let e = Reply::Error {
                 error: ErrorBody::new(codes::BAD_REQUEST, "a relay only serves rpc requests"),
             };
             return Handled::Reply(ident, encode(&e));
         }
         Err(failure) => {
-            tracing::warn!(relay_id = %ctx.relay_id, ?failure, "bad request");
+            labmesh_wire::warn_throttled!(relay_id = %ctx.relay_id, ?failure, "bad request");
             return Handled::Reply(ident, encode(&failure.reply()));
         }
     };
@@ -68,7 +68,7 @@ pub(crate) fn handle(ctx: &RpcContext, mut frames: Vec<Vec<u8>>) -> Handled {
         })
     };
     if !ctx.password.accepts(rpc.password.as_ref()) {
-        tracing::warn!(relay_id = %ctx.relay_id, method = %rpc.method, "rpc with a wrong password refused");
+        labmesh_wire::warn_throttled!(relay_id = %ctx.relay_id, method = %rpc.method, "rpc with a wrong password refused");
         return Handled::Reply(
             ident,
             error(codes::UNAUTHORIZED, "invalid password".into(), rpc.rpc_uuid),
@@ -101,7 +101,7 @@ pub(crate) fn handle(ctx: &RpcContext, mut frames: Vec<Vec<u8>>) -> Handled {
     let args = match ctx.description.bind(&rpc.method, &rpc.params) {
         Ok(a) => a,
         Err(e) => {
-            tracing::warn!(relay_id = %ctx.relay_id, method = %rpc.method, error = %e, "call refused");
+            labmesh_wire::warn_throttled!(relay_id = %ctx.relay_id, method = %rpc.method, error = %e, "call refused");
             return Handled::Reply(ident, error(e.code(), e.to_string(), rpc.rpc_uuid));
         }
     };

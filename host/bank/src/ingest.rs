@@ -154,7 +154,7 @@ impl Ingest {
 
     async fn on_frames(&mut self, mut frames: Vec<Vec<u8>>) {
         if frames.len() < 2 {
-            tracing::warn!(
+            labmesh_wire::warn_throttled!(
                 frames = frames.len(),
                 "ingest message without a body; ignored"
             );
@@ -179,7 +179,7 @@ impl Ingest {
         let req = match decode_ingest(&head) {
             Ok(r) => r,
             Err(m) => {
-                tracing::warn!(problem = %m.message(), "bad ingest request");
+                labmesh_wire::warn_throttled!(problem = %m.message(), "bad ingest request");
                 self.error(&ident, None, codes::BAD_REQUEST, m.message());
                 return;
             }

@@ -179,7 +179,7 @@ impl Retrieve {
     fn on_frames(&mut self, frames: Frames) {
         let mut it = frames.into_iter();
         let (Some(ident), Some(head)) = (it.next(), it.next()) else {
-            tracing::warn!("retrieve message without a body; ignored");
+            labmesh_wire::warn_throttled!("retrieve message without a body; ignored");
             return;
         };
         if it.next().is_some() {
@@ -211,7 +211,7 @@ impl Retrieve {
                 self.error(&ident, codes::BAD_REQUEST, "expected get");
             }
             Err(m) => {
-                tracing::warn!(problem = %m.message(), "bad retrieve request");
+                labmesh_wire::warn_throttled!(problem = %m.message(), "bad retrieve request");
                 self.error(&ident, codes::BAD_REQUEST, m.message());
             }
         }

@@ -132,7 +132,7 @@ impl Directory {
         let payload = match frames {
             [_ident, payload] => payload,
             [_ident, rest @ ..] => {
-                tracing::warn!(
+                labmesh_wire::warn_throttled!(
                     frames = rest.len(),
                     "directory request with the wrong number of frames"
                 );
@@ -145,7 +145,7 @@ impl Directory {
         let req = match msg::decode_request(payload) {
             Ok(r) => r,
             Err(failure) => {
-                tracing::warn!(?failure, "bad directory request");
+                labmesh_wire::warn_throttled!(?failure, "bad directory request");
                 return Action::Reply(encode(&failure.reply()));
             }
         };
@@ -162,7 +162,7 @@ impl Directory {
 
     fn hello(&mut self, ident: Vec<u8>, h: Hello) -> Action {
         if !self.opts.password.accepts(h.password.as_ref()) {
-            tracing::warn!(role = ?h.role, "hello with a wrong password refused");
+            labmesh_wire::warn_throttled!(role = ?h.role, "hello with a wrong password refused");
             return Action::Reply(encode(&HelloAck::refused("invalid password")));
         }
         match h.role.as_deref() {
@@ -277,7 +277,7 @@ impl Directory {
 
     fn heartbeat(&mut self, hb: Heartbeat) -> Action {
         if !self.opts.password.accepts(hb.password.as_ref()) {
-            tracing::warn!("heartbeat with a wrong password ignored");
+            labmesh_wire::warn_throttled!("heartbeat with a wrong password ignored");
             return Action::Nothing;
         }
         let now = Instant::now();
@@ -302,7 +302,7 @@ impl Directory {
 
     fn bye(&mut self, b: Bye) {
         if !self.opts.password.accepts(b.password.as_ref()) {
-            tracing::warn!("bye with a wrong password ignored");
+            labmesh_wire::warn_throttled!("bye with a wrong password ignored");
             return;
         }
         if let Some(e) = b.relay_id.as_ref().and_then(|id| self.relays.remove(id)) {
@@ -331,7 +331,7 @@ impl Directory {
     fn rpc(&self, r: RpcRequest) -> Vec<u8> {
         let rpc_uuid = r.rpc_uuid;
         if !self.opts.password.accepts(r.password.as_ref()) {
-            tracing::warn!(method = %r.method, "rpc with a wrong password refused");
+            labmesh_wire::warn_throttled!(method = %r.method, "rpc with a wrong password refused");
             return encode(&Reply::RpcError {
                 rpc_uuid,
                 error: ErrorBody::new(codes::UNAUTHORIZED, "invalid password"),
@@ -342,7 +342,7 @@ impl Directory {
             "list_banks" => json!(self.banks.values().map(|e| &e.info).collect::<Vec<_>>()),
             "ping" => json!({"ok": true}),
             other => {
-                tracing::warn!(method = %other, "unknown directory method");
+                labmesh_wire::warn_throttled!(method = %other, "unknown directory method");
                 return encode(&Reply::RpcError {
                     rpc_uuid,
                     error: ErrorBody::new(codes::BAD_REQUEST, format!("unknown method {other}")),

@@ -16,6 +16,7 @@ pub mod endpoint;
 pub mod msg;
 pub mod register;
 pub mod socket;
+pub mod throttle;
 pub mod transfer;
 
 pub use dealer::DealerConn;
