@@ -168,17 +168,29 @@ pub async fn spawn_python(
     name: &str,
     args: &[&str],
 ) -> anyhow::Result<tokio::process::Child> {
+    spawn_python_until(py, name, args, "ready").await
+}
+
+/// [`spawn_python`] waiting for a line containing `ready`.
+pub async fn spawn_python_until(
+    py: &PathBuf,
+    name: &str,
+    args: &[&str],
+    ready: &str,
+) -> anyhow::Result<tokio::process::Child> {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(py)
         .arg(script(name))
         .args(args)
         .env_remove("LMH_NETWORK_PASSWORD")
+        .env("PYTHONUNBUFFERED", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("spawn {name}"))?;
     let stdout = child.stdout.take().context("child stdout")?;
+    let ready = ready.to_string();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let tag = name.to_string();
     tokio::spawn(async move {
@@ -186,7 +198,7 @@ pub async fn spawn_python(
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             eprintln!("[{tag}] {line}");
-            if line.contains("ready") {
+            if line.contains(&ready) {
                 if let Some(tx) = ready_tx.take() {
                     let _ = tx.send(());
                 }

@@ -192,3 +192,81 @@ async fn python_client_queries_idn_through_the_scpi_driver() -> anyhow::Result<(
     mesh.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn python_databank_registers_with_rust_broker_and_serves_rust_client() -> anyhow::Result<()> {
+    let Some(py) = python_labmesh() else {
+        return Ok(());
+    };
+    let mesh = Mesh::start(&["Inst-0"], Duration::from_millis(200)).await?;
+    let (pi, pr) = (labmesh_tests::free_port()?, labmesh_tests::free_port()?);
+    let dir = std::env::temp_dir().join(format!("labmesh-pybank-{}-{pi}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let data_dir = dir.join("data");
+    let mut child = labmesh_tests::spawn_python_until(
+        &py,
+        "bank_py_server.py",
+        &[
+            &format!("tcp://*:{pi}"),
+            &format!("tcp://*:{pr}"),
+            &data_dir.to_string_lossy(),
+            mesh.broker.rpc_endpoint(),
+            mesh.broker.xsub_endpoint(),
+            "py-bank",
+        ],
+        "retrieve socket",
+    )
+    .await?;
+    // Listed by the Rust broker with its advertised endpoints.
+    let bank = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(b) = mesh.client.bank(Some("py-bank")).await {
+                return b;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await?;
+    assert_eq!(
+        bank.info().retrieve.as_deref(),
+        Some(format!("tcp://127.0.0.1:{pr}").as_str())
+    );
+    // A Rust upload to it is announced on the Rust broker's bus...
+    let src = dir.join("src.bin");
+    let payload: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(&src, &payload)?;
+    let mut events = mesh.client.events();
+    let receipt = bank
+        .upload_file(
+            &src,
+            labmesh_wire::transfer::UploadOptions {
+                dataset_id: Some("from-rust".into()),
+                relay_id: "Inst-0".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let announced = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(labmesh_client::Event::Dataset(d)) = events.recv().await {
+                if d.dataset_id == "from-rust" {
+                    return d;
+                }
+            }
+        }
+    })
+    .await?;
+    assert_eq!(
+        (announced.bank_id.as_str(), announced.sha256.as_str()),
+        ("py-bank", receipt.sha256.as_str())
+    );
+    // ...and downloads back through the client (legacy `get`, detected).
+    let dest = dir.join("dest.bin");
+    let got = bank.download("from-rust", &dest).await?;
+    assert_eq!(got.sha256, receipt.sha256);
+    assert_eq!(std::fs::read(&dest)?, payload);
+    let _ = child.kill().await;
+    mesh.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
