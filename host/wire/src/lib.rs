@@ -7,6 +7,9 @@
 //!   flight, matched by `rpc_uuid`.
 //! * [`endpoint`]: `BROKER` and `*` substitution, ephemeral ports.
 //! * [`auth`]: the optional shared network password.
+//! * [`register`]: staying registered with the broker (relays and banks).
+//! * [`transfer`]: dataset upload, download and catalogue queries.
+//! * [`throttle`]: rate-limited warnings for peer-controlled input.
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
