@@ -435,6 +435,28 @@ mod tests {
         assert!(matches!(hello, Ok(Request::Hello(_))));
     }
 
+    /// Regression: the catalogue's `since` filter now and then missed a
+    /// dataset created exactly at `since` (bank test
+    /// catalogue_filters_newest_first), because serde_json's default float
+    /// parser can be 1 ULP off. The workspace enables `float_roundtrip`:
+    /// every timestamp must survive JSON bit for bit.
+    #[test]
+    fn timestamps_round_trip_exactly_through_json() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let t = std::time::Duration::new(
+                1_700_000_000 + x % 200_000_000,
+                (x >> 32) as u32 % 1_000_000_000,
+            )
+            .as_secs_f64();
+            let back: f64 = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+            assert_eq!(back.to_bits(), t.to_bits(), "{t}");
+        }
+    }
+
     #[test]
     fn state_message_bytes_match_labmesh_order() {
         // Python: dumps({"relay_id": rid, "state": dict(st)}) with the MockPSU
