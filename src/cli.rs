@@ -165,6 +165,9 @@ pub enum Command {
         /// Print the raw JSON of each message.
         #[arg(long)]
         json: bool,
+        /// Also print presence (online/offline) and dataset announcements.
+        #[arg(long)]
+        all: bool,
     },
     /// List the drivers (built-in, and declarative ones from `[relay] driver_dirs`).
     Drivers,
@@ -249,11 +252,7 @@ impl Cli {
     }
 }
 
-struct Loaded {
-    cfg: Config,
-}
-
-fn load(global: &Global) -> anyhow::Result<Loaded> {
+fn load(global: &Global) -> anyhow::Result<Config> {
     let (mut cfg, warnings, from) = Config::load_or_default(&global.config)?;
     for w in &warnings {
         tracing::warn!("{w}");
@@ -268,7 +267,13 @@ fn load(global: &Global) -> anyhow::Result<Loaded> {
     if let Some(b) = &global.broker {
         cfg.broker.address = b.clone();
     }
-    Ok(Loaded { cfg })
+    Ok(cfg)
+}
+
+/// A client for the mesh the configuration describes.
+async fn connect(global: &Global, ctx: &zmq::Context) -> anyhow::Result<Client> {
+    let cfg = load(global)?;
+    Ok(Client::connect(ctx, ClientOptions::from_config(&cfg)).await?)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -315,7 +320,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             xsub_bind,
             xpub_bind,
         } => {
-            let Loaded { cfg } = load(&cli.global)?;
+            let cfg = load(&cli.global)?;
             let mut opts = labmesh_broker::BrokerOptions::from_config(&cfg);
             if let Some(b) = rpc_bind {
                 opts.rpc_bind = b;
@@ -346,7 +351,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state_interval,
             options,
         } => {
-            let Loaded { mut cfg } = load(&cli.global)?;
+            let mut cfg = load(&cli.global)?;
             if let Some(s) = state_interval {
                 cfg.relay.state_interval = s;
             }
@@ -408,7 +413,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ingest_bind,
             retrieve_bind,
         } => {
-            let Loaded { cfg } = load(&cli.global)?;
+            let cfg = load(&cli.global)?;
             let mut opts = labmesh_bank::BankOptions::new(
                 &bank_id,
                 data_dir.unwrap_or(cfg.bank.default_data_dir.clone()),
@@ -438,7 +443,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             meta,
             bank,
         } => {
-            let Loaded { cfg } = load(&cli.global)?;
+            let cfg = load(&cli.global)?;
             let client = Client::connect(&ctx, ClientOptions::from_config(&cfg)).await?;
             let opts = labmesh_relay::upload_options(&cfg, &relay_id);
             crate::data::upload(
@@ -463,8 +468,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             limit,
             json,
         } => {
-            let Loaded { cfg } = load(&cli.global)?;
-            let client = Client::connect(&ctx, ClientOptions::from_config(&cfg)).await?;
+            let client = connect(&cli.global, &ctx).await?;
             crate::data::datasets(
                 &client,
                 crate::data::ListArgs {
@@ -484,13 +488,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             bank,
         } => {
-            let Loaded { cfg } = load(&cli.global)?;
-            let client = Client::connect(&ctx, ClientOptions::from_config(&cfg)).await?;
+            let client = connect(&cli.global, &ctx).await?;
             crate::data::get(&client, &dataset_id, output, bank).await
         }
         Command::Ls { json } => {
-            let Loaded { cfg } = load(&cli.global)?;
-            let client = Client::connect(&ctx, ClientOptions::from_config(&cfg)).await?;
+            let client = connect(&cli.global, &ctx).await?;
             let relays = client.list_relays().await?;
             let banks = client.list_banks().await?;
             if json {
@@ -519,7 +521,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             timeout,
         } => {
-            let Loaded { cfg } = load(&cli.global)?;
+            let cfg = load(&cli.global)?;
             let mut opts = ClientOptions::from_config(&cfg);
             if let Some(t) = timeout {
                 opts.timeout = labmesh_config::secs(t);
@@ -543,9 +545,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => Err(e.into()),
             }
         }
-        Command::Watch { relay, count, json } => {
-            let Loaded { cfg } = load(&cli.global)?;
-            let client = Client::connect(&ctx, ClientOptions::from_config(&cfg)).await?;
+        Command::Watch {
+            relay,
+            count,
+            json,
+            all,
+        } => {
+            let client = connect(&cli.global, &ctx).await?;
             let mut rx = client.events();
             let mut seen = 0u64;
             let stop = shutdown_signal();
@@ -563,7 +569,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     Err(_) => break,
                 };
-                let Event::State(s) = ev else { continue };
+                let s = match ev {
+                    Event::State(s) => s,
+                    Event::Presence(p) if all => {
+                        println!("[presence] {} {} {}: {}", p.role, p.id, p.status, p.reason);
+                        continue;
+                    }
+                    Event::Dataset(d) if all => {
+                        println!(
+                            "[dataset] {} on {}: {} bytes from {}",
+                            d.dataset_id, d.bank_id, d.size, d.relay_id
+                        );
+                        continue;
+                    }
+                    _ => continue,
+                };
                 if relay.as_ref().is_some_and(|r| r != &s.relay_id) {
                     continue;
                 }
@@ -583,7 +603,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Drivers => {
-            let Loaded { cfg } = load(&cli.global)?;
+            let cfg = load(&cli.global)?;
             let mut registry = DriverRegistry::with_builtins();
             for dir in &cfg.relay.driver_dirs {
                 registry

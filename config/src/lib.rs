@@ -222,7 +222,9 @@ pub struct ClientSection {
     pub broker_xpub: String,
     /// The client's own host (unused by the client; kept for labmesh).
     pub default_address: String,
-    /// Extension: seconds a call may take before the client gives up.
+    /// Extension: seconds a call may take before the client gives up
+    /// (default 15: longer than a relay's default 10 s call deadline, so
+    /// the relay's 408 arrives before the client stops waiting).
     pub timeout_seconds: f64,
 }
 
@@ -232,7 +234,7 @@ impl Default for ClientSection {
             broker_rpc: "tcp://BROKER:5750".into(),
             broker_xpub: "tcp://BROKER:5752".into(),
             default_address: "127.0.0.1".into(),
-            timeout_seconds: 10.0,
+            timeout_seconds: 15.0,
         }
     }
 }

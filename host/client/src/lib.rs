@@ -110,12 +110,13 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
-    /// Options with a 10 s timeout and the password from the environment.
+    /// Options with a 15 s timeout (longer than a relay's default 10 s call
+    /// deadline) and the password from the environment.
     pub fn new(broker_rpc: &str, broker_xpub: &str) -> Self {
         ClientOptions {
             broker_rpc: broker_rpc.to_string(),
             broker_xpub: broker_xpub.to_string(),
-            timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(15),
             password: Password::from_env(),
         }
     }
