@@ -67,8 +67,13 @@ enum Internal {
         partial: Box<Partial>,
         ack: IngestAck,
     },
-    /// A writer ended.
-    Closed { key: String },
+    /// A writer ended; `last` is its final reply (ingest_done or the commit
+    /// error), sent only after the session is gone, so a resume that follows
+    /// it finds the committed dataset rather than a finished writer.
+    Closed {
+        key: String,
+        last: Option<(Ident, IngestReply)>,
+    },
 }
 
 struct Ingest {
@@ -484,8 +489,8 @@ impl Ingest {
                 let dataset_id = partial.info().dataset_id.clone();
                 let task = tokio::spawn(async move {
                     let key = writer.key.clone();
-                    writer.run(*partial, rx).await;
-                    let _ = internal.send(Internal::Closed { key });
+                    let last = writer.run(*partial, rx).await;
+                    let _ = internal.send(Internal::Closed { key, last });
                 });
                 self.sessions.insert(
                     key.clone(),
@@ -499,12 +504,15 @@ impl Ingest {
                 self.by_ident.insert(ident.clone(), key);
                 self.reply(&ident, IngestReply::IngestAck(ack));
             }
-            Internal::Closed { key } => {
+            Internal::Closed { key, last } => {
                 if self.sessions.get(&key).is_some_and(|s| s.tx.is_closed()) {
                     self.sessions.remove(&key);
                 }
                 let sessions = &self.sessions;
                 self.by_ident.retain(|_, k| sessions.contains_key(k));
+                if let Some((ident, reply)) = last {
+                    self.reply(&ident, reply);
+                }
             }
         }
     }
@@ -540,17 +548,22 @@ impl Writer {
         let _ = self.out.send((ident.clone(), reply_bytes(r)));
     }
 
-    async fn run(mut self, mut partial: Partial, mut rx: mpsc::Receiver<WriterCmd>) {
+    /// Runs the session; returns the final reply when it ends by commit.
+    async fn run(
+        mut self,
+        mut partial: Partial,
+        mut rx: mpsc::Receiver<WriterCmd>,
+    ) -> Option<(Ident, IngestReply)> {
         loop {
             let Some(cmd) = rx.recv().await else {
                 // Idle, shutdown or replaced: keep resumable bytes.
                 let _ = tokio::task::spawn_blocking(move || partial.suspend()).await;
-                return;
+                return None;
             };
             match cmd {
                 WriterCmd::Abort => {
                     let _ = tokio::task::spawn_blocking(move || partial.discard()).await;
-                    return;
+                    return None;
                 }
                 WriterCmd::Rebind { ident } => {
                     self.ident = ident;
@@ -598,11 +611,11 @@ impl Writer {
                                 ));
                                 self.send(&ident, &r);
                                 let _ = tokio::task::spawn_blocking(move || p.suspend()).await;
-                                return;
+                                return None;
                             }
                             Err(e) => {
                                 tracing::error!(%dataset_id, error = %e, "write task failed");
-                                return;
+                                return None;
                             }
                         }
                     }
@@ -633,8 +646,7 @@ impl Writer {
                         continue;
                     }
                     let r = self.finish(partial, size, sha256).await;
-                    self.send(&ident, &r);
-                    return;
+                    return Some((ident, r));
                 }
             }
         }
