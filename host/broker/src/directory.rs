@@ -129,8 +129,8 @@ async fn send(router: &mut AsyncSocket, ident: &[u8], reply: &[u8]) {
 impl Directory {
     /// One request.
     fn handle(&mut self, frames: &[Vec<u8>]) -> Action {
-        let payload = match frames {
-            [_ident, payload] => payload,
+        let (ident, payload) = match frames {
+            [ident, payload] => (ident, payload),
             [_ident, rest @ ..] => {
                 labmesh_wire::warn_throttled!(
                     frames = rest.len(),
@@ -150,7 +150,7 @@ impl Directory {
             }
         };
         match req {
-            Request::Hello(h) => self.hello(frames[0].clone(), h),
+            Request::Hello(h) => self.hello(ident.clone(), h),
             Request::Rpc(r) => Action::Reply(self.rpc(r)),
             Request::Heartbeat(hb) => self.heartbeat(hb),
             Request::Bye(b) => {
