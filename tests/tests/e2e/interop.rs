@@ -270,3 +270,67 @@ async fn python_databank_registers_with_rust_broker_and_serves_rust_client() -> 
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// labmesh v0 relays never heartbeat: the Rust broker keeps them listed by
+/// probing them, and expires them once they stop answering.
+#[tokio::test]
+async fn python_relay_without_heartbeats_stays_listed_by_probes_until_it_dies() -> anyhow::Result<()>
+{
+    let Some(py) = python_labmesh() else {
+        return Ok(());
+    };
+    labmesh_tests::init_logging();
+    let ctx = zmq::Context::new();
+    let ttl = Duration::from_millis(1500);
+    let broker = labmesh_broker::spawn(
+        &ctx,
+        labmesh_broker::BrokerOptions {
+            ttl,
+            ..labmesh_broker::BrokerOptions::loopback()
+        },
+    )
+    .await?;
+    let client = labmesh_client::Client::connect(
+        &ctx,
+        labmesh_client::ClientOptions::new(broker.rpc_endpoint(), broker.xpub_endpoint()),
+    )
+    .await?;
+    let port = labmesh_tests::free_port()?.to_string();
+    let mut child = spawn_python(
+        &py,
+        "relay_node.py",
+        &[
+            broker.rpc_endpoint(),
+            broker.xsub_endpoint(),
+            "py-quiet",
+            &port,
+        ],
+    )
+    .await?;
+    client.wait_for_relay("py-quiet", WAIT).await?;
+    // Three TTLs pass with no heartbeat from it: probes keep it listed.
+    tokio::time::sleep(ttl * 3).await;
+    assert!(
+        client
+            .list_relays()
+            .await?
+            .iter()
+            .any(|r| r.relay_id == "py-quiet"),
+        "expired although alive"
+    );
+    let mut events = client.events();
+    child.kill().await?;
+    let offline = tokio::time::timeout(ttl + Duration::from_secs(1) + ttl / 2, async {
+        loop {
+            if let Ok(labmesh_client::Event::Presence(p)) = events.recv().await {
+                if p.id == "py-quiet" && p.status == "offline" {
+                    return p;
+                }
+            }
+        }
+    })
+    .await?;
+    assert_eq!(offline.reason, "ttl expired");
+    broker.shutdown().await;
+    Ok(())
+}
