@@ -414,17 +414,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             retrieve_bind,
         } => {
             let cfg = load(&cli.global)?;
-            let mut opts = labmesh_bank::BankOptions::new(
-                &bank_id,
-                data_dir.unwrap_or(cfg.bank.default_data_dir.clone()),
-            );
-            opts.ingest_bind = ingest_bind.unwrap_or(cfg.bank.ingest_bind.clone());
-            opts.retrieve_bind = retrieve_bind.unwrap_or(cfg.bank.retrieve_bind.clone());
-            opts.broker_rpc = Some(cfg.at_broker(&cfg.bank.broker_rpc));
-            opts.broker_xsub = Some(cfg.at_broker(&cfg.bank.broker_xsub));
-            opts.advertise_host = cfg.bank.default_address.clone();
-            opts.heartbeat = labmesh_config::secs(cfg.bank.heartbeat_seconds);
-            opts.password = labmesh_wire::auth::Password::from_env();
+            let mut opts = labmesh_bank::BankOptions::from_config(&cfg, &bank_id);
+            if let Some(d) = data_dir {
+                opts.data_dir = d;
+            }
+            if let Some(b) = ingest_bind {
+                opts.ingest_bind = b;
+            }
+            if let Some(b) = retrieve_bind {
+                opts.retrieve_bind = b;
+            }
             let bank = labmesh_bank::Bank::start(&ctx, opts).await?;
             println!(
                 "bank {bank_id}: ingest {}  retrieve {}",

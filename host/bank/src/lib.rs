@@ -85,6 +85,21 @@ pub struct BankOptions {
 }
 
 impl BankOptions {
+    /// From the `[bank]` table (`BROKER` resolved), as `bank_id`; the
+    /// network password comes from the environment.
+    pub fn from_config(cfg: &labmesh_config::Config, bank_id: &str) -> Self {
+        BankOptions {
+            ingest_bind: cfg.bank.ingest_bind.clone(),
+            retrieve_bind: cfg.bank.retrieve_bind.clone(),
+            broker_rpc: Some(cfg.at_broker(&cfg.bank.broker_rpc)),
+            broker_xsub: Some(cfg.at_broker(&cfg.bank.broker_xsub)),
+            advertise_host: cfg.bank.default_address.clone(),
+            heartbeat: labmesh_config::secs(cfg.bank.heartbeat_seconds),
+            password: Password::from_env(),
+            ..BankOptions::new(bank_id, cfg.bank.default_data_dir.clone())
+        }
+    }
+
     /// Defaults: loopback ephemeral ports, no broker, 1 MB download chunks,
     /// 16 MiB max chunk, 32 MiB checkpoints, 5 min idle, 24 h resume TTL.
     pub fn new(bank_id: &str, data_dir: impl Into<PathBuf>) -> Self {
