@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use labmesh_client::{BankClient, Client, ClientError};
-use labmesh_wire::transfer::{DownloadOptions, Progress, Query, TransferError, UploadOptions};
+use labmesh_transfer::{DownloadOptions, Progress, Query, TransferError, UploadOptions};
 use serde_json::{json, Value};
 
 /// A progress bar fed from a [`Progress`] while `fut` runs, when stdout is a
@@ -68,7 +68,7 @@ pub fn parse_time(s: &str) -> anyhow::Result<f64> {
         "d" => n * 86400.0,
         _ => bail!("{s:?}: unit must be s, m, h or d"),
     };
-    Ok(labmesh_wire::unix_now() - secs)
+    Ok(labmesh_proto::unix_now() - secs)
 }
 
 pub struct UploadArgs {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use labmesh_wire::endpoint::{public_endpoint, resolve_broker};
+pub use labmesh_proto::endpoint::{public_endpoint, resolve_broker};
 
 /// A configuration problem that stops a node from starting.
 #[derive(Debug, thiserror::Error)]

@@ -31,7 +31,8 @@ pub mod sim;
 pub mod transport;
 
 pub use instrument::{
-    Args, Description, DriverError, ErrorKind, Instrument, MethodSpec, ParamSpec, ParamType,
+    Args, BindError, Description, DriverError, ErrorKind, Instrument, MethodSpec, ParamSpec,
+    ParamType,
 };
 pub use registry::{BoxInstrument, DriverRegistry, InstrumentConfig};
 pub use resource::Resource;

@@ -14,21 +14,22 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod publish;
 mod rpc;
 mod serve;
 
 use std::time::Duration;
 
 use labmesh_drivers::{BoxInstrument, DriverError, DriverRegistry, InstrumentConfig};
+use labmesh_proto::endpoint::{public_endpoint, resolve_broker};
 use labmesh_wire::auth::Password;
-use labmesh_wire::endpoint::{public_endpoint, resolve_broker};
 use labmesh_wire::register::{keep_registered, Registrant};
 use labmesh_wire::{AsyncSocket, SocketOptions, WireError};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Dataset upload from a relay to a bank (see [`upload_options`]).
-pub use labmesh_wire::transfer::{upload_file, upload_reader, UploadOptions, UploadReceipt};
+pub use labmesh_transfer::{upload_file, upload_reader, UploadOptions, UploadReceipt};
 
 /// Upload options from `[relay]`: `upload_chunk`, `upload_timeout`,
 /// `upload_retries`, and the network password.
@@ -86,9 +87,9 @@ impl RelayOptions {
             broker_rpc: None,
             broker_xsub: None,
             advertise_host: "127.0.0.1".into(),
-            heartbeat: Duration::from_secs(5),
+            heartbeat: labmesh_proto::limits::DEFAULT_HEARTBEAT,
             password: Password::none(),
-            max_msg_size: 16 * 1024 * 1024,
+            max_msg_size: labmesh_proto::limits::MAX_RPC_MSG as i64,
         }
     }
 
@@ -109,7 +110,7 @@ impl RelayOptions {
             advertise_host: cfg.relay.default_address.clone(),
             heartbeat: labmesh_config::secs(cfg.relay.heartbeat_seconds),
             password: Password::from_env(),
-            max_msg_size: 16 * 1024 * 1024,
+            max_msg_size: labmesh_proto::limits::MAX_RPC_MSG as i64,
         }
     }
 }
@@ -145,7 +146,7 @@ impl Hosted {
             relay_id: relay_id.to_string(),
             rpc_bind: "tcp://127.0.0.1:*".into(),
             poll_interval: Duration::from_secs(1),
-            call_timeout: Duration::from_secs(10),
+            call_timeout: labmesh_proto::limits::DEFAULT_CALL_DEADLINE,
             instrument,
         }
     }
@@ -205,7 +206,10 @@ pub async fn hosted_from_config(
             poll_interval: labmesh_config::secs(
                 inst.poll_interval.unwrap_or(cfg.relay.state_interval),
             ),
-            call_timeout: labmesh_config::secs(inst.call_timeout.unwrap_or(10.0)),
+            call_timeout: inst
+                .call_timeout
+                .map(labmesh_config::secs)
+                .unwrap_or(labmesh_proto::limits::DEFAULT_CALL_DEADLINE),
             instrument,
         });
     }
@@ -261,12 +265,6 @@ impl RelayHandle {
     }
 }
 
-/// A state message on its way to the PUB socket.
-pub(crate) struct Outgoing {
-    topic: Vec<u8>,
-    body: Vec<u8>,
-}
-
 /// Bind every instrument's ROUTER, start its tasks, and register with the
 /// broker (in the background, retrying until it answers).
 pub async fn spawn(
@@ -284,11 +282,11 @@ pub async fn spawn(
     let mut tasks = Vec::new();
 
     // One PUB for the process.
-    let (state_tx, state_rx) = mpsc::channel::<Outgoing>(1024);
+    let (state_tx, state_rx) = mpsc::channel::<publish::Outgoing>(publish::QUEUE);
     if let Some(xsub) = &opts.broker_xsub {
         let mut pub_sock = AsyncSocket::new(ctx, zmq::PUB, SocketOptions::default())?;
         pub_sock.connect(xsub)?;
-        tasks.push(tokio::spawn(publish(pub_sock, state_rx)));
+        tasks.push(tokio::spawn(publish::run(pub_sock, state_rx)));
     } else {
         drop(state_rx);
     }
@@ -347,14 +345,4 @@ pub async fn spawn(
         stop,
         tasks,
     })
-}
-
-async fn publish(mut sock: AsyncSocket, mut rx: mpsc::Receiver<Outgoing>) {
-    while let Some(m) = rx.recv().await {
-        match sock.try_send_multipart(&[m.topic, m.body]) {
-            Ok(true) => {}
-            Ok(false) => tracing::debug!("state dropped at the high-water mark"),
-            Err(e) => tracing::warn!(error = %e, "state publish failed"),
-        }
-    }
 }

@@ -1,13 +1,20 @@
 //! Request handling for a relay's ROUTER: decoding, password, reserved
 //! methods, and binding parameters to the driver's description.
 
-use labmesh_drivers::{Description, DriverError};
+use labmesh_drivers::{Args, Description, DriverError};
+use labmesh_proto::lm::{DescribeResult, PingResult, RelayMethod};
+use labmesh_proto::mesh::{self, encode, Reply, Request};
+use labmesh_proto::{codes, ErrorBody};
 use labmesh_wire::auth::Password;
-use labmesh_wire::msg::{self, encode, Reply, Request};
-use labmesh_wire::{codes, ErrorBody};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::serve::Call;
+/// A call waiting for the instrument.
+pub(crate) struct Call {
+    pub(crate) ident: Vec<u8>,
+    pub(crate) rpc_uuid: Value,
+    pub(crate) method: String,
+    pub(crate) args: Args,
+}
 
 /// What the RPC task needs to answer without the instrument.
 pub(crate) struct RpcContext {
@@ -15,11 +22,6 @@ pub(crate) struct RpcContext {
     pub(crate) description: Description,
     pub(crate) password: Password,
 }
-
-/// Reserved method: the instrument's [`Description`].
-pub const DESCRIBE: &str = "lm.describe";
-/// Reserved method: liveness check that bypasses the instrument queue.
-pub const PING: &str = "lm.ping";
 
 /// What to do with one request.
 pub(crate) enum Handled {
@@ -47,7 +49,7 @@ pub(crate) fn handle(ctx: &RpcContext, mut frames: Vec<Vec<u8>>) -> Handled {
             return Handled::Reply(ident, encode(&e));
         }
     };
-    let rpc = match msg::decode_request(payload) {
+    let rpc = match mesh::decode_request(payload) {
         Ok(Request::Rpc(r)) => r,
         Ok(other) => {
             labmesh_wire::warn_throttled!(relay_id = %ctx.relay_id, ?other, "non-rpc message sent to a relay");
@@ -74,29 +76,28 @@ pub(crate) fn handle(ctx: &RpcContext, mut frames: Vec<Vec<u8>>) -> Handled {
             error(codes::UNAUTHORIZED, "invalid password".into(), rpc.rpc_uuid),
         );
     }
-    match rpc.method.as_str() {
-        DESCRIBE => {
-            let mut d = json!(ctx.description);
-            d["relay_id"] = json!(ctx.relay_id);
-            return Handled::Reply(
-                ident,
-                encode(&Reply::RpcResult {
-                    rpc_uuid: rpc.rpc_uuid,
-                    result: d,
-                }),
-            );
+    let answer = |result: Value| {
+        encode(&Reply::RpcResult {
+            rpc_uuid: rpc.rpc_uuid.clone(),
+            result,
+        })
+    };
+    match RelayMethod::parse(&rpc.method) {
+        RelayMethod::Describe => {
+            let d = DescribeResult {
+                description: ctx.description.clone(),
+                relay_id: ctx.relay_id.clone(),
+            };
+            return Handled::Reply(ident, answer(to_value(&d)));
         }
-        PING => {
-            let r = json!({"ok": true, "relay_id": ctx.relay_id});
-            return Handled::Reply(
-                ident,
-                encode(&Reply::RpcResult {
-                    rpc_uuid: rpc.rpc_uuid,
-                    result: r,
-                }),
-            );
+        RelayMethod::Ping => {
+            let p = PingResult {
+                ok: true,
+                relay_id: Some(ctx.relay_id.clone()),
+            };
+            return Handled::Reply(ident, answer(to_value(&p)));
         }
-        _ => {}
+        RelayMethod::UnknownReserved(_) | RelayMethod::Instrument(_) => {}
     }
     let args = match ctx.description.bind(&rpc.method, &rpc.params) {
         Ok(a) => a,
@@ -112,6 +113,11 @@ pub(crate) fn handle(ctx: &RpcContext, mut frames: Vec<Vec<u8>>) -> Handled {
         args,
     };
     Handled::Call(call)
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    // Our own result types always serialise.
+    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 /// The reply for a finished call.

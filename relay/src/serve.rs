@@ -14,25 +14,19 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::future::OptionFuture;
-use labmesh_drivers::{Args, BoxInstrument, DriverError};
-use labmesh_wire::msg::{encode, Reply, StateMsg, STATE_PREFIX};
-use labmesh_wire::{codes, AsyncSocket, ErrorBody};
+use labmesh_drivers::{BoxInstrument, DriverError};
+use labmesh_proto::mesh::{encode, Reply};
+use labmesh_proto::{codes, ErrorBody};
+use labmesh_wire::socket::{AfterError, RecvErrors};
+use labmesh_wire::AsyncSocket;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
-use crate::rpc::{self, Handled, RpcContext};
-use crate::Outgoing;
+use crate::publish::{Outgoing, StatePublisher};
+use crate::rpc::{self, Call, Handled, RpcContext};
 
 /// Calls that may wait for a busy instrument before new ones get 503.
 const QUEUE_LIMIT: usize = 256;
-
-/// A call waiting for the instrument.
-pub(crate) struct Call {
-    pub(crate) ident: Vec<u8>,
-    pub(crate) rpc_uuid: Value,
-    pub(crate) method: String,
-    pub(crate) args: Args,
-}
 
 /// What the instrument was doing, and how it went.
 enum Work {
@@ -81,48 +75,6 @@ fn start_poll(mut inst: BoxInstrument, deadline: Duration) -> Busy {
     })
 }
 
-/// Builds and queues `state.<relay_id>` messages for one instrument.
-struct StatePublisher {
-    relay_id: String,
-    interval: f64,
-    topic: Vec<u8>,
-    seq: u64,
-    last: Option<Value>,
-    out: mpsc::Sender<Outgoing>,
-}
-
-impl StatePublisher {
-    fn send(&mut self, state: Value, stale: bool) {
-        let msg = StateMsg {
-            relay_id: self.relay_id.clone(),
-            state,
-            seq: Some(self.seq),
-            ts: Some(labmesh_wire::unix_now()),
-            stale: stale.then_some(true),
-            interval: Some(self.interval),
-        };
-        self.seq += 1;
-        // A full queue means the PUB is behind; drop, as PUB would.
-        let _ = self.out.try_send(Outgoing {
-            topic: self.topic.clone(),
-            body: encode(&msg),
-        });
-    }
-
-    fn publish(&mut self, state: Value) {
-        self.last = Some(state.clone());
-        self.send(state, false);
-    }
-
-    /// While a call runs, keep the bus ticking with the last known state,
-    /// marked stale: subscribers see the relay alive.
-    fn republish_stale(&mut self) {
-        if let Some(s) = self.last.clone() {
-            self.send(s, true);
-        }
-    }
-}
-
 /// Settings of one instrument's task.
 pub(crate) struct Settings {
     pub(crate) poll_interval: Duration,
@@ -138,14 +90,7 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let relay_id = ctx.relay_id.clone();
-    let mut publisher = StatePublisher {
-        relay_id: relay_id.clone(),
-        interval: settings.poll_interval.as_secs_f64(),
-        topic: format!("{STATE_PREFIX}{relay_id}").into_bytes(),
-        seq: 0,
-        last: None,
-        out: state,
-    };
+    let mut publisher = StatePublisher::new(&relay_id, settings.poll_interval, state);
     let mut ticker = tokio::time::interval(settings.poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut idle: Option<BoxInstrument> = Some(inst);
@@ -154,6 +99,7 @@ pub(crate) async fn run(
     let mut queue: VecDeque<Call> = VecDeque::new();
     let mut poll_due = false;
     let mut stopping = false;
+    let mut errors = RecvErrors::new("relay instrument");
     loop {
         if let Some(inst) = idle.take() {
             if let Some(call) = queue.pop_front() {
@@ -190,11 +136,14 @@ pub(crate) async fn run(
             }
             frames = router.recv_multipart(), if !stopping => {
                 let frames = match frames {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::warn!(%relay_id, error = %e, "receive failed");
-                        continue;
+                    Ok(f) => {
+                        errors.ok();
+                        f
                     }
+                    Err(e) => match errors.failed(&e).await {
+                        AfterError::Retry => continue,
+                        AfterError::Stop => break,
+                    },
                 };
                 match rpc::handle(&ctx, frames) {
                     Handled::Reply(ident, body) => send(&mut router, &ident, &body).await,

@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use labmesh_bank::{Bank, BankOptions};
-use labmesh_wire::transfer::{
+use labmesh_transfer::{
     download_to_file, upload_file, upload_reader, DownloadOptions, UploadOptions,
 };
 use tokio::io::{AsyncRead, ReadBuf};

@@ -11,12 +11,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use labmesh_wire::msg::{encode, DatasetAnnounce};
-use labmesh_wire::transfer::msg::{
-    decode_ingest, valid_dataset_id, valid_token, BankError, IngestAck, IngestAckChunk, IngestDone,
-    IngestReply, IngestRequest, IngestResume, IngestStart, NO_SESSION,
+use labmesh_proto::bank::{
+    decode_ingest, valid_dataset_id, valid_token, BankErrorReply, IngestAck, IngestAckChunk,
+    IngestDone, IngestReply, IngestRequest, IngestResume, IngestStart, NO_SESSION,
 };
-use labmesh_wire::{codes, AsyncSocket};
+use labmesh_proto::codes;
+use labmesh_proto::mesh::{encode, DatasetAnnounce};
+use labmesh_wire::socket::{AfterError, RecvErrors};
+use labmesh_wire::AsyncSocket;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -107,12 +109,19 @@ pub(crate) async fn run(
         announce,
     };
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    let mut errors = RecvErrors::new("bank ingest");
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             frames = ing.sock.recv_multipart() => match frames {
-                Ok(frames) => ing.on_frames(frames).await,
-                Err(e) => tracing::warn!(error = %e, "ingest receive failed"),
+                Ok(frames) => {
+                    errors.ok();
+                    ing.on_frames(frames).await
+                }
+                Err(e) => match errors.failed(&e).await {
+                    AfterError::Retry => {}
+                    AfterError::Stop => break,
+                },
             },
             Some((ident, body)) = out_rx.recv() => ing.reply_raw(ident, body),
             Some(msg) = internal_rx.recv() => ing.on_internal(msg),
@@ -151,8 +160,8 @@ impl Ingest {
 
     fn error(&mut self, ident: &Ident, dataset_id: Option<&str>, code: i64, msg: String) {
         let e = match dataset_id {
-            Some(d) => BankError::for_dataset(d, code, msg),
-            None => BankError::new(code, msg),
+            Some(d) => BankErrorReply::for_dataset(d, code, msg),
+            None => BankErrorReply::new(code, msg),
         };
         self.reply(ident, IngestReply::Error(e));
     }
@@ -299,7 +308,7 @@ impl Ingest {
             expected_sha: s.sha256.filter(|h| !h.is_empty()),
             next_seq: 0,
             offset: 0,
-            updated: labmesh_wire::unix_now(),
+            updated: labmesh_proto::unix_now(),
         };
         let store = self.store.clone();
         let internal = self.internal_tx.clone();
@@ -347,7 +356,7 @@ impl Ingest {
                     });
                 }
                 Ok(Ok(Err(existing))) => {
-                    let e = BankError::for_dataset(
+                    let e = BankErrorReply::for_dataset(
                         &existing.dataset_id,
                         codes::CONFLICT,
                         format!(
@@ -359,7 +368,7 @@ impl Ingest {
                 }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "cannot open an upload");
-                    let e = BankError::new(codes::UNAVAILABLE, format!("storage: {e}"));
+                    let e = BankErrorReply::new(codes::UNAVAILABLE, format!("storage: {e}"));
                     let _ = out.send((ident, reply_bytes(&IngestReply::Error(e))));
                 }
                 Err(e) => tracing::error!(error = %e, "upload open task failed"),
@@ -435,7 +444,11 @@ impl Ingest {
                 Ok(Ok((Some(p), _, r))) => {
                     let msg = format!("token belongs to dataset {}", p.info().dataset_id);
                     p.suspend();
-                    IngestReply::Error(BankError::for_dataset(&r.dataset_id, codes::CONFLICT, msg))
+                    IngestReply::Error(BankErrorReply::for_dataset(
+                        &r.dataset_id,
+                        codes::CONFLICT,
+                        msg,
+                    ))
                 }
                 Ok(Ok((None, Some(rec), r)))
                     if Some(rec.size) == r.size && Some(&rec.sha256) == r.sha256.as_ref() =>
@@ -447,14 +460,15 @@ impl Ingest {
                         sha256: rec.sha256,
                     })
                 }
-                Ok(Ok((None, _, r))) => IngestReply::Error(BankError::for_dataset(
+                Ok(Ok((None, _, r))) => IngestReply::Error(BankErrorReply::for_dataset(
                     &r.dataset_id,
                     codes::NOT_FOUND,
                     "unknown upload session".to_string(),
                 )),
-                Ok(Err(e)) => {
-                    IngestReply::Error(BankError::new(codes::UNAVAILABLE, format!("storage: {e}")))
-                }
+                Ok(Err(e)) => IngestReply::Error(BankErrorReply::new(
+                    codes::UNAVAILABLE,
+                    format!("storage: {e}"),
+                )),
                 Err(e) => {
                     tracing::error!(error = %e, "resume task failed");
                     return;
@@ -588,7 +602,7 @@ impl Writer {
                         let r = IngestReply::IngestAckChunk(IngestAckChunk {
                             dataset_id,
                             next_seq: partial.next_seq(),
-                            status: Some("out_of_order".into()),
+                            status: Some(labmesh_proto::mesh::ChunkStatus::OutOfOrder),
                             durable_seq: partial.resumable().then_some(partial.durable_seq()),
                         });
                         self.send(&ident, &r);
@@ -604,7 +618,7 @@ impl Writer {
                             Ok((p, Ok(()))) => partial = p,
                             Ok((p, Err(e))) => {
                                 tracing::error!(%dataset_id, error = %e, "write failed");
-                                let r = IngestReply::Error(BankError::for_dataset(
+                                let r = IngestReply::Error(BankErrorReply::for_dataset(
                                     &dataset_id,
                                     codes::UNAVAILABLE,
                                     format!("storage: {e}"),
@@ -637,7 +651,7 @@ impl Writer {
                 } => {
                     let dataset_id = partial.info().dataset_id.clone();
                     if seq != partial.next_seq() {
-                        let r = IngestReply::Error(BankError::for_dataset(
+                        let r = IngestReply::Error(BankErrorReply::for_dataset(
                             &dataset_id,
                             codes::CONFLICT,
                             format!("eof at seq {seq}, but next_seq is {}", partial.next_seq()),
@@ -704,19 +718,19 @@ impl Writer {
                 size: rec.size,
                 sha256: rec.sha256,
             }),
-            Ok(Ok(Ok(Commit::Conflict(rec)))) => IngestReply::Error(BankError::for_dataset(
+            Ok(Ok(Ok(Commit::Conflict(rec)))) => IngestReply::Error(BankErrorReply::for_dataset(
                 &rec.dataset_id,
                 codes::CONFLICT,
                 format!("dataset {} exists with different content", rec.dataset_id),
             )),
-            Ok(Ok(Err(mismatch))) => IngestReply::Error(BankError::for_dataset(
+            Ok(Ok(Err(mismatch))) => IngestReply::Error(BankErrorReply::for_dataset(
                 &dataset_id,
                 codes::UNPROCESSABLE,
                 mismatch,
             )),
             Ok(Err(e)) => {
                 tracing::error!(%dataset_id, error = %e, "commit failed");
-                IngestReply::Error(BankError::for_dataset(
+                IngestReply::Error(BankErrorReply::for_dataset(
                     &dataset_id,
                     codes::UNAVAILABLE,
                     format!("storage: {e}"),
@@ -724,7 +738,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(%dataset_id, error = %e, "commit task failed");
-                IngestReply::Error(BankError::for_dataset(
+                IngestReply::Error(BankErrorReply::for_dataset(
                     &dataset_id,
                     codes::UNAVAILABLE,
                     "storage task failed".to_string(),

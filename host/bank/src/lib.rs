@@ -36,11 +36,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use labmesh_proto::bank::{DatasetInfo, Query};
+use labmesh_proto::endpoint::public_endpoint;
+use labmesh_proto::mesh::{encode, DatasetAnnounce};
+use labmesh_proto::topic;
 use labmesh_wire::auth::Password;
-use labmesh_wire::endpoint::public_endpoint;
-use labmesh_wire::msg::{encode, DatasetAnnounce, DATASET_PREFIX};
 use labmesh_wire::register::{keep_registered, Registrant};
-use labmesh_wire::transfer::{DatasetInfo, Query};
 use labmesh_wire::{AsyncSocket, DealerConn, SocketOptions, WireError};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -113,8 +114,8 @@ impl BankOptions {
             advertise_host: "127.0.0.1".to_string(),
             heartbeat: Duration::from_secs(5),
             password: Password::none(),
-            max_chunk: 16 * 1024 * 1024,
-            retrieve_chunk: 1_000_000,
+            max_chunk: labmesh_proto::limits::DEFAULT_MAX_CHUNK,
+            retrieve_chunk: labmesh_proto::limits::DEFAULT_RETRIEVE_CHUNK,
             checkpoint_bytes: 32 * 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
             resume_ttl: Duration::from_secs(24 * 3600),
@@ -196,7 +197,7 @@ impl Bank {
                 rcvhwm: 1000,
                 sndhwm: 8,
                 linger_ms: 500,
-                max_msg_size: 1024 * 1024,
+                max_msg_size: labmesh_proto::limits::MAX_RETRIEVE_REQUEST as i64,
             },
         )?;
         retrieve_sock
@@ -317,7 +318,7 @@ async fn announce(
     mut rx: mpsc::UnboundedReceiver<DatasetAnnounce>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let topic = format!("{DATASET_PREFIX}{bank_id}").into_bytes();
+    let topic = topic::dataset(&bank_id).into_bytes();
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,

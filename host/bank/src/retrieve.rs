@@ -20,12 +20,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use labmesh_wire::msg::encode;
-use labmesh_wire::transfer::msg::{
-    decode_retrieve, valid_dataset_id, BankError, ChunkMsg, DatasetList, Get, Malformed, MetaMsg,
-    Query, RetrieveReply, RetrieveRequest,
+use labmesh_proto::bank::{
+    decode_retrieve, valid_dataset_id, BankErrorReply, ChunkMsg, DatasetList, Get, Malformed,
+    MetaMsg, Query, RetrieveReply, RetrieveRequest,
 };
-use labmesh_wire::{codes, AsyncSocket, WireError};
+use labmesh_proto::codes;
+use labmesh_proto::mesh::encode;
+use labmesh_wire::socket::{AfterError, RecvErrors};
+use labmesh_wire::{AsyncSocket, WireError};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -131,6 +133,7 @@ pub(crate) async fn run(
     // set once and not pushed back by other events, so a busy socket cannot
     // starve the retry.
     let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut errors = RecvErrors::new("bank retrieve");
     loop {
         let blocked = r.downloads.values().any(|d| !d.queue.is_empty());
         if !blocked {
@@ -142,8 +145,14 @@ pub(crate) async fn run(
         tokio::select! {
             _ = shutdown.changed() => break,
             frames = r.sock.recv_multipart() => match frames {
-                Ok(f) => r.on_frames(f),
-                Err(e) => tracing::warn!(error = %e, "retrieve receive failed"),
+                Ok(f) => {
+                    errors.ok();
+                    r.on_frames(f)
+                }
+                Err(e) => match errors.failed(&e).await {
+                    AfterError::Retry => {}
+                    AfterError::Stop => break,
+                },
             },
             Some(msg) = internal_rx.recv() => r.on_internal(msg),
             Some(out) = stream_rx.recv() => r.enqueue(out),
@@ -173,7 +182,7 @@ impl Retrieve {
     }
 
     fn error(&mut self, ident: &Ident, code: i64, msg: impl Into<String>) {
-        self.reply(ident, &RetrieveReply::Error(BankError::new(code, msg)));
+        self.reply(ident, &RetrieveReply::Error(BankErrorReply::new(code, msg)));
     }
 
     fn on_frames(&mut self, frames: Frames) {
@@ -276,7 +285,7 @@ impl Retrieve {
                 },
                 Ok(Ok((Some(rec), _))) => Internal::Reply(
                     ident,
-                    encode(&RetrieveReply::Error(BankError::for_dataset(
+                    encode(&RetrieveReply::Error(BankErrorReply::for_dataset(
                         &rec.dataset_id,
                         codes::BAD_REQUEST,
                         format!("offset {offset} beyond size {}", rec.size),
@@ -284,14 +293,14 @@ impl Retrieve {
                 ),
                 Ok(Ok((None, _))) => Internal::Reply(
                     ident,
-                    encode(&RetrieveReply::Error(BankError::new(
+                    encode(&RetrieveReply::Error(BankErrorReply::new(
                         codes::NOT_FOUND,
                         "not found",
                     ))),
                 ),
                 Ok(Err(e)) => Internal::Reply(
                     ident,
-                    encode(&RetrieveReply::Error(BankError::new(
+                    encode(&RetrieveReply::Error(BankErrorReply::new(
                         codes::UNAVAILABLE,
                         format!("storage: {e}"),
                     ))),
@@ -315,7 +324,7 @@ impl Retrieve {
         tokio::spawn(async move {
             let reply = match tokio::task::spawn_blocking(move || store.list(&q)).await {
                 Ok(Ok(datasets)) => RetrieveReply::Datasets(DatasetList { datasets }),
-                Ok(Err(e)) => RetrieveReply::Error(BankError::new(
+                Ok(Err(e)) => RetrieveReply::Error(BankErrorReply::new(
                     codes::UNAVAILABLE,
                     format!("storage: {e}"),
                 )),
@@ -479,7 +488,7 @@ impl Reader {
     async fn run(self) {
         if let Err(e) = self.stream().await {
             tracing::warn!(dataset_id = %self.dataset_id, error = %e, "download failed");
-            let err = BankError::for_dataset(
+            let err = BankErrorReply::for_dataset(
                 &self.dataset_id,
                 codes::UNAVAILABLE,
                 format!("storage: {e}"),

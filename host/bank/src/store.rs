@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use labmesh_wire::transfer::msg::{valid_token, DatasetInfo, Query};
+use labmesh_proto::bank::{valid_token, DatasetInfo, Query};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -197,7 +197,7 @@ impl Store {
             }
         }
         // Partial uploads.
-        let now = labmesh_wire::unix_now();
+        let now = labmesh_proto::unix_now();
         let mut parts = Vec::new();
         for entry in fs::read_dir(&self.partial).map_err(io_err(&self.partial))? {
             let entry = entry.map_err(io_err(&self.partial))?;
@@ -433,7 +433,7 @@ impl Store {
                 relay_id: done.cp.relay_id.clone(),
                 size: done.size,
                 sha256: done.sha256.clone(),
-                created: labmesh_wire::unix_now(),
+                created: labmesh_proto::unix_now(),
                 meta: done.cp.meta.clone(),
             };
             let inserted = self.db()?.execute(
@@ -568,7 +568,7 @@ impl Partial {
         self.file.sync_data().map_err(io_err(&self.path))?;
         self.cp.next_seq = self.next_seq;
         self.cp.offset = self.offset;
-        self.cp.updated = labmesh_wire::unix_now();
+        self.cp.updated = labmesh_proto::unix_now();
         let tmp = sidecar.with_extension("json.tmp");
         let body = serde_json::to_vec(&self.cp).unwrap_or_default();
         {

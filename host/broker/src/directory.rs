@@ -10,11 +10,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use labmesh_wire::msg::{
-    self, encode, BankInfo, Bye, Heartbeat, Hello, HelloAck, Presence, RelayInfo, Reply, Request,
-    RpcRequest, PRESENCE_PREFIX,
+use labmesh_proto::lm::{self, BrokerMethod, PingResult, ResolveParams};
+use labmesh_proto::mesh::{
+    self, encode, BankInfo, Bye, Heartbeat, Hello, HelloAck, Presence, PresenceReason,
+    PresenceStatus, RelayInfo, Reply, Request, Role, RpcRequest,
 };
-use labmesh_wire::{codes, AsyncSocket, DealerConn, ErrorBody, SocketOptions};
+use labmesh_proto::{codes, topic, ErrorBody};
+use labmesh_wire::socket::{AfterError, RecvErrors};
+use labmesh_wire::{AsyncSocket, DealerConn, SocketOptions};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
@@ -89,6 +92,7 @@ pub(crate) async fn run(
         internal,
         presence,
     };
+    let mut errors = RecvErrors::new("broker directory");
     let mut sweep = tokio::time::interval(sweep_every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -102,11 +106,14 @@ pub(crate) async fn run(
             }
             f = router.recv_multipart() => {
                 let frames = match f {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "directory receive failed");
-                        continue;
+                    Ok(f) => {
+                        errors.ok();
+                        f
                     }
+                    Err(e) => match errors.failed(&e).await {
+                        AfterError::Retry => continue,
+                        AfterError::Stop => break,
+                    },
                 };
                 if let Some(ident) = frames.first() {
                     if let Action::Reply(reply) = dir.handle(&frames) {
@@ -142,7 +149,7 @@ impl Directory {
             }
             [] => return Action::Nothing,
         };
-        let req = match msg::decode_request(payload) {
+        let req = match mesh::decode_request(payload) {
             Ok(r) => r,
             Err(failure) => {
                 labmesh_wire::warn_throttled!(?failure, "bad directory request");
@@ -163,10 +170,10 @@ impl Directory {
     fn hello(&mut self, ident: Vec<u8>, h: Hello) -> Action {
         if !self.opts.password.accepts(h.password.as_ref()) {
             labmesh_wire::warn_throttled!(role = ?h.role, "hello with a wrong password refused");
-            return Action::Reply(encode(&HelloAck::refused("invalid password")));
+            return Action::Reply(encode(&Reply::Hello(HelloAck::refused("invalid password"))));
         }
-        match h.role.as_deref() {
-            Some("relay") => {
+        match h.role {
+            Some(Role::Relay) => {
                 let (Some(rid), Some(ep)) = (
                     h.relay_id.as_deref().filter(|s| !s.is_empty()),
                     h.rpc_endpoint.as_deref().filter(|s| !s.is_empty()),
@@ -188,7 +195,7 @@ impl Directory {
                 }
                 Action::Reply(self.register_relay(&h))
             }
-            Some("bank") => {
+            Some(Role::Bank) => {
                 let bank_id = h
                     .bank_id
                     .clone()
@@ -204,21 +211,21 @@ impl Directory {
                     tracing::info!(%bank_id, ingest = ?h.ingest, retrieve = ?h.retrieve, "bank online");
                     self.publish_presence(
                         &bank_id,
-                        "bank",
-                        "online",
-                        "registered",
+                        Role::Bank,
+                        PresenceStatus::Online,
+                        PresenceReason::Registered,
                         h.retrieve.clone(),
                     );
                 }
                 self.banks.insert(bank_id.clone(), Entry::new(info));
-                Action::Reply(encode(&HelloAck {
+                Action::Reply(encode(&Reply::Hello(HelloAck {
                     bank_id: Some(bank_id),
-                    ..HelloAck::ok("bank")
-                }))
+                    ..HelloAck::ok(Role::Bank)
+                })))
             }
             _ => {
                 tracing::debug!("client hello");
-                Action::Reply(encode(&HelloAck::ok("client")))
+                Action::Reply(encode(&Reply::Hello(HelloAck::ok(Role::Client))))
             }
         }
     }
@@ -234,7 +241,13 @@ impl Directory {
             .is_none_or(|e| e.info.rpc_endpoint != ep);
         if changed {
             tracing::info!(relay_id = %rid, endpoint = %ep, "relay online");
-            self.publish_presence(&rid, "relay", "online", "registered", Some(ep.clone()));
+            self.publish_presence(
+                &rid,
+                Role::Relay,
+                PresenceStatus::Online,
+                PresenceReason::Registered,
+                Some(ep.clone()),
+            );
         }
         self.relays.insert(
             rid.clone(),
@@ -243,7 +256,7 @@ impl Directory {
                 rpc_endpoint: ep,
             }),
         );
-        encode(&HelloAck::ok("relay"))
+        encode(&Reply::Hello(HelloAck::ok(Role::Relay)))
     }
 
     fn check_duplicate(&mut self, ident: Vec<u8>, hello: Hello, old_endpoint: String) {
@@ -262,7 +275,7 @@ impl Directory {
         let tx = self.internal.clone();
         tokio::spawn(async move {
             let old_alive = conn
-                .rpc("lm.ping", Value::Null, None, PROBE_TIMEOUT)
+                .rpc(lm::PING, Value::Null, None, PROBE_TIMEOUT)
                 .await
                 .is_ok();
             let _ = tx
@@ -310,9 +323,9 @@ impl Directory {
             self.probes.remove(&e.info.rpc_endpoint);
             self.publish_presence(
                 &e.info.relay_id,
-                "relay",
-                "offline",
-                "shutdown",
+                Role::Relay,
+                PresenceStatus::Offline,
+                PresenceReason::Shutdown,
                 Some(e.info.rpc_endpoint.clone()),
             );
         }
@@ -320,9 +333,9 @@ impl Directory {
             tracing::info!(bank_id = %e.info.bank_id, "bank offline (shutdown)");
             self.publish_presence(
                 &e.info.bank_id,
-                "bank",
-                "offline",
-                "shutdown",
+                Role::Bank,
+                PresenceStatus::Offline,
+                PresenceReason::Shutdown,
                 e.info.retrieve.clone(),
             );
         }
@@ -337,11 +350,44 @@ impl Directory {
                 error: ErrorBody::new(codes::UNAUTHORIZED, "invalid password"),
             });
         }
-        let result: Value = match r.method.as_str() {
-            "list_relay_ids" => json!(self.relays.values().map(|e| &e.info).collect::<Vec<_>>()),
-            "list_banks" => json!(self.banks.values().map(|e| &e.info).collect::<Vec<_>>()),
-            "ping" => json!({"ok": true}),
-            other => {
+        let result: Value = match BrokerMethod::parse(&r.method) {
+            BrokerMethod::ListRelayIds => {
+                json!(self.relays.values().map(|e| &e.info).collect::<Vec<_>>())
+            }
+            BrokerMethod::ListBanks => {
+                json!(self.banks.values().map(|e| &e.info).collect::<Vec<_>>())
+            }
+            BrokerMethod::Ping => json!(PingResult {
+                ok: true,
+                relay_id: None
+            }),
+            BrokerMethod::Resolve => {
+                let params = match serde_json::from_value::<ResolveParams>(r.params) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return encode(&Reply::RpcError {
+                            rpc_uuid,
+                            error: ErrorBody::new(
+                                codes::BAD_REQUEST,
+                                format!("{}: {e}", lm::RESOLVE),
+                            ),
+                        })
+                    }
+                };
+                match self.relays.get(&params.relay_id) {
+                    Some(e) => json!(e.info),
+                    None => {
+                        return encode(&Reply::RpcError {
+                            rpc_uuid,
+                            error: ErrorBody::new(
+                                codes::NOT_FOUND,
+                                format!("relay '{}' is not registered", params.relay_id),
+                            ),
+                        })
+                    }
+                }
+            }
+            BrokerMethod::Unknown(other) => {
                 labmesh_wire::warn_throttled!(method = %other, "unknown directory method");
                 return encode(&Reply::RpcError {
                     rpc_uuid,
@@ -396,7 +442,13 @@ impl Directory {
                 if let Some(old) = self.relays.get(&rid) {
                     let ep = old.info.rpc_endpoint.clone();
                     self.probes.remove(&ep);
-                    self.publish_presence(&rid, "relay", "offline", "replaced", Some(ep));
+                    self.publish_presence(
+                        &rid,
+                        Role::Relay,
+                        PresenceStatus::Offline,
+                        PresenceReason::Replaced,
+                        Some(ep),
+                    );
                 }
                 let reply = self.register_relay(&hello);
                 Some((ident, reply))
@@ -442,9 +494,9 @@ impl Directory {
                 self.probes.remove(&e.info.rpc_endpoint);
                 self.publish_presence(
                     &rid,
-                    "relay",
-                    "offline",
-                    "ttl expired",
+                    Role::Relay,
+                    PresenceStatus::Offline,
+                    PresenceReason::TtlExpired,
                     Some(e.info.rpc_endpoint),
                 );
             }
@@ -458,7 +510,13 @@ impl Directory {
         for bid in expired {
             if let Some(e) = self.banks.remove(&bid) {
                 tracing::warn!(bank_id = %bid, "bank offline (ttl expired)");
-                self.publish_presence(&bid, "bank", "offline", "ttl expired", e.info.retrieve);
+                self.publish_presence(
+                    &bid,
+                    Role::Bank,
+                    PresenceStatus::Offline,
+                    PresenceReason::TtlExpired,
+                    e.info.retrieve,
+                );
             }
         }
         let quiet: Vec<(String, String)> = self
@@ -477,10 +535,7 @@ impl Directory {
             let tx = self.internal.clone();
             let timeout = PROBE_TIMEOUT.min(ttl / 2);
             tokio::spawn(async move {
-                let alive = conn
-                    .rpc("lm.ping", Value::Null, None, timeout)
-                    .await
-                    .is_ok();
+                let alive = conn.rpc(lm::PING, Value::Null, None, timeout).await.is_ok();
                 let _ = tx
                     .send(Internal::Probed {
                         relay_id,
@@ -495,9 +550,9 @@ impl Directory {
     fn publish_presence(
         &mut self,
         id: &str,
-        role: &str,
-        status: &str,
-        reason: &str,
+        role: Role,
+        status: PresenceStatus,
+        reason: PresenceReason,
         endpoint: Option<String>,
     ) {
         let Some(sock) = self.presence.as_mut() else {
@@ -505,13 +560,13 @@ impl Directory {
         };
         let body = encode(&Presence {
             id: id.to_string(),
-            role: role.to_string(),
-            status: status.to_string(),
-            reason: reason.to_string(),
+            role,
+            status,
+            reason,
             endpoint,
-            ts: labmesh_wire::unix_now(),
+            ts: labmesh_proto::unix_now(),
         });
-        let topic = format!("{PRESENCE_PREFIX}{id}");
+        let topic = topic::presence(id);
         if let Err(e) = sock.try_send_multipart(&[topic.as_bytes(), &body]) {
             tracing::warn!(error = %e, "presence publish failed");
         }

@@ -20,8 +20,8 @@ mod directory;
 
 use std::time::Duration;
 
+use labmesh_proto::endpoint::public_endpoint;
 use labmesh_wire::auth::Password;
-use labmesh_wire::endpoint::public_endpoint;
 use labmesh_wire::{AsyncSocket, SocketOptions, WireError};
 use tokio::sync::watch;
 
@@ -69,9 +69,9 @@ impl BrokerOptions {
             xpub_bind: "tcp://127.0.0.1:*".into(),
             advertise_host: "127.0.0.1".into(),
             hwm: 4000,
-            ttl: Duration::from_secs(30),
+            ttl: labmesh_proto::limits::DEFAULT_TTL,
             password: Password::none(),
-            max_msg_size: 1024 * 1024,
+            max_msg_size: labmesh_proto::limits::MAX_DIRECTORY_MSG as i64,
         }
     }
 
@@ -85,7 +85,7 @@ impl BrokerOptions {
             hwm: cfg.broker.hwm,
             ttl: labmesh_config::secs(cfg.broker.ttl_seconds),
             password: Password::from_env(),
-            max_msg_size: 1024 * 1024,
+            max_msg_size: labmesh_proto::limits::MAX_DIRECTORY_MSG as i64,
         }
     }
 }

@@ -25,17 +25,21 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use labmesh_wire::auth::Password;
-use labmesh_wire::msg::{
-    encode, BankInfo, DatasetAnnounce, Hello, HelloAck, Presence, RelayInfo, Request, StateMsg,
-    DATASET_PREFIX, PRESENCE_PREFIX, STATE_PREFIX,
+use labmesh_proto::lm::{self, ResolveParams};
+use labmesh_proto::mesh::{
+    encode, BankInfo, DatasetAnnounce, Hello, Presence, PresenceStatus, RelayInfo, Reply, Request,
+    Role, StateMsg,
 };
-use labmesh_wire::transfer::{
+use labmesh_proto::topic::{self, Family};
+use labmesh_proto::{codes, ErrorBody};
+use labmesh_transfer::{
     DatasetInfo, DownloadOptions, DownloadReceipt, Query, UploadOptions, UploadReceipt,
 };
-use labmesh_wire::{AsyncSocket, DealerConn, ErrorBody, SocketOptions, WireError};
+use labmesh_wire::auth::Password;
+use labmesh_wire::socket::{AfterError, RecvErrors};
+use labmesh_wire::{AsyncSocket, DealerConn, SocketOptions, WireError};
 use serde_json::Value;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// Errors from client calls.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +77,7 @@ pub enum ClientError {
     Refused(String),
     /// A dataset transfer or catalogue query failed.
     #[error(transparent)]
-    Transfer(#[from] labmesh_wire::transfer::TransferError),
+    Transfer(#[from] labmesh_transfer::TransferError),
     /// A reply had an unexpected shape.
     #[error("unexpected reply from {target}: {detail}")]
     Unexpected {
@@ -89,8 +93,8 @@ impl ClientError {
     pub fn code(&self) -> Option<i64> {
         match self {
             ClientError::Remote { code, .. } => Some(*code),
-            ClientError::Timeout { .. } => Some(labmesh_wire::codes::TIMEOUT),
-            ClientError::NotFound(_) => Some(labmesh_wire::codes::NOT_FOUND),
+            ClientError::Timeout { .. } => Some(codes::TIMEOUT),
+            ClientError::NotFound(_) => Some(codes::NOT_FOUND),
             _ => None,
         }
     }
@@ -107,17 +111,33 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Shared network password.
     pub password: Password,
+    /// Subscribe to the bus (events, state cache, presence-driven
+    /// re-resolution). Off for one-shot commands that only call: no SUB
+    /// socket, no listener task.
+    pub subscribe: bool,
 }
 
 impl ClientOptions {
-    /// Options with a 15 s timeout (longer than a relay's default 10 s call
-    /// deadline) and the password from the environment.
+    /// Options with the default timeout
+    /// ([`labmesh_proto::limits::DEFAULT_CLIENT_TIMEOUT`]: longer than a
+    /// relay's call deadline), the password from the environment, and a bus
+    /// subscription.
     pub fn new(broker_rpc: &str, broker_xpub: &str) -> Self {
         ClientOptions {
             broker_rpc: broker_rpc.to_string(),
             broker_xpub: broker_xpub.to_string(),
-            timeout: Duration::from_secs(15),
+            timeout: labmesh_proto::limits::DEFAULT_CLIENT_TIMEOUT,
             password: Password::from_env(),
+            subscribe: true,
+        }
+    }
+
+    /// The same options without a bus subscription (see
+    /// [`ClientOptions::subscribe`]).
+    pub fn without_bus(self) -> Self {
+        ClientOptions {
+            subscribe: false,
+            ..self
         }
     }
 
@@ -180,6 +200,10 @@ pub enum Event {
 }
 
 /// A connection to the mesh: the broker directory plus the state bus.
+///
+/// Clones share one connection. When the last clone is dropped (or on
+/// [`Client::close`]), the bus listener stops and every socket the client
+/// opened (SUB, the broker's and each cached relay's DEALER) is closed.
 #[derive(Clone)]
 pub struct Client {
     ctx: zmq::Context,
@@ -188,6 +212,10 @@ pub struct Client {
     events: broadcast::Sender<Event>,
     latest: Arc<Mutex<HashMap<String, Tracked>>>,
     relays: Arc<Mutex<HashMap<String, RelayClient>>>,
+    /// Dropped with the last clone: the listener sees its sender go.
+    stop: Arc<watch::Sender<bool>>,
+    /// Whether the broker serves `lm.resolve` (None: not asked yet).
+    resolves: Arc<Mutex<Option<bool>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -218,35 +246,45 @@ impl Client {
                 },
                 other => other.into(),
             })?;
-        match serde_json::from_value::<HelloAck>(reply.clone()) {
-            Ok(ack) if ack.ok => {}
-            Ok(ack) => {
+        match reply {
+            Reply::Hello(ack) if ack.ok => {}
+            Reply::Hello(ack) => {
                 return Err(ClientError::Refused(
                     ack.error.map(|e| e.to_string()).unwrap_or_default(),
                 ))
             }
-            Err(_) => {
+            Reply::Error { error } => return Err(ClientError::Refused(error.to_string())),
+            other => {
                 return Err(ClientError::Unexpected {
                     target: "broker".into(),
-                    detail: reply.to_string(),
+                    detail: String::from_utf8_lossy(&encode(&other)).into_owned(),
                 })
             }
         }
-        let mut sub = AsyncSocket::new(ctx, zmq::SUB, SocketOptions::default())?;
-        sub.raw()
-            .set_subscribe(STATE_PREFIX.as_bytes())
-            .map_err(WireError::from)?;
-        sub.raw()
-            .set_subscribe(DATASET_PREFIX.as_bytes())
-            .map_err(WireError::from)?;
-        sub.raw()
-            .set_subscribe(PRESENCE_PREFIX.as_bytes())
-            .map_err(WireError::from)?;
-        sub.connect(&opts.broker_xpub)?;
         let (events, _) = broadcast::channel(4096);
         let latest = Arc::new(Mutex::new(HashMap::new()));
         let relays = Arc::new(Mutex::new(HashMap::new()));
-        tokio::spawn(listen(sub, events.clone(), latest.clone(), relays.clone()));
+        let (stop, stop_rx) = watch::channel(false);
+        if opts.subscribe {
+            let mut sub = AsyncSocket::new(ctx, zmq::SUB, SocketOptions::default())?;
+            for prefix in [
+                topic::STATE_PREFIX,
+                topic::DATASET_PREFIX,
+                topic::PRESENCE_PREFIX,
+            ] {
+                sub.raw()
+                    .set_subscribe(prefix.as_bytes())
+                    .map_err(WireError::from)?;
+            }
+            sub.connect(&opts.broker_xpub)?;
+            tokio::spawn(listen(
+                sub,
+                events.clone(),
+                latest.clone(),
+                Arc::downgrade(&relays),
+                stop_rx,
+            ));
+        }
         Ok(Client {
             ctx: ctx.clone(),
             broker,
@@ -254,7 +292,19 @@ impl Client {
             events,
             latest,
             relays,
+            stop: Arc::new(stop),
+            resolves: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// Stop the bus listener and close every cached relay connection now
+    /// (dropping the last clone does the same). Calls made afterwards still
+    /// work; events stop.
+    pub fn close(&self) {
+        let _ = self.stop.send(true);
+        if let Ok(mut m) = self.relays.lock() {
+            m.clear();
+        }
     }
 
     async fn broker_rpc(&self, method: &str) -> Result<Value, ClientError> {
@@ -407,17 +457,53 @@ impl Client {
         if let Some(r) = self.cached(relay_id) {
             return Ok(r);
         }
-        let info = self
-            .list_relays()
-            .await?
-            .into_iter()
-            .find(|r| r.relay_id == relay_id)
-            .ok_or_else(|| ClientError::NotFound(format!("relay '{relay_id}'")))?;
+        let info = self.resolve(relay_id).await?;
         let r = RelayClient::connect(&self.ctx, relay_id, &info.rpc_endpoint, self.opts.clone())?;
         if let Ok(mut m) = self.relays.lock() {
             m.insert(relay_id.to_string(), r.clone());
         }
         Ok(r)
+    }
+
+    /// Where `relay_id` is registered: one `lm.resolve` to a Rust broker;
+    /// against a labmesh v0 broker (which does not know it), the relay list.
+    pub async fn resolve(&self, relay_id: &str) -> Result<RelayInfo, ClientError> {
+        let known = self.resolves.lock().ok().and_then(|g| *g);
+        if known != Some(false) {
+            let params = serde_json::to_value(ResolveParams {
+                relay_id: relay_id.to_string(),
+            })
+            .unwrap_or(Value::Null);
+            match rpc(&self.broker, "broker", lm::RESOLVE, params, &self.opts).await {
+                Ok(v) => {
+                    self.set_resolves(true);
+                    return serde_json::from_value(v).map_err(|e| ClientError::Unexpected {
+                        target: "broker".into(),
+                        detail: e.to_string(),
+                    });
+                }
+                Err(ClientError::Remote { code, .. }) if code == codes::NOT_FOUND => {
+                    self.set_resolves(true);
+                    return Err(ClientError::NotFound(format!("relay '{relay_id}'")));
+                }
+                // labmesh v0: "unknown method lm.resolve" (400).
+                Err(ClientError::Remote { code, .. }) if code == codes::BAD_REQUEST => {
+                    self.set_resolves(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.list_relays()
+            .await?
+            .into_iter()
+            .find(|r| r.relay_id == relay_id)
+            .ok_or_else(|| ClientError::NotFound(format!("relay '{relay_id}'")))
+    }
+
+    fn set_resolves(&self, yes: bool) {
+        if let Ok(mut g) = self.resolves.lock() {
+            *g = Some(yes);
+        }
     }
 
     fn cached(&self, relay_id: &str) -> Option<RelayClient> {
@@ -509,75 +595,80 @@ async fn listen(
     mut sub: AsyncSocket,
     events: broadcast::Sender<Event>,
     latest: Arc<Mutex<HashMap<String, Tracked>>>,
-    relays: Arc<Mutex<HashMap<String, RelayClient>>>,
+    relays: std::sync::Weak<Mutex<HashMap<String, RelayClient>>>,
+    mut stop: watch::Receiver<bool>,
 ) {
+    let mut errors = RecvErrors::new("client bus listener");
     loop {
-        let frames = match sub.recv_multipart().await {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(error = %e, "bus receive failed");
-                continue;
+        let frames = tokio::select! {
+            biased;
+            // The last Client clone dropped its sender, or close() was called.
+            _ = stop.changed() => break,
+            f = sub.recv_multipart() => f,
+        };
+        let frames = match frames {
+            Ok(f) => {
+                errors.ok();
+                f
             }
+            Err(e) => match errors.failed(&e).await {
+                AfterError::Retry => continue,
+                AfterError::Stop => break,
+            },
         };
         let [topic, body] = frames.as_slice() else {
-            tracing::warn!(
+            labmesh_wire::warn_throttled!(
                 frames = frames.len(),
                 "bus message without exactly [topic, body]"
             );
             continue;
         };
-        let ev = if topic.starts_with(STATE_PREFIX.as_bytes()) {
-            match serde_json::from_slice::<StateMsg>(body) {
-                Ok(m) => Event::State(StateUpdate {
+        let Some((family, _)) = topic::parse(topic) else {
+            continue;
+        };
+        // Decoded once, straight into the typed body.
+        let ev = match family {
+            Family::State => serde_json::from_slice::<StateMsg>(body).map(|m| {
+                Event::State(StateUpdate {
                     relay_id: m.relay_id,
                     state: m.state,
                     seq: m.seq,
                     ts: m.ts,
                     stale: m.stale.unwrap_or(false),
                     interval: m.interval,
-                }),
-                Err(e) => {
-                    tracing::warn!(error = %e, "malformed state message");
-                    continue;
-                }
+                })
+            }),
+            Family::Dataset => serde_json::from_slice::<DatasetAnnounce>(body).map(Event::Dataset),
+            Family::Presence => serde_json::from_slice::<Presence>(body).map(Event::Presence),
+        };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                labmesh_wire::warn_throttled!(?family, error = %e, "malformed bus message");
+                continue;
             }
-        } else if topic.starts_with(DATASET_PREFIX.as_bytes()) {
-            match serde_json::from_slice::<DatasetAnnounce>(body) {
-                Ok(d) => Event::Dataset(d),
-                Err(e) => {
-                    tracing::warn!(error = %e, "malformed dataset announcement");
-                    continue;
-                }
-            }
-        } else if topic.starts_with(PRESENCE_PREFIX.as_bytes()) {
-            match serde_json::from_slice::<Presence>(body) {
-                Ok(p) => Event::Presence(p),
-                Err(e) => {
-                    tracing::warn!(error = %e, "malformed presence event");
-                    continue;
-                }
-            }
-        } else {
-            continue;
         };
         match &ev {
             Event::State(s) => track(&latest, s),
-            Event::Presence(p) if p.role == "relay" => {
+            Event::Presence(p) if p.role == Role::Relay => {
                 // A relay that went offline or came back elsewhere: resolve
                 // it again on the next call.
-                if let Ok(mut m) = relays.lock() {
+                let Some(cache) = relays.upgrade() else { break };
+                if let Ok(mut m) = cache.lock() {
                     if m.get(&p.id).is_some_and(|r| {
-                        p.status != "online" || p.endpoint.as_deref() != Some(r.endpoint())
+                        p.status != PresenceStatus::Online
+                            || p.endpoint.as_deref() != Some(r.endpoint())
                     }) {
                         m.remove(&p.id);
                     }
-                }
+                };
             }
             _ => {}
         }
         // No receivers is fine: cache mode only.
         let _ = events.send(ev);
     }
+    tracing::debug!("client bus listener stopped");
 }
 
 /// Record a state in the cache, counting sequence gaps.
@@ -695,14 +786,10 @@ impl BankClient {
         if !opts.password.is_set() {
             opts.password = self.password.clone();
         }
-        Ok(labmesh_wire::transfer::download_to_file(
-            &self.ctx,
-            self.retrieve()?,
-            dataset_id,
-            dest,
-            opts,
+        Ok(
+            labmesh_transfer::download_to_file(&self.ctx, self.retrieve()?, dataset_id, dest, opts)
+                .await?,
         )
-        .await?)
     }
 
     /// The bank's catalogue, newest first (extension; a labmesh v0 bank
@@ -711,7 +798,7 @@ impl BankClient {
         if query.password.is_none() {
             query.password = self.password.to_field();
         }
-        Ok(labmesh_wire::transfer::list_datasets(&self.ctx, self.retrieve()?, query).await?)
+        Ok(labmesh_transfer::list_datasets(&self.ctx, self.retrieve()?, query).await?)
     }
 
     /// Upload a file to this bank; returns once the bank committed it.
@@ -726,7 +813,7 @@ impl BankClient {
         let ingest = self.info.ingest.as_deref().ok_or_else(|| {
             ClientError::NotFound(format!("ingest endpoint of bank '{}'", self.info.bank_id))
         })?;
-        Ok(labmesh_wire::transfer::upload_file(&self.ctx, ingest, path, opts).await?)
+        Ok(labmesh_transfer::upload_file(&self.ctx, ingest, path, opts).await?)
     }
 }
 

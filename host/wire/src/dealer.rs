@@ -9,11 +9,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use labmesh_proto::mesh::{decode_reply, encode, Reply, Request, RpcRequest};
+use labmesh_proto::ErrorBody;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::msg::{encode, RpcRequest};
-use crate::{AsyncSocket, ErrorBody, SocketOptions, WireError};
+use crate::socket::{AfterError, RecvErrors};
+use crate::{AsyncSocket, SocketOptions, WireError};
 
 /// Outcome of an RPC: the remote result, or the remote error object.
 pub type RpcOutcome = Result<Value, ErrorBody>;
@@ -22,7 +24,7 @@ enum Cmd {
     Request {
         body: Vec<u8>,
         key: Option<String>,
-        reply: oneshot::Sender<Value>,
+        reply: oneshot::Sender<Reply>,
     },
     Send {
         body: Vec<u8>,
@@ -90,7 +92,7 @@ impl DealerConn {
         body: Vec<u8>,
         key: Option<String>,
         timeout: Duration,
-    ) -> Result<Value, WireError> {
+    ) -> Result<Reply, WireError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Request { body, key, reply })
@@ -113,30 +115,19 @@ impl DealerConn {
         timeout: Duration,
     ) -> Result<RpcOutcome, WireError> {
         let id = new_rpc_uuid();
-        let req = crate::msg::Request::Rpc(RpcRequest {
+        let req = Request::Rpc(RpcRequest {
             rpc_uuid: Value::String(id.clone()),
             method: method.to_string(),
             params,
             password,
         });
-        let mut reply = self.request(encode(&req), Some(id), timeout).await?;
-        // Take the parts out of the parsed reply instead of re-parsing it.
-        match reply.get("type").and_then(Value::as_str) {
-            Some("rpc_result") => Ok(Ok(reply
-                .get_mut("result")
-                .map(Value::take)
-                .unwrap_or(Value::Null))),
-            Some("rpc_error") | Some("error") => {
-                match reply
-                    .get_mut("error")
-                    .map(Value::take)
-                    .map(serde_json::from_value::<ErrorBody>)
-                {
-                    Some(Ok(e)) => Ok(Err(e)),
-                    _ => Err(WireError::MalformedReply(reply.to_string())),
-                }
-            }
-            _ => Err(WireError::MalformedReply(reply.to_string())),
+        match self.request(encode(&req), Some(id), timeout).await? {
+            Reply::RpcResult { result, .. } => Ok(Ok(result)),
+            Reply::RpcError { error, .. } | Reply::Error { error } => Ok(Err(error)),
+            other => Err(WireError::MalformedReply(format!(
+                "expected an rpc reply, got {}",
+                String::from_utf8_lossy(&encode(&other))
+            ))),
         }
     }
 }
@@ -153,8 +144,9 @@ async fn run(
     endpoint: String,
     connected: watch::Sender<u64>,
 ) {
-    let mut keyed: HashMap<String, oneshot::Sender<Value>> = HashMap::new();
-    let mut unkeyed: VecDeque<oneshot::Sender<Value>> = VecDeque::new();
+    let mut keyed: HashMap<String, oneshot::Sender<Reply>> = HashMap::new();
+    let mut unkeyed: VecDeque<oneshot::Sender<Reply>> = VecDeque::new();
+    let mut errors = RecvErrors::new("dealer");
     loop {
         tokio::select! {
             cmd = rx.recv() => {
@@ -183,6 +175,13 @@ async fn run(
                 }
             }
             ev = monitor.recv_multipart() => {
+                let ev = match ev {
+                    Ok(f) => Ok(f),
+                    Err(e) => match errors.failed(&e).await {
+                        AfterError::Retry => Err(e),
+                        AfterError::Stop => break,
+                    },
+                };
                 // First frame: u16 event (native endian) + u32 value.
                 let event = ev.ok().and_then(|f| f.first().and_then(|b| b.get(0..2).map(|e| u16::from_ne_bytes([e[0], e[1]]))));
                 match event {
@@ -198,23 +197,26 @@ async fn run(
             }
             frames = sock.recv_multipart() => {
                 let frames = match frames {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::warn!(%endpoint, error = %e, "receive failed");
-                        continue;
+                    Ok(f) => {
+                        errors.ok();
+                        f
                     }
+                    Err(e) => match errors.failed(&e).await {
+                        AfterError::Retry => continue,
+                        AfterError::Stop => break,
+                    },
                 };
                 let Some(first) = frames.first() else { continue };
-                let value: Value = match serde_json::from_slice(first) {
-                    Ok(v @ Value::Object(_)) => v,
-                    _ => {
-                        tracing::warn!(%endpoint, bytes = first.len(), "ignoring a reply that is not a JSON object");
+                // Decoded once, into the typed reply the waiter gets.
+                let reply = match decode_reply(first) {
+                    Ok(r) => r,
+                    Err(failure) => {
+                        crate::warn_throttled!(%endpoint, ?failure, "ignoring a frame that is not a reply");
                         continue;
                     }
                 };
-                let key = value.get("rpc_uuid").and_then(Value::as_str).map(str::to_string);
-                let waiter = match key {
-                    Some(k) => keyed.remove(&k),
+                let waiter = match reply.rpc_uuid() {
+                    Some(k) => keyed.remove(k),
                     None => loop {
                         match unkeyed.pop_front() {
                             Some(tx) if tx.is_closed() => continue,
@@ -223,7 +225,7 @@ async fn run(
                     },
                 };
                 match waiter {
-                    Some(tx) => { let _ = tx.send(value); }
+                    Some(tx) => { let _ = tx.send(reply); }
                     None => tracing::debug!(%endpoint, "reply with no waiter (late or unsolicited)"),
                 }
             }

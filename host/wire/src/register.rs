@@ -21,8 +21,9 @@ use tokio::sync::watch;
 
 use crate::auth::Password;
 use crate::dealer::new_rpc_uuid;
-use crate::msg::{encode, Bye, Heartbeat, Hello, HelloAck, Reply, Request};
 use crate::{DealerConn, WireError};
+use labmesh_proto::lm;
+use labmesh_proto::mesh::{encode, Bye, Heartbeat, Hello, Reply, Request, Role};
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -46,20 +47,20 @@ impl Registrant {
         Registrant {
             label: format!("relay {relay_id}"),
             hello: Hello {
-                role: Some("relay".into()),
+                role: Some(Role::Relay),
                 relay_id: Some(relay_id.into()),
                 rpc_endpoint: Some(rpc_endpoint.into()),
                 password: password.to_field(),
                 ..Hello::default()
             },
             heartbeat: Heartbeat {
-                role: Some("relay".into()),
+                role: Some(Role::Relay),
                 relay_id: Some(relay_id.into()),
                 password: password.to_field(),
                 ..Heartbeat::default()
             },
             bye: Bye {
-                role: Some("relay".into()),
+                role: Some(Role::Relay),
                 relay_id: Some(relay_id.into()),
                 password: password.to_field(),
                 ..Bye::default()
@@ -72,7 +73,7 @@ impl Registrant {
         Registrant {
             label: format!("bank {bank_id}"),
             hello: Hello {
-                role: Some("bank".into()),
+                role: Some(Role::Bank),
                 bank_id: Some(bank_id.into()),
                 ingest: Some(ingest.into()),
                 retrieve: Some(retrieve.into()),
@@ -80,13 +81,13 @@ impl Registrant {
                 ..Hello::default()
             },
             heartbeat: Heartbeat {
-                role: Some("bank".into()),
+                role: Some(Role::Bank),
                 bank_id: Some(bank_id.into()),
                 password: password.to_field(),
                 ..Heartbeat::default()
             },
             bye: Bye {
-                role: Some("bank".into()),
+                role: Some(Role::Bank),
                 bank_id: Some(bank_id.into()),
                 password: password.to_field(),
                 ..Bye::default()
@@ -110,19 +111,15 @@ async fn hello(conn: &DealerConn, node: &Registrant) -> Result<HelloOutcome, Wir
             REPLY_TIMEOUT,
         )
         .await?;
-    Ok(match serde_json::from_value::<HelloAck>(reply.clone()) {
-        Ok(ack) if ack.ok => HelloOutcome::Accepted,
-        Ok(ack) => HelloOutcome::Refused(
+    Ok(match reply {
+        Reply::Hello(ack) if ack.ok => HelloOutcome::Accepted,
+        Reply::Hello(ack) => HelloOutcome::Refused(
             ack.error
                 .map(|e| e.to_string())
                 .unwrap_or_else(|| "refused".into()),
         ),
-        Err(_) => HelloOutcome::Refused(
-            reply
-                .get("error")
-                .map(Value::to_string)
-                .unwrap_or_else(|| reply.to_string()),
-        ),
+        Reply::Error { error } => HelloOutcome::Refused(error.to_string()),
+        other => HelloOutcome::Refused(String::from_utf8_lossy(&encode(&other)).into_owned()),
     })
 }
 
@@ -148,10 +145,8 @@ async fn beat(conn: &DealerConn, node: &Registrant, acks: bool) -> Result<Beat, 
         .request(encode(&Request::Heartbeat(hb)), Some(id), REPLY_TIMEOUT)
         .await
     {
-        Ok(v) => match serde_json::from_value::<Reply>(v) {
-            Ok(Reply::HeartbeatAck { known: false, .. }) => Ok(Beat::Unknown),
-            _ => Ok(Beat::Known),
-        },
+        Ok(Reply::HeartbeatAck { known: false, .. }) => Ok(Beat::Unknown),
+        Ok(_) => Ok(Beat::Known),
         Err(WireError::Timeout(_)) => Ok(Beat::NoAck),
         Err(e) => Err(e),
     }
@@ -226,7 +221,7 @@ pub async fn keep_registered(
                         }
                         Ok(Beat::NoAck) if acks => {
                             // Either a labmesh v0 broker (never acks) or a dead one.
-                            match conn.rpc("ping", Value::Object(Default::default()), node.hello.password.clone(), REPLY_TIMEOUT).await {
+                            match conn.rpc(lm::BROKER_PING, Value::Object(Default::default()), node.hello.password.clone(), REPLY_TIMEOUT).await {
                                 Ok(_) => {
                                     tracing::info!(broker = %conn.endpoint(), "broker does not acknowledge heartbeats (labmesh v0); sending them unacknowledged");
                                     acks = false;
@@ -255,7 +250,7 @@ pub async fn keep_registered(
     let password = nodes.first().and_then(|n| n.hello.password.clone());
     let _ = conn
         .rpc(
-            "ping",
+            lm::BROKER_PING,
             Value::Object(Default::default()),
             password,
             Duration::from_millis(500),

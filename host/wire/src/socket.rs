@@ -21,7 +21,7 @@ use tokio::io::Interest;
 use crate::WireError;
 
 /// Default largest accepted inbound message (ZMQ_MAXMSGSIZE), 64 MiB.
-pub const DEFAULT_MAX_MSG_SIZE: i64 = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_MSG_SIZE: i64 = labmesh_proto::limits::DEFAULT_MAX_MSG as i64;
 
 /// A borrowed file descriptor; the zmq socket owns and closes it.
 struct ZmqFd(RawFd);
@@ -207,5 +207,65 @@ impl AsyncSocket {
             Err(zmq::Error::EAGAIN) if head.is_empty() => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// Whether a libzmq error means the socket can never work again: its
+/// context was terminated, or it is not (any more) a socket. Everything
+/// else (a full queue, an interrupted call, a peer gone) may pass.
+pub fn is_permanent(e: zmq::Error) -> bool {
+    matches!(
+        e,
+        zmq::Error::ETERM | zmq::Error::ENOTSOCK | zmq::Error::EFAULT | zmq::Error::EMTHREAD
+    )
+}
+
+/// What a receive loop does after a failed receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterError {
+    /// Transient: try again (after the back-off has run).
+    Retry,
+    /// Permanent: end the task.
+    Stop,
+}
+
+/// The one policy for receive loops: a permanent error ends the task (and is
+/// reported once), a transient one is retried after a back-off that doubles
+/// from 1 ms to 1 s and resets after a success, so a failing socket never
+/// spins a core.
+#[derive(Debug)]
+pub struct RecvErrors {
+    what: &'static str,
+    delay: std::time::Duration,
+}
+
+impl RecvErrors {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(1);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// A policy for the loop named `what` (used in log lines).
+    pub fn new(what: &'static str) -> Self {
+        RecvErrors {
+            what,
+            delay: Self::FIRST,
+        }
+    }
+
+    /// A receive succeeded: the next error starts the back-off afresh.
+    pub fn ok(&mut self) {
+        self.delay = Self::FIRST;
+    }
+
+    /// A receive failed with `e`: report it, and either wait out the
+    /// back-off (`Retry`) or tell the loop to end (`Stop`).
+    pub async fn failed(&mut self, e: &WireError) -> AfterError {
+        if e.is_permanent() {
+            tracing::error!(task = self.what, error = %e, "socket unusable; task stops");
+            return AfterError::Stop;
+        }
+        crate::warn_throttled!(task = self.what, error = %e, "receive failed; retrying");
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Self::MAX);
+        AfterError::Retry
     }
 }

@@ -239,7 +239,7 @@ async fn python_databank_registers_with_rust_broker_and_serves_rust_client() -> 
     let receipt = bank
         .upload_file(
             &src,
-            labmesh_wire::transfer::UploadOptions {
+            labmesh_transfer::UploadOptions {
                 dataset_id: Some("from-rust".into()),
                 relay_id: "Inst-0".into(),
                 ..Default::default()

@@ -5,9 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use labmesh_wire::transfer::{
-    download_to_file, list_datasets, upload_reader, Query, UploadOptions,
-};
+use labmesh_transfer::{download_to_file, list_datasets, upload_reader, Query, UploadOptions};
 use tokio::io::AsyncWriteExt;
 
 use crate::support::*;

@@ -3,7 +3,7 @@
 //! bank keeps serving.
 
 use labmesh_bank::{Bank, BankOptions};
-use labmesh_wire::transfer::{download_to_file, upload_reader, Query, UploadOptions};
+use labmesh_transfer::{download_to_file, upload_reader, Query, UploadOptions};
 use serde_json::json;
 
 use crate::support::*;
@@ -344,7 +344,7 @@ async fn concurrent_downloads_with_a_stalled_reader() {
         let ep = bank.retrieve_endpoint().to_string();
         let dest = tmp.path().join(format!("c{i}.bin"));
         jobs.push(tokio::spawn(async move {
-            let opts = labmesh_wire::transfer::DownloadOptions {
+            let opts = labmesh_transfer::DownloadOptions {
                 credit: if i % 2 == 0 { 4 } else { 0 },
                 ..Default::default()
             };

@@ -9,7 +9,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use labmesh_bank::{Bank, BankOptions};
-use labmesh_wire::transfer::{
+use labmesh_transfer::{
     download_to_file, list_datasets, upload_file, upload_reader, DownloadOptions, Query,
     TransferError, UploadOptions,
 };

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use labmesh_bank::{Bank, BankOptions};
-use labmesh_wire::transfer::{
+use labmesh_transfer::{
     download_to_file, list_datasets, upload_file, upload_reader, DownloadOptions, Query,
     TransferError, UploadOptions,
 };
@@ -139,7 +139,7 @@ async fn catalogue_filters_newest_first() {
         }
     }
     let ep = bank.retrieve_endpoint();
-    let ids = |v: Vec<labmesh_wire::transfer::DatasetInfo>| {
+    let ids = |v: Vec<labmesh_transfer::DatasetInfo>| {
         v.into_iter().map(|d| d.dataset_id).collect::<Vec<_>>()
     };
     let all = list_datasets(&ctx, ep, Query::default()).await.unwrap();

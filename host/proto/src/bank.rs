@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::mesh::{ChunkStatus, DecodeFailure};
 use crate::ErrorBody;
 
 /// A request on the bank's ingest ROUTER (frame 1 after the identity; an
@@ -111,7 +112,7 @@ pub enum IngestReply {
     /// `{"type":"ingest_done","dataset_id","size","sha256"}`.
     IngestDone(IngestDone),
     /// `{"type":"error"[,"dataset_id"],"error":{"code","message"}}`.
-    Error(BankError),
+    Error(BankErrorReply),
 }
 
 /// `ingest_ack`.
@@ -142,7 +143,7 @@ pub struct IngestAckChunk {
     pub next_seq: u64,
     /// `"out_of_order"` when the chunk was dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    pub status: Option<ChunkStatus>,
     /// Extension (token sessions): every chunk below this is on stable
     /// storage and survives a bank crash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,7 +163,7 @@ pub struct IngestDone {
 
 /// `{"type":"error",...}` on either bank socket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BankError {
+pub struct BankErrorReply {
     /// The dataset concerned, when known (labmesh sets it on 422).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset_id: Option<String>,
@@ -283,7 +284,7 @@ pub enum RetrieveReply {
     /// Extension: `{"type":"datasets","datasets":[...]}`.
     Datasets(DatasetList),
     /// `{"type":"error",...}`.
-    Error(BankError),
+    Error(BankErrorReply),
 }
 
 /// `meta`, the first reply to `get`.
@@ -382,21 +383,12 @@ fn decode_tagged<T: serde::de::DeserializeOwned>(
     frame: &[u8],
     known: &[&str],
 ) -> Result<T, Malformed> {
-    let value: Value = serde_json::from_slice(frame)
-        .map_err(|e| Malformed::NotAnObject(format!("not JSON: {e}")))?;
-    let Value::Object(obj) = &value else {
-        return Err(Malformed::NotAnObject("not a JSON object".to_string()));
-    };
-    let kind = match obj.get("type") {
-        Some(Value::String(s)) => s.clone(),
-        _ => return Err(Malformed::UnknownType(None)),
-    };
-    if !known.contains(&kind.as_str()) {
-        return Err(Malformed::UnknownType(Some(kind)));
-    }
-    serde_json::from_value(value).map_err(|e| Malformed::BadFields {
-        kind,
-        why: e.to_string(),
+    // Parsed once on the happy path; a failure is looked at again only to
+    // say what was wrong.
+    serde_json::from_slice(frame).map_err(|e| match crate::mesh::diagnose(frame, known, e) {
+        DecodeFailure::NotAnObject(why) => Malformed::NotAnObject(why),
+        DecodeFailure::UnknownType(t) => Malformed::UnknownType(t),
+        DecodeFailure::BadFields { kind, why, .. } => Malformed::BadFields { kind, why },
     })
 }
 
@@ -431,10 +423,10 @@ pub fn decode_retrieve_reply(frame: &[u8]) -> Result<RetrieveReply, Malformed> {
     decode_tagged(frame, &["meta", "chunk", "datasets", "error"])
 }
 
-impl BankError {
+impl BankErrorReply {
     /// An error without a dataset id.
     pub fn new(code: i64, message: impl Into<String>) -> Self {
-        BankError {
+        BankErrorReply {
             dataset_id: None,
             error: ErrorBody::new(code, message),
         }
@@ -442,7 +434,7 @@ impl BankError {
 
     /// An error naming a dataset.
     pub fn for_dataset(dataset_id: &str, code: i64, message: impl Into<String>) -> Self {
-        BankError {
+        BankErrorReply {
             dataset_id: Some(dataset_id.to_string()),
             error: ErrorBody::new(code, message),
         }
@@ -508,16 +500,16 @@ mod tests {
         let ack = IngestReply::IngestAckChunk(IngestAckChunk {
             dataset_id: "d".into(),
             next_seq: 3,
-            status: Some("out_of_order".into()),
+            status: Some(ChunkStatus::OutOfOrder),
             durable_seq: None,
         });
         assert_eq!(
-            crate::msg::encode(&ack),
+            crate::mesh::encode(&ack),
             br#"{"type":"ingest_ack_chunk","dataset_id":"d","next_seq":3,"status":"out_of_order"}"#
         );
-        let e = IngestReply::Error(BankError::new(409, NO_SESSION));
+        let e = IngestReply::Error(BankErrorReply::new(409, NO_SESSION));
         assert_eq!(
-            crate::msg::encode(&e),
+            crate::mesh::encode(&e),
             br#"{"type":"error","error":{"code":409,"message":"no ingest_start"}}"#
         );
         let c = RetrieveReply::Chunk(ChunkMsg {
@@ -527,7 +519,7 @@ mod tests {
             offset: None,
         });
         assert_eq!(
-            crate::msg::encode(&c),
+            crate::mesh::encode(&c),
             br#"{"type":"chunk","dataset_id":"d","seq":0,"eof":true}"#
         );
         // What labmesh's upload_dataset sends decodes, extra fields ignored.

@@ -8,14 +8,15 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::msg::{
+use crate::{recv_within, transfer_socket, TransferError};
+use labmesh_proto::bank::{
     decode_ingest_reply, valid_dataset_id, IngestChunk, IngestDone, IngestReply, IngestRequest,
     IngestResume, IngestStart, NO_SESSION,
 };
-use super::{recv_within, transfer_socket, TransferError};
-use crate::auth::Password;
-use crate::msg::encode;
-use crate::{codes, AsyncSocket};
+use labmesh_proto::codes;
+use labmesh_proto::mesh::encode;
+use labmesh_wire::auth::Password;
+use labmesh_wire::AsyncSocket;
 
 /// How to upload. `Default` gives labmesh's `[relay]` defaults.
 #[derive(Debug, Clone)]
@@ -38,7 +39,7 @@ pub struct UploadOptions {
     /// Shared network password.
     pub password: Password,
     /// Where to report bytes acknowledged by the bank (for progress bars).
-    pub progress: Option<std::sync::Arc<super::Progress>>,
+    pub progress: Option<std::sync::Arc<crate::Progress>>,
 }
 
 impl Default for UploadOptions {
@@ -47,8 +48,8 @@ impl Default for UploadOptions {
             dataset_id: None,
             relay_id: "unknown".to_string(),
             meta: Value::Object(Default::default()),
-            chunk_size: 1_000_000,
-            timeout: Duration::from_secs(10),
+            chunk_size: labmesh_proto::limits::DEFAULT_UPLOAD_CHUNK,
+            timeout: labmesh_proto::limits::DEFAULT_UPLOAD_TIMEOUT,
             retries: 5,
             window: 8,
             password: Password::none(),

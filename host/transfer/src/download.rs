@@ -8,14 +8,14 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::msg::{
+use crate::{recv_within, transfer_socket, TransferError};
+use labmesh_proto::bank::{
     decode_retrieve_reply, valid_dataset_id, Credit, DatasetInfo, Get, MetaMsg, Query,
     RetrieveReply, RetrieveRequest,
 };
-use super::{recv_within, transfer_socket, TransferError};
-use crate::auth::Password;
-use crate::msg::encode;
-use crate::AsyncSocket;
+use labmesh_proto::mesh::encode;
+use labmesh_wire::auth::Password;
+use labmesh_wire::AsyncSocket;
 
 /// How to download. `Default` is credit mode with resume on.
 #[derive(Debug, Clone)]
@@ -34,13 +34,13 @@ pub struct DownloadOptions {
     /// Shared network password.
     pub password: Password,
     /// Where to report bytes written (for progress bars).
-    pub progress: Option<std::sync::Arc<super::Progress>>,
+    pub progress: Option<std::sync::Arc<crate::Progress>>,
 }
 
 impl Default for DownloadOptions {
     fn default() -> Self {
         DownloadOptions {
-            timeout: Duration::from_secs(30),
+            timeout: labmesh_proto::limits::DEFAULT_DOWNLOAD_TIMEOUT,
             credit: 32,
             chunk_size: None,
             resume: true,

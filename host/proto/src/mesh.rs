@@ -12,19 +12,56 @@ use serde_json::Value;
 
 use crate::ErrorBody;
 
-/// Topic prefix for relay state on the bus: `state.<relay_id>`.
-pub const STATE_PREFIX: &str = "state.";
-/// Topic prefix for dataset announcements: `dataset.<bank_id>`.
-pub const DATASET_PREFIX: &str = "dataset.";
-/// Topic prefix for presence events (ext): `presence.<id>`.
-pub const PRESENCE_PREFIX: &str = "presence.";
+string_enum! {
+    /// Who is saying `hello` (or `heartbeat`, `bye`).
+    pub enum Role {
+        /// An instrument relay.
+        Relay => "relay",
+        /// A databank.
+        Bank => "bank",
+        /// A client (anything that is neither relay nor bank is served as one).
+        Client => "client",
+    }
+}
+
+string_enum! {
+    /// A presence event's status.
+    pub enum PresenceStatus {
+        /// The node registered (or re-registered).
+        Online => "online",
+        /// The node left or expired.
+        Offline => "offline",
+    }
+}
+
+string_enum! {
+    /// Why a presence event happened.
+    pub enum PresenceReason {
+        /// A `hello` was accepted.
+        Registered => "registered",
+        /// No sign of life for `ttl_seconds` (and no answer to probes).
+        TtlExpired => "ttl expired",
+        /// The node said `bye`.
+        Shutdown => "shutdown",
+        /// Another registration took the id (the old owner was gone).
+        Replaced => "replaced",
+    }
+}
+
+string_enum! {
+    /// `ingest_ack_chunk`'s `status`.
+    pub enum ChunkStatus {
+        /// The chunk was not the next one expected and was dropped.
+        OutOfOrder => "out_of_order",
+    }
+}
 
 /// A `hello` registration (relay, bank) or greeting (client).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
     /// `relay`, `bank`, or anything else (treated as a client).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
+    pub role: Option<Role>,
     /// Relay id (role relay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_id: Option<String>,
@@ -66,7 +103,7 @@ pub struct RpcRequest {
 pub struct Heartbeat {
     /// `relay` or `bank`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
+    pub role: Option<Role>,
     /// Set by relays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_id: Option<String>,
@@ -88,7 +125,7 @@ pub struct Heartbeat {
 pub struct Bye {
     /// `relay` or `bank`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
+    pub role: Option<Role>,
     /// Set by relays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_id: Option<String>,
@@ -106,11 +143,11 @@ pub struct Presence {
     /// Relay or bank id.
     pub id: String,
     /// `relay` or `bank`.
-    pub role: String,
+    pub role: Role,
     /// `online` or `offline`.
-    pub status: String,
+    pub status: PresenceStatus,
     /// Why: `registered`, `ttl expired`, `shutdown`, `replaced`.
-    pub reason: String,
+    pub reason: PresenceReason,
     /// The node's RPC (relay) or retrieve (bank) endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
@@ -132,17 +169,14 @@ pub enum Request {
     Bye(Bye),
 }
 
-/// Reply to a `hello`.
+/// Reply to a `hello` (sent as [`Reply::Hello`]: `{"type":"hello",...}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HelloAck {
-    /// Always `"hello"`.
-    #[serde(rename = "type")]
-    pub kind: HelloTag,
     /// Whether the registration was accepted.
     pub ok: bool,
     /// The role as understood (`relay`, `bank`, `client`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
+    pub role: Option<Role>,
     /// The bank id as registered (role bank).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bank_id: Option<String>,
@@ -151,21 +185,12 @@ pub struct HelloAck {
     pub error: Option<Value>,
 }
 
-/// The literal `"hello"` tag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HelloTag {
-    /// `"hello"`
-    #[serde(rename = "hello")]
-    Hello,
-}
-
 impl HelloAck {
     /// An accepted hello for `role`.
-    pub fn ok(role: &str) -> Self {
+    pub fn ok(role: Role) -> Self {
         HelloAck {
-            kind: HelloTag::Hello,
             ok: true,
-            role: Some(role.to_string()),
+            role: Some(role),
             bank_id: None,
             error: None,
         }
@@ -174,7 +199,6 @@ impl HelloAck {
     /// A refused hello with upstream's string error.
     pub fn refused(why: &str) -> Self {
         HelloAck {
-            kind: HelloTag::Hello,
             ok: false,
             role: None,
             bank_id: None,
@@ -187,6 +211,8 @@ impl HelloAck {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {
+    /// `{"type":"hello","ok",...}`: the answer to a `hello`.
+    Hello(HelloAck),
     /// `{"type":"rpc_result","rpc_uuid","result"}`
     RpcResult {
         /// Echo of the request's id.
@@ -280,8 +306,10 @@ pub struct BankInfo {
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     // Serialising these types cannot fail: all keys are strings and no
     // custom Serialize impl returns an error.
+    // (A map with non-string keys is the only way to fail, and no message
+    // here has one; a debug build would say so loudly.)
     serde_json::to_vec(msg).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "serialising a mesh message failed");
+        debug_assert!(false, "serialising a mesh message failed: {e}");
         b"{}".to_vec()
     })
 }
@@ -338,25 +366,62 @@ impl DecodeFailure {
 }
 
 /// Decode one request frame, telling exactly what was wrong with it.
+///
+/// A well-formed request is parsed once, straight into its type; only a
+/// frame that fails is looked at again to say what was wrong with it.
 pub fn decode_request(frame: &[u8]) -> Result<Request, DecodeFailure> {
-    let value: Value = serde_json::from_slice(frame)
-        .map_err(|e| DecodeFailure::NotAnObject(format!("not JSON: {e}")))?;
+    match serde_json::from_slice::<Request>(frame) {
+        Ok(r) => Ok(r),
+        Err(e) => Err(diagnose(frame, &["hello", "rpc", "heartbeat", "bye"], e)),
+    }
+}
+
+/// Decode one reply frame (from a broker or relay ROUTER).
+pub fn decode_reply(frame: &[u8]) -> Result<Reply, DecodeFailure> {
+    match serde_json::from_slice::<Reply>(frame) {
+        Ok(r) => Ok(r),
+        Err(e) => Err(diagnose(
+            frame,
+            &["hello", "rpc_result", "rpc_error", "error", "heartbeat_ack"],
+            e,
+        )),
+    }
+}
+
+/// Why `frame` did not decode into a message of one of the `known` types.
+pub(crate) fn diagnose(frame: &[u8], known: &[&str], err: serde_json::Error) -> DecodeFailure {
+    let value: Value = match serde_json::from_slice(frame) {
+        Ok(v) => v,
+        Err(e) => return DecodeFailure::NotAnObject(format!("not JSON: {e}")),
+    };
     let Value::Object(obj) = &value else {
-        return Err(DecodeFailure::NotAnObject("not a JSON object".to_string()));
+        return DecodeFailure::NotAnObject("not a JSON object".to_string());
     };
     let kind = match obj.get("type") {
         Some(Value::String(s)) => s.clone(),
-        _ => return Err(DecodeFailure::UnknownType(None)),
+        _ => return DecodeFailure::UnknownType(None),
     };
-    if !matches!(kind.as_str(), "hello" | "rpc" | "heartbeat" | "bye") {
-        return Err(DecodeFailure::UnknownType(Some(kind)));
+    if !known.contains(&kind.as_str()) {
+        return DecodeFailure::UnknownType(Some(kind));
     }
-    let rpc_uuid = obj.get("rpc_uuid").cloned().unwrap_or(Value::Null);
-    serde_json::from_value(value).map_err(|e| DecodeFailure::BadFields {
+    DecodeFailure::BadFields {
         kind,
-        why: e.to_string(),
-        rpc_uuid,
-    })
+        why: err.to_string(),
+        rpc_uuid: obj.get("rpc_uuid").cloned().unwrap_or(Value::Null),
+    }
+}
+
+impl Reply {
+    /// The request id this reply answers, when it carries one (a string, as
+    /// every labmesh peer sends).
+    pub fn rpc_uuid(&self) -> Option<&str> {
+        match self {
+            Reply::RpcResult { rpc_uuid, .. }
+            | Reply::RpcError { rpc_uuid, .. }
+            | Reply::HeartbeatAck { rpc_uuid, .. } => rpc_uuid.as_str(),
+            Reply::Hello(_) | Reply::Error { .. } => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -366,11 +431,11 @@ mod tests {
     #[test]
     fn hello_ack_bytes_match_labmesh() {
         assert_eq!(
-            encode(&HelloAck::ok("relay")),
+            encode(&Reply::Hello(HelloAck::ok(Role::Relay))),
             br#"{"type":"hello","ok":true,"role":"relay"}"#
         );
         assert_eq!(
-            encode(&HelloAck::refused("invalid password")),
+            encode(&Reply::Hello(HelloAck::refused("invalid password"))),
             br#"{"type":"hello","ok":false,"error":"invalid password"}"#
         );
     }
@@ -478,7 +543,7 @@ mod tests {
             br#"{"relay_id":"Inst-0","state":{"relay_id":"Inst-0","voltage":2.5,"current":2.4961,"output":true,"last_updated":1.5,"runs":0}}"#
         );
         let v0_heartbeat = Request::Heartbeat(Heartbeat {
-            role: Some("bank".into()),
+            role: Some(Role::Bank),
             bank_id: Some("bank-0".into()),
             ..Heartbeat::default()
         });

@@ -1,7 +1,8 @@
-//! Dataset transfer to and from databanks.
+//! labmesh-transfer: dataset transfer to and from databanks.
 //!
-//! * [`msg`]: every bank message as a typed struct (labmesh v0 and the
-//!   extensions: resumable uploads, credit-based downloads, catalogue query).
+//! The messages are `labmesh_proto::bank`; this crate holds the client
+//! state machines that exchange them.
+//!
 //! * [`Uploader`] / [`upload_file`] / [`upload_reader`]: stream a dataset to
 //!   a bank's ingest socket with a window of chunks in flight, resuming after
 //!   a bank restart.
@@ -11,18 +12,21 @@
 //!
 //! The byte-exact protocol is in `docs/PROTOCOL.md` (bank section).
 
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 mod download;
-pub mod msg;
 mod upload;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use download::{download_to_file, list_datasets, DownloadOptions, DownloadReceipt, Downloader};
-pub use msg::{valid_dataset_id, DatasetInfo, Query};
+pub use labmesh_proto::bank::{valid_dataset_id, DatasetInfo, Query};
 pub use upload::{upload_file, upload_reader, UploadOptions, UploadReceipt, Uploader};
 
-use crate::{ErrorBody, WireError};
+use labmesh_proto::{codes, ErrorBody};
+use labmesh_wire::{AsyncSocket, SocketOptions, WireError};
 
 /// Live progress of a transfer, for progress bars: bytes done and the total
 /// (0 until known). Share one with [`UploadOptions::progress`] or
@@ -55,7 +59,7 @@ impl Progress {
 
 /// What a caller should do about a [`TransferError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
+pub enum TransferErrorKind {
     /// The bank or link was unavailable; trying again later may work.
     Retry,
     /// The request itself is wrong (bad id, conflict, unknown dataset).
@@ -106,20 +110,20 @@ pub enum TransferError {
 
 impl TransferError {
     /// What to do about this error.
-    pub fn kind(&self) -> ErrorKind {
+    pub fn kind(&self) -> TransferErrorKind {
         match self {
-            TransferError::Wire(e) if e.is_transient() => ErrorKind::Retry,
-            TransferError::Wire(_) => ErrorKind::Report,
-            TransferError::Timeout(_) | TransferError::CannotResume(_) => ErrorKind::Retry,
-            TransferError::Remote(e) if e.code == crate::codes::UNAVAILABLE => ErrorKind::Retry,
-            TransferError::Remote(e) if e.code == crate::codes::UNPROCESSABLE => {
-                ErrorKind::Integrity
+            TransferError::Wire(e) if e.is_transient() => TransferErrorKind::Retry,
+            TransferError::Wire(_) => TransferErrorKind::Report,
+            TransferError::Timeout(_) | TransferError::CannotResume(_) => TransferErrorKind::Retry,
+            TransferError::Remote(e) if e.code == codes::UNAVAILABLE => TransferErrorKind::Retry,
+            TransferError::Remote(e) if e.code == codes::UNPROCESSABLE => {
+                TransferErrorKind::Integrity
             }
             TransferError::Remote(_)
             | TransferError::InvalidDatasetId(_)
-            | TransferError::Protocol(_) => ErrorKind::Report,
-            TransferError::Integrity(_) => ErrorKind::Integrity,
-            TransferError::Io { .. } | TransferError::Source(_) => ErrorKind::Local,
+            | TransferError::Protocol(_) => TransferErrorKind::Report,
+            TransferError::Integrity(_) => TransferErrorKind::Integrity,
+            TransferError::Io { .. } | TransferError::Source(_) => TransferErrorKind::Local,
         }
     }
 }
@@ -129,13 +133,13 @@ impl TransferError {
 pub(crate) fn transfer_socket(
     ctx: &zmq::Context,
     endpoint: &str,
-) -> Result<crate::AsyncSocket, WireError> {
-    let mut s = crate::AsyncSocket::new(
+) -> Result<AsyncSocket, WireError> {
+    let mut s = AsyncSocket::new(
         ctx,
         zmq::DEALER,
-        crate::SocketOptions {
+        SocketOptions {
             linger_ms: 0,
-            max_msg_size: 1 << 30,
+            max_msg_size: labmesh_proto::limits::MAX_TRANSFER_MSG as i64,
             ..Default::default()
         },
     )?;
@@ -145,7 +149,7 @@ pub(crate) fn transfer_socket(
 
 /// Receive one message within `timeout`; `Ok(None)` on timeout.
 pub(crate) async fn recv_within(
-    sock: &mut crate::AsyncSocket,
+    sock: &mut AsyncSocket,
     timeout: Duration,
 ) -> Result<Option<Vec<Vec<u8>>>, WireError> {
     match tokio::time::timeout(timeout, sock.recv_multipart()).await {

@@ -1,0 +1,63 @@
+//! Sizes and deadlines every node agrees on, in one place.
+//!
+//! Memory caps are in bytes; a peer that sends more is refused (the socket
+//! drops the frame, or the node answers 400/413-style errors). Deadlines are
+//! chained: a client waits longer than a relay lets an instrument take, so
+//! the relay's 408 reaches the caller before the caller gives up.
+
+use std::time::Duration;
+
+/// One MiB.
+pub const MIB: usize = 1024 * 1024;
+
+/// Largest request a relay accepts on its RPC socket (ZMQ_MAXMSGSIZE).
+pub const MAX_RPC_MSG: usize = 16 * MIB;
+/// Largest request the broker's directory accepts.
+pub const MAX_DIRECTORY_MSG: usize = MIB;
+/// Largest request a bank's retrieve socket accepts (gets, credits, queries).
+pub const MAX_RETRIEVE_REQUEST: usize = MIB;
+/// Default largest inbound message of any other socket.
+pub const DEFAULT_MAX_MSG: usize = 64 * MIB;
+/// Largest message a transfer client accepts from a bank (a chunk).
+pub const MAX_TRANSFER_MSG: usize = 1024 * MIB;
+/// Largest upload chunk a bank accepts by default.
+pub const DEFAULT_MAX_CHUNK: usize = 16 * MIB;
+/// Largest upload chunk a relay or client may be configured to send.
+pub const MAX_UPLOAD_CHUNK: usize = 64 * MIB;
+/// Upload chunk size used when none is configured (labmesh's 1 MB).
+pub const DEFAULT_UPLOAD_CHUNK: usize = 1_000_000;
+/// Download chunk size a bank uses when the client names none.
+pub const DEFAULT_RETRIEVE_CHUNK: usize = 1_000_000;
+/// Largest SCPI reply line or block a session reads.
+pub const MAX_SCPI_REPLY: usize = 16 * MIB;
+
+/// How long a relay lets one instrument call or poll take before it answers
+/// 408 (per instrument: `call_timeout`).
+pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_secs(10);
+/// What a client adds to the relay's deadline so the relay's own answer
+/// (a result or its 408) arrives before the client stops waiting.
+pub const CLIENT_MARGIN: Duration = Duration::from_secs(5);
+/// A client's default deadline for one call: the relay's deadline plus the
+/// margin.
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = DEFAULT_CALL_DEADLINE.saturating_add(CLIENT_MARGIN);
+/// How long an uploader waits for one bank answer.
+pub const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a downloader waits for one bank answer.
+pub const DEFAULT_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Seconds without a sign of life before the broker expires a node.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// Interval between heartbeats of relays and banks.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_waits_longer_than_the_relay() {
+        assert!(DEFAULT_CLIENT_TIMEOUT > DEFAULT_CALL_DEADLINE);
+        assert_eq!(DEFAULT_CLIENT_TIMEOUT, Duration::from_secs(15));
+        assert!(DEFAULT_MAX_CHUNK <= MAX_UPLOAD_CHUNK);
+        assert!(MAX_UPLOAD_CHUNK < MAX_TRANSFER_MSG);
+    }
+}

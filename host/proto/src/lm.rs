@@ -1,0 +1,181 @@
+//! Reserved methods: the `lm.*` names a relay or broker answers itself, and
+//! the broker's directory methods, each with typed params and result.
+//!
+//! A driver never sees an `lm.*` call: the relay answers it without queueing
+//! behind the instrument, so `lm.ping` works while a long call runs.
+
+use serde::{Deserialize, Serialize};
+
+use crate::describe::Description;
+use crate::mesh::RelayInfo;
+
+/// Relay: the instrument's [`Description`] plus its relay id
+/// ([`DescribeResult`]). No params.
+pub const DESCRIBE: &str = "lm.describe";
+/// Relay and broker probe: liveness check that bypasses the instrument
+/// queue ([`PingResult`]). No params.
+pub const PING: &str = "lm.ping";
+/// Broker (extension): look up one relay by id ([`ResolveParams`] ->
+/// [`crate::mesh::RelayInfo`], 404 when not registered).
+pub const RESOLVE: &str = "lm.resolve";
+
+/// Broker (labmesh v0): every registered relay, sorted by id
+/// (`[RelayInfo]`). No params.
+pub const LIST_RELAY_IDS: &str = "list_relay_ids";
+/// Broker (labmesh v0): every registered bank, sorted by id (`[BankInfo]`).
+/// No params.
+pub const LIST_BANKS: &str = "list_banks";
+/// Broker (labmesh v0): `{"ok": true}`. No params.
+pub const BROKER_PING: &str = "ping";
+
+/// Whether `method` is in the reserved `lm.` namespace.
+pub fn is_reserved(method: &str) -> bool {
+    method.starts_with("lm.")
+}
+
+/// A method as a relay sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayMethod<'a> {
+    /// [`DESCRIBE`]
+    Describe,
+    /// [`PING`]
+    Ping,
+    /// Another reserved name this relay does not serve (404).
+    UnknownReserved(&'a str),
+    /// A driver method.
+    Instrument(&'a str),
+}
+
+impl<'a> RelayMethod<'a> {
+    /// Classify a method name.
+    pub fn parse(method: &'a str) -> Self {
+        match method {
+            DESCRIBE => RelayMethod::Describe,
+            PING => RelayMethod::Ping,
+            m if is_reserved(m) => RelayMethod::UnknownReserved(m),
+            m => RelayMethod::Instrument(m),
+        }
+    }
+}
+
+/// A method as the broker's directory sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerMethod<'a> {
+    /// [`LIST_RELAY_IDS`]
+    ListRelayIds,
+    /// [`LIST_BANKS`]
+    ListBanks,
+    /// [`BROKER_PING`] or [`PING`]
+    Ping,
+    /// [`RESOLVE`]
+    Resolve,
+    /// Anything else (400, as labmesh answers).
+    Unknown(&'a str),
+}
+
+impl<'a> BrokerMethod<'a> {
+    /// Classify a method name.
+    pub fn parse(method: &'a str) -> Self {
+        match method {
+            LIST_RELAY_IDS => BrokerMethod::ListRelayIds,
+            LIST_BANKS => BrokerMethod::ListBanks,
+            BROKER_PING | PING => BrokerMethod::Ping,
+            RESOLVE => BrokerMethod::Resolve,
+            other => BrokerMethod::Unknown(other),
+        }
+    }
+}
+
+/// Result of [`DESCRIBE`]: the description's fields, then `relay_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DescribeResult {
+    /// What the driver offers.
+    #[serde(flatten)]
+    pub description: Description,
+    /// The relay answering.
+    pub relay_id: String,
+}
+
+/// Result of [`PING`] (relay) and [`BROKER_PING`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingResult {
+    /// Always true.
+    pub ok: bool,
+    /// The relay answering (absent from the broker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_id: Option<String>,
+}
+
+/// Params of [`RESOLVE`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolveParams {
+    /// The relay to look up.
+    pub relay_id: String,
+}
+
+/// Result of [`RESOLVE`].
+pub type ResolveResult = RelayInfo;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::describe::MethodSpec;
+
+    #[test]
+    fn golden_bytes() {
+        let d = DescribeResult {
+            description: Description {
+                driver: "mock-psu".into(),
+                identity: Some("SIM".into()),
+                methods: vec![MethodSpec::new("get_state", "state")],
+            },
+            relay_id: "Inst-0".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            r#"{"driver":"mock-psu","identity":"SIM","methods":[{"name":"get_state","doc":"state","params":[]}],"relay_id":"Inst-0"}"#
+        );
+        let back: DescribeResult =
+            serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+        let p = PingResult {
+            ok: true,
+            relay_id: Some("a".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"ok":true,"relay_id":"a"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&PingResult {
+                ok: true,
+                relay_id: None
+            })
+            .unwrap(),
+            r#"{"ok":true}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ResolveParams {
+                relay_id: "psu-1".into()
+            })
+            .unwrap(),
+            r#"{"relay_id":"psu-1"}"#
+        );
+    }
+
+    #[test]
+    fn classify() {
+        assert_eq!(RelayMethod::parse("lm.describe"), RelayMethod::Describe);
+        assert_eq!(
+            RelayMethod::parse("lm.nope"),
+            RelayMethod::UnknownReserved("lm.nope")
+        );
+        assert_eq!(
+            RelayMethod::parse("set_voltage"),
+            RelayMethod::Instrument("set_voltage")
+        );
+        assert_eq!(BrokerMethod::parse("ping"), BrokerMethod::Ping);
+        assert_eq!(BrokerMethod::parse("lm.resolve"), BrokerMethod::Resolve);
+        assert_eq!(BrokerMethod::parse("x"), BrokerMethod::Unknown("x"));
+    }
+}
