@@ -20,11 +20,15 @@ use crate::{AsyncSocket, SocketOptions, WireError};
 /// Outcome of an RPC: the remote result, or the remote error object.
 pub type RpcOutcome = Result<Value, ErrorBody>;
 
+/// What a waiter gets: the decoded reply, or why the frame carrying its
+/// `rpc_uuid` was not a reply of the protocol.
+type Answer = Result<Reply, String>;
+
 enum Cmd {
     Request {
         body: Vec<u8>,
         key: Option<String>,
-        reply: oneshot::Sender<Reply>,
+        reply: oneshot::Sender<Answer>,
     },
     Send {
         body: Vec<u8>,
@@ -99,7 +103,8 @@ impl DealerConn {
             .await
             .map_err(|_| WireError::Closed)?;
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(v)) => Ok(v),
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(why))) => Err(WireError::MalformedReply(why)),
             Ok(Err(_)) => Err(WireError::Closed),
             Err(_) => Err(WireError::Timeout(timeout)),
         }
@@ -144,8 +149,8 @@ async fn run(
     endpoint: String,
     connected: watch::Sender<u64>,
 ) {
-    let mut keyed: HashMap<String, oneshot::Sender<Reply>> = HashMap::new();
-    let mut unkeyed: VecDeque<oneshot::Sender<Reply>> = VecDeque::new();
+    let mut keyed: HashMap<String, oneshot::Sender<Answer>> = HashMap::new();
+    let mut unkeyed: VecDeque<oneshot::Sender<Answer>> = VecDeque::new();
     let mut errors = RecvErrors::new("dealer");
     loop {
         tokio::select! {
@@ -208,15 +213,23 @@ async fn run(
                 };
                 let Some(first) = frames.first() else { continue };
                 // Decoded once, into the typed reply the waiter gets.
-                let reply = match decode_reply(first) {
-                    Ok(r) => r,
+                let (key, answer) = match decode_reply(first) {
+                    Ok(r) => (r.rpc_uuid().map(str::to_string), Ok(r)),
                     Err(failure) => {
-                        crate::warn_throttled!(%endpoint, ?failure, "ignoring a frame that is not a reply");
-                        continue;
+                        crate::warn_throttled!(%endpoint, ?failure, "a frame that is not a reply");
+                        // Only the failure path looks again, for the id of
+                        // the caller to tell.
+                        match serde_json::from_slice::<Value>(first)
+                            .ok()
+                            .and_then(|v| v.get("rpc_uuid").and_then(Value::as_str).map(str::to_string))
+                        {
+                            Some(k) => (Some(k), Err(format!("{failure:?}"))),
+                            None => continue,
+                        }
                     }
                 };
-                let waiter = match reply.rpc_uuid() {
-                    Some(k) => keyed.remove(k),
+                let waiter = match key {
+                    Some(k) => keyed.remove(&k),
                     None => loop {
                         match unkeyed.pop_front() {
                             Some(tx) if tx.is_closed() => continue,
@@ -225,7 +238,7 @@ async fn run(
                     },
                 };
                 match waiter {
-                    Some(tx) => { let _ = tx.send(reply); }
+                    Some(tx) => { let _ = tx.send(answer); }
                     None => tracing::debug!(%endpoint, "reply with no waiter (late or unsolicited)"),
                 }
             }
