@@ -146,7 +146,9 @@ pub(crate) async fn run(
         last: None,
         out: state,
     };
-    let mut ticker = tokio::time::interval(settings.poll_interval);
+    // `interval(ZERO)` panics: a zero period (`Hosted::poll_every(ZERO)`)
+    // polls every millisecond at most instead.
+    let mut ticker = tokio::time::interval(settings.poll_interval.max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut idle: Option<BoxInstrument> = Some(inst);
     let mut busy: Option<Busy> = None;
