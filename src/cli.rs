@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use labmesh_client::{Client, ClientError, ClientOptions, Event};
-use labmesh_config::Config;
+use labmesh_config::{Config, Seconds};
 use labmesh_drivers::{DriverRegistry, InstrumentConfig};
 use serde_json::{Map, Value};
 
@@ -299,6 +299,11 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// A flag's seconds, refused (naming the flag) unless usable as a period.
+fn seconds_flag(flag: &str, v: f64) -> anyhow::Result<Seconds> {
+    Seconds::new(v).map_err(|e| anyhow::anyhow!("{flag} {v}: {e}"))
+}
+
 /// Parse `key=value` pairs; a value that parses as JSON is taken as JSON.
 pub fn parse_kv(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
     let mut map = Map::new();
@@ -353,7 +358,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let mut cfg = load(&cli.global)?;
             if let Some(s) = state_interval {
-                cfg.relay.state_interval = s;
+                cfg.relay.state_interval = seconds_flag("--state-interval", s)?;
             }
             let mut registry = DriverRegistry::with_builtins();
             for dir in &cfg.relay.driver_dirs {
@@ -376,7 +381,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     vec![labmesh_relay::Hosted {
                         relay_id: id,
                         rpc_bind: rpc.unwrap_or_else(|| cfg.relay.default_rpc_bind.clone()),
-                        poll_interval: labmesh_config::secs(cfg.relay.state_interval),
+                        poll_interval: cfg.relay.state_interval.duration(),
                         call_timeout: Duration::from_secs(10),
                         instrument,
                     }]
@@ -520,11 +525,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             timeout,
         } => {
-            let cfg = load(&cli.global)?;
-            let mut opts = ClientOptions::from_config(&cfg);
+            let mut cfg = load(&cli.global)?;
             if let Some(t) = timeout {
-                opts.timeout = labmesh_config::secs(t);
+                cfg.client.timeout_seconds = seconds_flag("--timeout", t)?;
             }
+            let opts = ClientOptions::from_config(&cfg);
             let params = match json {
                 Some(j) => serde_json::from_str(&j).context("--json is not valid JSON")?,
                 None => Value::Object(parse_kv(&params)?),
