@@ -549,8 +549,14 @@ mod tests {
         for bad in [0.0, -0.0, -1.0, f64::NAN, f64::INFINITY, 1e-12, 1e9] {
             assert!(Seconds::new(bad).is_err(), "{bad}");
         }
-        assert_eq!(Seconds::new(0.25).unwrap().duration(), Duration::from_millis(250));
-        assert_eq!(Seconds::new(1e-9).unwrap().duration(), Duration::from_nanos(1));
+        assert_eq!(
+            Seconds::new(0.25).unwrap().duration(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            Seconds::new(1e-9).unwrap().duration(),
+            Duration::from_nanos(1)
+        );
         let d = Config::default();
         assert_eq!(d.client.timeout_seconds.get(), 15.0);
         assert!(toml::to_string(&d.broker)

@@ -1069,8 +1069,7 @@ async fn call_timeout_zero_became_an_instant_timeout() -> anyhow::Result<()> {
 async fn hosted_zero_poll_interval_panicked_the_instrument_task() -> anyhow::Result<()> {
     init_logging();
     let ctx = zmq::Context::new();
-    let broker =
-        labmesh_broker::spawn(&ctx, labmesh_broker::BrokerOptions::loopback()).await?;
+    let broker = labmesh_broker::spawn(&ctx, labmesh_broker::BrokerOptions::loopback()).await?;
     let hosted = labmesh_relay::Hosted::new(
         "zero",
         Box::new(labmesh_drivers::mock_psu::MockPsu::new("zero")),
