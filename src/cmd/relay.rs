@@ -1,10 +1,10 @@
 //! `labmesh relay`: host one instrument (flags) or the `[[relay.instruments]]`.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{bail, Context};
-use labmesh_drivers::InstrumentConfig;
+use anyhow::bail;
+use labmesh_config::InstrumentSection;
+use labmesh_relay::RelayError;
 
 use crate::common::{driver_registry, load_with, parse_kv, seconds_flag, serve, Global};
 
@@ -31,51 +31,58 @@ pub struct Args {
     options: Vec<String>,
 }
 
-const FLAGS: &[crate::common::Override] = &[("--rpc", "relay.default_rpc_bind")];
+/// Flags that set a key of the configuration, for messages.
+const FLAGS: &[crate::common::Override] = &[
+    ("--rpc", "relay.default_rpc_bind"),
+    ("--rpc", "relay.instruments[0].rpc_bind"),
+    ("--relay-id", "relay.instruments[0].id"),
+];
 
 pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
-    let single = a.relay_id.is_some() || a.driver.is_some();
     let cfg = load_with(global, FLAGS, |cfg| {
         if let Some(s) = a.state_interval {
             cfg.relay.state_interval = seconds_flag("--state-interval", s)?;
         }
-        if let (false, Some(r)) = (single, &a.rpc) {
-            cfg.relay.default_rpc_bind = r.clone();
+        match (a.relay_id, a.driver) {
+            // One instrument from the flags, in place of the file's
+            // [[relay.instruments]]: hosted exactly as if the file said so.
+            (Some(id), Some(driver)) => {
+                cfg.relay.instruments = vec![InstrumentSection {
+                    id,
+                    driver,
+                    resource: a.resource,
+                    poll_interval: None,
+                    rpc_bind: a.rpc,
+                    call_timeout: None,
+                    options: parse_kv(&a.options)?,
+                }];
+            }
+            (None, None) => {
+                if let Some(r) = a.rpc {
+                    cfg.relay.default_rpc_bind = r;
+                }
+            }
+            _ => bail!("--relay-id and --driver go together"),
         }
         Ok(())
     })?;
+    if cfg.relay.instruments.is_empty() {
+        bail!(
+            "nothing to host: pass --relay-id ID --driver DRIVER, or add [[relay.instruments]] to {}",
+            global.config.display()
+        );
+    }
     let registry = driver_registry(&cfg)?;
-    let hosted = match (a.relay_id, a.driver) {
-        (Some(id), Some(driver)) => {
-            let instrument = registry
-                .create(InstrumentConfig {
-                    id: id.clone(),
-                    driver,
-                    resource: a.resource,
-                    options: parse_kv(&a.options)?,
-                })
-                .await
-                .with_context(|| format!("instrument {id}"))?;
-            vec![labmesh_relay::Hosted {
-                relay_id: id,
-                rpc_bind: a.rpc.unwrap_or_else(|| cfg.relay.default_rpc_bind.clone()),
-                poll_interval: cfg.relay.state_interval.duration(),
-                call_timeout: Duration::from_secs(10),
-                instrument,
-            }]
-        }
-        (None, None) => {
-            let hosted = labmesh_relay::hosted_from_config(&cfg, &registry).await?;
-            if hosted.is_empty() {
-                bail!(
-                    "nothing to host: pass --relay-id ID --driver DRIVER, or add [[relay.instruments]] to {}",
-                    global.config.display()
-                );
+    let hosted = labmesh_relay::hosted_from_config(&cfg, &registry)
+        .await
+        .map_err(|e| match e {
+            // Its Display already ends with the source, which `{:#}` would
+            // print a second time.
+            RelayError::Driver { id, source } => {
+                anyhow::Error::new(source).context(format!("instrument {id}"))
             }
-            hosted
-        }
-        _ => bail!("--relay-id and --driver go together"),
-    };
+            e => e.into(),
+        })?;
     let relay =
         labmesh_relay::spawn(ctx, labmesh_relay::RelayOptions::from_config(&cfg), hosted).await?;
     let banner = relay

@@ -1098,3 +1098,52 @@ async fn hosted_zero_poll_interval_panicked_the_instrument_task() -> anyhow::Res
     broker.shutdown().await;
     Ok(())
 }
+
+/// `labmesh relay --relay-id ID --driver D` hosts one instrument the way a
+/// `[[relay.instruments]]` entry would (same defaults, same path), in place
+/// of the file's instruments: `--rpc` is its bind, `--state-interval` its
+/// interval.
+#[tokio::test]
+async fn relay_flags_host_one_instrument_in_place_of_the_files() -> anyhow::Result<()> {
+    init_logging();
+    let cfg = write_cfg(10.0)?;
+    let mut text = std::fs::read_to_string(&cfg.path)?;
+    text.push_str("\n[[relay.instruments]]\nid = \"from-file\"\ndriver = \"mock-psu\"\n");
+    std::fs::write(&cfg.path, text)?;
+    let broker = Node::start(&cfg.path, &["broker"], "broker:").await?;
+    let port = free_port()?;
+    let rpc = format!("tcp://127.0.0.1:{port}");
+    let relay = Node::start(
+        &cfg.path,
+        &[
+            "relay",
+            "--relay-id",
+            "flagged",
+            "--driver",
+            "mock-psu",
+            "--rpc",
+            &rpc,
+            "--state-interval",
+            "0.25",
+        ],
+        "relay flagged:",
+    )
+    .await?;
+    let ctx = zmq::Context::new();
+    let c = client(&ctx, &cfg).await?;
+    c.wait_for_relay("flagged", WAIT).await?;
+    let relays = c.list_relays().await?;
+    assert_eq!(relays.len(), 1, "{relays:?}");
+    assert_eq!(relays[0].rpc_endpoint, rpc);
+    let s = c.wait_state("flagged", WAIT, |_| true).await?;
+    assert_eq!(s.interval, Some(0.25));
+    assert_eq!(
+        c.call("flagged", "set_voltage", json!({"value": 3.0}))
+            .await?["voltage"],
+        json!(3.0)
+    );
+    let status = relay.terminate().await?;
+    assert!(status.success(), "relay exit status {status}");
+    broker.kill().await?;
+    Ok(())
+}
