@@ -1147,3 +1147,39 @@ async fn relay_flags_host_one_instrument_in_place_of_the_files() -> anyhow::Resu
     broker.kill().await?;
     Ok(())
 }
+
+/// A bad bind or address given by flag is refused naming the flag, before
+/// anything binds.
+#[tokio::test]
+async fn bad_bind_flags_are_refused_naming_the_flag() -> anyhow::Result<()> {
+    let cfg = write_cfg(10.0)?;
+    let cases: [(&[&str], &str); 5] = [
+        (&["broker", "--rpc-bind", "nope"], "--rpc-bind"),
+        (&["broker", "--xpub-bind", "127.0.0.1:1"], "--xpub-bind"),
+        (&["bank", "--ingest-bind", "nope"], "--ingest-bind"),
+        (
+            &[
+                "relay",
+                "--relay-id",
+                "a",
+                "--driver",
+                "mock-psu",
+                "--rpc",
+                "nope",
+            ],
+            "--rpc",
+        ),
+        (&["--broker", "", "ls"], "--broker"),
+    ];
+    for (args, flag) in cases {
+        let out = run_cli_within(Some(&cfg.path), args, Duration::from_secs(5)).await?;
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stdout);
+        assert!(
+            out.stderr.contains(&format!("labmesh: {flag}: ")),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+    }
+    Ok(())
+}
