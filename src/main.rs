@@ -1,18 +1,17 @@
 //! `labmesh`: run mesh nodes and talk to them.
 
-mod bench;
-mod cli;
-mod data;
-mod demo;
+mod cmd;
+mod common;
+mod progress;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let cli = cmd::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(args.default_log_level()));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.default_log_level()));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -27,7 +26,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(cli::run(args)) {
+    match rt.block_on(cmd::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("labmesh: {e:#}");

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use labmesh_proto::endpoint::{public_endpoint, resolve_broker};
+use labmesh_proto::limits;
 
 /// A configuration problem that stops a node from starting.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +74,7 @@ pub struct BrokerSection {
     /// XPUB bind: clients' SUB sockets connect here.
     pub xpub_bind: String,
     /// Seconds without a sign of life before a registration expires.
-    pub ttl_seconds: f64,
+    pub ttl_seconds: Seconds,
     /// The broker's host, substituted for `BROKER` in endpoints.
     pub address: String,
     /// Extension: high-water mark of the bus sockets (labmesh uses 4000).
@@ -86,7 +87,7 @@ impl Default for BrokerSection {
             rpc_bind: "tcp://*:5750".into(),
             xsub_bind: "tcp://*:5751".into(),
             xpub_bind: "tcp://*:5752".into(),
-            ttl_seconds: 30.0,
+            ttl_seconds: Seconds::of(limits::DEFAULT_TTL),
             address: "127.0.0.1".into(),
             hwm: 4000,
         }
@@ -107,14 +108,14 @@ pub struct InstrumentSection {
     /// Seconds between polls / state messages (default `[relay]
     /// state_interval`).
     #[serde(default)]
-    pub poll_interval: Option<f64>,
+    pub poll_interval: Option<Seconds>,
     /// RPC bind for this instrument (default: `[relay] default_rpc_bind`
     /// for the first instrument, an ephemeral port for the others).
     #[serde(default)]
     pub rpc_bind: Option<String>,
     /// Seconds one call may take before it fails with 408 (default 10).
     #[serde(default)]
-    pub call_timeout: Option<f64>,
+    pub call_timeout: Option<Seconds>,
     /// Driver-specific options: every other key of the table.
     #[serde(flatten)]
     pub options: serde_json::Map<String, serde_json::Value>,
@@ -139,15 +140,15 @@ pub struct RelaySection {
     /// RPC bind of a relay that does not name its own.
     pub default_rpc_bind: String,
     /// Seconds between state messages.
-    pub state_interval: f64,
+    pub state_interval: Seconds,
     /// Broker directory endpoint (may contain `BROKER`).
     pub broker_rpc: String,
     /// Broker XSUB endpoint (may contain `BROKER`).
     pub broker_xsub: String,
     /// Seconds between heartbeats.
-    pub heartbeat_seconds: f64,
+    pub heartbeat_seconds: Seconds,
     /// Seconds to wait for a bank's answer during an upload.
-    pub upload_timeout: f64,
+    pub upload_timeout: Seconds,
     /// How many times an upload step is retried.
     pub upload_retries: u32,
     /// Upload chunk size in bytes.
@@ -164,13 +165,13 @@ impl Default for RelaySection {
     fn default() -> Self {
         RelaySection {
             default_rpc_bind: "tcp://*:5850".into(),
-            state_interval: 1.0,
+            state_interval: Seconds::whole(1),
             broker_rpc: "tcp://BROKER:5750".into(),
             broker_xsub: "tcp://BROKER:5751".into(),
-            heartbeat_seconds: 5.0,
-            upload_timeout: 10.0,
+            heartbeat_seconds: Seconds::of(limits::DEFAULT_HEARTBEAT),
+            upload_timeout: Seconds::of(limits::DEFAULT_UPLOAD_TIMEOUT),
             upload_retries: 5,
-            upload_chunk: 1_000_000,
+            upload_chunk: limits::DEFAULT_UPLOAD_CHUNK,
             default_address: "127.0.0.1".into(),
             driver_dirs: Vec::new(),
             instruments: Vec::new(),
@@ -193,7 +194,7 @@ pub struct BankSection {
     /// Broker XSUB endpoint.
     pub broker_xsub: String,
     /// Seconds between heartbeats.
-    pub heartbeat_seconds: f64,
+    pub heartbeat_seconds: Seconds,
     /// Host put in place of `*` when advertising.
     pub default_address: String,
 }
@@ -206,7 +207,7 @@ impl Default for BankSection {
             default_data_dir: PathBuf::from("./bank_data"),
             broker_rpc: "tcp://BROKER:5750".into(),
             broker_xsub: "tcp://BROKER:5751".into(),
-            heartbeat_seconds: 5.0,
+            heartbeat_seconds: Seconds::of(limits::DEFAULT_HEARTBEAT),
             default_address: "127.0.0.1".into(),
         }
     }
@@ -223,9 +224,10 @@ pub struct ClientSection {
     /// The client's own host (unused by the client; kept for labmesh).
     pub default_address: String,
     /// Extension: seconds a call may take before the client gives up
-    /// (default 15: longer than a relay's default 10 s call deadline, so
+    /// (default 15 = `limits::DEFAULT_CLIENT_TIMEOUT`: longer than a relay's
+    /// default 10 s call deadline, so
     /// the relay's 408 arrives before the client stops waiting).
-    pub timeout_seconds: f64,
+    pub timeout_seconds: Seconds,
 }
 
 impl Default for ClientSection {
@@ -234,7 +236,7 @@ impl Default for ClientSection {
             broker_rpc: "tcp://BROKER:5750".into(),
             broker_xpub: "tcp://BROKER:5752".into(),
             default_address: "127.0.0.1".into(),
-            timeout_seconds: 15.0,
+            timeout_seconds: Seconds::of(limits::DEFAULT_CLIENT_TIMEOUT),
         }
     }
 }
@@ -253,9 +255,99 @@ pub struct Config {
     pub client: ClientSection,
 }
 
-/// Seconds as a `Duration`, for validated (finite, positive) values.
-pub fn secs(s: f64) -> Duration {
-    Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
+/// A number of seconds that is usable as a timer period or deadline:
+/// finite, positive, below 10^9 s and at least one nanosecond. The only
+/// ways to make one check that ([`Seconds::new`], `TryFrom<f64>`,
+/// `FromStr`, deserializing), so [`Seconds::duration`] is never zero.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct Seconds(f64);
+
+/// Why a number is not a usable [`Seconds`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("must be a positive number of seconds, got {0}")]
+pub struct BadSeconds(pub f64);
+
+impl Seconds {
+    /// `s` seconds, if finite, positive, below 10^9 and not below 1 ns.
+    pub fn new(s: f64) -> Result<Seconds, BadSeconds> {
+        let ok = s.is_finite()
+            && s < 1.0e9
+            && Duration::try_from_secs_f64(s).is_ok_and(|d| !d.is_zero());
+        if ok {
+            Ok(Seconds(s))
+        } else {
+            Err(BadSeconds(s))
+        }
+    }
+
+    /// A whole number of seconds, for defaults (`n` must not be 0).
+    const fn whole(n: u32) -> Seconds {
+        Seconds(n as f64)
+    }
+
+    /// A default taken from `labmesh_proto::limits` (never zero there).
+    const fn of(d: Duration) -> Seconds {
+        Seconds(d.as_secs_f64())
+    }
+
+    /// The number of seconds.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+
+    /// As a `Duration` (never zero).
+    pub fn duration(self) -> Duration {
+        Duration::try_from_secs_f64(self.0).unwrap_or(Duration::from_nanos(1))
+    }
+}
+
+impl TryFrom<f64> for Seconds {
+    type Error = BadSeconds;
+    fn try_from(s: f64) -> Result<Seconds, BadSeconds> {
+        Seconds::new(s)
+    }
+}
+
+impl From<Seconds> for f64 {
+    fn from(s: Seconds) -> f64 {
+        s.0
+    }
+}
+
+impl std::fmt::Display for Seconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The dotted key whose value starts at byte `at` of `text`
+/// (`relay.state_interval`, `relay.instruments[1].poll_interval`), for
+/// messages; `None` when the line does not look like `key = value`.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let before = text.get(..at)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let key = before.get(line_start..)?.split('=').next()?.trim();
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let mut table = String::new();
+    let mut arrays = std::collections::HashMap::<&str, usize>::new();
+    for line in before.get(..line_start)?.lines() {
+        let l = line.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let n = arrays.entry(name.trim()).or_insert(0);
+            table = format!("{}[{}]", name.trim(), n);
+            *n += 1;
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_string();
+        }
+    }
+    Some(if table.is_empty() {
+        key.to_string()
+    } else {
+        format!("{table}.{key}")
+    })
 }
 
 impl Config {
@@ -270,9 +362,16 @@ impl Config {
                 message: "unknown key (ignored)".to_string(),
             });
         })
-        .map_err(|e| ConfigError::Parse {
-            file: file.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+        .map_err(|e| {
+            let message = e.to_string().trim_end().to_string();
+            let key = e.span().and_then(|span| key_at(text, span.start));
+            ConfigError::Parse {
+                file: file.to_path_buf(),
+                message: match key {
+                    Some(k) => format!("{k}: {message}"),
+                    None => message,
+                },
+            }
         })?;
         cfg.validate(file)?;
         Ok((cfg, warnings))
@@ -307,16 +406,6 @@ impl Config {
             key: key.to_string(),
             why,
         };
-        let positive = |key: &str, v: f64| {
-            if v.is_finite() && v > 0.0 && v < 1.0e9 {
-                Ok(())
-            } else {
-                Err(bad(
-                    key,
-                    format!("must be a positive number of seconds, got {v}"),
-                ))
-            }
-        };
         let endpoint = |key: &str, v: &str| {
             let ok = ["tcp://", "ipc://", "inproc://"]
                 .iter()
@@ -333,7 +422,6 @@ impl Config {
         endpoint("broker.rpc_bind", &self.broker.rpc_bind)?;
         endpoint("broker.xsub_bind", &self.broker.xsub_bind)?;
         endpoint("broker.xpub_bind", &self.broker.xpub_bind)?;
-        positive("broker.ttl_seconds", self.broker.ttl_seconds)?;
         if self.broker.hwm < 0 {
             return Err(bad("broker.hwm", "must be 0 (unlimited) or more".into()));
         }
@@ -343,14 +431,12 @@ impl Config {
         endpoint("relay.default_rpc_bind", &self.relay.default_rpc_bind)?;
         endpoint("relay.broker_rpc", &self.relay.broker_rpc)?;
         endpoint("relay.broker_xsub", &self.relay.broker_xsub)?;
-        positive("relay.state_interval", self.relay.state_interval)?;
-        positive("relay.heartbeat_seconds", self.relay.heartbeat_seconds)?;
-        positive("relay.upload_timeout", self.relay.upload_timeout)?;
-        if self.relay.upload_chunk == 0 || self.relay.upload_chunk > 64 * 1024 * 1024 {
+        if self.relay.upload_chunk == 0 || self.relay.upload_chunk > limits::MAX_UPLOAD_CHUNK {
             return Err(bad(
                 "relay.upload_chunk",
                 format!(
-                    "must be 1..=67108864 bytes, got {}",
+                    "must be 1..={} bytes, got {}",
+                    limits::MAX_UPLOAD_CHUNK,
                     self.relay.upload_chunk
                 ),
             ));
@@ -367,12 +453,6 @@ impl Config {
                     format!("duplicate instrument id {:?}", inst.id),
                 ));
             }
-            if let Some(p) = inst.poll_interval {
-                positive(&key("poll_interval"), p)?;
-            }
-            if let Some(p) = inst.call_timeout {
-                positive(&key("call_timeout"), p)?;
-            }
             if let Some(b) = &inst.rpc_bind {
                 endpoint(&key("rpc_bind"), b)?;
             }
@@ -381,10 +461,8 @@ impl Config {
         endpoint("bank.retrieve_bind", &self.bank.retrieve_bind)?;
         endpoint("bank.broker_rpc", &self.bank.broker_rpc)?;
         endpoint("bank.broker_xsub", &self.bank.broker_xsub)?;
-        positive("bank.heartbeat_seconds", self.bank.heartbeat_seconds)?;
         endpoint("client.broker_rpc", &self.client.broker_rpc)?;
         endpoint("client.broker_xpub", &self.client.broker_xpub)?;
-        positive("client.timeout_seconds", self.client.timeout_seconds)?;
         Ok(())
     }
 
@@ -447,6 +525,51 @@ mod tests {
             e.to_string().contains("lab.toml") && e.to_string().contains("ttl_seconds"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn bad_seconds_are_refused_naming_the_key() {
+        for (text, key) in [
+            ("[relay]\nstate_interval = 0\n", "relay.state_interval"),
+            ("[broker]\nttl_seconds = nan\n", "broker.ttl_seconds"),
+            ("[client]\ntimeout_seconds = inf\n", "client.timeout_seconds"),
+            ("[bank]\nheartbeat_seconds = 1e-12\n", "bank.heartbeat_seconds"),
+            (
+                "[[relay.instruments]]\nid = \"a\"\ndriver = \"mock-psu\"\npoll_interval = 0\n",
+                "relay.instruments[0].poll_interval",
+            ),
+            (
+                "[[relay.instruments]]\nid = \"a\"\ndriver = \"mock-psu\"\n\n[[relay.instruments]]\nid = \"b\"\ndriver = \"mock-psu\"\ncall_timeout = -2\n",
+                "relay.instruments[1].call_timeout",
+            ),
+        ] {
+            let e = Config::parse(text, Path::new("lab.toml")).unwrap_err().to_string();
+            eprintln!("{e}");
+            assert!(
+                e.contains("lab.toml") && e.contains(key) && e.contains("positive"),
+                "{text}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn seconds_is_never_a_zero_duration() {
+        for bad in [0.0, -0.0, -1.0, f64::NAN, f64::INFINITY, 1e-12, 1e9] {
+            assert!(Seconds::new(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Seconds::new(0.25).unwrap().duration(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            Seconds::new(1e-9).unwrap().duration(),
+            Duration::from_nanos(1)
+        );
+        let d = Config::default();
+        assert_eq!(d.client.timeout_seconds.get(), 15.0);
+        assert!(toml::to_string(&d.broker)
+            .unwrap()
+            .contains("ttl_seconds = 30.0"));
     }
 
     #[test]

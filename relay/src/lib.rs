@@ -37,7 +37,7 @@ pub fn upload_options(cfg: &labmesh_config::Config, relay_id: &str) -> UploadOpt
     UploadOptions {
         relay_id: relay_id.to_string(),
         chunk_size: cfg.relay.upload_chunk,
-        timeout: labmesh_config::secs(cfg.relay.upload_timeout),
+        timeout: cfg.relay.upload_timeout.duration(),
         retries: cfg.relay.upload_retries,
         password: Password::from_env(),
         ..UploadOptions::default()
@@ -108,7 +108,7 @@ impl RelayOptions {
             broker_rpc: Some(resolve_broker(&cfg.relay.broker_rpc, &cfg.broker.address)),
             broker_xsub: Some(resolve_broker(&cfg.relay.broker_xsub, &cfg.broker.address)),
             advertise_host: cfg.relay.default_address.clone(),
-            heartbeat: labmesh_config::secs(cfg.relay.heartbeat_seconds),
+            heartbeat: cfg.relay.heartbeat_seconds.duration(),
             password: Password::from_env(),
             max_msg_size: labmesh_proto::limits::MAX_RPC_MSG as i64,
         }
@@ -203,13 +203,13 @@ pub async fn hosted_from_config(
         out.push(Hosted {
             relay_id: inst.id.clone(),
             rpc_bind,
-            poll_interval: labmesh_config::secs(
-                inst.poll_interval.unwrap_or(cfg.relay.state_interval),
-            ),
+            poll_interval: inst
+                .poll_interval
+                .unwrap_or(cfg.relay.state_interval)
+                .duration(),
             call_timeout: inst
                 .call_timeout
-                .map(labmesh_config::secs)
-                .unwrap_or(labmesh_proto::limits::DEFAULT_CALL_DEADLINE),
+                .map_or(labmesh_proto::limits::DEFAULT_CALL_DEADLINE, |t| t.duration()),
             instrument,
         });
     }

@@ -91,7 +91,9 @@ pub(crate) async fn run(
 ) {
     let relay_id = ctx.relay_id.clone();
     let mut publisher = StatePublisher::new(&relay_id, settings.poll_interval, state);
-    let mut ticker = tokio::time::interval(settings.poll_interval);
+    // `interval(ZERO)` panics: a zero period (`Hosted::poll_every(ZERO)`)
+    // polls every millisecond at most instead.
+    let mut ticker = tokio::time::interval(settings.poll_interval.max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut idle: Option<BoxInstrument> = Some(inst);
     let mut busy: Option<Busy> = None;

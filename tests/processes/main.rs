@@ -263,16 +263,37 @@ async fn wait_for_bank(c: &Client, id: &str, limit: Duration) -> anyhow::Result<
 
 /// Run `labmesh ARGS` to completion; returns (exit code, stdout).
 async fn run_cli(cfg: Option<&Path>, args: &[&str]) -> anyhow::Result<(i32, String)> {
+    let out = run_cli_within(cfg, args, WAIT * 2).await?;
+    Ok((out.code, out.stdout))
+}
+
+/// What a finished `labmesh` run printed.
+struct Finished {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Run `labmesh ARGS`; an error if it is still running after `limit`.
+async fn run_cli_within(
+    cfg: Option<&Path>,
+    args: &[&str],
+    limit: Duration,
+) -> anyhow::Result<Finished> {
     let mut cmd = tokio::process::Command::new(BIN);
     if let Some(c) = cfg {
         cmd.arg("--config").arg(c);
     }
-    let out = tokio::time::timeout(WAIT * 2, cmd.args(args).kill_on_drop(true).output()).await??;
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    ))
+    let out = tokio::time::timeout(limit, cmd.args(args).kill_on_drop(true).output())
+        .await
+        .with_context(|| format!("labmesh {args:?} still running after {limit:?}"))??;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("{stderr}");
+    Ok(Finished {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    })
 }
 
 #[tokio::test]
@@ -930,5 +951,235 @@ resource = "tcp://127.0.0.1:{ksim_port}"
     let status = relay.terminate().await?;
     assert!(status.success(), "relay exit status {status}");
     broker.kill().await?;
+    Ok(())
+}
+
+/// Bad durations: not positive, not finite, or too small to be a tick.
+const BAD_SECONDS: [&str; 5] = ["0", "-1", "nan", "inf", "1e-12"];
+
+/// Before: `labmesh relay --state-interval 0` registered, printed its
+/// endpoint, and then its instrument task panicked on
+/// `tokio::time::interval(ZERO)`: the broker listed a relay that never
+/// answered. Every bad value must now be refused before anything binds.
+#[tokio::test]
+async fn relay_state_interval_zero_listed_a_relay_that_never_answers() -> anyhow::Result<()> {
+    init_logging();
+    let cfg = write_cfg(30.0)?;
+    let broker = Node::start(&cfg.path, &["broker"], "broker:").await?;
+    let ctx = zmq::Context::new();
+    let c = client(&ctx, &cfg).await?;
+    for (i, bad) in BAD_SECONDS.iter().enumerate() {
+        let id = format!("bad-{i}");
+        let port = free_port()?;
+        let rpc = format!("tcp://127.0.0.1:{port}");
+        let interval = format!("--state-interval={bad}");
+        let args = [
+            "relay",
+            "--relay-id",
+            &id,
+            "--driver",
+            "mock-psu",
+            "--rpc",
+            &rpc,
+            &interval,
+        ];
+        let out = run_cli_within(Some(&cfg.path), &args, Duration::from_secs(5)).await?;
+        assert_ne!(out.code, 0, "{bad}: {}", out.stdout);
+        assert!(
+            out.stderr.contains("--state-interval") && out.stderr.contains("positive"),
+            "{bad}: the error names the flag and why: {}",
+            out.stderr
+        );
+        assert!(!out.stdout.contains("relay "), "{bad}: {}", out.stdout);
+        std::net::TcpListener::bind(("127.0.0.1", port))
+            .with_context(|| format!("{bad}: port {port} left bound"))?;
+        let listed = c.list_relays().await?;
+        assert!(
+            !listed.iter().any(|r| r.relay_id == id),
+            "{bad}: the broker lists {id}: {listed:?}"
+        );
+    }
+    broker.kill().await?;
+    Ok(())
+}
+
+/// Same defect through the file: `[relay] state_interval` and an
+/// instrument's `poll_interval` of 0 are refused, naming the key.
+#[tokio::test]
+async fn relay_poll_interval_zero_in_the_file_is_refused() -> anyhow::Result<()> {
+    let cfg = write_cfg(30.0)?;
+    let base = std::fs::read_to_string(&cfg.path)?;
+    let cases = [
+        (
+            base.replace("state_interval = 0.1", "state_interval = 0"),
+            "relay.state_interval",
+        ),
+        (
+            format!("{base}\n[[relay.instruments]]\nid = \"z\"\ndriver = \"mock-psu\"\npoll_interval = 0\n"),
+            "poll_interval",
+        ),
+        (
+            format!("{base}\n[[relay.instruments]]\nid = \"z\"\ndriver = \"mock-psu\"\ncall_timeout = -1\n"),
+            "call_timeout",
+        ),
+    ];
+    for (text, key) in cases {
+        let path = cfg.path.with_file_name("bad.toml");
+        std::fs::write(&path, text)?;
+        let out = run_cli_within(Some(&path), &["relay"], Duration::from_secs(5)).await?;
+        assert_ne!(out.code, 0, "{key}: {}", out.stdout);
+        assert!(
+            out.stderr.contains(key) && out.stderr.contains("positive"),
+            "{key}: {}",
+            out.stderr
+        );
+        assert!(!out.stdout.contains("relay "), "{key}: {}", out.stdout);
+    }
+    Ok(())
+}
+
+/// Before: `labmesh call --timeout 0` (or -1, nan, inf) became a zero
+/// deadline and every call "timed out" at once (exit 2). Now a usage error
+/// naming the flag, before the client connects.
+#[tokio::test]
+async fn call_timeout_zero_became_an_instant_timeout() -> anyhow::Result<()> {
+    let cfg = write_cfg(30.0)?;
+    for bad in BAD_SECONDS {
+        let timeout = format!("--timeout={bad}");
+        let out = run_cli_within(
+            Some(&cfg.path),
+            &["call", "psu", "lm.ping", &timeout],
+            Duration::from_secs(5),
+        )
+        .await?;
+        assert_eq!(out.code, 1, "{bad}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("--timeout") && out.stderr.contains("positive"),
+            "{bad}: {}",
+            out.stderr
+        );
+    }
+    Ok(())
+}
+
+/// A zero poll interval that still reaches the relay crate (library use,
+/// `Hosted::poll_every(ZERO)`) must not panic the instrument's task: the
+/// relay keeps answering calls.
+#[tokio::test]
+async fn hosted_zero_poll_interval_panicked_the_instrument_task() -> anyhow::Result<()> {
+    init_logging();
+    let ctx = zmq::Context::new();
+    let broker = labmesh_broker::spawn(&ctx, labmesh_broker::BrokerOptions::loopback()).await?;
+    let hosted = labmesh_relay::Hosted::new(
+        "zero",
+        Box::new(labmesh_drivers::mock_psu::MockPsu::new("zero")),
+    )
+    .poll_every(Duration::ZERO);
+    let relay = labmesh_relay::spawn(
+        &ctx,
+        labmesh_relay::RelayOptions::with_broker(broker.rpc_endpoint(), broker.xsub_endpoint()),
+        vec![hosted],
+    )
+    .await?;
+    let c = Client::connect(
+        &ctx,
+        ClientOptions {
+            timeout: Duration::from_secs(3),
+            ..ClientOptions::new(broker.rpc_endpoint(), broker.xpub_endpoint())
+        },
+    )
+    .await?;
+    c.wait_for_relay("zero", WAIT).await?;
+    let v = c.call("zero", "set_voltage", json!({"value": 1.5})).await?;
+    assert_eq!(v["voltage"], json!(1.5));
+    c.wait_state("zero", WAIT, |s| s.state["voltage"] == json!(1.5))
+        .await?;
+    relay.shutdown().await;
+    broker.shutdown().await;
+    Ok(())
+}
+
+/// `labmesh relay --relay-id ID --driver D` hosts one instrument the way a
+/// `[[relay.instruments]]` entry would (same defaults, same path), in place
+/// of the file's instruments: `--rpc` is its bind, `--state-interval` its
+/// interval.
+#[tokio::test]
+async fn relay_flags_host_one_instrument_in_place_of_the_files() -> anyhow::Result<()> {
+    init_logging();
+    let cfg = write_cfg(10.0)?;
+    let mut text = std::fs::read_to_string(&cfg.path)?;
+    text.push_str("\n[[relay.instruments]]\nid = \"from-file\"\ndriver = \"mock-psu\"\n");
+    std::fs::write(&cfg.path, text)?;
+    let broker = Node::start(&cfg.path, &["broker"], "broker:").await?;
+    let port = free_port()?;
+    let rpc = format!("tcp://127.0.0.1:{port}");
+    let relay = Node::start(
+        &cfg.path,
+        &[
+            "relay",
+            "--relay-id",
+            "flagged",
+            "--driver",
+            "mock-psu",
+            "--rpc",
+            &rpc,
+            "--state-interval",
+            "0.25",
+        ],
+        "relay flagged:",
+    )
+    .await?;
+    let ctx = zmq::Context::new();
+    let c = client(&ctx, &cfg).await?;
+    c.wait_for_relay("flagged", WAIT).await?;
+    let relays = c.list_relays().await?;
+    assert_eq!(relays.len(), 1, "{relays:?}");
+    assert_eq!(relays[0].rpc_endpoint, rpc);
+    let s = c.wait_state("flagged", WAIT, |_| true).await?;
+    assert_eq!(s.interval, Some(0.25));
+    assert_eq!(
+        c.call("flagged", "set_voltage", json!({"value": 3.0}))
+            .await?["voltage"],
+        json!(3.0)
+    );
+    let status = relay.terminate().await?;
+    assert!(status.success(), "relay exit status {status}");
+    broker.kill().await?;
+    Ok(())
+}
+
+/// A bad bind or address given by flag is refused naming the flag, before
+/// anything binds.
+#[tokio::test]
+async fn bad_bind_flags_are_refused_naming_the_flag() -> anyhow::Result<()> {
+    let cfg = write_cfg(10.0)?;
+    let cases: [(&[&str], &str); 5] = [
+        (&["broker", "--rpc-bind", "nope"], "--rpc-bind"),
+        (&["broker", "--xpub-bind", "127.0.0.1:1"], "--xpub-bind"),
+        (&["bank", "--ingest-bind", "nope"], "--ingest-bind"),
+        (
+            &[
+                "relay",
+                "--relay-id",
+                "a",
+                "--driver",
+                "mock-psu",
+                "--rpc",
+                "nope",
+            ],
+            "--rpc",
+        ),
+        (&["--broker", "", "ls"], "--broker"),
+    ];
+    for (args, flag) in cases {
+        let out = run_cli_within(Some(&cfg.path), args, Duration::from_secs(5)).await?;
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stdout);
+        assert!(
+            out.stderr.contains(&format!("labmesh: {flag}: ")),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+    }
     Ok(())
 }

@@ -95,7 +95,7 @@ impl BankOptions {
             broker_rpc: Some(cfg.at_broker(&cfg.bank.broker_rpc)),
             broker_xsub: Some(cfg.at_broker(&cfg.bank.broker_xsub)),
             advertise_host: cfg.bank.default_address.clone(),
-            heartbeat: labmesh_config::secs(cfg.bank.heartbeat_seconds),
+            heartbeat: cfg.bank.heartbeat_seconds.duration(),
             password: Password::from_env(),
             ..BankOptions::new(bank_id, cfg.bank.default_data_dir.clone())
         }

@@ -83,7 +83,7 @@ impl BrokerOptions {
             xpub_bind: cfg.broker.xpub_bind.clone(),
             advertise_host: cfg.broker.address.clone(),
             hwm: cfg.broker.hwm,
-            ttl: labmesh_config::secs(cfg.broker.ttl_seconds),
+            ttl: cfg.broker.ttl_seconds.duration(),
             password: Password::from_env(),
             max_msg_size: labmesh_proto::limits::MAX_DIRECTORY_MSG as i64,
         }

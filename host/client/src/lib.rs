@@ -144,7 +144,7 @@ impl ClientOptions {
     /// From the `[client]` table (`BROKER` resolved).
     pub fn from_config(cfg: &labmesh_config::Config) -> Self {
         ClientOptions {
-            timeout: labmesh_config::secs(cfg.client.timeout_seconds),
+            timeout: cfg.client.timeout_seconds.duration(),
             ..ClientOptions::new(
                 &cfg.at_broker(&cfg.client.broker_rpc),
                 &cfg.at_broker(&cfg.client.broker_xpub),

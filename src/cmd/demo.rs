@@ -1,5 +1,6 @@
 //! `labmesh demo`: a whole mesh in one process on free loopback ports.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,7 +11,11 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-pub async fn run(ctx: &zmq::Context) -> anyhow::Result<()> {
+pub async fn exec(ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
+    run(ctx).await.map(|_| ExitCode::SUCCESS)
+}
+
+async fn run(ctx: &zmq::Context) -> anyhow::Result<()> {
     println!("== labmesh demo: a simulated Keysight PSU over SCPI/TCP, a broker, relay Inst-0 and a client, on loopback ==");
     let sim = SimPsu::new(SimConfig::new(Dialect::KeysightE36xx))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -156,7 +161,7 @@ async fn dataset_round_trip(
         .flat_map(|i| format!("Result {i} from Inst-0\n").into_bytes())
         .collect();
     std::fs::write(&src, &payload)?;
-    let local_sha = crate::data::sha256_file(&src)?;
+    let local_sha = crate::common::sha256_file(&src)?;
     let mut events = client.events();
     let opts = labmesh_relay::UploadOptions {
         relay_id: "Inst-0".into(),
@@ -190,7 +195,7 @@ async fn dataset_round_trip(
         .await?
         .download(&announced.dataset_id, &dest)
         .await?;
-    let ok = got.sha256 == local_sha && crate::data::sha256_file(&dest)? == local_sha;
+    let ok = got.sha256 == local_sha && crate::common::sha256_file(&dest)? == local_sha;
     println!(
         "client     downloaded {} bytes, sha256 {}",
         got.size,

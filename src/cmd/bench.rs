@@ -1,11 +1,47 @@
-//! `labmesh bench rpc`: RPC round trips through the mesh next to a raw zmq
-//! DEALER/ROUTER echo measured in the same run.
+//! `labmesh bench rpc | soak`: RPC round trips through the mesh next to a
+//! raw zmq DEALER/ROUTER echo measured in the same run; a soak of many relays.
 
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use labmesh_client::{Client, ClientOptions};
 use labmesh_drivers::mock_psu::MockPsu;
 use serde_json::json;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Args {
+    /// RPC round trips (client -> relay -> mock PSU) vs a raw zmq echo.
+    Rpc {
+        /// Calls per measurement.
+        #[arg(long, default_value_t = 5000)]
+        n: usize,
+    },
+    /// Many relays publishing state through one broker process; counts
+    /// sequence gaps at a client, reports broker CPU and RSS.
+    Soak {
+        /// Relay ids (mock PSUs, hosted by one relay).
+        #[arg(long, default_value_t = 100)]
+        relays: usize,
+        /// State messages per second per relay.
+        #[arg(long, default_value_t = 10.0)]
+        hz: f64,
+        /// Duration of the measurement.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
+}
+
+pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
+    match a {
+        Args::Rpc { n } => rpc(ctx, n).await?,
+        Args::Soak {
+            relays,
+            hz,
+            seconds,
+        } => soak(ctx, relays, hz, seconds).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 /// Percentiles of a sample, in microseconds.
 struct Summary {
@@ -82,7 +118,7 @@ async fn mesh_calls(client: &Client, method: &str, n: usize) -> anyhow::Result<V
     Ok(out)
 }
 
-pub async fn rpc(ctx: &zmq::Context, n: usize) -> anyhow::Result<()> {
+async fn rpc(ctx: &zmq::Context, n: usize) -> anyhow::Result<()> {
     let broker = labmesh_broker::spawn(ctx, labmesh_broker::BrokerOptions::loopback()).await?;
     let relay = labmesh_relay::spawn(
         ctx,
@@ -180,7 +216,7 @@ fn free_port() -> anyhow::Result<u16> {
 /// `labmesh bench soak`: many relays publishing state through one broker
 /// (a separate process, so its CPU and memory can be read) to one client
 /// that counts sequence gaps.
-pub async fn soak(ctx: &zmq::Context, relays: usize, hz: f64, seconds: u64) -> anyhow::Result<()> {
+async fn soak(ctx: &zmq::Context, relays: usize, hz: f64, seconds: u64) -> anyhow::Result<()> {
     let (p1, p2, p3) = (free_port()?, free_port()?, free_port()?);
     let dir = std::env::temp_dir().join(format!("labmesh-soak-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

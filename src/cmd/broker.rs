@@ -1,0 +1,49 @@
+//! `labmesh broker`: the directory and the state bus.
+
+use std::process::ExitCode;
+
+use crate::common::{load_with, serve, Global};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Directory bind, overriding `[broker] rpc_bind`.
+    #[arg(long)]
+    rpc_bind: Option<String>,
+    /// XSUB bind, overriding `[broker] xsub_bind`.
+    #[arg(long)]
+    xsub_bind: Option<String>,
+    /// XPUB bind, overriding `[broker] xpub_bind`.
+    #[arg(long)]
+    xpub_bind: Option<String>,
+}
+
+const FLAGS: &[crate::common::Override] = &[
+    ("--rpc-bind", "broker.rpc_bind"),
+    ("--xsub-bind", "broker.xsub_bind"),
+    ("--xpub-bind", "broker.xpub_bind"),
+];
+
+pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
+    let cfg = load_with(global, FLAGS, |cfg| {
+        let b = &mut cfg.broker;
+        for (flag, key) in [
+            (a.rpc_bind, &mut b.rpc_bind),
+            (a.xsub_bind, &mut b.xsub_bind),
+            (a.xpub_bind, &mut b.xpub_bind),
+        ] {
+            if let Some(v) = flag {
+                *key = v;
+            }
+        }
+        Ok(())
+    })?;
+    let broker =
+        labmesh_broker::spawn(ctx, labmesh_broker::BrokerOptions::from_config(&cfg)).await?;
+    let banner = format!(
+        "broker: directory {}  xsub {}  xpub {}",
+        broker.rpc_endpoint(),
+        broker.xsub_endpoint(),
+        broker.xpub_endpoint()
+    );
+    serve(broker, &banner, |b| b.shutdown()).await
+}

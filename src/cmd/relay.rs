@@ -1,0 +1,95 @@
+//! `labmesh relay`: host one instrument (flags) or the `[[relay.instruments]]`.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use labmesh_config::InstrumentSection;
+use labmesh_relay::RelayError;
+
+use crate::common::{driver_registry, load_with, parse_kv, seconds_flag, serve, Global};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Relay id of the single instrument.
+    #[arg(long)]
+    relay_id: Option<String>,
+    /// Driver of the single instrument (see `labmesh drivers`).
+    #[arg(long)]
+    driver: Option<String>,
+    /// Resource string (`TCPIP::host::5025::SOCKET`, `tcp://host:5025`,
+    /// `ASRL/dev/ttyUSB0::INSTR`, `serial:///dev/ttyUSB0?baud=9600`).
+    #[arg(long)]
+    resource: Option<String>,
+    /// RPC bind, overriding `[relay] default_rpc_bind` (`tcp://*:*` for any port).
+    #[arg(long)]
+    rpc: Option<String>,
+    /// Seconds between state messages, overriding `[relay] state_interval`.
+    #[arg(long)]
+    state_interval: Option<f64>,
+    /// Driver option `key=value` (repeatable).
+    #[arg(long = "option", value_name = "KEY=VALUE")]
+    options: Vec<String>,
+}
+
+/// Flags that set a key of the configuration, for messages.
+const FLAGS: &[crate::common::Override] = &[
+    ("--rpc", "relay.default_rpc_bind"),
+    ("--rpc", "relay.instruments[0].rpc_bind"),
+    ("--relay-id", "relay.instruments[0].id"),
+];
+
+pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
+    let cfg = load_with(global, FLAGS, |cfg| {
+        if let Some(s) = a.state_interval {
+            cfg.relay.state_interval = seconds_flag("--state-interval", s)?;
+        }
+        match (a.relay_id, a.driver) {
+            // One instrument from the flags, in place of the file's
+            // [[relay.instruments]]: hosted exactly as if the file said so.
+            (Some(id), Some(driver)) => {
+                cfg.relay.instruments = vec![InstrumentSection {
+                    id,
+                    driver,
+                    resource: a.resource,
+                    poll_interval: None,
+                    rpc_bind: a.rpc,
+                    call_timeout: None,
+                    options: parse_kv(&a.options)?,
+                }];
+            }
+            (None, None) => {
+                if let Some(r) = a.rpc {
+                    cfg.relay.default_rpc_bind = r;
+                }
+            }
+            _ => bail!("--relay-id and --driver go together"),
+        }
+        Ok(())
+    })?;
+    if cfg.relay.instruments.is_empty() {
+        bail!(
+            "nothing to host: pass --relay-id ID --driver DRIVER, or add [[relay.instruments]] to {}",
+            global.config.display()
+        );
+    }
+    let registry = driver_registry(&cfg)?;
+    let hosted = labmesh_relay::hosted_from_config(&cfg, &registry)
+        .await
+        .map_err(|e| match e {
+            // Its Display already ends with the source, which `{:#}` would
+            // print a second time.
+            RelayError::Driver { id, source } => {
+                anyhow::Error::new(source).context(format!("instrument {id}"))
+            }
+            e => e.into(),
+        })?;
+    let relay =
+        labmesh_relay::spawn(ctx, labmesh_relay::RelayOptions::from_config(&cfg), hosted).await?;
+    let banner = relay
+        .served()
+        .iter()
+        .map(|s| format!("relay {}: {}", s.relay_id, s.rpc_endpoint))
+        .collect::<Vec<_>>()
+        .join("\n");
+    serve(relay, &banner, |r| r.shutdown()).await
+}
