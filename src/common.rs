@@ -76,12 +76,19 @@ pub fn seconds_flag(flag: &str, v: f64) -> anyhow::Result<Seconds> {
 
 /// A client for the mesh `cfg` describes.
 pub async fn connect_with(cfg: &Config, ctx: &zmq::Context) -> anyhow::Result<Client> {
-    Ok(Client::connect(ctx, ClientOptions::from_config(cfg)).await?)
+    Ok(Client::connect(ctx, ClientOptions::from_config(cfg).without_bus()).await?)
 }
 
-/// A client for the mesh the configuration describes.
+/// A client for the mesh the configuration describes, for one-shot
+/// commands: the broker directory only, no bus subscription (nothing
+/// decodes state messages nobody reads).
 pub async fn connect(global: &Global, ctx: &zmq::Context) -> anyhow::Result<Client> {
     connect_with(&load(global)?, ctx).await
+}
+
+/// A client that also subscribes to the bus (`watch`).
+pub async fn connect_bus(global: &Global, ctx: &zmq::Context) -> anyhow::Result<Client> {
+    Ok(Client::connect(ctx, ClientOptions::from_config(&load(global)?)).await?)
 }
 
 /// The built-in drivers and the declarative ones from `[relay] driver_dirs`.

@@ -209,7 +209,9 @@ pub async fn hosted_from_config(
                 .duration(),
             call_timeout: inst
                 .call_timeout
-                .map_or(labmesh_proto::limits::DEFAULT_CALL_DEADLINE, |t| t.duration()),
+                .map_or(labmesh_proto::limits::DEFAULT_CALL_DEADLINE, |t| {
+                    t.duration()
+                }),
             instrument,
         });
     }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use labmesh_client::Event;
 
-use crate::common::{connect, shutdown_signal, Global};
+use crate::common::{connect_bus, shutdown_signal, Global};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -23,7 +23,7 @@ pub struct Args {
 }
 
 pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
-    let client = connect(global, ctx).await?;
+    let client = connect_bus(global, ctx).await?;
     let mut rx = client.events();
     let mut seen = 0u64;
     let stop = shutdown_signal();

@@ -1183,3 +1183,81 @@ async fn bad_bind_flags_are_refused_naming_the_flag() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Regression (issue 9, defect 6): a one-shot `labmesh call` subscribed to
+/// the whole bus (decoding every state nobody reads) and fetched the whole
+/// relay list to find one id. Now: one `lm.resolve`, one call, no SUB.
+/// The broker and relay here are raw sockets that record what they get.
+#[tokio::test]
+async fn one_shot_call_made_one_lookup_and_subscribed_to_nothing() -> anyhow::Result<()> {
+    use labmesh_proto::mesh::{decode_request, encode, HelloAck, Reply, Request, Role};
+    use labmesh_wire::{AsyncSocket, SocketOptions};
+    let ctx = zmq::Context::new();
+    let mut broker = AsyncSocket::new(&ctx, zmq::ROUTER, SocketOptions::default())?;
+    let broker_ep = broker.bind("tcp://127.0.0.1:*")?;
+    let mut xpub = AsyncSocket::new(&ctx, zmq::XPUB, SocketOptions::default())?;
+    xpub.raw().set_xpub_verbose(true)?;
+    let xpub_ep = xpub.bind("tcp://127.0.0.1:*")?;
+    let mut relay = AsyncSocket::new(&ctx, zmq::ROUTER, SocketOptions::default())?;
+    let relay_ep = relay.bind("tcp://127.0.0.1:*")?;
+    let dir = tempfile_dir()?;
+    let cfg = dir.join("oneshot.toml");
+    std::fs::write(
+        &cfg,
+        format!("[client]\nbroker_rpc = \"{broker_ep}\"\nbroker_xpub = \"{xpub_ep}\"\n"),
+    )?;
+    let call = run_cli_within(Some(&cfg), &["call", "psu", "get_state"], WAIT * 2);
+    tokio::pin!(call);
+    let mut methods = Vec::new();
+    let mut relay_calls = Vec::new();
+    let mut subscriptions = Vec::new();
+    let out = loop {
+        tokio::select! {
+            out = &mut call => break out?,
+            f = broker.recv_multipart() => {
+                let f = f?;
+                let reply = match decode_request(&f[1]) {
+                    Ok(Request::Hello(_)) => Reply::Hello(HelloAck::ok(Role::Client)),
+                    Ok(Request::Rpc(r)) => {
+                        methods.push(r.method.clone());
+                        let result = match r.method.as_str() {
+                            "lm.resolve" => json!({"relay_id": "psu", "rpc_endpoint": relay_ep}),
+                            "list_relay_ids" => json!([{"relay_id": "psu", "rpc_endpoint": relay_ep}]),
+                            _ => json!({"ok": true}),
+                        };
+                        Reply::RpcResult { rpc_uuid: r.rpc_uuid, result }
+                    }
+                    other => anyhow::bail!("unexpected at the broker: {other:?}"),
+                };
+                broker.send_multipart([f[0].clone(), encode(&reply)]).await?;
+            }
+            f = relay.recv_multipart() => {
+                let f = f?;
+                let Ok(Request::Rpc(r)) = decode_request(&f[1]) else { anyhow::bail!("not an rpc") };
+                relay_calls.push(r.method.clone());
+                let reply = Reply::RpcResult { rpc_uuid: r.rpc_uuid, result: json!({"relay_id": "psu", "ok": true}) };
+                relay.send_multipart([f[0].clone(), encode(&reply)]).await?;
+            }
+            f = xpub.recv_multipart() => subscriptions.push(String::from_utf8_lossy(&f?[0]).into_owned()),
+        }
+    };
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("\"ok\": true"), "{}", out.stdout);
+    assert_eq!(methods, ["lm.resolve"], "one lookup at the broker");
+    assert_eq!(relay_calls, ["get_state"], "one call at the relay");
+    // A subscription would have reached the XPUB before the call was sent.
+    while let Ok(Some(f)) = tokio::time::timeout(Duration::from_millis(100), xpub.recv_multipart())
+        .await
+        .map(Result::ok)
+    {
+        subscriptions.push(String::from_utf8_lossy(&f[0]).into_owned());
+    }
+    assert!(subscriptions.is_empty(), "subscribed to {subscriptions:?}");
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("labmesh-oneshot-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
