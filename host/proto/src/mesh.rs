@@ -560,4 +560,71 @@ mod tests {
             br#"{"type":"heartbeat_ack","rpc_uuid":"h1","known":false}"#
         );
     }
+
+    #[test]
+    fn presence_bytes_and_unknown_values_kept() {
+        let p = Presence {
+            id: "psu".into(),
+            role: Role::Relay,
+            status: PresenceStatus::Offline,
+            reason: PresenceReason::TtlExpired,
+            endpoint: Some("tcp://127.0.0.1:5850".into()),
+            ts: 1.5,
+        };
+        let bytes = encode(&p);
+        assert_eq!(
+            bytes,
+            br#"{"id":"psu","role":"relay","status":"offline","reason":"ttl expired","endpoint":"tcp://127.0.0.1:5850","ts":1.5}"#
+        );
+        assert_eq!(serde_json::from_slice::<Presence>(&bytes).unwrap(), p);
+        // A value from a newer peer parses, compares and goes out unchanged.
+        let newer: Presence = serde_json::from_str(
+            r#"{"id":"x","role":"gateway","status":"draining","reason":"maintenance","ts":2.0}"#,
+        )
+        .unwrap();
+        assert_eq!(newer.role, Role::Unknown("gateway".into()));
+        assert_eq!(newer.status, "draining");
+        assert_eq!(
+            encode(&newer),
+            br#"{"id":"x","role":"gateway","status":"draining","reason":"maintenance","ts":2.0}"#
+        );
+        let hello = decode_request(br#"{"type":"hello","role":"oscilloscope"}"#).unwrap();
+        assert!(matches!(
+            hello,
+            Request::Hello(Hello { role: Some(Role::Unknown(ref r)), .. }) if r == "oscilloscope"
+        ));
+    }
+
+    #[test]
+    fn replies_decode_once_into_their_variant() {
+        let ok =
+            decode_reply(br#"{"type":"hello","ok":true,"role":"bank","bank_id":"b"}"#).unwrap();
+        assert_eq!(
+            ok,
+            Reply::Hello(HelloAck {
+                bank_id: Some("b".into()),
+                ..HelloAck::ok(Role::Bank)
+            })
+        );
+        assert_eq!(ok.rpc_uuid(), None);
+        let r = decode_reply(br#"{"type":"rpc_result","rpc_uuid":"u1","result":[1]}"#).unwrap();
+        assert_eq!(r.rpc_uuid(), Some("u1"));
+        let e = decode_reply(
+            br#"{"type":"rpc_error","rpc_uuid":"u2","error":{"code":408,"message":"t"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(e, Reply::RpcError { ref error, .. } if error.code == 408));
+        assert_eq!(
+            decode_reply(br#"{"type":"rpc_result","rpc_uuid":"u3"}"#),
+            Err(DecodeFailure::BadFields {
+                kind: "rpc_result".into(),
+                why: "missing field `result`".into(),
+                rpc_uuid: Value::String("u3".into()),
+            })
+        );
+        assert_eq!(
+            decode_reply(br#"{"type":"weird","rpc_uuid":"u4"}"#),
+            Err(DecodeFailure::UnknownType(Some("weird".into())))
+        );
+    }
 }
