@@ -23,7 +23,9 @@ use firmware_proto::psu::{
     SetCurrentEp, SetOutput, SetOutputEp, SetVoltage, SetVoltageEp, State, Telemetry,
     TelemetryTopic,
 };
-use firmware_proto::{ClientConfig, ClientError, DeviceClient, DeviceEvent, Endpoint, WireError};
+use firmware_proto::{
+    ClientConfig, DeviceClient, DeviceError, DeviceEvent, Endpoint, EndpointError,
+};
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -222,7 +224,7 @@ pub fn identity_json(id: &Identity) -> Value {
     })
 }
 
-/// The driver error for a device's wire error. `param` names the parameter
+/// The driver error for an error the device's endpoint answered. `param` names the parameter
 /// of the request, if it has one.
 ///
 /// * `OutOfRange` -> `BadParam` (400): the value is outside what this
@@ -231,28 +233,28 @@ pub fn identity_json(id: &Identity) -> Value {
 /// * `BadRequest`, `UnknownEndpoint`, `UnsupportedVersion`,
 ///   `ResponseTooLarge`, `InvalidState` -> `Instrument` (500): the JSON was
 ///   valid, so host and firmware disagree (or the device refused); report.
-pub fn wire_error(e: WireError, endpoint: &str, param: Option<&str>) -> DriverError {
+pub fn endpoint_error(e: EndpointError, endpoint: &str, param: Option<&str>) -> DriverError {
     match e {
-        WireError::OutOfRange => DriverError::bad_param(
+        EndpointError::OutOfRange => DriverError::bad_param(
             param.unwrap_or("params"),
             format!("outside the device's range ({endpoint} answered OutOfRange)"),
         ),
-        WireError::Busy => DriverError::Busy(format!("device busy ({endpoint})")),
-        WireError::BadRequest => DriverError::Instrument(format!(
+        EndpointError::Busy => DriverError::Busy(format!("device busy ({endpoint})")),
+        EndpointError::BadRequest => DriverError::Instrument(format!(
             "{endpoint}: the device could not decode the request (firmware and driver disagree)"
         )),
-        WireError::UnknownEndpoint => DriverError::Instrument(format!(
+        EndpointError::UnknownEndpoint => DriverError::Instrument(format!(
             "{endpoint}: the device does not serve this endpoint with this schema \
              (firmware and driver disagree; update one)"
         )),
-        WireError::UnsupportedVersion { supported } => DriverError::Instrument(format!(
+        EndpointError::UnsupportedVersion { supported } => DriverError::Instrument(format!(
             "{endpoint}: the device speaks link protocol version {supported}, this driver {}",
             firmware_proto::PROTOCOL_VERSION
         )),
-        WireError::ResponseTooLarge => {
+        EndpointError::ResponseTooLarge => {
             DriverError::Instrument(format!("{endpoint}: the answer did not fit a frame"))
         }
-        WireError::InvalidState => DriverError::Instrument(format!(
+        EndpointError::InvalidState => DriverError::Instrument(format!(
             "{endpoint}: not allowed in the device's current state"
         )),
     }
@@ -425,7 +427,7 @@ impl FirmwareDriver {
         self.known = None;
     }
 
-    /// Call endpoint `E`, mapping errors (see [`wire_error`]); a link
+    /// Call endpoint `E`, mapping errors (see [`endpoint_error`]); a link
     /// failure drops the connection so the next call reconnects.
     async fn request<E: Endpoint>(
         &mut self,
@@ -441,22 +443,22 @@ impl FirmwareDriver {
         };
         match conn.client.call::<E>(req).await {
             Ok(r) => Ok(r),
-            Err(ClientError::Timeout(d)) => Err(DriverError::Timeout(d)),
-            Err(ClientError::Link(e)) => {
+            Err(DeviceError::Timeout(d)) => Err(DriverError::Timeout(d)),
+            Err(DeviceError::Link(e)) => {
                 let msg = format!("{}: writing to the device failed: {e}", self.resource);
                 self.drop_conn(&msg);
                 Err(DriverError::Link(msg))
             }
-            Err(ClientError::Closed) => {
+            Err(DeviceError::Closed) => {
                 let msg = format!("{}: the device link closed", self.resource);
                 self.drop_conn(&msg);
                 Err(DriverError::Link(msg))
             }
-            Err(ClientError::Device(w)) => Err(wire_error(w, E::NAME, param)),
-            Err(e @ (ClientError::BadResponse { .. } | ClientError::KeyMismatch)) => Err(
+            Err(DeviceError::Device(w)) => Err(endpoint_error(w, E::NAME, param)),
+            Err(e @ (DeviceError::BadResponse { .. } | DeviceError::KeyMismatch)) => Err(
                 DriverError::Instrument(format!("{}: {e} (firmware and driver disagree)", E::NAME)),
             ),
-            Err(e @ ClientError::Encode(_)) => {
+            Err(e @ DeviceError::Encode(_)) => {
                 Err(DriverError::Instrument(format!("{}: {e}", E::NAME)))
             }
         }
@@ -913,22 +915,22 @@ mod tests {
     }
 
     #[test]
-    fn wire_errors_map_to_codes() {
+    fn endpoint_errors_map_to_codes() {
         let table = [
-            (WireError::OutOfRange, 400),
-            (WireError::Busy, 409),
-            (WireError::BadRequest, 500),
-            (WireError::UnknownEndpoint, 500),
-            (WireError::UnsupportedVersion { supported: 2 }, 500),
-            (WireError::ResponseTooLarge, 500),
-            (WireError::InvalidState, 500),
+            (EndpointError::OutOfRange, 400),
+            (EndpointError::Busy, 409),
+            (EndpointError::BadRequest, 500),
+            (EndpointError::UnknownEndpoint, 500),
+            (EndpointError::UnsupportedVersion { supported: 2 }, 500),
+            (EndpointError::ResponseTooLarge, 500),
+            (EndpointError::InvalidState, 500),
         ];
         for (w, code) in table {
-            let e = wire_error(w, "set_voltage", Some("value"));
+            let e = endpoint_error(w, "set_voltage", Some("value"));
             assert_eq!(e.code(), code, "{w:?}: {e}");
             assert!(e.to_string().contains("set_voltage") || code == 400, "{e}");
         }
-        let e = wire_error(WireError::OutOfRange, "set_voltage", Some("value"));
+        let e = endpoint_error(EndpointError::OutOfRange, "set_voltage", Some("value"));
         assert!(e.to_string().contains("'value'"), "{e}");
     }
 

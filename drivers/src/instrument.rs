@@ -40,7 +40,7 @@ pub enum DriverError {
 
 /// What a caller should do about a [`DriverError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
+pub enum DriverErrorKind {
     /// Fix the request; retrying it unchanged will fail again.
     Request,
     /// Retry later: the instrument was slow or busy.
@@ -73,12 +73,14 @@ impl DriverError {
     }
 
     /// What to do about it.
-    pub fn kind(&self) -> ErrorKind {
+    pub fn kind(&self) -> DriverErrorKind {
         match self {
-            DriverError::UnknownMethod(_) | DriverError::BadParam { .. } => ErrorKind::Request,
-            DriverError::Timeout(_) | DriverError::Busy(_) => ErrorKind::Retry,
-            DriverError::Link(_) => ErrorKind::Reconnect,
-            DriverError::Instrument(_) | DriverError::Config(_) => ErrorKind::Report,
+            DriverError::UnknownMethod(_) | DriverError::BadParam { .. } => {
+                DriverErrorKind::Request
+            }
+            DriverError::Timeout(_) | DriverError::Busy(_) => DriverErrorKind::Retry,
+            DriverError::Link(_) => DriverErrorKind::Reconnect,
+            DriverError::Instrument(_) | DriverError::Config(_) => DriverErrorKind::Report,
         }
     }
 }

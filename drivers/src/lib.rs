@@ -31,7 +31,7 @@ pub mod sim;
 pub mod transport;
 
 pub use instrument::{
-    Args, Description, DriverError, ErrorKind, Instrument, MethodSpec, ParamSpec, ParamType,
+    Args, Description, DriverError, DriverErrorKind, Instrument, MethodSpec, ParamSpec, ParamType,
 };
 pub use registry::{BoxInstrument, DriverRegistry, InstrumentConfig};
 pub use resource::Resource;

@@ -10,7 +10,7 @@ use firmware_proto::sim::{async_tty, SIM_SERIAL};
 use firmware_proto::{encode_frame, run_simulated_device, Endpoint, Header, Kind, MAX_FRAME};
 use labmesh_drivers::firmware::{serve_firmware_pty, FirmwareDriver, DRIVER};
 use labmesh_drivers::{
-    Args, DriverError, DriverRegistry, ErrorKind, Instrument, InstrumentConfig, ParamType,
+    Args, DriverError, DriverErrorKind, DriverRegistry, Instrument, InstrumentConfig, ParamType,
 };
 use serde_json::{json, Map, Value};
 use tokio::time::timeout;
@@ -150,7 +150,7 @@ async fn out_of_range_is_400_from_the_driver_and_from_the_device() -> Result<()>
             .expect_err("31 V accepted");
         assert!(matches!(e, DriverError::BadParam { .. }), "{e}");
         assert_eq!(e.code(), 400);
-        assert_eq!(e.kind(), ErrorKind::Request);
+        assert_eq!(e.kind(), DriverErrorKind::Request);
         assert!(e.to_string().contains("OutOfRange"), "{e}");
         assert_eq!(fw.link_stats().context("connected")?.frames, frames + 1);
         // Values the device cannot represent never leave the host.
@@ -190,7 +190,7 @@ async fn silent_device_is_408_within_the_timeout_then_recovers() -> Result<()> {
             "{e}"
         );
         assert_eq!(e.code(), 408);
-        assert_eq!(e.kind(), ErrorKind::Retry);
+        assert_eq!(e.kind(), DriverErrorKind::Retry);
         // A timeout is not a link failure: the port stays open.
         assert!(fw.is_connected());
         let e = call(&mut fw, "measure", Value::Null)
@@ -318,7 +318,7 @@ async fn unplugged_port_is_503_and_a_replugged_one_reconnects() -> Result<()> {
             .expect_err("unplugged");
         assert!(matches!(e, DriverError::Link(_)), "{e}");
         assert_eq!(e.code(), 503);
-        assert_eq!(e.kind(), ErrorKind::Reconnect);
+        assert_eq!(e.kind(), DriverErrorKind::Reconnect);
         std::fs::remove_file(&link)?;
         let e = call(fw.as_mut(), "measure", Value::Null)
             .await
