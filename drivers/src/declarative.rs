@@ -405,8 +405,10 @@ impl DriverDef {
 
     /// Read and parse one file.
     pub fn load(file: &Path) -> Result<DriverDef, DriverError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| DriverError::Config(format!("{}: {e}", file.display())))?;
+        let text = std::fs::read_to_string(file).map_err(|source| DriverError::ReadConfig {
+            path: file.to_path_buf(),
+            source,
+        })?;
         DriverDef::parse(file, &text)
     }
 }
@@ -414,12 +416,14 @@ impl DriverDef {
 /// Parse every `*.toml` file in `dir` (sorted by name). All must be valid,
 /// and names unique, or nothing is returned.
 pub fn load_dir(dir: &Path) -> Result<Vec<DriverDef>, DriverError> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| DriverError::Config(format!("driver directory {}: {e}", dir.display())))?;
+    let unreadable = |source| DriverError::ReadConfig {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let entries = std::fs::read_dir(dir).map_err(unreadable)?;
     let mut files: Vec<PathBuf> = Vec::new();
     for entry in entries {
-        let entry = entry
-            .map_err(|e| DriverError::Config(format!("driver directory {}: {e}", dir.display())))?;
+        let entry = entry.map_err(unreadable)?;
         let path = entry.path();
         if path.extension().is_some_and(|x| x == "toml") && path.is_file() {
             files.push(path);

@@ -436,23 +436,29 @@ impl FirmwareDriver {
     ) -> Result<E::Response, DriverError> {
         self.connect().await?;
         let Some(conn) = &self.conn else {
-            return Err(DriverError::Link(format!(
-                "{}: not connected",
-                self.resource
-            )));
+            return Err(DriverError::link_lost(
+                self.resource.to_string(),
+                io::ErrorKind::NotConnected,
+                "not connected",
+            ));
         };
         match conn.client.call::<E>(req).await {
             Ok(r) => Ok(r),
             Err(DeviceError::Timeout(d)) => Err(DriverError::Timeout(d)),
             Err(DeviceError::Link(e)) => {
-                let msg = format!("{}: writing to the device failed: {e}", self.resource);
-                self.drop_conn(&msg);
-                Err(DriverError::Link(msg))
+                self.drop_conn(&format!("writing failed: {e}"));
+                Err(DriverError::link(
+                    format!("{}: writing to the device failed", self.resource),
+                    e,
+                ))
             }
             Err(DeviceError::Closed) => {
-                let msg = format!("{}: the device link closed", self.resource);
-                self.drop_conn(&msg);
-                Err(DriverError::Link(msg))
+                self.drop_conn("the link closed");
+                Err(DriverError::link_lost(
+                    self.resource.to_string(),
+                    io::ErrorKind::UnexpectedEof,
+                    "the device link closed",
+                ))
             }
             Err(DeviceError::Device(w)) => Err(endpoint_error(w, E::NAME, param)),
             Err(e @ (DeviceError::BadResponse { .. } | DeviceError::KeyMismatch)) => Err(
@@ -717,18 +723,25 @@ pub struct FirmwarePty {
 /// given. Must be called within a tokio runtime. Open
 /// [`FirmwarePty::path`] as a serial port ([`FirmwarePty::resource`]).
 pub fn serve_firmware_pty(telemetry_period: Option<Duration>) -> Result<FirmwarePty, DriverError> {
-    let (master, slave) = serialport::TTYPort::pair()
-        .map_err(|e| DriverError::Link(format!("cannot create a pseudo-terminal: {e}")))?;
+    let (master, slave) = serialport::TTYPort::pair().map_err(|e| {
+        DriverError::link("cannot create a pseudo-terminal", std::io::Error::from(e))
+    })?;
     let path = serialport::SerialPort::name(&slave)
         .map(PathBuf::from)
-        .ok_or_else(|| DriverError::Link("pseudo-terminal has no path".into()))?;
+        .ok_or_else(|| {
+            DriverError::link_lost(
+                "pseudo-terminal",
+                std::io::ErrorKind::NotFound,
+                "it has no path",
+            )
+        })?;
     let master = firmware_proto::sim::async_tty(master)
-        .map_err(|e| DriverError::Link(format!("pseudo-terminal master: {e}")))?;
+        .map_err(|e| DriverError::link("pseudo-terminal master", std::io::Error::from(e)))?;
     // The device keeps a slave descriptor open (so the master never reads
     // EIO between host sessions) and writes line noise "from the host" on it.
     // It never reads it: the host's bytes are for the host's own descriptor.
     let slave = firmware_proto::sim::async_tty(slave)
-        .map_err(|e| DriverError::Link(format!("pseudo-terminal slave: {e}")))?;
+        .map_err(|e| DriverError::link("pseudo-terminal slave", std::io::Error::from(e)))?;
     let (tx, rx) = mpsc::unbounded_channel();
     let fw = PsuFirmware::new(psu::DEFAULT_LOAD_MOHM, firmware_proto::sim::SIM_SERIAL);
     let task = tokio::spawn(device_loop(fw, master, slave, telemetry_period, rx));
@@ -829,14 +842,25 @@ impl FirmwarePty {
         self.ctl
             .as_ref()
             .and_then(|tx| tx.send(c).ok())
-            .ok_or_else(|| DriverError::Link("the simulated device has stopped".into()))
+            .ok_or_else(|| {
+                DriverError::link_lost(
+                    "simulated device",
+                    std::io::ErrorKind::BrokenPipe,
+                    "it has stopped",
+                )
+            })
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Ctl) -> Result<T, DriverError> {
         let (tx, rx) = oneshot::channel();
         self.send(make(tx))?;
-        rx.await
-            .map_err(|_| DriverError::Link("the simulated device has stopped".into()))
+        rx.await.map_err(|_| {
+            DriverError::link_lost(
+                "simulated device",
+                std::io::ErrorKind::BrokenPipe,
+                "it has stopped",
+            )
+        })
     }
 
     /// Make the device stop (`true`) or resume (`false`) serving. Muted, it
@@ -852,7 +876,7 @@ impl FirmwarePty {
     pub async fn inject_to_host(&self, bytes: &[u8]) -> Result<(), DriverError> {
         self.ask(|ack| Ctl::ToHost(bytes.to_vec(), ack))
             .await?
-            .map_err(|e| DriverError::Link(format!("injecting towards the host: {e}")))
+            .map_err(|e| DriverError::link("injecting towards the host", std::io::Error::from(e)))
     }
 
     /// Write raw bytes towards the device, as if the host had sent them
@@ -860,7 +884,7 @@ impl FirmwarePty {
     pub async fn inject_to_device(&self, bytes: &[u8]) -> Result<(), DriverError> {
         self.ask(|ack| Ctl::ToDevice(bytes.to_vec(), ack))
             .await?
-            .map_err(|e| DriverError::Link(format!("injecting towards the device: {e}")))
+            .map_err(|e| DriverError::link("injecting towards the device", std::io::Error::from(e)))
     }
 
     /// The firmware's own view of its state (what a debugger would read).

@@ -30,12 +30,33 @@ pub enum DriverError {
     /// queue entry, a firmware error, an unparseable reply).
     #[error("instrument error: {0}")]
     Instrument(String),
-    /// The link to the instrument failed (closed socket, unplugged port).
-    #[error("link to instrument failed: {0}")]
-    Link(String),
+    /// The link to the instrument failed (closed socket, unplugged port,
+    /// refused connection). The message includes the I/O error's, so it
+    /// stays meaningful when sent over RPC as text.
+    #[error("link to instrument failed: {context}: {source}")]
+    Link {
+        /// What was being done, naming the resource (`tcp://host:5025`,
+        /// the serial port).
+        context: String,
+        /// The I/O error behind it (for failures without one, such as the
+        /// peer closing the link, an error of the matching
+        /// [`std::io::ErrorKind`]).
+        #[source]
+        source: std::io::Error,
+    },
     /// The driver's configuration is wrong (bad resource string, option).
     #[error("driver configuration: {0}")]
     Config(String),
+    /// A configuration file (a declarative driver, a driver directory)
+    /// could not be read.
+    #[error("driver configuration: cannot read {path}: {source}", path = .path.display())]
+    ReadConfig {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What a caller should do about a [`DriverError`].
@@ -60,6 +81,25 @@ impl DriverError {
         }
     }
 
+    /// A link failure: `context` names the resource and what was being done.
+    pub fn link(context: impl Into<String>, source: std::io::Error) -> Self {
+        DriverError::Link {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A link failure without an underlying I/O error of its own (the peer
+    /// closed the link, nothing is connected): an I/O error of `kind` with
+    /// message `why` stands in for it.
+    pub fn link_lost(
+        context: impl Into<String>,
+        kind: std::io::ErrorKind,
+        why: &'static str,
+    ) -> Self {
+        DriverError::link(context, std::io::Error::new(kind, why))
+    }
+
     /// The stable RPC error code for this error.
     pub fn code(&self) -> i64 {
         match self {
@@ -67,8 +107,10 @@ impl DriverError {
             DriverError::BadParam { .. } => 400,
             DriverError::Timeout(_) => 408,
             DriverError::Busy(_) => 409,
-            DriverError::Instrument(_) | DriverError::Config(_) => 500,
-            DriverError::Link(_) => 503,
+            DriverError::Instrument(_)
+            | DriverError::Config(_)
+            | DriverError::ReadConfig { .. } => 500,
+            DriverError::Link { .. } => 503,
         }
     }
 
@@ -79,8 +121,10 @@ impl DriverError {
                 DriverErrorKind::Request
             }
             DriverError::Timeout(_) | DriverError::Busy(_) => DriverErrorKind::Retry,
-            DriverError::Link(_) => DriverErrorKind::Reconnect,
-            DriverError::Instrument(_) | DriverError::Config(_) => DriverErrorKind::Report,
+            DriverError::Link { .. } => DriverErrorKind::Reconnect,
+            DriverError::Instrument(_)
+            | DriverError::Config(_)
+            | DriverError::ReadConfig { .. } => DriverErrorKind::Report,
         }
     }
 }

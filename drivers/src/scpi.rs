@@ -229,11 +229,19 @@ impl ScpiSession {
         self.out_of_step = false;
     }
 
-    fn drop_link(&mut self, why: &str) -> DriverError {
-        tracing::warn!(resource = %self.resource, "link lost: {why}");
+    fn drop_link(&mut self, source: std::io::Error) -> DriverError {
+        tracing::warn!(resource = %self.resource, "link lost: {source}");
         self.link = None;
         self.buf.clear();
-        DriverError::Link(format!("{}: {why}", self.resource))
+        DriverError::link(self.resource.to_string(), source)
+    }
+
+    fn not_connected(&self) -> DriverError {
+        DriverError::link_lost(
+            self.resource.to_string(),
+            std::io::ErrorKind::NotConnected,
+            "not connected",
+        )
     }
 
     /// Connect if needed and resynchronise after an unfinished exchange.
@@ -268,9 +276,9 @@ impl ScpiSession {
             }
             match tokio::time::timeout(quiet, link.read(&mut scratch)).await {
                 Err(_) => break,
-                Ok(Ok(0)) => return Err(self.drop_link("port closed")),
+                Ok(Ok(0)) => return Err(self.drop_link(closed("port closed"))),
                 Ok(Ok(n)) => tracing::debug!(bytes = n, "discarding a late reply"),
-                Ok(Err(e)) => return Err(self.drop_link(&e.to_string())),
+                Ok(Err(e)) => return Err(self.drop_link(e)),
             }
         }
         if let Some(link) = self.link.as_mut() {
@@ -284,17 +292,14 @@ impl ScpiSession {
         bytes.extend_from_slice(cmd.as_bytes());
         bytes.extend_from_slice(self.opts.write_termination.as_bytes());
         let Some(link) = self.link.as_mut() else {
-            return Err(DriverError::Link(format!(
-                "{}: not connected",
-                self.resource
-            )));
+            return Err(self.not_connected());
         };
         match tokio::time::timeout(timeout, link.write_all(&bytes)).await {
             Err(_) => {
                 self.out_of_step = true;
                 Err(DriverError::Timeout(timeout))
             }
-            Ok(Err(e)) => Err(self.drop_link(&e.to_string())),
+            Ok(Err(e)) => Err(self.drop_link(e)),
             Ok(Ok(())) => Ok(()),
         }
     }
@@ -309,10 +314,7 @@ impl ScpiSession {
             )));
         }
         let Some(link) = self.link.as_mut() else {
-            return Err(DriverError::Link(format!(
-                "{}: not connected",
-                self.resource
-            )));
+            return Err(self.not_connected());
         };
         let mut chunk = [0u8; 4096];
         match tokio::time::timeout_at(deadline, link.read(&mut chunk)).await {
@@ -320,13 +322,13 @@ impl ScpiSession {
                 self.out_of_step = true;
                 Err(DriverError::Timeout(timeout))
             }
-            Ok(Ok(0)) => Err(self.drop_link("closed by the instrument")),
+            Ok(Ok(0)) => Err(self.drop_link(closed("closed by the instrument"))),
             Ok(Ok(n)) => {
                 self.buf
                     .extend_from_slice(chunk.get(..n).unwrap_or_default());
                 Ok(())
             }
-            Ok(Err(e)) => Err(self.drop_link(&e.to_string())),
+            Ok(Err(e)) => Err(self.drop_link(e)),
         }
     }
 
@@ -515,6 +517,11 @@ impl ScpiSession {
             }
         }
     }
+}
+
+/// The I/O error for a link the other side closed (a read of 0 bytes).
+fn closed(why: &'static str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, why)
 }
 
 /// Parse an error-queue entry `-222,"Data out of range"` into its code and text.

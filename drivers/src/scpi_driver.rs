@@ -75,7 +75,7 @@ fn is_instrument_side(e: &DriverError) -> bool {
     matches!(
         e,
         DriverError::Timeout(_)
-            | DriverError::Link(_)
+            | DriverError::Link { .. }
             | DriverError::Instrument(_)
             | DriverError::Busy(_)
     )

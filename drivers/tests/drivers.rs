@@ -358,14 +358,14 @@ async fn unplugged_pty_is_a_link_error_and_replugging_reconnects() -> Result<()>
         let e = call(&mut psu, "measure_voltage", Value::Null)
             .await
             .expect_err("unplugged");
-        assert!(matches!(e, DriverError::Link(_)), "{e}");
+        assert!(matches!(e, DriverError::Link { .. }), "{e}");
         assert_eq!(e.code(), 503);
         // Still gone: reopening fails, clearly.
         std::fs::remove_file(&link)?;
         let e = call(&mut psu, "measure_voltage", Value::Null)
             .await
             .expect_err("still unplugged");
-        assert!(matches!(e, DriverError::Link(_)), "{e}");
+        assert!(matches!(e, DriverError::Link { .. }), "{e}");
         assert!(e.to_string().contains("ttyUSB0"), "{e}");
 
         // Plug a port back under the same name: the next call reconnects.
@@ -835,6 +835,35 @@ async fn garbage_from_the_instrument_is_an_error_not_a_panic() -> Result<()> {
         assert_eq!(s.query("UTF?").await?, "\u{fffd}\u{fffd}ok");
         assert_eq!(s.query("*IDN?").await?, "ok");
         server.abort();
+        Ok(())
+    })
+    .await?
+}
+
+/// Issue 9: link failures used to be flattened to a string; the
+/// `std::io::Error` is now the error's source, and the message still
+/// names the resource and the cause.
+#[tokio::test]
+async fn link_errors_keep_the_io_error_as_source() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        // A port nothing listens on: bind, note the port, close.
+        let addr = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+        let mut scpi = create(
+            "scpi",
+            &format!("tcp://{addr}"),
+            json!({"raise_errors": true}),
+        )
+        .await?;
+        let e = call(&mut scpi, "write", json!({"cmd": "*RST"}))
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(e.code(), 503, "{e}");
+        let io = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .ok_or_else(|| anyhow!("no io::Error source: {e:?}"))?;
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+        assert!(e.to_string().contains(&addr.to_string()), "{e}");
+        assert!(e.to_string().contains(&io.to_string()), "{e}");
         Ok(())
     })
     .await?

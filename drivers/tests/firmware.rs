@@ -316,7 +316,7 @@ async fn unplugged_port_is_503_and_a_replugged_one_reconnects() -> Result<()> {
         let e = call(fw.as_mut(), "measure", Value::Null)
             .await
             .expect_err("unplugged");
-        assert!(matches!(e, DriverError::Link(_)), "{e}");
+        assert!(matches!(e, DriverError::Link { .. }), "{e}");
         assert_eq!(e.code(), 503);
         assert_eq!(e.kind(), DriverErrorKind::Reconnect);
         std::fs::remove_file(&link)?;
