@@ -40,7 +40,8 @@ use serde_json::{json, Map, Value};
 
 use crate::scpi::{ScpiSession, SessionOptions};
 use crate::{
-    Args, Description, DriverError, Instrument, InstrumentConfig, MethodSpec, ParamSpec, ParamType,
+    Args, Description, DriverError, Instrument, InstrumentConfig, MethodSpec, MethodTable,
+    ParamSpec, ParamType,
 };
 
 #[derive(Debug, Deserialize)]
@@ -534,17 +535,43 @@ pub fn parse_reply(r: &str, reply: Reply) -> Option<Value> {
     })
 }
 
+/// Methods every declarative driver gets unless its file defines one of
+/// the same name: one table for `describe()` and `call()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Builtin {
+    Identify,
+    GetState,
+}
+
+impl MethodTable for Builtin {
+    const ALL: &'static [Builtin] = &[Builtin::Identify, Builtin::GetState];
+
+    fn name(self) -> &'static str {
+        match self {
+            Builtin::Identify => "identify",
+            Builtin::GetState => "get_state",
+        }
+    }
+}
+
+impl Builtin {
+    fn spec(self) -> MethodSpec {
+        let doc = match self {
+            Builtin::Identify => "The *IDN? string",
+            Builtin::GetState => "The poll queries' values",
+        };
+        MethodSpec::new(self.name(), doc)
+    }
+}
+
 #[async_trait::async_trait]
 impl Instrument for DeclarativeDriver {
     fn describe(&self) -> Description {
         let mut methods: Vec<MethodSpec> =
             self.def.methods.iter().map(|m| m.spec.clone()).collect();
-        for (name, doc) in [
-            ("identify", "The *IDN? string"),
-            ("get_state", "The poll queries' values"),
-        ] {
-            if !methods.iter().any(|m| m.name == name) {
-                methods.push(MethodSpec::new(name, doc));
+        for b in Builtin::ALL {
+            if !methods.iter().any(|m| m.name == b.name()) {
+                methods.push(b.spec());
             }
         }
         Description {
@@ -557,14 +584,14 @@ impl Instrument for DeclarativeDriver {
     async fn call(&mut self, method: &str, args: Args) -> Result<Value, DriverError> {
         let def = self.def.clone();
         let Some(m) = def.methods.iter().find(|m| m.spec.name == method) else {
-            return match method {
-                "identify" => {
+            return match Builtin::from_name(method) {
+                Some(Builtin::Identify) => {
                     let idn = self.session.idn().await?;
                     self.identity = Some(idn.clone());
                     Ok(json!(idn))
                 }
-                "get_state" => self.state().await,
-                other => Err(DriverError::UnknownMethod(other.to_string())),
+                Some(Builtin::GetState) => self.state().await,
+                None => Err(DriverError::UnknownMethod(method.to_string())),
             };
         };
         match &m.action {

@@ -36,7 +36,7 @@ use crate::resource::Resource;
 use crate::transport::Link;
 use crate::{
     Args, BoxInstrument, Description, DriverError, DriverRegistry, Instrument, InstrumentConfig,
-    MethodSpec, ParamSpec, ParamType,
+    MethodSpec, MethodTable, ParamSpec, ParamType,
 };
 
 /// Registry name of the driver.
@@ -585,11 +585,77 @@ impl FirmwareDriver {
     }
 }
 
+/// The driver's methods, one per device endpoint in the device's routing
+/// order, named by the endpoints themselves: one table for `describe()`
+/// and `call()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Identify,
+    SetVoltage,
+    SetCurrent,
+    SetOutput,
+    Measure,
+    GetState,
+}
+
+impl MethodTable for Method {
+    const ALL: &'static [Method] = &[
+        Method::Identify,
+        Method::SetVoltage,
+        Method::SetCurrent,
+        Method::SetOutput,
+        Method::Measure,
+        Method::GetState,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Method::Identify => Identify::NAME,
+            Method::SetVoltage => SetVoltageEp::NAME,
+            Method::SetCurrent => SetCurrentEp::NAME,
+            Method::SetOutput => SetOutputEp::NAME,
+            Method::Measure => Measure::NAME,
+            Method::GetState => GetState::NAME,
+        }
+    }
+}
+
+impl Method {
+    fn spec(self) -> MethodSpec {
+        let vmax = from_milli(psu::MAX_MV);
+        let imax = from_milli(psu::MAX_MA);
+        let m = |doc: &str| MethodSpec::new(self.name(), doc);
+        match self {
+            Method::Identify => {
+                m("Model, firmware, serial number, link protocol and limits (V, A)")
+            }
+            Method::SetVoltage => m(&format!(
+                "Set the voltage setpoint (0..{vmax} V, 1 mV steps); returns the state"
+            ))
+            .param(
+                ParamSpec::required("value", ParamType::Float)
+                    .unit("V")
+                    .range(0.0, vmax),
+            ),
+            Method::SetCurrent => m(&format!(
+                "Set the current limit (0..{imax} A, 1 mA steps); returns the state"
+            ))
+            .param(
+                ParamSpec::required("value", ParamType::Float)
+                    .unit("A")
+                    .range(0.0, imax),
+            ),
+            Method::SetOutput => m("Switch the output on or off; returns the state")
+                .param(ParamSpec::required("on", ParamType::Bool)),
+            Method::Measure => m("Output voltage (V), current (A) and mode (off, cv, cc)"),
+            Method::GetState => m("Setpoints, output and measurement, read from the device"),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Instrument for FirmwareDriver {
     fn describe(&self) -> Description {
-        let vmax = from_milli(psu::MAX_MV);
-        let imax = from_milli(psu::MAX_MA);
         Description {
             driver: DRIVER.to_string(),
             identity: self.identity.as_ref().map(|i| {
@@ -600,75 +666,39 @@ impl Instrument for FirmwareDriver {
                     i.firmware.as_str()
                 )
             }),
-            methods: vec![
-                MethodSpec::new(
-                    Identify::NAME,
-                    "Model, firmware, serial number, link protocol and limits (V, A)",
-                ),
-                MethodSpec::new(
-                    SetVoltageEp::NAME,
-                    &format!(
-                        "Set the voltage setpoint (0..{vmax} V, 1 mV steps); returns the state"
-                    ),
-                )
-                .param(
-                    ParamSpec::required("value", ParamType::Float)
-                        .unit("V")
-                        .range(0.0, vmax),
-                ),
-                MethodSpec::new(
-                    SetCurrentEp::NAME,
-                    &format!("Set the current limit (0..{imax} A, 1 mA steps); returns the state"),
-                )
-                .param(
-                    ParamSpec::required("value", ParamType::Float)
-                        .unit("A")
-                        .range(0.0, imax),
-                ),
-                MethodSpec::new(
-                    SetOutputEp::NAME,
-                    "Switch the output on or off; returns the state",
-                )
-                .param(ParamSpec::required("on", ParamType::Bool)),
-                MethodSpec::new(
-                    Measure::NAME,
-                    "Output voltage (V), current (A) and mode (off, cv, cc)",
-                ),
-                MethodSpec::new(
-                    GetState::NAME,
-                    "Setpoints, output and measurement, read from the device",
-                ),
-            ],
+            methods: Method::ALL.iter().map(|m| m.spec()).collect(),
         }
     }
 
     async fn call(&mut self, method: &str, args: Args) -> Result<Value, DriverError> {
-        match method {
-            "identify" => {
+        let Some(m) = Method::from_name(method) else {
+            return Err(DriverError::UnknownMethod(method.to_string()));
+        };
+        match m {
+            Method::Identify => {
                 let id = self.identify().await?;
                 Ok(identity_json(&id))
             }
-            "set_voltage" => {
+            Method::SetVoltage => {
                 let st = self.set_voltage(args.f64("value")?).await?;
                 Ok(self.setter_json(&st))
             }
-            "set_current" => {
+            Method::SetCurrent => {
                 let st = self.set_current(args.f64("value")?).await?;
                 Ok(self.setter_json(&st))
             }
-            "set_output" => {
+            Method::SetOutput => {
                 let st = self.set_output(args.bool("on")?).await?;
                 Ok(self.setter_json(&st))
             }
-            "measure" => {
+            Method::Measure => {
                 let m = self.measure().await?;
                 Ok(measurement_json(&m))
             }
-            "get_state" => {
+            Method::GetState => {
                 let st = self.device_state().await?;
                 Ok(self.state_json(&st, Source::Device, None))
             }
-            other => Err(DriverError::UnknownMethod(other.to_string())),
         }
     }
 

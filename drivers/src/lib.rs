@@ -21,6 +21,7 @@ pub mod builtins;
 pub mod declarative;
 pub mod firmware;
 pub mod instrument;
+pub mod methods;
 pub mod mock_psu;
 pub mod psu;
 pub mod registry;
@@ -33,6 +34,7 @@ pub mod transport;
 pub use instrument::{
     Args, Description, DriverError, DriverErrorKind, Instrument, MethodSpec, ParamSpec, ParamType,
 };
+pub use methods::MethodTable;
 pub use registry::{BoxInstrument, DriverRegistry, InstrumentConfig};
 pub use resource::Resource;
 pub use scpi::{ScpiSession, SessionOptions};

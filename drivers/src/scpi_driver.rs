@@ -13,8 +13,59 @@ use serde_json::{json, Value};
 use crate::scpi::{ScpiSession, SessionOptions};
 use crate::{
     Args, BoxInstrument, Description, DriverError, Instrument, InstrumentConfig, MethodSpec,
-    ParamSpec, ParamType,
+    MethodTable, ParamSpec, ParamType,
 };
+
+/// The `scpi` driver's methods: one table for `describe()` and `call()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Connect,
+    Close,
+    Write,
+    Read,
+    Query,
+    QueryBinary,
+}
+
+impl MethodTable for Method {
+    const ALL: &'static [Method] = &[
+        Method::Connect,
+        Method::Close,
+        Method::Write,
+        Method::Read,
+        Method::Query,
+        Method::QueryBinary,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Method::Connect => "connect",
+            Method::Close => "close",
+            Method::Write => "write",
+            Method::Read => "read",
+            Method::Query => "query",
+            Method::QueryBinary => "query_binary",
+        }
+    }
+}
+
+impl Method {
+    fn spec(self) -> MethodSpec {
+        let m = |doc: &str| MethodSpec::new(self.name(), doc);
+        let cmd = || ParamSpec::required("cmd", ParamType::String);
+        match self {
+            Method::Connect => m("Open the link; true on success"),
+            Method::Close => m("Close the link"),
+            Method::Write => m("Send one command; true on success").param(cmd()),
+            Method::Read => m("Read one reply: [ok, text]"),
+            Method::Query => m("Send a command and read its reply: [ok, text]").param(cmd()),
+            Method::QueryBinary => {
+                m("Send a command and read an IEEE 488.2 block: [ok, base64 of the data bytes]")
+                    .param(cmd())
+            }
+        }
+    }
+}
 
 /// The generic SCPI driver.
 #[derive(Debug)]
@@ -84,54 +135,44 @@ fn is_instrument_side(e: &DriverError) -> bool {
 #[async_trait::async_trait]
 impl Instrument for ScpiDriver {
     fn describe(&self) -> Description {
-        let cmd = || ParamSpec::required("cmd", ParamType::String);
         Description {
             driver: "scpi".to_string(),
             identity: self.identity.clone(),
-            methods: vec![
-                MethodSpec::new("connect", "Open the link; true on success"),
-                MethodSpec::new("close", "Close the link"),
-                MethodSpec::new("write", "Send one command; true on success").param(cmd()),
-                MethodSpec::new("read", "Read one reply: [ok, text]"),
-                MethodSpec::new("query", "Send a command and read its reply: [ok, text]")
-                    .param(cmd()),
-                MethodSpec::new(
-                    "query_binary",
-                    "Send a command and read an IEEE 488.2 block: [ok, base64 of the data bytes]",
-                )
-                .param(cmd()),
-            ],
+            methods: Method::ALL.iter().map(|m| m.spec()).collect(),
         }
     }
 
     async fn call(&mut self, method: &str, args: Args) -> Result<Value, DriverError> {
-        match method {
-            "connect" => {
+        let Some(m) = Method::from_name(method) else {
+            return Err(DriverError::UnknownMethod(method.to_string()));
+        };
+        match m {
+            Method::Connect => {
                 let r = self.session.connect().await;
                 if r.is_ok() && self.identity.is_none() {
                     self.identity = self.session.idn().await.ok();
                 }
                 self.flag(r)
             }
-            "close" => {
+            Method::Close => {
                 self.session.close().await;
                 Ok(Value::Null)
             }
-            "write" => {
+            Method::Write => {
                 let cmd = args.str("cmd")?.to_string();
                 let r = self.session.write(&cmd).await;
                 self.flag(r)
             }
-            "read" => {
+            Method::Read => {
                 let r = self.session.read().await;
                 self.pair(r)
             }
-            "query" => {
+            Method::Query => {
                 let cmd = args.str("cmd")?.to_string();
                 let r = self.session.query(&cmd).await;
                 self.pair(r)
             }
-            "query_binary" => {
+            Method::QueryBinary => {
                 let cmd = args.str("cmd")?.to_string();
                 let r = self
                     .session
@@ -140,7 +181,6 @@ impl Instrument for ScpiDriver {
                     .map(|b| base64::engine::general_purpose::STANDARD.encode(b));
                 self.pair(r)
             }
-            other => Err(DriverError::UnknownMethod(other.to_string())),
         }
     }
 
