@@ -453,21 +453,23 @@ pub struct DeclarativeDriver {
     id: String,
     def: Arc<DriverDef>,
     session: ScpiSession,
-    identity: Option<String>,
 }
 
 impl DeclarativeDriver {
     /// Build from config: the file's `[session]` table, then the
-    /// instrument's options on top.
+    /// instrument's options on top. `identify` defaults to true (`*IDN?`
+    /// whenever the link opens).
     pub fn from_config(def: Arc<DriverDef>, cfg: &InstrumentConfig) -> Result<Self, DriverError> {
-        let mut defaults = SessionOptions::default();
+        let mut defaults = SessionOptions {
+            identify: true,
+            ..SessionOptions::default()
+        };
         defaults.apply_options(&def.session)?;
         let session = ScpiSession::from_config(cfg, defaults)?;
         Ok(DeclarativeDriver {
             id: cfg.id.clone(),
             def,
             session,
-            identity: None,
         })
     }
 
@@ -576,7 +578,7 @@ impl Instrument for DeclarativeDriver {
         }
         Description {
             driver: self.def.name.clone(),
-            identity: self.identity.clone(),
+            identity: self.session.identity().map(str::to_string),
             methods,
         }
     }
@@ -585,11 +587,7 @@ impl Instrument for DeclarativeDriver {
         let def = self.def.clone();
         let Some(m) = def.methods.iter().find(|m| m.spec.name == method) else {
             return match Builtin::from_name(method) {
-                Some(Builtin::Identify) => {
-                    let idn = self.session.idn().await?;
-                    self.identity = Some(idn.clone());
-                    Ok(json!(idn))
-                }
+                Some(Builtin::Identify) => Ok(json!(self.session.idn().await?)),
                 Some(Builtin::GetState) => self.state().await,
                 None => Err(DriverError::UnknownMethod(method.to_string())),
             };

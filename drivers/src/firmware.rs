@@ -394,6 +394,14 @@ impl FirmwareDriver {
         });
         self.known = None;
         tracing::debug!(resource = %self.resource, "device link open");
+        // Learn who answers on every new link (another board may be plugged
+        // in). A device that does not say is still usable; a link that
+        // fails here fails the call.
+        match self.send::<Identify>(&(), None).await {
+            Ok(id) => self.identity = Some(id),
+            Err(e @ DriverError::Link { .. }) => return Err(e),
+            Err(e) => tracing::warn!(resource = %self.resource, "identify on connect: {e}"),
+        }
         Ok(())
     }
 
@@ -435,6 +443,15 @@ impl FirmwareDriver {
         param: Option<&str>,
     ) -> Result<E::Response, DriverError> {
         self.connect().await?;
+        self.send::<E>(req, param).await
+    }
+
+    /// [`FirmwareDriver::request`] on the open connection.
+    async fn send<E: Endpoint>(
+        &mut self,
+        req: &E::Request,
+        param: Option<&str>,
+    ) -> Result<E::Response, DriverError> {
         let Some(conn) = &self.conn else {
             return Err(DriverError::link_lost(
                 self.resource.to_string(),

@@ -72,8 +72,9 @@ impl Method {
 pub struct ScpiDriver {
     id: String,
     session: ScpiSession,
-    identity: Option<String>,
     raise_errors: bool,
+    /// `close` was called: `poll()` leaves the link closed until the next call.
+    closed: bool,
 }
 
 impl ScpiDriver {
@@ -82,12 +83,13 @@ impl ScpiDriver {
         ScpiDriver {
             id: id.to_string(),
             session,
-            identity: None,
             raise_errors,
+            closed: false,
         }
     }
 
-    /// Build from config: `resource` (required), session and serial options,
+    /// Build from config: `resource` (required), session and serial options
+    /// (`identify` defaults to true: `*IDN?` whenever the link opens),
     /// `raise_errors` (default false).
     pub fn from_config(cfg: &InstrumentConfig) -> Result<Self, DriverError> {
         let raise_errors = match cfg.options.get("raise_errors") {
@@ -96,7 +98,11 @@ impl ScpiDriver {
                 DriverError::Config("option 'raise_errors': expected a boolean".into())
             })?,
         };
-        let session = ScpiSession::from_config(cfg, SessionOptions::default())?;
+        let defaults = SessionOptions {
+            identify: true,
+            ..SessionOptions::default()
+        };
+        let session = ScpiSession::from_config(cfg, defaults)?;
         Ok(ScpiDriver::new(&cfg.id, session, raise_errors))
     }
 
@@ -137,7 +143,7 @@ impl Instrument for ScpiDriver {
     fn describe(&self) -> Description {
         Description {
             driver: "scpi".to_string(),
-            identity: self.identity.clone(),
+            identity: self.session.identity().map(str::to_string),
             methods: Method::ALL.iter().map(|m| m.spec()).collect(),
         }
     }
@@ -146,11 +152,13 @@ impl Instrument for ScpiDriver {
         let Some(m) = Method::from_name(method) else {
             return Err(DriverError::UnknownMethod(method.to_string()));
         };
+        self.closed = m == Method::Close;
         match m {
             Method::Connect => {
                 let r = self.session.connect().await;
-                if r.is_ok() && self.identity.is_none() {
-                    self.identity = self.session.idn().await.ok();
+                if r.is_ok() && self.session.identity().is_none() {
+                    // `identify = false`, or no answer on open: ask once more.
+                    let _ = self.session.idn().await;
                 }
                 self.flag(r)
             }
@@ -184,12 +192,19 @@ impl Instrument for ScpiDriver {
         }
     }
 
-    /// Cheap: no instrument traffic.
+    /// Cheap: opens the link if it is not open (learning the identity; not
+    /// after `close`, until the next call), otherwise no instrument traffic.
+    /// A link that does not open is `"connected": false`, not an error.
     async fn poll(&mut self) -> Result<Value, DriverError> {
+        if !self.closed && !self.session.is_connected() {
+            if let Err(e) = self.session.connect().await {
+                tracing::debug!(id = %self.id, "scpi: poll could not connect: {e}");
+            }
+        }
         Ok(json!({
             "relay_id": self.id,
             "connected": self.session.is_connected(),
-            "idn": self.identity,
+            "idn": self.session.identity(),
             "resource": self.session.resource().to_string(),
         }))
     }

@@ -868,3 +868,58 @@ async fn link_errors_keep_the_io_error_as_source() -> Result<()> {
     })
     .await?
 }
+
+/// Issue 9: a driver's identity (`describe().identity`, the state's `idn`)
+/// stayed unknown until someone called `connect`/`identify`. It is now
+/// learned whenever the link opens, whatever opened it.
+#[tokio::test]
+async fn identity_is_learned_when_the_link_opens_for_any_reason() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        let tcp = TcpSim::start(Family::KeysightE36xx).await?;
+        let idn = tcp.sim.idn();
+
+        // scpi: a poll opens the link; no connect, no *IDN? query.
+        let mut scpi = create("scpi", &tcp.resource, json!({})).await?;
+        assert_eq!(scpi.describe().identity, None);
+        let state = scpi.poll().await?;
+        assert_eq!(state["idn"], json!(idn), "{state}");
+        assert_eq!(state["connected"], json!(true), "{state}");
+        assert_eq!(scpi.describe().identity.as_deref(), Some(idn.as_str()));
+        // ... and after `close` a poll leaves the link closed.
+        call(&mut scpi, "close", Value::Null).await?;
+        let state = scpi.poll().await?;
+        assert_eq!(state["connected"], json!(false), "{state}");
+        assert_eq!(state["idn"], json!(idn), "{state}");
+        // scpi: any call opens it too.
+        let mut scpi = create("scpi", &tcp.resource, json!({})).await?;
+        call(&mut scpi, "write", json!({"cmd": "*CLS"})).await?;
+        assert_eq!(scpi.describe().identity.as_deref(), Some(idn.as_str()));
+
+        // A PSU family: a setter, then the state.
+        let mut psu = create("keysight-e36xx", &tcp.resource, json!({})).await?;
+        call(&mut psu, "set_voltage", json!({"value": 1.0})).await?;
+        assert_eq!(psu.describe().identity.as_deref(), Some(idn.as_str()));
+        assert_eq!(psu.poll().await?["idn"], json!(idn));
+
+        // A declarative driver: its first poll.
+        let mut reg = DriverRegistry::with_builtins();
+        reg.load_dir(&shipped_instruments())?;
+        let mut decl = reg
+            .create(InstrumentConfig {
+                id: "decl-1".into(),
+                driver: "labmesh-sim-psu".into(),
+                resource: Some(tcp.resource.clone()),
+                options: Map::new(),
+            })
+            .await?;
+        decl.poll().await?;
+        assert_eq!(decl.describe().identity.as_deref(), Some(idn.as_str()));
+
+        // `identify = false` turns the *IDN? on open off.
+        let mut quiet = create("scpi", &tcp.resource, json!({"identify": false})).await?;
+        call(&mut quiet, "write", json!({"cmd": "*CLS"})).await?;
+        assert_eq!(quiet.describe().identity, None);
+        tcp.shutdown().await
+    })
+    .await?
+}

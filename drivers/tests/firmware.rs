@@ -339,3 +339,22 @@ async fn unplugged_port_is_503_and_a_replugged_one_reconnects() -> Result<()> {
     })
     .await?
 }
+
+/// Issue 9: the identity was only known after `identify` or a poll; now
+/// every new link asks the device, so the first call of any kind is enough.
+#[tokio::test]
+async fn identity_is_learned_when_the_link_opens() -> Result<()> {
+    timeout(LIMIT, async {
+        let pty = serve_firmware_pty(None)?;
+        let mut fw = DriverRegistry::with_builtins()
+            .create(config(&pty.resource(), json!({})))
+            .await?;
+        assert_eq!(fw.describe().identity, None);
+        call(fw.as_mut(), "set_voltage", json!({"value": 1.0})).await?;
+        let identity = fw.describe().identity.context("identity after a call")?;
+        assert!(identity.contains(SIM_SERIAL), "{identity}");
+        pty.close().await;
+        Ok(())
+    })
+    .await?
+}

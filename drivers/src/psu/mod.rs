@@ -150,7 +150,6 @@ pub struct PsuDriver {
     id: String,
     model: &'static PsuModel,
     session: ScpiSession,
-    identity: Option<String>,
 }
 
 impl PsuDriver {
@@ -160,13 +159,13 @@ impl PsuDriver {
             id: id.to_string(),
             model,
             session,
-            identity: None,
         }
     }
 
     /// Build from an instrument's config: `resource` (required), option
     /// `model` (default: the family's flagship), serial and session options.
-    /// `check_errors` defaults to true, so a rejected setting fails the call.
+    /// `check_errors` defaults to true, so a rejected setting fails the call;
+    /// `identify` too, so the identity is known from the first exchange.
     /// The link opens on the first call (an instrument switched on after the
     /// relay starts is fine).
     pub fn from_config(family: Family, cfg: &InstrumentConfig) -> Result<Self, DriverError> {
@@ -181,6 +180,7 @@ impl PsuDriver {
         };
         let defaults = SessionOptions {
             check_errors: true,
+            identify: true,
             ..SessionOptions::default()
         };
         let session = ScpiSession::from_config(cfg, defaults)?;
@@ -325,11 +325,15 @@ impl PsuDriver {
         }
     }
 
-    /// `*IDN?` (cached after the first answer).
+    /// `*IDN?` (the session keeps the answer; it also asks whenever the
+    /// link opens).
     pub async fn identify(&mut self) -> Result<String, DriverError> {
-        let idn = self.session.idn().await?;
-        self.identity = Some(idn.clone());
-        Ok(idn)
+        self.session.idn().await
+    }
+
+    /// The identity, once known.
+    pub fn identity(&self) -> Option<&str> {
+        self.session.identity()
     }
 
     async fn channel_state(&mut self, ch: usize) -> Result<Value, DriverError> {
@@ -345,8 +349,13 @@ impl PsuDriver {
 
     /// Every channel's settings, output state and measurements.
     pub async fn state(&mut self) -> Result<Value, DriverError> {
-        if self.identity.is_none() {
-            self.identify().await?;
+        // Normally learned as the link opened; asked here when `identify`
+        // is off or the open did not get an answer.
+        if self.session.identity().is_none() {
+            self.session.connect().await?;
+            if self.session.identity().is_none() {
+                self.identify().await?;
+            }
         }
         let mut channels = Vec::new();
         for ch in 1..=self.model.channels.len() {
@@ -356,7 +365,7 @@ impl PsuDriver {
         Ok(json!({
             "relay_id": self.id,
             "model": self.model.model,
-            "idn": self.identity,
+            "idn": self.session.identity(),
             "connected": self.session.is_connected(),
             // Channel 1 at the top level, shaped like mock-psu's state.
             "voltage": first.get("voltage"),
@@ -397,7 +406,7 @@ impl Instrument for PsuDriver {
     fn describe(&self) -> Description {
         Description {
             driver: self.model.family.driver_name().to_string(),
-            identity: self.identity.clone(),
+            identity: self.session.identity().map(str::to_string),
             methods: PsuMethod::ALL.iter().map(|m| m.spec(self.model)).collect(),
         }
     }

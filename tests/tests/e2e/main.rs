@@ -4,4 +4,5 @@ mod bad_input;
 mod firmware;
 mod instruments;
 mod interop;
+mod issue9;
 mod mesh;
