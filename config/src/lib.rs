@@ -251,6 +251,11 @@ pub struct Config {
     pub bank: BankSection,
     /// `[client]`
     pub client: ClientSection,
+    /// The file this configuration was read from (set by [`Config::load`]
+    /// and [`Config::parse`]; `None` for the built-in defaults), for
+    /// messages about its values that other crates check.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 /// Seconds as a `Duration`, for validated (finite, positive) values.
@@ -275,7 +280,13 @@ impl Config {
             message: e.to_string().trim_end().to_string(),
         })?;
         cfg.validate(file)?;
-        Ok((cfg, warnings))
+        Ok((
+            Config {
+                file: Some(file.to_path_buf()),
+                ..cfg
+            },
+            warnings,
+        ))
     }
 
     /// Read and parse `path`.
@@ -461,6 +472,7 @@ model = "E36313A"
 "#;
         let (c, w) = Config::parse(text, Path::new("x.toml")).unwrap();
         assert!(w.is_empty());
+        assert_eq!(c.file.as_deref(), Some(Path::new("x.toml")));
         let i = &c.relay.instruments[0];
         assert_eq!(i.driver, "keysight-e36xx");
         let nested = format!("{text}options = {{ timeout_ms = 500 }}\n");

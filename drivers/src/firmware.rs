@@ -32,6 +32,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::options::{self, OptionSpec, OptionType};
 use crate::resource::Resource;
 use crate::transport::Link;
 use crate::{
@@ -45,17 +46,33 @@ pub const DRIVER: &str = "firmware";
 /// Baud rate used when neither the resource nor the options name one.
 pub const DEFAULT_BAUD: u32 = 115_200;
 
-/// Option keys the driver understands (others are a configuration error).
-pub const OPTION_KEYS: [&str; 9] = [
-    "timeout_ms",
-    "connect_timeout_ms",
-    "telemetry_max_age_ms",
-    "baud",
-    "baud_rate",
-    "data_bits",
-    "parity",
-    "stop_bits",
-    "flow",
+/// The driver's options (others are a configuration error).
+pub const OPTIONS: &[OptionSpec] = &[
+    OptionSpec::new(
+        "timeout_ms",
+        OptionType::Millis,
+        "deadline for one device request (default 1000)",
+    ),
+    OptionSpec::new(
+        "connect_timeout_ms",
+        OptionType::Millis,
+        "deadline for opening the link (default 2000)",
+    ),
+    OptionSpec::new(
+        "telemetry_max_age_ms",
+        OptionType::Millis,
+        "older telemetry is not published; poll() asks the device (default 2000)",
+    ),
+    OptionSpec::new(
+        "baud",
+        OptionType::Integer,
+        "serial baud rate, over the resource string's (default 115200)",
+    ),
+    options::BAUD_RATE,
+    options::DATA_BITS,
+    options::PARITY,
+    options::STOP_BITS,
+    options::FLOW,
 ];
 
 /// Driver settings (instrument `options`).
@@ -85,11 +102,12 @@ impl FirmwareOptions {
     /// Read the driver's options from an instrument's `options` table.
     /// Unknown keys are reported, not ignored.
     pub fn from_options(options: &Map<String, Value>) -> Result<Self, DriverError> {
-        if let Some(k) = options.keys().find(|k| !OPTION_KEYS.contains(&k.as_str())) {
-            return Err(DriverError::Config(format!(
-                "option '{k}' is not a {DRIVER} driver option (known: {})",
-                OPTION_KEYS.join(", ")
-            )));
+        if let Some(key) = crate::options::unknown_key(options, OPTIONS) {
+            return Err(DriverError::UnknownOption {
+                driver: DRIVER.to_string(),
+                key: key.to_string(),
+                known: OPTIONS.iter().map(|o| o.name).collect(),
+            });
         }
         let ms = |k: &str, default: Duration| -> Result<Duration, DriverError> {
             match options.get(k) {
@@ -740,7 +758,7 @@ impl Instrument for FirmwareDriver {
 
 /// Register the `firmware` driver.
 pub fn register(r: &mut DriverRegistry) {
-    r.register(DRIVER, |cfg: InstrumentConfig| async move {
+    r.register(DRIVER, OPTIONS, |cfg: InstrumentConfig| async move {
         Ok(Box::new(FirmwareDriver::from_config(&cfg)?) as BoxInstrument)
     });
 }

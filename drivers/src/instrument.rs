@@ -47,6 +47,20 @@ pub enum DriverError {
     /// The driver's configuration is wrong (bad resource string, option).
     #[error("driver configuration: {0}")]
     Config(String),
+    /// An instrument's options name a key its driver does not declare
+    /// (see [`crate::OptionSpec`]); the caller adds which instrument.
+    #[error(
+        "driver configuration: '{key}' is not a {driver} option (known: {})",
+        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+    )]
+    UnknownOption {
+        /// The driver's registry name.
+        driver: String,
+        /// The key.
+        key: String,
+        /// The options the driver declares.
+        known: Vec<&'static str>,
+    },
     /// A configuration file (a declarative driver, a driver directory)
     /// could not be read.
     #[error("driver configuration: cannot read {path}: {source}", path = .path.display())]
@@ -109,6 +123,7 @@ impl DriverError {
             DriverError::Busy(_) => 409,
             DriverError::Instrument(_)
             | DriverError::Config(_)
+            | DriverError::UnknownOption { .. }
             | DriverError::ReadConfig { .. } => 500,
             DriverError::Link { .. } => 503,
         }
@@ -124,6 +139,7 @@ impl DriverError {
             DriverError::Link { .. } => DriverErrorKind::Reconnect,
             DriverError::Instrument(_)
             | DriverError::Config(_)
+            | DriverError::UnknownOption { .. }
             | DriverError::ReadConfig { .. } => DriverErrorKind::Report,
         }
     }

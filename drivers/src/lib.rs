@@ -23,6 +23,7 @@ pub mod firmware;
 pub mod instrument;
 pub mod methods;
 pub mod mock_psu;
+pub mod options;
 pub mod psu;
 pub mod registry;
 pub mod resource;
@@ -35,6 +36,7 @@ pub use instrument::{
     Args, Description, DriverError, DriverErrorKind, Instrument, MethodSpec, ParamSpec, ParamType,
 };
 pub use methods::MethodTable;
+pub use options::{OptionSpec, OptionType};
 pub use registry::{BoxInstrument, DriverRegistry, InstrumentConfig};
 pub use resource::Resource;
 pub use scpi::{ScpiSession, SessionOptions};

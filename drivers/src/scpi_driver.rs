@@ -10,6 +10,7 @@
 use base64::Engine;
 use serde_json::{json, Value};
 
+use crate::options::{self, OptionSpec, OptionType};
 use crate::scpi::{ScpiSession, SessionOptions};
 use crate::{
     Args, BoxInstrument, Description, DriverError, Instrument, InstrumentConfig, MethodSpec,
@@ -214,9 +215,33 @@ impl Instrument for ScpiDriver {
     }
 }
 
+/// The `scpi` driver's options: `raise_errors` and the session's.
+pub const OPTIONS: &[OptionSpec] = &[
+    OptionSpec::new(
+        "raise_errors",
+        OptionType::Bool,
+        "instrument-side failures are RPC errors, not false / [false, why] (default false)",
+    ),
+    options::TIMEOUT_MS,
+    options::CONNECT_TIMEOUT_MS,
+    options::WRITE_TERMINATION,
+    options::READ_TERMINATION,
+    options::CHECK_ERRORS,
+    options::IDENTIFY,
+    options::INIT,
+    options::MAX_REPLY,
+    options::DRAIN_QUIET_MS,
+    options::BAUD,
+    options::BAUD_RATE,
+    options::DATA_BITS,
+    options::PARITY,
+    options::STOP_BITS,
+    options::FLOW,
+];
+
 /// Register `scpi`.
 pub fn register(r: &mut crate::DriverRegistry) {
-    r.register("scpi", |cfg: InstrumentConfig| async move {
+    r.register("scpi", OPTIONS, |cfg: InstrumentConfig| async move {
         Ok(Box::new(ScpiDriver::from_config(&cfg)?) as BoxInstrument)
     });
 }

@@ -923,3 +923,88 @@ async fn identity_is_learned_when_the_link_opens_for_any_reason() -> Result<()> 
     })
     .await?
 }
+
+/// Issue 9: driver options were never checked, so `timout_ms = 500` did
+/// nothing. Every driver declares its options with the registry, which
+/// refuses any other key, naming it and listing the known ones.
+#[tokio::test]
+async fn unknown_driver_options_are_refused_naming_the_key() -> Result<()> {
+    let mut reg = DriverRegistry::with_builtins();
+    reg.load_dir(&shipped_instruments())?;
+    for driver in reg.names() {
+        let cfg = InstrumentConfig {
+            id: "x-1".into(),
+            driver: driver.clone(),
+            resource: Some("tcp://127.0.0.1:1".into()),
+            options: options(json!({"timout_ms": 500})),
+        };
+        let e = match reg.create(cfg).await {
+            Ok(_) => return Err(anyhow!("{driver}: timout_ms accepted")),
+            Err(e) => e,
+        };
+        assert!(
+            matches!(&e, DriverError::UnknownOption { key, .. } if key == "timout_ms"),
+            "{driver}: {e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("'timout_ms'") && msg.contains(&driver),
+            "{msg}"
+        );
+        let known = reg.options(&driver).unwrap_or_default();
+        if driver != "mock-psu" {
+            assert!(known.iter().any(|o| o.name == "timeout_ms"), "{driver}");
+            assert!(msg.contains("timeout_ms"), "{driver}: {msg}");
+        }
+        // Every declared option gets past the check (values are the
+        // driver's business: give each a valid one where it matters).
+        for o in known {
+            let value = match o.name {
+                "model" => json!(Family::ALL
+                    .into_iter()
+                    .find(|f| f.driver_name() == driver)
+                    .map_or("", |f| f.default_model().model)),
+                "parity" | "flow" => json!("none"),
+                "data_bits" => json!(8),
+                "stop_bits" => json!(1),
+                "init" => json!(["*CLS"]),
+                "write_termination" | "read_termination" => json!("\n"),
+                _ => match o.ty {
+                    labmesh_drivers::OptionType::Bool => json!(true),
+                    _ => json!(500),
+                },
+            };
+            let cfg = InstrumentConfig {
+                id: "x-1".into(),
+                driver: driver.clone(),
+                resource: Some("tcp://127.0.0.1:1".into()),
+                options: options(json!({ o.name: value })),
+            };
+            if let Err(e) = reg.create(cfg).await {
+                return Err(anyhow!("{driver}: option {} refused: {e}", o.name));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// docs/DRIVERS.md shows every driver's option table as the registry has it.
+#[test]
+fn drivers_md_lists_every_drivers_options() -> Result<()> {
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/DRIVERS.md"))?;
+    let mut reg = DriverRegistry::with_builtins();
+    reg.load_dir(&shipped_instruments())?;
+    for driver in reg.names() {
+        let known = reg.options(&driver).unwrap_or_default();
+        if known.is_empty() {
+            continue;
+        }
+        let table = labmesh_drivers::options::markdown_table(known);
+        assert!(
+            docs.contains(&table),
+            "docs/DRIVERS.md lacks {driver}'s option table:\n{table}"
+        );
+    }
+    Ok(())
+}

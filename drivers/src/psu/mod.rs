@@ -12,6 +12,7 @@ pub mod models;
 use serde_json::{json, Value};
 
 use self::models::{ChannelLimits, Family, PsuModel};
+use crate::options::{self, OptionSpec, OptionType};
 use crate::scpi::{ScpiSession, SessionOptions};
 use crate::{
     Args, BoxInstrument, Description, DriverError, Instrument, InstrumentConfig, MethodSpec,
@@ -455,11 +456,41 @@ impl Instrument for PsuDriver {
     }
 }
 
+/// The family drivers' options: `model` and the session's (`check_errors`
+/// on by default).
+pub const OPTIONS: &[OptionSpec] = &[
+    OptionSpec::new(
+        "model",
+        OptionType::String,
+        "the model, for its channel limits (default: the family's first model)",
+    ),
+    options::TIMEOUT_MS,
+    options::CONNECT_TIMEOUT_MS,
+    options::WRITE_TERMINATION,
+    options::READ_TERMINATION,
+    OptionSpec::new(
+        "check_errors",
+        OptionType::Bool,
+        "query SYST:ERR? after every write and fail on an entry (default true)",
+    ),
+    options::IDENTIFY,
+    options::INIT,
+    options::MAX_REPLY,
+    options::DRAIN_QUIET_MS,
+    options::BAUD,
+    options::BAUD_RATE,
+    options::DATA_BITS,
+    options::PARITY,
+    options::STOP_BITS,
+    options::FLOW,
+];
+
 /// Register the three family drivers.
 pub fn register(r: &mut crate::DriverRegistry) {
     for family in Family::ALL {
         r.register(
             family.driver_name(),
+            OPTIONS,
             move |cfg: InstrumentConfig| async move {
                 Ok(Box::new(PsuDriver::from_config(family, &cfg)?) as BoxInstrument)
             },

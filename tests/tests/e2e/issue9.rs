@@ -63,3 +63,64 @@ async fn regression_identity_reaches_lm_describe_and_the_scpi_state_without_conn
     mesh.stop().await;
     Ok(())
 }
+
+/// Driver options were flattened into the instrument table and never
+/// checked: `timout_ms = 500` on an `scpi` instrument did nothing. Now the
+/// relay refuses it, naming the file, the instrument and the key; a known
+/// option still works.
+#[tokio::test]
+async fn regression_unknown_instrument_option_names_file_id_and_key() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!(
+        "labmesh-issue9-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("lab.toml");
+    let table = |extra: &str| {
+        format!(
+            "[[relay.instruments]]\nid = \"scope-1\"\ndriver = \"scpi\"\n\
+             resource = \"tcp://127.0.0.1:1\"\n{extra}\n"
+        )
+    };
+    let registry = DriverRegistry::with_builtins();
+
+    std::fs::write(&file, table("timout_ms = 500"))?;
+    let (cfg, _) = labmesh_config::Config::load(&file)?;
+    let e = match labmesh_relay::hosted_from_config(&cfg, &registry).await {
+        Ok(_) => anyhow::bail!("timout_ms accepted"),
+        Err(e) => e.to_string(),
+    };
+    for want in [
+        file.display().to_string(),
+        "scope-1".into(),
+        "timout_ms".into(),
+    ] {
+        assert!(e.contains(&want), "{want:?} not in {e}");
+    }
+    assert!(e.contains("timeout_ms"), "known options listed: {e}");
+
+    // The same inside `options = { ... }`.
+    std::fs::write(&file, table("options = { timout_ms = 500 }"))?;
+    let (cfg, _) = labmesh_config::Config::load(&file)?;
+    assert!(labmesh_relay::hosted_from_config(&cfg, &registry)
+        .await
+        .is_err());
+
+    // Known options, either way, are fine.
+    std::fs::write(
+        &file,
+        table("timeout_ms = 500\noptions = { raise_errors = true }"),
+    )?;
+    let (cfg, _) = labmesh_config::Config::load(&file)?;
+    let hosted = labmesh_relay::hosted_from_config(&cfg, &registry).await?;
+    assert_eq!(hosted.len(), 1);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
