@@ -801,12 +801,12 @@ pub fn serve_firmware_pty(telemetry_period: Option<Duration>) -> Result<Firmware
             )
         })?;
     let master = firmware_proto::sim::async_tty(master)
-        .map_err(|e| DriverError::link("pseudo-terminal master", std::io::Error::from(e)))?;
+        .map_err(|e| DriverError::link("pseudo-terminal master", e))?;
     // The device keeps a slave descriptor open (so the master never reads
     // EIO between host sessions) and writes line noise "from the host" on it.
     // It never reads it: the host's bytes are for the host's own descriptor.
     let slave = firmware_proto::sim::async_tty(slave)
-        .map_err(|e| DriverError::link("pseudo-terminal slave", std::io::Error::from(e)))?;
+        .map_err(|e| DriverError::link("pseudo-terminal slave", e))?;
     let (tx, rx) = mpsc::unbounded_channel();
     let fw = PsuFirmware::new(psu::DEFAULT_LOAD_MOHM, firmware_proto::sim::SIM_SERIAL);
     let task = tokio::spawn(device_loop(fw, master, slave, telemetry_period, rx));
@@ -941,7 +941,7 @@ impl FirmwarePty {
     pub async fn inject_to_host(&self, bytes: &[u8]) -> Result<(), DriverError> {
         self.ask(|ack| Ctl::ToHost(bytes.to_vec(), ack))
             .await?
-            .map_err(|e| DriverError::link("injecting towards the host", std::io::Error::from(e)))
+            .map_err(|e| DriverError::link("injecting towards the host", e))
     }
 
     /// Write raw bytes towards the device, as if the host had sent them
@@ -949,7 +949,7 @@ impl FirmwarePty {
     pub async fn inject_to_device(&self, bytes: &[u8]) -> Result<(), DriverError> {
         self.ask(|ack| Ctl::ToDevice(bytes.to_vec(), ack))
             .await?
-            .map_err(|e| DriverError::link("injecting towards the device", std::io::Error::from(e)))
+            .map_err(|e| DriverError::link("injecting towards the device", e))
     }
 
     /// The firmware's own view of its state (what a debugger would read).

@@ -353,7 +353,7 @@ pub async fn serve_tcp(
     let sim = SimPsu::new(cfg)?;
     sim.serve_tcp(listener, shutdown)
         .await
-        .map_err(|e| DriverError::link("simulator", std::io::Error::from(e)))
+        .map_err(|e| DriverError::link("simulator", e))
 }
 
 /// Create a simulator described by `cfg` and serve it on a new
