@@ -929,6 +929,10 @@ async fn identity_is_learned_when_the_link_opens_for_any_reason() -> Result<()> 
 /// refuses any other key, naming it and listing the known ones.
 #[tokio::test]
 async fn unknown_driver_options_are_refused_naming_the_key() -> Result<()> {
+    tokio::time::timeout(LIMIT, unknown_driver_options()).await?
+}
+
+async fn unknown_driver_options() -> Result<()> {
     let mut reg = DriverRegistry::with_builtins();
     reg.load_dir(&shipped_instruments())?;
     for driver in reg.names() {

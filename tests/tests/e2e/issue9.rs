@@ -70,6 +70,10 @@ async fn regression_identity_reaches_lm_describe_and_the_scpi_state_without_conn
 /// option still works.
 #[tokio::test]
 async fn regression_unknown_instrument_option_names_file_id_and_key() -> anyhow::Result<()> {
+    timeout(WAIT, unknown_option_in_a_config_file()).await?
+}
+
+async fn unknown_option_in_a_config_file() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!(
         "labmesh-issue9-{}-{}",
         std::process::id(),
