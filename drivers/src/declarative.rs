@@ -86,7 +86,7 @@ struct MethodDef {
     #[serde(default)]
     query: Option<String>,
     #[serde(default)]
-    reply: Option<Reply>,
+    reply: Option<ReplyFormat>,
     #[serde(default)]
     opc: bool,
     #[serde(default)]
@@ -116,13 +116,13 @@ struct PollDef {
     name: String,
     query: String,
     #[serde(default)]
-    reply: Option<Reply>,
+    reply: Option<ReplyFormat>,
 }
 
 /// How a query's reply is parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Reply {
+pub enum ReplyFormat {
     /// A number (`+5.0E+00`, `5.000`).
     Float,
     /// An integer (`+3`, also `3.0E+00`).
@@ -235,7 +235,7 @@ impl Template {
 #[derive(Debug, Clone)]
 enum Action {
     Write { cmd: Template, opc: bool },
-    Query { cmd: Template, reply: Reply },
+    Query { cmd: Template, reply: ReplyFormat },
 }
 
 #[derive(Debug, Clone)]
@@ -257,7 +257,7 @@ pub struct DriverDef {
     bool_true: String,
     bool_false: String,
     methods: Vec<Method>,
-    poll: Vec<(String, Template, Reply)>,
+    poll: Vec<(String, Template, ReplyFormat)>,
 }
 
 fn toml_to_json(v: toml::Value) -> Value {
@@ -355,7 +355,7 @@ impl DriverDef {
                 }
                 (None, Some(q)) => Action::Query {
                     cmd: Template::parse(&q).map_err(|e| err(&format!("{key}.query"), e))?,
-                    reply: m.reply.unwrap_or(Reply::Raw),
+                    reply: m.reply.unwrap_or(ReplyFormat::Raw),
                 },
                 _ => return Err(err(
                     &key,
@@ -390,7 +390,7 @@ impl DriverDef {
                     format!("poll queries take no placeholders ({{{ph}}})"),
                 ));
             }
-            poll.push((p.name, t, p.reply.unwrap_or(Reply::Raw)));
+            poll.push((p.name, t, p.reply.unwrap_or(ReplyFormat::Raw)));
         }
         Ok(DriverDef {
             name,
@@ -473,8 +473,8 @@ impl DeclarativeDriver {
         })
     }
 
-    async fn run_query(&mut self, cmd: &str, reply: Reply) -> Result<Value, DriverError> {
-        if reply == Reply::Block {
+    async fn run_query(&mut self, cmd: &str, reply: ReplyFormat) -> Result<Value, DriverError> {
+        if reply == ReplyFormat::Block {
             let data = self.session.query_binary(cmd).await?;
             return Ok(json!(base64::engine::general_purpose::STANDARD.encode(data)));
         }
@@ -499,15 +499,15 @@ impl DeclarativeDriver {
 }
 
 /// Parse a reply line as `reply` says; `None` if it does not fit.
-pub fn parse_reply(r: &str, reply: Reply) -> Option<Value> {
+pub fn parse_reply(r: &str, reply: ReplyFormat) -> Option<Value> {
     let t = r.trim();
     let unq = t.trim_matches('"');
     let num = |s: &str| s.trim().parse::<f64>().ok().filter(|f| f.is_finite());
     Some(match reply {
-        Reply::Raw => json!(r),
-        Reply::String => json!(unq),
-        Reply::Float => json!(num(unq)?),
-        Reply::Int => match unq.trim_start_matches('+').parse::<i64>() {
+        ReplyFormat::Raw => json!(r),
+        ReplyFormat::String => json!(unq),
+        ReplyFormat::Float => json!(num(unq)?),
+        ReplyFormat::Int => match unq.trim_start_matches('+').parse::<i64>() {
             Ok(i) => json!(i),
             Err(_) => {
                 let f = num(unq)?;
@@ -517,12 +517,12 @@ pub fn parse_reply(r: &str, reply: Reply) -> Option<Value> {
                 json!(f as i64)
             }
         },
-        Reply::Bool => match unq.to_ascii_uppercase().as_str() {
+        ReplyFormat::Bool => match unq.to_ascii_uppercase().as_str() {
             "1" | "+1" | "ON" | "TRUE" => json!(true),
             "0" | "+0" | "OFF" | "FALSE" => json!(false),
             _ => return None,
         },
-        Reply::Floats => {
+        ReplyFormat::Floats => {
             if unq.is_empty() {
                 json!([])
             } else {
@@ -533,7 +533,7 @@ pub fn parse_reply(r: &str, reply: Reply) -> Option<Value> {
                 )
             }
         }
-        Reply::Block => return None,
+        ReplyFormat::Block => return None,
     })
 }
 
@@ -632,21 +632,25 @@ mod tests {
 
     #[test]
     fn replies() {
-        let table: &[(&str, Reply, Option<Value>)] = &[
-            ("+5.00000000E+00", Reply::Float, Some(json!(5.0))),
-            ("5.000\r", Reply::Float, Some(json!(5.0))),
-            ("nan", Reply::Float, None),
-            ("abc", Reply::Float, None),
-            ("+3", Reply::Int, Some(json!(3))),
-            ("+3.00000000E+00", Reply::Int, Some(json!(3))),
-            ("3.5", Reply::Int, None),
-            ("ON", Reply::Bool, Some(json!(true))),
-            ("0", Reply::Bool, Some(json!(false))),
-            ("maybe", Reply::Bool, None),
-            ("\"hello\"", Reply::String, Some(json!("hello"))),
-            ("1,2.5,-3E-1", Reply::Floats, Some(json!([1.0, 2.5, -0.3]))),
-            ("1,x", Reply::Floats, None),
-            (" raw ", Reply::Raw, Some(json!(" raw "))),
+        let table: &[(&str, ReplyFormat, Option<Value>)] = &[
+            ("+5.00000000E+00", ReplyFormat::Float, Some(json!(5.0))),
+            ("5.000\r", ReplyFormat::Float, Some(json!(5.0))),
+            ("nan", ReplyFormat::Float, None),
+            ("abc", ReplyFormat::Float, None),
+            ("+3", ReplyFormat::Int, Some(json!(3))),
+            ("+3.00000000E+00", ReplyFormat::Int, Some(json!(3))),
+            ("3.5", ReplyFormat::Int, None),
+            ("ON", ReplyFormat::Bool, Some(json!(true))),
+            ("0", ReplyFormat::Bool, Some(json!(false))),
+            ("maybe", ReplyFormat::Bool, None),
+            ("\"hello\"", ReplyFormat::String, Some(json!("hello"))),
+            (
+                "1,2.5,-3E-1",
+                ReplyFormat::Floats,
+                Some(json!([1.0, 2.5, -0.3])),
+            ),
+            ("1,x", ReplyFormat::Floats, None),
+            (" raw ", ReplyFormat::Raw, Some(json!(" raw "))),
         ];
         for (r, kind, want) in table {
             assert_eq!(parse_reply(r, *kind), *want, "{r:?} as {kind:?}");
