@@ -253,6 +253,11 @@ pub struct Config {
     pub bank: BankSection,
     /// `[client]`
     pub client: ClientSection,
+    /// The file this configuration was read from (set by [`Config::load`]
+    /// and [`Config::parse`]; `None` for the built-in defaults), for
+    /// messages about its values that other crates check.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 /// A number of seconds that is usable as a timer period or deadline:
@@ -374,7 +379,13 @@ impl Config {
             }
         })?;
         cfg.validate(file)?;
-        Ok((cfg, warnings))
+        Ok((
+            Config {
+                file: Some(file.to_path_buf()),
+                ..cfg
+            },
+            warnings,
+        ))
     }
 
     /// Read and parse `path`.
@@ -584,6 +595,7 @@ model = "E36313A"
 "#;
         let (c, w) = Config::parse(text, Path::new("x.toml")).unwrap();
         assert!(w.is_empty());
+        assert_eq!(c.file.as_deref(), Some(Path::new("x.toml")));
         let i = &c.relay.instruments[0];
         assert_eq!(i.driver, "keysight-e36xx");
         let nested = format!("{text}options = {{ timeout_ms = 500 }}\n");

@@ -40,7 +40,8 @@ use serde_json::{json, Map, Value};
 
 use crate::scpi::{ScpiSession, SessionOptions};
 use crate::{
-    Args, Description, DriverError, Instrument, InstrumentConfig, MethodSpec, ParamSpec, ParamType,
+    Args, Description, DriverError, Instrument, InstrumentConfig, MethodSpec, MethodTable,
+    ParamSpec, ParamType,
 };
 
 #[derive(Debug, Deserialize)]
@@ -85,7 +86,7 @@ struct MethodDef {
     #[serde(default)]
     query: Option<String>,
     #[serde(default)]
-    reply: Option<Reply>,
+    reply: Option<ReplyFormat>,
     #[serde(default)]
     opc: bool,
     #[serde(default)]
@@ -115,13 +116,13 @@ struct PollDef {
     name: String,
     query: String,
     #[serde(default)]
-    reply: Option<Reply>,
+    reply: Option<ReplyFormat>,
 }
 
 /// How a query's reply is parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Reply {
+pub enum ReplyFormat {
     /// A number (`+5.0E+00`, `5.000`).
     Float,
     /// An integer (`+3`, also `3.0E+00`).
@@ -234,7 +235,7 @@ impl Template {
 #[derive(Debug, Clone)]
 enum Action {
     Write { cmd: Template, opc: bool },
-    Query { cmd: Template, reply: Reply },
+    Query { cmd: Template, reply: ReplyFormat },
 }
 
 #[derive(Debug, Clone)]
@@ -256,7 +257,7 @@ pub struct DriverDef {
     bool_true: String,
     bool_false: String,
     methods: Vec<Method>,
-    poll: Vec<(String, Template, Reply)>,
+    poll: Vec<(String, Template, ReplyFormat)>,
 }
 
 fn toml_to_json(v: toml::Value) -> Value {
@@ -354,7 +355,7 @@ impl DriverDef {
                 }
                 (None, Some(q)) => Action::Query {
                     cmd: Template::parse(&q).map_err(|e| err(&format!("{key}.query"), e))?,
-                    reply: m.reply.unwrap_or(Reply::Raw),
+                    reply: m.reply.unwrap_or(ReplyFormat::Raw),
                 },
                 _ => return Err(err(
                     &key,
@@ -389,7 +390,7 @@ impl DriverDef {
                     format!("poll queries take no placeholders ({{{ph}}})"),
                 ));
             }
-            poll.push((p.name, t, p.reply.unwrap_or(Reply::Raw)));
+            poll.push((p.name, t, p.reply.unwrap_or(ReplyFormat::Raw)));
         }
         Ok(DriverDef {
             name,
@@ -405,8 +406,10 @@ impl DriverDef {
 
     /// Read and parse one file.
     pub fn load(file: &Path) -> Result<DriverDef, DriverError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| DriverError::Config(format!("{}: {e}", file.display())))?;
+        let text = std::fs::read_to_string(file).map_err(|source| DriverError::ReadConfig {
+            path: file.to_path_buf(),
+            source,
+        })?;
         DriverDef::parse(file, &text)
     }
 }
@@ -414,12 +417,14 @@ impl DriverDef {
 /// Parse every `*.toml` file in `dir` (sorted by name). All must be valid,
 /// and names unique, or nothing is returned.
 pub fn load_dir(dir: &Path) -> Result<Vec<DriverDef>, DriverError> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| DriverError::Config(format!("driver directory {}: {e}", dir.display())))?;
+    let unreadable = |source| DriverError::ReadConfig {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let entries = std::fs::read_dir(dir).map_err(unreadable)?;
     let mut files: Vec<PathBuf> = Vec::new();
     for entry in entries {
-        let entry = entry
-            .map_err(|e| DriverError::Config(format!("driver directory {}: {e}", dir.display())))?;
+        let entry = entry.map_err(unreadable)?;
         let path = entry.path();
         if path.extension().is_some_and(|x| x == "toml") && path.is_file() {
             files.push(path);
@@ -448,26 +453,28 @@ pub struct DeclarativeDriver {
     id: String,
     def: Arc<DriverDef>,
     session: ScpiSession,
-    identity: Option<String>,
 }
 
 impl DeclarativeDriver {
     /// Build from config: the file's `[session]` table, then the
-    /// instrument's options on top.
+    /// instrument's options on top. `identify` defaults to true (`*IDN?`
+    /// whenever the link opens).
     pub fn from_config(def: Arc<DriverDef>, cfg: &InstrumentConfig) -> Result<Self, DriverError> {
-        let mut defaults = SessionOptions::default();
+        let mut defaults = SessionOptions {
+            identify: true,
+            ..SessionOptions::default()
+        };
         defaults.apply_options(&def.session)?;
         let session = ScpiSession::from_config(cfg, defaults)?;
         Ok(DeclarativeDriver {
             id: cfg.id.clone(),
             def,
             session,
-            identity: None,
         })
     }
 
-    async fn run_query(&mut self, cmd: &str, reply: Reply) -> Result<Value, DriverError> {
-        if reply == Reply::Block {
+    async fn run_query(&mut self, cmd: &str, reply: ReplyFormat) -> Result<Value, DriverError> {
+        if reply == ReplyFormat::Block {
             let data = self.session.query_binary(cmd).await?;
             return Ok(json!(base64::engine::general_purpose::STANDARD.encode(data)));
         }
@@ -492,15 +499,15 @@ impl DeclarativeDriver {
 }
 
 /// Parse a reply line as `reply` says; `None` if it does not fit.
-pub fn parse_reply(r: &str, reply: Reply) -> Option<Value> {
+pub fn parse_reply(r: &str, reply: ReplyFormat) -> Option<Value> {
     let t = r.trim();
     let unq = t.trim_matches('"');
     let num = |s: &str| s.trim().parse::<f64>().ok().filter(|f| f.is_finite());
     Some(match reply {
-        Reply::Raw => json!(r),
-        Reply::String => json!(unq),
-        Reply::Float => json!(num(unq)?),
-        Reply::Int => match unq.trim_start_matches('+').parse::<i64>() {
+        ReplyFormat::Raw => json!(r),
+        ReplyFormat::String => json!(unq),
+        ReplyFormat::Float => json!(num(unq)?),
+        ReplyFormat::Int => match unq.trim_start_matches('+').parse::<i64>() {
             Ok(i) => json!(i),
             Err(_) => {
                 let f = num(unq)?;
@@ -510,12 +517,12 @@ pub fn parse_reply(r: &str, reply: Reply) -> Option<Value> {
                 json!(f as i64)
             }
         },
-        Reply::Bool => match unq.to_ascii_uppercase().as_str() {
+        ReplyFormat::Bool => match unq.to_ascii_uppercase().as_str() {
             "1" | "+1" | "ON" | "TRUE" => json!(true),
             "0" | "+0" | "OFF" | "FALSE" => json!(false),
             _ => return None,
         },
-        Reply::Floats => {
+        ReplyFormat::Floats => {
             if unq.is_empty() {
                 json!([])
             } else {
@@ -526,8 +533,37 @@ pub fn parse_reply(r: &str, reply: Reply) -> Option<Value> {
                 )
             }
         }
-        Reply::Block => return None,
+        ReplyFormat::Block => return None,
     })
+}
+
+/// Methods every declarative driver gets unless its file defines one of
+/// the same name: one table for `describe()` and `call()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Builtin {
+    Identify,
+    GetState,
+}
+
+impl MethodTable for Builtin {
+    const ALL: &'static [Builtin] = &[Builtin::Identify, Builtin::GetState];
+
+    fn name(self) -> &'static str {
+        match self {
+            Builtin::Identify => "identify",
+            Builtin::GetState => "get_state",
+        }
+    }
+}
+
+impl Builtin {
+    fn spec(self) -> MethodSpec {
+        let doc = match self {
+            Builtin::Identify => "The *IDN? string",
+            Builtin::GetState => "The poll queries' values",
+        };
+        MethodSpec::new(self.name(), doc)
+    }
 }
 
 #[async_trait::async_trait]
@@ -535,17 +571,14 @@ impl Instrument for DeclarativeDriver {
     fn describe(&self) -> Description {
         let mut methods: Vec<MethodSpec> =
             self.def.methods.iter().map(|m| m.spec.clone()).collect();
-        for (name, doc) in [
-            ("identify", "The *IDN? string"),
-            ("get_state", "The poll queries' values"),
-        ] {
-            if !methods.iter().any(|m| m.name == name) {
-                methods.push(MethodSpec::new(name, doc));
+        for b in Builtin::ALL {
+            if !methods.iter().any(|m| m.name == b.name()) {
+                methods.push(b.spec());
             }
         }
         Description {
             driver: self.def.name.clone(),
-            identity: self.identity.clone(),
+            identity: self.session.identity().map(str::to_string),
             methods,
         }
     }
@@ -553,14 +586,10 @@ impl Instrument for DeclarativeDriver {
     async fn call(&mut self, method: &str, args: Args) -> Result<Value, DriverError> {
         let def = self.def.clone();
         let Some(m) = def.methods.iter().find(|m| m.spec.name == method) else {
-            return match method {
-                "identify" => {
-                    let idn = self.session.idn().await?;
-                    self.identity = Some(idn.clone());
-                    Ok(json!(idn))
-                }
-                "get_state" => self.state().await,
-                other => Err(DriverError::UnknownMethod(other.to_string())),
+            return match Builtin::from_name(method) {
+                Some(Builtin::Identify) => Ok(json!(self.session.idn().await?)),
+                Some(Builtin::GetState) => self.state().await,
+                None => Err(DriverError::UnknownMethod(method.to_string())),
             };
         };
         match &m.action {
@@ -603,21 +632,25 @@ mod tests {
 
     #[test]
     fn replies() {
-        let table: &[(&str, Reply, Option<Value>)] = &[
-            ("+5.00000000E+00", Reply::Float, Some(json!(5.0))),
-            ("5.000\r", Reply::Float, Some(json!(5.0))),
-            ("nan", Reply::Float, None),
-            ("abc", Reply::Float, None),
-            ("+3", Reply::Int, Some(json!(3))),
-            ("+3.00000000E+00", Reply::Int, Some(json!(3))),
-            ("3.5", Reply::Int, None),
-            ("ON", Reply::Bool, Some(json!(true))),
-            ("0", Reply::Bool, Some(json!(false))),
-            ("maybe", Reply::Bool, None),
-            ("\"hello\"", Reply::String, Some(json!("hello"))),
-            ("1,2.5,-3E-1", Reply::Floats, Some(json!([1.0, 2.5, -0.3]))),
-            ("1,x", Reply::Floats, None),
-            (" raw ", Reply::Raw, Some(json!(" raw "))),
+        let table: &[(&str, ReplyFormat, Option<Value>)] = &[
+            ("+5.00000000E+00", ReplyFormat::Float, Some(json!(5.0))),
+            ("5.000\r", ReplyFormat::Float, Some(json!(5.0))),
+            ("nan", ReplyFormat::Float, None),
+            ("abc", ReplyFormat::Float, None),
+            ("+3", ReplyFormat::Int, Some(json!(3))),
+            ("+3.00000000E+00", ReplyFormat::Int, Some(json!(3))),
+            ("3.5", ReplyFormat::Int, None),
+            ("ON", ReplyFormat::Bool, Some(json!(true))),
+            ("0", ReplyFormat::Bool, Some(json!(false))),
+            ("maybe", ReplyFormat::Bool, None),
+            ("\"hello\"", ReplyFormat::String, Some(json!("hello"))),
+            (
+                "1,2.5,-3E-1",
+                ReplyFormat::Floats,
+                Some(json!([1.0, 2.5, -0.3])),
+            ),
+            ("1,x", ReplyFormat::Floats, None),
+            (" raw ", ReplyFormat::Raw, Some(json!(" raw "))),
         ];
         for (r, kind, want) in table {
             assert_eq!(parse_reply(r, *kind), *want, "{r:?} as {kind:?}");

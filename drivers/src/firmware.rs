@@ -23,18 +23,21 @@ use firmware_proto::psu::{
     SetCurrentEp, SetOutput, SetOutputEp, SetVoltage, SetVoltageEp, State, Telemetry,
     TelemetryTopic,
 };
-use firmware_proto::{ClientConfig, ClientError, DeviceClient, DeviceEvent, Endpoint, WireError};
+use firmware_proto::{
+    ClientConfig, DeviceClient, DeviceError, DeviceEvent, Endpoint, EndpointError,
+};
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::options::{self, OptionSpec, OptionType};
 use crate::resource::Resource;
 use crate::transport::Link;
 use crate::{
     Args, BoxInstrument, Description, DriverError, DriverRegistry, Instrument, InstrumentConfig,
-    MethodSpec, ParamSpec, ParamType,
+    MethodSpec, MethodTable, ParamSpec, ParamType,
 };
 
 /// Registry name of the driver.
@@ -43,17 +46,33 @@ pub const DRIVER: &str = "firmware";
 /// Baud rate used when neither the resource nor the options name one.
 pub const DEFAULT_BAUD: u32 = 115_200;
 
-/// Option keys the driver understands (others are a configuration error).
-pub const OPTION_KEYS: [&str; 9] = [
-    "timeout_ms",
-    "connect_timeout_ms",
-    "telemetry_max_age_ms",
-    "baud",
-    "baud_rate",
-    "data_bits",
-    "parity",
-    "stop_bits",
-    "flow",
+/// The driver's options (others are a configuration error).
+pub const OPTIONS: &[OptionSpec] = &[
+    OptionSpec::new(
+        "timeout_ms",
+        OptionType::Millis,
+        "deadline for one device request (default 1000)",
+    ),
+    OptionSpec::new(
+        "connect_timeout_ms",
+        OptionType::Millis,
+        "deadline for opening the link (default 2000)",
+    ),
+    OptionSpec::new(
+        "telemetry_max_age_ms",
+        OptionType::Millis,
+        "older telemetry is not published; poll() asks the device (default 2000)",
+    ),
+    OptionSpec::new(
+        "baud",
+        OptionType::Integer,
+        "serial baud rate, over the resource string's (default 115200)",
+    ),
+    options::BAUD_RATE,
+    options::DATA_BITS,
+    options::PARITY,
+    options::STOP_BITS,
+    options::FLOW,
 ];
 
 /// Driver settings (instrument `options`).
@@ -83,11 +102,12 @@ impl FirmwareOptions {
     /// Read the driver's options from an instrument's `options` table.
     /// Unknown keys are reported, not ignored.
     pub fn from_options(options: &Map<String, Value>) -> Result<Self, DriverError> {
-        if let Some(k) = options.keys().find(|k| !OPTION_KEYS.contains(&k.as_str())) {
-            return Err(DriverError::Config(format!(
-                "option '{k}' is not a {DRIVER} driver option (known: {})",
-                OPTION_KEYS.join(", ")
-            )));
+        if let Some(key) = crate::options::unknown_key(options, OPTIONS) {
+            return Err(DriverError::UnknownOption {
+                driver: DRIVER.to_string(),
+                key: key.to_string(),
+                known: OPTIONS.iter().map(|o| o.name).collect(),
+            });
         }
         let ms = |k: &str, default: Duration| -> Result<Duration, DriverError> {
             match options.get(k) {
@@ -222,7 +242,7 @@ pub fn identity_json(id: &Identity) -> Value {
     })
 }
 
-/// The driver error for a device's wire error. `param` names the parameter
+/// The driver error for an error the device's endpoint answered. `param` names the parameter
 /// of the request, if it has one.
 ///
 /// * `OutOfRange` -> `BadParam` (400): the value is outside what this
@@ -231,28 +251,28 @@ pub fn identity_json(id: &Identity) -> Value {
 /// * `BadRequest`, `UnknownEndpoint`, `UnsupportedVersion`,
 ///   `ResponseTooLarge`, `InvalidState` -> `Instrument` (500): the JSON was
 ///   valid, so host and firmware disagree (or the device refused); report.
-pub fn wire_error(e: WireError, endpoint: &str, param: Option<&str>) -> DriverError {
+pub fn endpoint_error(e: EndpointError, endpoint: &str, param: Option<&str>) -> DriverError {
     match e {
-        WireError::OutOfRange => DriverError::bad_param(
+        EndpointError::OutOfRange => DriverError::bad_param(
             param.unwrap_or("params"),
             format!("outside the device's range ({endpoint} answered OutOfRange)"),
         ),
-        WireError::Busy => DriverError::Busy(format!("device busy ({endpoint})")),
-        WireError::BadRequest => DriverError::Instrument(format!(
+        EndpointError::Busy => DriverError::Busy(format!("device busy ({endpoint})")),
+        EndpointError::BadRequest => DriverError::Instrument(format!(
             "{endpoint}: the device could not decode the request (firmware and driver disagree)"
         )),
-        WireError::UnknownEndpoint => DriverError::Instrument(format!(
+        EndpointError::UnknownEndpoint => DriverError::Instrument(format!(
             "{endpoint}: the device does not serve this endpoint with this schema \
              (firmware and driver disagree; update one)"
         )),
-        WireError::UnsupportedVersion { supported } => DriverError::Instrument(format!(
+        EndpointError::UnsupportedVersion { supported } => DriverError::Instrument(format!(
             "{endpoint}: the device speaks link protocol version {supported}, this driver {}",
             firmware_proto::PROTOCOL_VERSION
         )),
-        WireError::ResponseTooLarge => {
+        EndpointError::ResponseTooLarge => {
             DriverError::Instrument(format!("{endpoint}: the answer did not fit a frame"))
         }
-        WireError::InvalidState => DriverError::Instrument(format!(
+        EndpointError::InvalidState => DriverError::Instrument(format!(
             "{endpoint}: not allowed in the device's current state"
         )),
     }
@@ -392,6 +412,14 @@ impl FirmwareDriver {
         });
         self.known = None;
         tracing::debug!(resource = %self.resource, "device link open");
+        // Learn who answers on every new link (another board may be plugged
+        // in). A device that does not say is still usable; a link that
+        // fails here fails the call.
+        match self.send::<Identify>(&(), None).await {
+            Ok(id) => self.identity = Some(id),
+            Err(e @ DriverError::Link { .. }) => return Err(e),
+            Err(e) => tracing::warn!(resource = %self.resource, "identify on connect: {e}"),
+        }
         Ok(())
     }
 
@@ -425,7 +453,7 @@ impl FirmwareDriver {
         self.known = None;
     }
 
-    /// Call endpoint `E`, mapping errors (see [`wire_error`]); a link
+    /// Call endpoint `E`, mapping errors (see [`endpoint_error`]); a link
     /// failure drops the connection so the next call reconnects.
     async fn request<E: Endpoint>(
         &mut self,
@@ -433,30 +461,45 @@ impl FirmwareDriver {
         param: Option<&str>,
     ) -> Result<E::Response, DriverError> {
         self.connect().await?;
+        self.send::<E>(req, param).await
+    }
+
+    /// [`FirmwareDriver::request`] on the open connection.
+    async fn send<E: Endpoint>(
+        &mut self,
+        req: &E::Request,
+        param: Option<&str>,
+    ) -> Result<E::Response, DriverError> {
         let Some(conn) = &self.conn else {
-            return Err(DriverError::Link(format!(
-                "{}: not connected",
-                self.resource
-            )));
+            return Err(DriverError::link_lost(
+                self.resource.to_string(),
+                io::ErrorKind::NotConnected,
+                "not connected",
+            ));
         };
         match conn.client.call::<E>(req).await {
             Ok(r) => Ok(r),
-            Err(ClientError::Timeout(d)) => Err(DriverError::Timeout(d)),
-            Err(ClientError::Link(e)) => {
-                let msg = format!("{}: writing to the device failed: {e}", self.resource);
-                self.drop_conn(&msg);
-                Err(DriverError::Link(msg))
+            Err(DeviceError::Timeout(d)) => Err(DriverError::Timeout(d)),
+            Err(DeviceError::Link(e)) => {
+                self.drop_conn(&format!("writing failed: {e}"));
+                Err(DriverError::link(
+                    format!("{}: writing to the device failed", self.resource),
+                    e,
+                ))
             }
-            Err(ClientError::Closed) => {
-                let msg = format!("{}: the device link closed", self.resource);
-                self.drop_conn(&msg);
-                Err(DriverError::Link(msg))
+            Err(DeviceError::Closed) => {
+                self.drop_conn("the link closed");
+                Err(DriverError::link_lost(
+                    self.resource.to_string(),
+                    io::ErrorKind::UnexpectedEof,
+                    "the device link closed",
+                ))
             }
-            Err(ClientError::Device(w)) => Err(wire_error(w, E::NAME, param)),
-            Err(e @ (ClientError::BadResponse { .. } | ClientError::KeyMismatch)) => Err(
+            Err(DeviceError::Device(w)) => Err(endpoint_error(w, E::NAME, param)),
+            Err(e @ (DeviceError::BadResponse { .. } | DeviceError::KeyMismatch)) => Err(
                 DriverError::Instrument(format!("{}: {e} (firmware and driver disagree)", E::NAME)),
             ),
-            Err(e @ ClientError::Encode(_)) => {
+            Err(e @ DeviceError::Encode(_)) => {
                 Err(DriverError::Instrument(format!("{}: {e}", E::NAME)))
             }
         }
@@ -577,11 +620,77 @@ impl FirmwareDriver {
     }
 }
 
+/// The driver's methods, one per device endpoint in the device's routing
+/// order, named by the endpoints themselves: one table for `describe()`
+/// and `call()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Identify,
+    SetVoltage,
+    SetCurrent,
+    SetOutput,
+    Measure,
+    GetState,
+}
+
+impl MethodTable for Method {
+    const ALL: &'static [Method] = &[
+        Method::Identify,
+        Method::SetVoltage,
+        Method::SetCurrent,
+        Method::SetOutput,
+        Method::Measure,
+        Method::GetState,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Method::Identify => Identify::NAME,
+            Method::SetVoltage => SetVoltageEp::NAME,
+            Method::SetCurrent => SetCurrentEp::NAME,
+            Method::SetOutput => SetOutputEp::NAME,
+            Method::Measure => Measure::NAME,
+            Method::GetState => GetState::NAME,
+        }
+    }
+}
+
+impl Method {
+    fn spec(self) -> MethodSpec {
+        let vmax = from_milli(psu::MAX_MV);
+        let imax = from_milli(psu::MAX_MA);
+        let m = |doc: &str| MethodSpec::new(self.name(), doc);
+        match self {
+            Method::Identify => {
+                m("Model, firmware, serial number, link protocol and limits (V, A)")
+            }
+            Method::SetVoltage => m(&format!(
+                "Set the voltage setpoint (0..{vmax} V, 1 mV steps); returns the state"
+            ))
+            .param(
+                ParamSpec::required("value", ParamType::Float)
+                    .unit("V")
+                    .range(0.0, vmax),
+            ),
+            Method::SetCurrent => m(&format!(
+                "Set the current limit (0..{imax} A, 1 mA steps); returns the state"
+            ))
+            .param(
+                ParamSpec::required("value", ParamType::Float)
+                    .unit("A")
+                    .range(0.0, imax),
+            ),
+            Method::SetOutput => m("Switch the output on or off; returns the state")
+                .param(ParamSpec::required("on", ParamType::Bool)),
+            Method::Measure => m("Output voltage (V), current (A) and mode (off, cv, cc)"),
+            Method::GetState => m("Setpoints, output and measurement, read from the device"),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Instrument for FirmwareDriver {
     fn describe(&self) -> Description {
-        let vmax = from_milli(psu::MAX_MV);
-        let imax = from_milli(psu::MAX_MA);
         Description {
             driver: DRIVER.to_string(),
             identity: self.identity.as_ref().map(|i| {
@@ -592,75 +701,39 @@ impl Instrument for FirmwareDriver {
                     i.firmware.as_str()
                 )
             }),
-            methods: vec![
-                MethodSpec::new(
-                    Identify::NAME,
-                    "Model, firmware, serial number, link protocol and limits (V, A)",
-                ),
-                MethodSpec::new(
-                    SetVoltageEp::NAME,
-                    &format!(
-                        "Set the voltage setpoint (0..{vmax} V, 1 mV steps); returns the state"
-                    ),
-                )
-                .param(
-                    ParamSpec::required("value", ParamType::Float)
-                        .unit("V")
-                        .range(0.0, vmax),
-                ),
-                MethodSpec::new(
-                    SetCurrentEp::NAME,
-                    &format!("Set the current limit (0..{imax} A, 1 mA steps); returns the state"),
-                )
-                .param(
-                    ParamSpec::required("value", ParamType::Float)
-                        .unit("A")
-                        .range(0.0, imax),
-                ),
-                MethodSpec::new(
-                    SetOutputEp::NAME,
-                    "Switch the output on or off; returns the state",
-                )
-                .param(ParamSpec::required("on", ParamType::Bool)),
-                MethodSpec::new(
-                    Measure::NAME,
-                    "Output voltage (V), current (A) and mode (off, cv, cc)",
-                ),
-                MethodSpec::new(
-                    GetState::NAME,
-                    "Setpoints, output and measurement, read from the device",
-                ),
-            ],
+            methods: Method::ALL.iter().map(|m| m.spec()).collect(),
         }
     }
 
     async fn call(&mut self, method: &str, args: Args) -> Result<Value, DriverError> {
-        match method {
-            "identify" => {
+        let Some(m) = Method::from_name(method) else {
+            return Err(DriverError::UnknownMethod(method.to_string()));
+        };
+        match m {
+            Method::Identify => {
                 let id = self.identify().await?;
                 Ok(identity_json(&id))
             }
-            "set_voltage" => {
+            Method::SetVoltage => {
                 let st = self.set_voltage(args.f64("value")?).await?;
                 Ok(self.setter_json(&st))
             }
-            "set_current" => {
+            Method::SetCurrent => {
                 let st = self.set_current(args.f64("value")?).await?;
                 Ok(self.setter_json(&st))
             }
-            "set_output" => {
+            Method::SetOutput => {
                 let st = self.set_output(args.bool("on")?).await?;
                 Ok(self.setter_json(&st))
             }
-            "measure" => {
+            Method::Measure => {
                 let m = self.measure().await?;
                 Ok(measurement_json(&m))
             }
-            "get_state" => {
+            Method::GetState => {
                 let st = self.device_state().await?;
                 Ok(self.state_json(&st, Source::Device, None))
             }
-            other => Err(DriverError::UnknownMethod(other.to_string())),
         }
     }
 
@@ -685,7 +758,7 @@ impl Instrument for FirmwareDriver {
 
 /// Register the `firmware` driver.
 pub fn register(r: &mut DriverRegistry) {
-    r.register(DRIVER, |cfg: InstrumentConfig| async move {
+    r.register(DRIVER, OPTIONS, |cfg: InstrumentConfig| async move {
         Ok(Box::new(FirmwareDriver::from_config(&cfg)?) as BoxInstrument)
     });
 }
@@ -715,18 +788,25 @@ pub struct FirmwarePty {
 /// given. Must be called within a tokio runtime. Open
 /// [`FirmwarePty::path`] as a serial port ([`FirmwarePty::resource`]).
 pub fn serve_firmware_pty(telemetry_period: Option<Duration>) -> Result<FirmwarePty, DriverError> {
-    let (master, slave) = serialport::TTYPort::pair()
-        .map_err(|e| DriverError::Link(format!("cannot create a pseudo-terminal: {e}")))?;
+    let (master, slave) = serialport::TTYPort::pair().map_err(|e| {
+        DriverError::link("cannot create a pseudo-terminal", std::io::Error::from(e))
+    })?;
     let path = serialport::SerialPort::name(&slave)
         .map(PathBuf::from)
-        .ok_or_else(|| DriverError::Link("pseudo-terminal has no path".into()))?;
+        .ok_or_else(|| {
+            DriverError::link_lost(
+                "pseudo-terminal",
+                std::io::ErrorKind::NotFound,
+                "it has no path",
+            )
+        })?;
     let master = firmware_proto::sim::async_tty(master)
-        .map_err(|e| DriverError::Link(format!("pseudo-terminal master: {e}")))?;
+        .map_err(|e| DriverError::link("pseudo-terminal master", e))?;
     // The device keeps a slave descriptor open (so the master never reads
     // EIO between host sessions) and writes line noise "from the host" on it.
     // It never reads it: the host's bytes are for the host's own descriptor.
     let slave = firmware_proto::sim::async_tty(slave)
-        .map_err(|e| DriverError::Link(format!("pseudo-terminal slave: {e}")))?;
+        .map_err(|e| DriverError::link("pseudo-terminal slave", e))?;
     let (tx, rx) = mpsc::unbounded_channel();
     let fw = PsuFirmware::new(psu::DEFAULT_LOAD_MOHM, firmware_proto::sim::SIM_SERIAL);
     let task = tokio::spawn(device_loop(fw, master, slave, telemetry_period, rx));
@@ -827,14 +907,25 @@ impl FirmwarePty {
         self.ctl
             .as_ref()
             .and_then(|tx| tx.send(c).ok())
-            .ok_or_else(|| DriverError::Link("the simulated device has stopped".into()))
+            .ok_or_else(|| {
+                DriverError::link_lost(
+                    "simulated device",
+                    std::io::ErrorKind::BrokenPipe,
+                    "it has stopped",
+                )
+            })
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Ctl) -> Result<T, DriverError> {
         let (tx, rx) = oneshot::channel();
         self.send(make(tx))?;
-        rx.await
-            .map_err(|_| DriverError::Link("the simulated device has stopped".into()))
+        rx.await.map_err(|_| {
+            DriverError::link_lost(
+                "simulated device",
+                std::io::ErrorKind::BrokenPipe,
+                "it has stopped",
+            )
+        })
     }
 
     /// Make the device stop (`true`) or resume (`false`) serving. Muted, it
@@ -850,7 +941,7 @@ impl FirmwarePty {
     pub async fn inject_to_host(&self, bytes: &[u8]) -> Result<(), DriverError> {
         self.ask(|ack| Ctl::ToHost(bytes.to_vec(), ack))
             .await?
-            .map_err(|e| DriverError::Link(format!("injecting towards the host: {e}")))
+            .map_err(|e| DriverError::link("injecting towards the host", e))
     }
 
     /// Write raw bytes towards the device, as if the host had sent them
@@ -858,7 +949,7 @@ impl FirmwarePty {
     pub async fn inject_to_device(&self, bytes: &[u8]) -> Result<(), DriverError> {
         self.ask(|ack| Ctl::ToDevice(bytes.to_vec(), ack))
             .await?
-            .map_err(|e| DriverError::Link(format!("injecting towards the device: {e}")))
+            .map_err(|e| DriverError::link("injecting towards the device", e))
     }
 
     /// The firmware's own view of its state (what a debugger would read).
@@ -913,22 +1004,22 @@ mod tests {
     }
 
     #[test]
-    fn wire_errors_map_to_codes() {
+    fn endpoint_errors_map_to_codes() {
         let table = [
-            (WireError::OutOfRange, 400),
-            (WireError::Busy, 409),
-            (WireError::BadRequest, 500),
-            (WireError::UnknownEndpoint, 500),
-            (WireError::UnsupportedVersion { supported: 2 }, 500),
-            (WireError::ResponseTooLarge, 500),
-            (WireError::InvalidState, 500),
+            (EndpointError::OutOfRange, 400),
+            (EndpointError::Busy, 409),
+            (EndpointError::BadRequest, 500),
+            (EndpointError::UnknownEndpoint, 500),
+            (EndpointError::UnsupportedVersion { supported: 2 }, 500),
+            (EndpointError::ResponseTooLarge, 500),
+            (EndpointError::InvalidState, 500),
         ];
         for (w, code) in table {
-            let e = wire_error(w, "set_voltage", Some("value"));
+            let e = endpoint_error(w, "set_voltage", Some("value"));
             assert_eq!(e.code(), code, "{w:?}: {e}");
             assert!(e.to_string().contains("set_voltage") || code == 400, "{e}");
         }
-        let e = wire_error(WireError::OutOfRange, "set_voltage", Some("value"));
+        let e = endpoint_error(EndpointError::OutOfRange, "set_voltage", Some("value"));
         assert!(e.to_string().contains("'value'"), "{e}");
     }
 

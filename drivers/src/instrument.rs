@@ -35,17 +35,52 @@ pub enum DriverError {
     /// queue entry, a firmware error, an unparseable reply).
     #[error("instrument error: {0}")]
     Instrument(String),
-    /// The link to the instrument failed (closed socket, unplugged port).
-    #[error("link to instrument failed: {0}")]
-    Link(String),
+    /// The link to the instrument failed (closed socket, unplugged port,
+    /// refused connection). The message includes the I/O error's, so it
+    /// stays meaningful when sent over RPC as text.
+    #[error("link to instrument failed: {context}: {source}")]
+    Link {
+        /// What was being done, naming the resource (`tcp://host:5025`,
+        /// the serial port).
+        context: String,
+        /// The I/O error behind it (for failures without one, such as the
+        /// peer closing the link, an error of the matching
+        /// [`std::io::ErrorKind`]).
+        #[source]
+        source: std::io::Error,
+    },
     /// The driver's configuration is wrong (bad resource string, option).
     #[error("driver configuration: {0}")]
     Config(String),
+    /// An instrument's options name a key its driver does not declare
+    /// (see [`crate::OptionSpec`]); the caller adds which instrument.
+    #[error(
+        "driver configuration: '{key}' is not a {driver} option (known: {})",
+        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+    )]
+    UnknownOption {
+        /// The driver's registry name.
+        driver: String,
+        /// The key.
+        key: String,
+        /// The options the driver declares.
+        known: Vec<&'static str>,
+    },
+    /// A configuration file (a declarative driver, a driver directory)
+    /// could not be read.
+    #[error("driver configuration: cannot read {path}: {source}", path = .path.display())]
+    ReadConfig {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What a caller should do about a [`DriverError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
+pub enum DriverErrorKind {
     /// Fix the request; retrying it unchanged will fail again.
     Request,
     /// Retry later: the instrument was slow or busy.
@@ -65,6 +100,25 @@ impl DriverError {
         }
     }
 
+    /// A link failure: `context` names the resource and what was being done.
+    pub fn link(context: impl Into<String>, source: std::io::Error) -> Self {
+        DriverError::Link {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A link failure without an underlying I/O error of its own (the peer
+    /// closed the link, nothing is connected): an I/O error of `kind` with
+    /// message `why` stands in for it.
+    pub fn link_lost(
+        context: impl Into<String>,
+        kind: std::io::ErrorKind,
+        why: &'static str,
+    ) -> Self {
+        DriverError::link(context, std::io::Error::new(kind, why))
+    }
+
     /// The stable RPC error code for this error.
     pub fn code(&self) -> i64 {
         match self {
@@ -72,18 +126,26 @@ impl DriverError {
             DriverError::BadParam { .. } => codes::BAD_REQUEST,
             DriverError::Timeout(_) => codes::TIMEOUT,
             DriverError::Busy(_) => codes::CONFLICT,
-            DriverError::Instrument(_) | DriverError::Config(_) => codes::DRIVER,
-            DriverError::Link(_) => codes::UNAVAILABLE,
+            DriverError::Instrument(_)
+            | DriverError::Config(_)
+            | DriverError::UnknownOption { .. }
+            | DriverError::ReadConfig { .. } => codes::DRIVER,
+            DriverError::Link { .. } => codes::UNAVAILABLE,
         }
     }
 
     /// What to do about it.
-    pub fn kind(&self) -> ErrorKind {
+    pub fn kind(&self) -> DriverErrorKind {
         match self {
-            DriverError::UnknownMethod(_) | DriverError::BadParam { .. } => ErrorKind::Request,
-            DriverError::Timeout(_) | DriverError::Busy(_) => ErrorKind::Retry,
-            DriverError::Link(_) => ErrorKind::Reconnect,
-            DriverError::Instrument(_) | DriverError::Config(_) => ErrorKind::Report,
+            DriverError::UnknownMethod(_) | DriverError::BadParam { .. } => {
+                DriverErrorKind::Request
+            }
+            DriverError::Timeout(_) | DriverError::Busy(_) => DriverErrorKind::Retry,
+            DriverError::Link { .. } => DriverErrorKind::Reconnect,
+            DriverError::Instrument(_)
+            | DriverError::Config(_)
+            | DriverError::UnknownOption { .. }
+            | DriverError::ReadConfig { .. } => DriverErrorKind::Report,
         }
     }
 }

@@ -21,7 +21,9 @@ pub mod builtins;
 pub mod declarative;
 pub mod firmware;
 pub mod instrument;
+pub mod methods;
 pub mod mock_psu;
+pub mod options;
 pub mod psu;
 pub mod registry;
 pub mod resource;
@@ -31,9 +33,11 @@ pub mod sim;
 pub mod transport;
 
 pub use instrument::{
-    Args, BindError, Description, DriverError, ErrorKind, Instrument, MethodSpec, ParamSpec,
+    Args, BindError, Description, DriverError, DriverErrorKind, Instrument, MethodSpec, ParamSpec,
     ParamType,
 };
+pub use methods::MethodTable;
+pub use options::{OptionSpec, OptionType};
 pub use registry::{BoxInstrument, DriverRegistry, InstrumentConfig};
 pub use resource::Resource;
 pub use scpi::{ScpiSession, SessionOptions};

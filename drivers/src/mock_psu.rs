@@ -2,7 +2,51 @@
 
 use serde_json::{json, Value};
 
-use crate::{Args, Description, DriverError, Instrument, MethodSpec, ParamSpec, ParamType};
+use crate::{
+    Args, Description, DriverError, Instrument, MethodSpec, MethodTable, ParamSpec, ParamType,
+};
+
+/// `mock-psu`'s methods: one table for `describe()` and `call()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    SetVoltage,
+    SetOutput,
+    GetState,
+    Poll,
+}
+
+impl MethodTable for Method {
+    const ALL: &'static [Method] = &[
+        Method::SetVoltage,
+        Method::SetOutput,
+        Method::GetState,
+        Method::Poll,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Method::SetVoltage => "set_voltage",
+            Method::SetOutput => "set_output",
+            Method::GetState => "get_state",
+            Method::Poll => "poll",
+        }
+    }
+}
+
+impl Method {
+    fn spec(self) -> MethodSpec {
+        let m = |doc: &str| MethodSpec::new(self.name(), doc);
+        match self {
+            Method::SetVoltage => m("Set the output voltage")
+                .param(ParamSpec::required("value", ParamType::Float).unit("V")),
+            Method::SetOutput => {
+                m("Switch the output on or off").param(ParamSpec::required("on", ParamType::Bool))
+            }
+            Method::GetState => m("Voltage, current, output and bookkeeping"),
+            Method::Poll => m("Measure (updates current) and return the state"),
+        }
+    }
+}
 
 /// The seed's dummy power supply: remembers voltage and output; `poll`
 /// makes the current follow the voltage with ±10 % noise.
@@ -54,32 +98,27 @@ impl Instrument for MockPsu {
         Description {
             driver: "mock-psu".to_string(),
             identity: Some(format!("labmesh,MockPSU,{},0.1", self.relay_id)),
-            methods: vec![
-                MethodSpec::new("set_voltage", "Set the output voltage")
-                    .param(ParamSpec::required("value", ParamType::Float).unit("V")),
-                MethodSpec::new("set_output", "Switch the output on or off")
-                    .param(ParamSpec::required("on", ParamType::Bool)),
-                MethodSpec::new("get_state", "Voltage, current, output and bookkeeping"),
-                MethodSpec::new("poll", "Measure (updates current) and return the state"),
-            ],
+            methods: Method::ALL.iter().map(|m| m.spec()).collect(),
         }
     }
 
     async fn call(&mut self, method: &str, args: Args) -> Result<Value, DriverError> {
-        match method {
-            "set_voltage" => {
+        let Some(m) = Method::from_name(method) else {
+            return Err(DriverError::UnknownMethod(method.to_string()));
+        };
+        match m {
+            Method::SetVoltage => {
                 self.voltage = args.f64("value")?;
                 self.last_updated = now();
                 Ok(json!({"ok": true, "voltage": self.voltage}))
             }
-            "set_output" => {
+            Method::SetOutput => {
                 self.output = args.bool("on")?;
                 self.last_updated = now();
                 Ok(json!({"ok": true, "output": self.output}))
             }
-            "get_state" => Ok(self.state()),
-            "poll" => self.poll().await,
-            other => Err(DriverError::UnknownMethod(other.to_string())),
+            Method::GetState => Ok(self.state()),
+            Method::Poll => self.poll().await,
         }
     }
 

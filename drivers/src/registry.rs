@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{DriverError, Instrument};
+use crate::{DriverError, Instrument, OptionSpec};
 
 /// One instrument as configured (a `[[relay.instruments]]` table, or the CLI).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -33,12 +33,19 @@ pub type FactoryFuture = Pin<Box<dyn Future<Output = Result<BoxInstrument, Drive
 
 type Factory = Arc<dyn Fn(InstrumentConfig) -> FactoryFuture + Send + Sync>;
 
-/// Maps driver names to factories. A value, passed around: build one with
-/// [`DriverRegistry::with_builtins`] and add your own with
-/// [`DriverRegistry::register`].
+/// A registered driver: the options it declares and its factory.
+#[derive(Clone)]
+struct Entry {
+    options: &'static [OptionSpec],
+    factory: Factory,
+}
+
+/// Maps driver names to factories and the options each driver declares.
+/// A value, passed around: build one with [`DriverRegistry::with_builtins`]
+/// and add your own with [`DriverRegistry::register`].
 #[derive(Clone, Default)]
 pub struct DriverRegistry {
-    factories: BTreeMap<String, Factory>,
+    factories: BTreeMap<String, Entry>,
 }
 
 impl std::fmt::Debug for DriverRegistry {
@@ -60,16 +67,26 @@ impl DriverRegistry {
         r
     }
 
-    /// Register (or replace) a driver.
-    pub fn register<F, Fut>(&mut self, name: &str, factory: F)
+    /// Register (or replace) a driver accepting `options` (its one table of
+    /// option keys, types and docs; `&[]` for none). [`DriverRegistry::create`]
+    /// refuses any other key before the factory runs.
+    pub fn register<F, Fut>(&mut self, name: &str, options: &'static [OptionSpec], factory: F)
     where
         F: Fn(InstrumentConfig) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<BoxInstrument, DriverError>> + Send + 'static,
     {
         self.factories.insert(
             name.to_string(),
-            Arc::new(move |cfg| Box::pin(factory(cfg))),
+            Entry {
+                options,
+                factory: Arc::new(move |cfg| Box::pin(factory(cfg))),
+            },
         );
+    }
+
+    /// The options the driver `name` declares.
+    pub fn options(&self, name: &str) -> Option<&'static [OptionSpec]> {
+        self.factories.get(name).map(|e| e.options)
     }
 
     /// Load every declarative driver (`*.toml`) in `dir` and register it.
@@ -92,13 +109,17 @@ impl DriverRegistry {
         for def in defs {
             let name = def.name.clone();
             let def = Arc::new(def);
-            self.register(&name, move |cfg: InstrumentConfig| {
-                let def = def.clone();
-                async move {
-                    crate::declarative::DeclarativeDriver::from_config(def, &cfg)
-                        .map(|d| Box::new(d) as BoxInstrument)
-                }
-            });
+            self.register(
+                &name,
+                crate::options::SCPI_SESSION,
+                move |cfg: InstrumentConfig| {
+                    let def = def.clone();
+                    async move {
+                        crate::declarative::DeclarativeDriver::from_config(def, &cfg)
+                            .map(|d| Box::new(d) as BoxInstrument)
+                    }
+                },
+            );
             names.push(name);
         }
         Ok(names)
@@ -114,15 +135,23 @@ impl DriverRegistry {
         self.factories.keys().cloned().collect()
     }
 
-    /// Create the instrument `cfg` describes.
+    /// Create the instrument `cfg` describes. An option its driver does not
+    /// declare is [`DriverError::UnknownOption`] (nothing is created).
     pub async fn create(&self, cfg: InstrumentConfig) -> Result<BoxInstrument, DriverError> {
-        let factory = self.factories.get(&cfg.driver).ok_or_else(|| {
+        let entry = self.factories.get(&cfg.driver).ok_or_else(|| {
             DriverError::Config(format!(
                 "unknown driver '{}' (known: {})",
                 cfg.driver,
                 self.names().join(", ")
             ))
         })?;
-        factory(cfg).await
+        if let Some(key) = crate::options::unknown_key(&cfg.options, entry.options) {
+            return Err(DriverError::UnknownOption {
+                driver: cfg.driver.clone(),
+                key: key.to_string(),
+                known: entry.options.iter().map(|o| o.name).collect(),
+            });
+        }
+        (entry.factory)(cfg).await
     }
 }

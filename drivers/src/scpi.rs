@@ -47,6 +47,10 @@ pub struct SessionOptions {
     pub max_reply: usize,
     /// Serial resync: drain until the line has been quiet this long. Default 100 ms.
     pub drain_quiet: Duration,
+    /// Ask `*IDN?` whenever the link opens (after the init sequence) and
+    /// keep the answer ([`ScpiSession::identity`]). Default false here; the
+    /// built-in drivers turn it on (option `identify`).
+    pub identify: bool,
 }
 
 impl Default for SessionOptions {
@@ -60,6 +64,7 @@ impl Default for SessionOptions {
             init: Vec::new(),
             max_reply: 16 << 20,
             drain_quiet: Duration::from_millis(100),
+            identify: false,
         }
     }
 }
@@ -68,7 +73,8 @@ impl SessionOptions {
     /// Read the session keys of an instrument's `options` table:
     /// `timeout_ms`, `connect_timeout_ms`, `write_termination`,
     /// `read_termination`, `check_errors`, `init` (list of commands),
-    /// `max_reply`, `drain_quiet_ms`. Other keys are left to the driver.
+    /// `max_reply`, `drain_quiet_ms`, `identify`. Other keys are left to
+    /// the driver.
     pub fn from_options(options: &Map<String, Value>) -> Result<Self, DriverError> {
         let mut o = SessionOptions::default();
         o.apply_options(options)?;
@@ -113,10 +119,13 @@ impl SessionOptions {
         if o.read_termination.is_empty() {
             return Err(bad("read_termination", "must not be empty"));
         }
-        if let Some(v) = options.get("check_errors") {
-            o.check_errors = v
-                .as_bool()
-                .ok_or_else(|| bad("check_errors", "expected a boolean"))?;
+        for (k, slot) in [
+            ("check_errors", &mut o.check_errors),
+            ("identify", &mut o.identify),
+        ] {
+            if let Some(v) = options.get(k) {
+                *slot = v.as_bool().ok_or_else(|| bad(k, "expected a boolean"))?;
+            }
         }
         if let Some(v) = options.get("max_reply") {
             o.max_reply = v
@@ -151,6 +160,11 @@ pub struct ScpiSession {
     out_of_step: bool,
     /// A binary block was read; skip the terminator that follows it.
     skip_terminator: bool,
+    /// The last `*IDN?` answer (asked on every open with
+    /// [`SessionOptions::identify`], and by [`ScpiSession::idn`]).
+    identity: Option<String>,
+    /// The instrument did not answer `*IDN?` on open: do not ask again.
+    idn_unanswered: bool,
 }
 
 impl ScpiSession {
@@ -164,6 +178,8 @@ impl ScpiSession {
             buf: Vec::new(),
             out_of_step: false,
             skip_terminator: false,
+            identity: None,
+            idn_unanswered: false,
         }
     }
 
@@ -202,11 +218,59 @@ impl ScpiSession {
         self.link.is_some()
     }
 
-    /// Open the link now (a no-op when open) and send the init sequence.
+    /// The instrument's `*IDN?` answer, once known: learned whenever the
+    /// link opens (with [`SessionOptions::identify`]) and by
+    /// [`ScpiSession::idn`]; kept across reconnects.
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
+    }
+
+    /// Open the link now (a no-op when open), send the init sequence and,
+    /// with [`SessionOptions::identify`], learn the identity (`*IDN?`).
+    /// An instrument that does not answer `*IDN?` is not asked again.
     pub async fn connect(&mut self) -> Result<(), DriverError> {
         if self.link.is_some() {
             return Ok(());
         }
+        self.open().await?;
+        if !self.opts.identify || self.idn_unanswered {
+            return Ok(());
+        }
+        self.out_of_step = true;
+        let timeout = self.opts.timeout;
+        let r = match self.send("*IDN?", timeout).await {
+            Ok(()) => self.recv_line(timeout).await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(idn) => {
+                self.out_of_step = false;
+                tracing::debug!(resource = %self.resource, %idn, "identified");
+                self.identity = Some(idn);
+                Ok(())
+            }
+            Err(DriverError::Timeout(_)) => {
+                tracing::warn!(resource = %self.resource, "no answer to *IDN? on connect; not asking again");
+                self.idn_unanswered = true;
+                // A late answer must not become the next call's reply:
+                // resync as after any unfinished exchange.
+                if self.link.as_ref().is_some_and(Link::is_serial) {
+                    self.drain().await?;
+                    self.buf.clear();
+                    self.out_of_step = false;
+                    self.skip_terminator = false;
+                    Ok(())
+                } else {
+                    self.link = None;
+                    self.open().await
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Open the link and send the init sequence.
+    async fn open(&mut self) -> Result<(), DriverError> {
         let mut link = Link::open(&self.resource, self.opts.connect_timeout).await?;
         link.discard_input();
         self.link = Some(link);
@@ -229,11 +293,19 @@ impl ScpiSession {
         self.out_of_step = false;
     }
 
-    fn drop_link(&mut self, why: &str) -> DriverError {
-        tracing::warn!(resource = %self.resource, "link lost: {why}");
+    fn drop_link(&mut self, source: std::io::Error) -> DriverError {
+        tracing::warn!(resource = %self.resource, "link lost: {source}");
         self.link = None;
         self.buf.clear();
-        DriverError::Link(format!("{}: {why}", self.resource))
+        DriverError::link(self.resource.to_string(), source)
+    }
+
+    fn not_connected(&self) -> DriverError {
+        DriverError::link_lost(
+            self.resource.to_string(),
+            std::io::ErrorKind::NotConnected,
+            "not connected",
+        )
     }
 
     /// Connect if needed and resynchronise after an unfinished exchange.
@@ -268,9 +340,9 @@ impl ScpiSession {
             }
             match tokio::time::timeout(quiet, link.read(&mut scratch)).await {
                 Err(_) => break,
-                Ok(Ok(0)) => return Err(self.drop_link("port closed")),
+                Ok(Ok(0)) => return Err(self.drop_link(closed("port closed"))),
                 Ok(Ok(n)) => tracing::debug!(bytes = n, "discarding a late reply"),
-                Ok(Err(e)) => return Err(self.drop_link(&e.to_string())),
+                Ok(Err(e)) => return Err(self.drop_link(e)),
             }
         }
         if let Some(link) = self.link.as_mut() {
@@ -284,17 +356,14 @@ impl ScpiSession {
         bytes.extend_from_slice(cmd.as_bytes());
         bytes.extend_from_slice(self.opts.write_termination.as_bytes());
         let Some(link) = self.link.as_mut() else {
-            return Err(DriverError::Link(format!(
-                "{}: not connected",
-                self.resource
-            )));
+            return Err(self.not_connected());
         };
         match tokio::time::timeout(timeout, link.write_all(&bytes)).await {
             Err(_) => {
                 self.out_of_step = true;
                 Err(DriverError::Timeout(timeout))
             }
-            Ok(Err(e)) => Err(self.drop_link(&e.to_string())),
+            Ok(Err(e)) => Err(self.drop_link(e)),
             Ok(Ok(())) => Ok(()),
         }
     }
@@ -309,10 +378,7 @@ impl ScpiSession {
             )));
         }
         let Some(link) = self.link.as_mut() else {
-            return Err(DriverError::Link(format!(
-                "{}: not connected",
-                self.resource
-            )));
+            return Err(self.not_connected());
         };
         let mut chunk = [0u8; 4096];
         match tokio::time::timeout_at(deadline, link.read(&mut chunk)).await {
@@ -320,13 +386,13 @@ impl ScpiSession {
                 self.out_of_step = true;
                 Err(DriverError::Timeout(timeout))
             }
-            Ok(Ok(0)) => Err(self.drop_link("closed by the instrument")),
+            Ok(Ok(0)) => Err(self.drop_link(closed("closed by the instrument"))),
             Ok(Ok(n)) => {
                 self.buf
                     .extend_from_slice(chunk.get(..n).unwrap_or_default());
                 Ok(())
             }
-            Ok(Err(e)) => Err(self.drop_link(&e.to_string())),
+            Ok(Err(e)) => Err(self.drop_link(e)),
         }
     }
 
@@ -463,9 +529,11 @@ impl ScpiSession {
         }
     }
 
-    /// `*IDN?`.
+    /// `*IDN?` (the answer is kept: [`ScpiSession::identity`]).
     pub async fn idn(&mut self) -> Result<String, DriverError> {
-        self.query("*IDN?").await
+        let idn = self.query("*IDN?").await?;
+        self.identity = Some(idn.clone());
+        Ok(idn)
     }
 
     /// `*OPC?` fence: returns once every previous command has completed.
@@ -515,6 +583,11 @@ impl ScpiSession {
             }
         }
     }
+}
+
+/// The I/O error for a link the other side closed (a read of 0 bytes).
+fn closed(why: &'static str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, why)
 }
 
 /// Parse an error-queue entry `-222,"Data out of range"` into its code and text.

@@ -10,19 +10,72 @@
 use base64::Engine;
 use serde_json::{json, Value};
 
+use crate::options::{self, OptionSpec, OptionType};
 use crate::scpi::{ScpiSession, SessionOptions};
 use crate::{
     Args, BoxInstrument, Description, DriverError, Instrument, InstrumentConfig, MethodSpec,
-    ParamSpec, ParamType,
+    MethodTable, ParamSpec, ParamType,
 };
+
+/// The `scpi` driver's methods: one table for `describe()` and `call()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Connect,
+    Close,
+    Write,
+    Read,
+    Query,
+    QueryBinary,
+}
+
+impl MethodTable for Method {
+    const ALL: &'static [Method] = &[
+        Method::Connect,
+        Method::Close,
+        Method::Write,
+        Method::Read,
+        Method::Query,
+        Method::QueryBinary,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Method::Connect => "connect",
+            Method::Close => "close",
+            Method::Write => "write",
+            Method::Read => "read",
+            Method::Query => "query",
+            Method::QueryBinary => "query_binary",
+        }
+    }
+}
+
+impl Method {
+    fn spec(self) -> MethodSpec {
+        let m = |doc: &str| MethodSpec::new(self.name(), doc);
+        let cmd = || ParamSpec::required("cmd", ParamType::String);
+        match self {
+            Method::Connect => m("Open the link; true on success"),
+            Method::Close => m("Close the link"),
+            Method::Write => m("Send one command; true on success").param(cmd()),
+            Method::Read => m("Read one reply: [ok, text]"),
+            Method::Query => m("Send a command and read its reply: [ok, text]").param(cmd()),
+            Method::QueryBinary => {
+                m("Send a command and read an IEEE 488.2 block: [ok, base64 of the data bytes]")
+                    .param(cmd())
+            }
+        }
+    }
+}
 
 /// The generic SCPI driver.
 #[derive(Debug)]
 pub struct ScpiDriver {
     id: String,
     session: ScpiSession,
-    identity: Option<String>,
     raise_errors: bool,
+    /// `close` was called: `poll()` leaves the link closed until the next call.
+    closed: bool,
 }
 
 impl ScpiDriver {
@@ -31,12 +84,13 @@ impl ScpiDriver {
         ScpiDriver {
             id: id.to_string(),
             session,
-            identity: None,
             raise_errors,
+            closed: false,
         }
     }
 
-    /// Build from config: `resource` (required), session and serial options,
+    /// Build from config: `resource` (required), session and serial options
+    /// (`identify` defaults to true: `*IDN?` whenever the link opens),
     /// `raise_errors` (default false).
     pub fn from_config(cfg: &InstrumentConfig) -> Result<Self, DriverError> {
         let raise_errors = match cfg.options.get("raise_errors") {
@@ -45,7 +99,11 @@ impl ScpiDriver {
                 DriverError::Config("option 'raise_errors': expected a boolean".into())
             })?,
         };
-        let session = ScpiSession::from_config(cfg, SessionOptions::default())?;
+        let defaults = SessionOptions {
+            identify: true,
+            ..SessionOptions::default()
+        };
+        let session = ScpiSession::from_config(cfg, defaults)?;
         Ok(ScpiDriver::new(&cfg.id, session, raise_errors))
     }
 
@@ -75,7 +133,7 @@ fn is_instrument_side(e: &DriverError) -> bool {
     matches!(
         e,
         DriverError::Timeout(_)
-            | DriverError::Link(_)
+            | DriverError::Link { .. }
             | DriverError::Instrument(_)
             | DriverError::Busy(_)
     )
@@ -84,54 +142,46 @@ fn is_instrument_side(e: &DriverError) -> bool {
 #[async_trait::async_trait]
 impl Instrument for ScpiDriver {
     fn describe(&self) -> Description {
-        let cmd = || ParamSpec::required("cmd", ParamType::String);
         Description {
             driver: "scpi".to_string(),
-            identity: self.identity.clone(),
-            methods: vec![
-                MethodSpec::new("connect", "Open the link; true on success"),
-                MethodSpec::new("close", "Close the link"),
-                MethodSpec::new("write", "Send one command; true on success").param(cmd()),
-                MethodSpec::new("read", "Read one reply: [ok, text]"),
-                MethodSpec::new("query", "Send a command and read its reply: [ok, text]")
-                    .param(cmd()),
-                MethodSpec::new(
-                    "query_binary",
-                    "Send a command and read an IEEE 488.2 block: [ok, base64 of the data bytes]",
-                )
-                .param(cmd()),
-            ],
+            identity: self.session.identity().map(str::to_string),
+            methods: Method::ALL.iter().map(|m| m.spec()).collect(),
         }
     }
 
     async fn call(&mut self, method: &str, args: Args) -> Result<Value, DriverError> {
-        match method {
-            "connect" => {
+        let Some(m) = Method::from_name(method) else {
+            return Err(DriverError::UnknownMethod(method.to_string()));
+        };
+        self.closed = m == Method::Close;
+        match m {
+            Method::Connect => {
                 let r = self.session.connect().await;
-                if r.is_ok() && self.identity.is_none() {
-                    self.identity = self.session.idn().await.ok();
+                if r.is_ok() && self.session.identity().is_none() {
+                    // `identify = false`, or no answer on open: ask once more.
+                    let _ = self.session.idn().await;
                 }
                 self.flag(r)
             }
-            "close" => {
+            Method::Close => {
                 self.session.close().await;
                 Ok(Value::Null)
             }
-            "write" => {
+            Method::Write => {
                 let cmd = args.str("cmd")?.to_string();
                 let r = self.session.write(&cmd).await;
                 self.flag(r)
             }
-            "read" => {
+            Method::Read => {
                 let r = self.session.read().await;
                 self.pair(r)
             }
-            "query" => {
+            Method::Query => {
                 let cmd = args.str("cmd")?.to_string();
                 let r = self.session.query(&cmd).await;
                 self.pair(r)
             }
-            "query_binary" => {
+            Method::QueryBinary => {
                 let cmd = args.str("cmd")?.to_string();
                 let r = self
                     .session
@@ -140,16 +190,22 @@ impl Instrument for ScpiDriver {
                     .map(|b| base64::engine::general_purpose::STANDARD.encode(b));
                 self.pair(r)
             }
-            other => Err(DriverError::UnknownMethod(other.to_string())),
         }
     }
 
-    /// Cheap: no instrument traffic.
+    /// Cheap: opens the link if it is not open (learning the identity; not
+    /// after `close`, until the next call), otherwise no instrument traffic.
+    /// A link that does not open is `"connected": false`, not an error.
     async fn poll(&mut self) -> Result<Value, DriverError> {
+        if !self.closed && !self.session.is_connected() {
+            if let Err(e) = self.session.connect().await {
+                tracing::debug!(id = %self.id, "scpi: poll could not connect: {e}");
+            }
+        }
         Ok(json!({
             "relay_id": self.id,
             "connected": self.session.is_connected(),
-            "idn": self.identity,
+            "idn": self.session.identity(),
             "resource": self.session.resource().to_string(),
         }))
     }
@@ -159,9 +215,33 @@ impl Instrument for ScpiDriver {
     }
 }
 
+/// The `scpi` driver's options: `raise_errors` and the session's.
+pub const OPTIONS: &[OptionSpec] = &[
+    OptionSpec::new(
+        "raise_errors",
+        OptionType::Bool,
+        "instrument-side failures are RPC errors, not false / [false, why] (default false)",
+    ),
+    options::TIMEOUT_MS,
+    options::CONNECT_TIMEOUT_MS,
+    options::WRITE_TERMINATION,
+    options::READ_TERMINATION,
+    options::CHECK_ERRORS,
+    options::IDENTIFY,
+    options::INIT,
+    options::MAX_REPLY,
+    options::DRAIN_QUIET_MS,
+    options::BAUD,
+    options::BAUD_RATE,
+    options::DATA_BITS,
+    options::PARITY,
+    options::STOP_BITS,
+    options::FLOW,
+];
+
 /// Register `scpi`.
 pub fn register(r: &mut crate::DriverRegistry) {
-    r.register("scpi", |cfg: InstrumentConfig| async move {
+    r.register("scpi", OPTIONS, |cfg: InstrumentConfig| async move {
         Ok(Box::new(ScpiDriver::from_config(&cfg)?) as BoxInstrument)
     });
 }

@@ -37,20 +37,25 @@ impl Link {
                 let connect = TcpStream::connect((host.as_str(), *port));
                 let stream = match tokio::time::timeout(connect_timeout, connect).await {
                     Err(_) => {
-                        return Err(DriverError::Link(format!(
-                            "connecting to {host}:{port} timed out after {connect_timeout:?}"
-                        )))
+                        return Err(DriverError::link(
+                            format!("connecting to {host}:{port}"),
+                            io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("timed out after {connect_timeout:?}"),
+                            ),
+                        ))
                     }
                     Ok(Err(e)) => {
-                        return Err(DriverError::Link(format!(
-                            "cannot connect to {host}:{port}: {e}"
-                        )))
+                        return Err(DriverError::link(
+                            format!("cannot connect to {host}:{port}"),
+                            e,
+                        ))
                     }
                     Ok(Ok(s)) => s,
                 };
                 stream
                     .set_nodelay(true)
-                    .map_err(|e| DriverError::Link(format!("TCP_NODELAY on {host}:{port}: {e}")))?;
+                    .map_err(|e| DriverError::link(format!("TCP_NODELAY on {host}:{port}"), e))?;
                 Ok(Link::Tcp(stream))
             }
             Resource::Serial { path, settings } => open_serial(path, settings).map(Link::Serial),
@@ -115,7 +120,10 @@ fn open_serial(path: &str, settings: &SerialSettings) -> Result<SerialStream, Dr
         tokio_serial::ErrorKind::InvalidInput => {
             DriverError::Config(format!("serial port {path}: {e}"))
         }
-        _ => DriverError::Link(format!("cannot open serial port {path}: {e}")),
+        _ => DriverError::link(
+            format!("cannot open serial port {path}"),
+            io::Error::from(e),
+        ),
     })?;
     if let Err(e) = stream.clear(tokio_serial::ClearBuffer::All) {
         tracing::debug!("clearing {path} on open: {e}");

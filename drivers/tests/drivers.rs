@@ -358,14 +358,14 @@ async fn unplugged_pty_is_a_link_error_and_replugging_reconnects() -> Result<()>
         let e = call(&mut psu, "measure_voltage", Value::Null)
             .await
             .expect_err("unplugged");
-        assert!(matches!(e, DriverError::Link(_)), "{e}");
+        assert!(matches!(e, DriverError::Link { .. }), "{e}");
         assert_eq!(e.code(), 503);
         // Still gone: reopening fails, clearly.
         std::fs::remove_file(&link)?;
         let e = call(&mut psu, "measure_voltage", Value::Null)
             .await
             .expect_err("still unplugged");
-        assert!(matches!(e, DriverError::Link(_)), "{e}");
+        assert!(matches!(e, DriverError::Link { .. }), "{e}");
         assert!(e.to_string().contains("ttyUSB0"), "{e}");
 
         // Plug a port back under the same name: the next call reconnects.
@@ -838,4 +838,177 @@ async fn garbage_from_the_instrument_is_an_error_not_a_panic() -> Result<()> {
         Ok(())
     })
     .await?
+}
+
+/// Issue 9: link failures used to be flattened to a string; the
+/// `std::io::Error` is now the error's source, and the message still
+/// names the resource and the cause.
+#[tokio::test]
+async fn link_errors_keep_the_io_error_as_source() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        // A port nothing listens on: bind, note the port, close.
+        let addr = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+        let mut scpi = create(
+            "scpi",
+            &format!("tcp://{addr}"),
+            json!({"raise_errors": true}),
+        )
+        .await?;
+        let e = call(&mut scpi, "write", json!({"cmd": "*RST"}))
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(e.code(), 503, "{e}");
+        let io = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .ok_or_else(|| anyhow!("no io::Error source: {e:?}"))?;
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+        assert!(e.to_string().contains(&addr.to_string()), "{e}");
+        assert!(e.to_string().contains(&io.to_string()), "{e}");
+        Ok(())
+    })
+    .await?
+}
+
+/// Issue 9: a driver's identity (`describe().identity`, the state's `idn`)
+/// stayed unknown until someone called `connect`/`identify`. It is now
+/// learned whenever the link opens, whatever opened it.
+#[tokio::test]
+async fn identity_is_learned_when_the_link_opens_for_any_reason() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        let tcp = TcpSim::start(Family::KeysightE36xx).await?;
+        let idn = tcp.sim.idn();
+
+        // scpi: a poll opens the link; no connect, no *IDN? query.
+        let mut scpi = create("scpi", &tcp.resource, json!({})).await?;
+        assert_eq!(scpi.describe().identity, None);
+        let state = scpi.poll().await?;
+        assert_eq!(state["idn"], json!(idn), "{state}");
+        assert_eq!(state["connected"], json!(true), "{state}");
+        assert_eq!(scpi.describe().identity.as_deref(), Some(idn.as_str()));
+        // ... and after `close` a poll leaves the link closed.
+        call(&mut scpi, "close", Value::Null).await?;
+        let state = scpi.poll().await?;
+        assert_eq!(state["connected"], json!(false), "{state}");
+        assert_eq!(state["idn"], json!(idn), "{state}");
+        // scpi: any call opens it too.
+        let mut scpi = create("scpi", &tcp.resource, json!({})).await?;
+        call(&mut scpi, "write", json!({"cmd": "*CLS"})).await?;
+        assert_eq!(scpi.describe().identity.as_deref(), Some(idn.as_str()));
+
+        // A PSU family: a setter, then the state.
+        let mut psu = create("keysight-e36xx", &tcp.resource, json!({})).await?;
+        call(&mut psu, "set_voltage", json!({"value": 1.0})).await?;
+        assert_eq!(psu.describe().identity.as_deref(), Some(idn.as_str()));
+        assert_eq!(psu.poll().await?["idn"], json!(idn));
+
+        // A declarative driver: its first poll.
+        let mut reg = DriverRegistry::with_builtins();
+        reg.load_dir(&shipped_instruments())?;
+        let mut decl = reg
+            .create(InstrumentConfig {
+                id: "decl-1".into(),
+                driver: "labmesh-sim-psu".into(),
+                resource: Some(tcp.resource.clone()),
+                options: Map::new(),
+            })
+            .await?;
+        decl.poll().await?;
+        assert_eq!(decl.describe().identity.as_deref(), Some(idn.as_str()));
+
+        // `identify = false` turns the *IDN? on open off.
+        let mut quiet = create("scpi", &tcp.resource, json!({"identify": false})).await?;
+        call(&mut quiet, "write", json!({"cmd": "*CLS"})).await?;
+        assert_eq!(quiet.describe().identity, None);
+        tcp.shutdown().await
+    })
+    .await?
+}
+
+/// Issue 9: driver options were never checked, so `timout_ms = 500` did
+/// nothing. Every driver declares its options with the registry, which
+/// refuses any other key, naming it and listing the known ones.
+#[tokio::test]
+async fn unknown_driver_options_are_refused_naming_the_key() -> Result<()> {
+    tokio::time::timeout(LIMIT, unknown_driver_options()).await?
+}
+
+async fn unknown_driver_options() -> Result<()> {
+    let mut reg = DriverRegistry::with_builtins();
+    reg.load_dir(&shipped_instruments())?;
+    for driver in reg.names() {
+        let cfg = InstrumentConfig {
+            id: "x-1".into(),
+            driver: driver.clone(),
+            resource: Some("tcp://127.0.0.1:1".into()),
+            options: options(json!({"timout_ms": 500})),
+        };
+        let e = match reg.create(cfg).await {
+            Ok(_) => return Err(anyhow!("{driver}: timout_ms accepted")),
+            Err(e) => e,
+        };
+        assert!(
+            matches!(&e, DriverError::UnknownOption { key, .. } if key == "timout_ms"),
+            "{driver}: {e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("'timout_ms'") && msg.contains(&driver),
+            "{msg}"
+        );
+        let known = reg.options(&driver).unwrap_or_default();
+        if driver != "mock-psu" {
+            assert!(known.iter().any(|o| o.name == "timeout_ms"), "{driver}");
+            assert!(msg.contains("timeout_ms"), "{driver}: {msg}");
+        }
+        // Every declared option gets past the check (values are the
+        // driver's business: give each a valid one where it matters).
+        for o in known {
+            let value = match o.name {
+                "model" => json!(Family::ALL
+                    .into_iter()
+                    .find(|f| f.driver_name() == driver)
+                    .map_or("", |f| f.default_model().model)),
+                "parity" | "flow" => json!("none"),
+                "data_bits" => json!(8),
+                "stop_bits" => json!(1),
+                "init" => json!(["*CLS"]),
+                "write_termination" | "read_termination" => json!("\n"),
+                _ => match o.ty {
+                    labmesh_drivers::OptionType::Bool => json!(true),
+                    _ => json!(500),
+                },
+            };
+            let cfg = InstrumentConfig {
+                id: "x-1".into(),
+                driver: driver.clone(),
+                resource: Some("tcp://127.0.0.1:1".into()),
+                options: options(json!({ o.name: value })),
+            };
+            if let Err(e) = reg.create(cfg).await {
+                return Err(anyhow!("{driver}: option {} refused: {e}", o.name));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// docs/DRIVERS.md shows every driver's option table as the registry has it.
+#[test]
+fn drivers_md_lists_every_drivers_options() -> Result<()> {
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/DRIVERS.md"))?;
+    let mut reg = DriverRegistry::with_builtins();
+    reg.load_dir(&shipped_instruments())?;
+    for driver in reg.names() {
+        let known = reg.options(&driver).unwrap_or_default();
+        if known.is_empty() {
+            continue;
+        }
+        let table = labmesh_drivers::options::markdown_table(known);
+        assert!(
+            docs.contains(&table),
+            "docs/DRIVERS.md lacks {driver}'s option table:\n{table}"
+        );
+    }
+    Ok(())
 }

@@ -10,7 +10,7 @@ use firmware_proto::sim::{async_tty, SIM_SERIAL};
 use firmware_proto::{encode_frame, run_simulated_device, Endpoint, Header, Kind, MAX_FRAME};
 use labmesh_drivers::firmware::{serve_firmware_pty, FirmwareDriver, DRIVER};
 use labmesh_drivers::{
-    Args, DriverError, DriverRegistry, ErrorKind, Instrument, InstrumentConfig, ParamType,
+    Args, DriverError, DriverErrorKind, DriverRegistry, Instrument, InstrumentConfig, ParamType,
 };
 use serde_json::{json, Map, Value};
 use tokio::time::timeout;
@@ -150,7 +150,7 @@ async fn out_of_range_is_400_from_the_driver_and_from_the_device() -> Result<()>
             .expect_err("31 V accepted");
         assert!(matches!(e, DriverError::BadParam { .. }), "{e}");
         assert_eq!(e.code(), 400);
-        assert_eq!(e.kind(), ErrorKind::Request);
+        assert_eq!(e.kind(), DriverErrorKind::Request);
         assert!(e.to_string().contains("OutOfRange"), "{e}");
         assert_eq!(fw.link_stats().context("connected")?.frames, frames + 1);
         // Values the device cannot represent never leave the host.
@@ -190,7 +190,7 @@ async fn silent_device_is_408_within_the_timeout_then_recovers() -> Result<()> {
             "{e}"
         );
         assert_eq!(e.code(), 408);
-        assert_eq!(e.kind(), ErrorKind::Retry);
+        assert_eq!(e.kind(), DriverErrorKind::Retry);
         // A timeout is not a link failure: the port stays open.
         assert!(fw.is_connected());
         let e = call(&mut fw, "measure", Value::Null)
@@ -316,9 +316,9 @@ async fn unplugged_port_is_503_and_a_replugged_one_reconnects() -> Result<()> {
         let e = call(fw.as_mut(), "measure", Value::Null)
             .await
             .expect_err("unplugged");
-        assert!(matches!(e, DriverError::Link(_)), "{e}");
+        assert!(matches!(e, DriverError::Link { .. }), "{e}");
         assert_eq!(e.code(), 503);
-        assert_eq!(e.kind(), ErrorKind::Reconnect);
+        assert_eq!(e.kind(), DriverErrorKind::Reconnect);
         std::fs::remove_file(&link)?;
         let e = call(fw.as_mut(), "measure", Value::Null)
             .await
@@ -335,6 +335,25 @@ async fn unplugged_port_is_503_and_a_replugged_one_reconnects() -> Result<()> {
         assert_eq!(st["connected"], json!(true));
         fw.shutdown().await;
         pty2.close().await;
+        Ok(())
+    })
+    .await?
+}
+
+/// Issue 9: the identity was only known after `identify` or a poll; now
+/// every new link asks the device, so the first call of any kind is enough.
+#[tokio::test]
+async fn identity_is_learned_when_the_link_opens() -> Result<()> {
+    timeout(LIMIT, async {
+        let pty = serve_firmware_pty(None)?;
+        let mut fw = DriverRegistry::with_builtins()
+            .create(config(&pty.resource(), json!({})))
+            .await?;
+        assert_eq!(fw.describe().identity, None);
+        call(fw.as_mut(), "set_voltage", json!({"value": 1.0})).await?;
+        let identity = fw.describe().identity.context("identity after a call")?;
+        assert!(identity.contains(SIM_SERIAL), "{identity}");
+        pty.close().await;
         Ok(())
     })
     .await?

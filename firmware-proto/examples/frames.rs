@@ -7,7 +7,7 @@ use firmware_proto::psu::{
     SetOutputEp, SetVoltage, SetVoltageEp, Telemetry, TelemetryTopic,
 };
 use firmware_proto::{
-    dispatch::Serve, encode_frame, Endpoint, Header, Key, Kind, Topic, WireError,
+    dispatch::Serve, encode_frame, Endpoint, EndpointError, Header, Key, Kind, Topic,
 };
 use serde::Serialize;
 
@@ -100,17 +100,17 @@ fn main() -> anyhow::Result<()> {
     show(
         "error OutOfRange",
         Header::new(Kind::Error, 6, SetVoltageEp::KEY),
-        &WireError::OutOfRange,
+        &EndpointError::OutOfRange,
     )?;
     show(
         "error UnknownEndpoint",
         Header::new(Kind::Error, 8, Key([1, 2, 3, 4, 5, 6, 7, 8])),
-        &WireError::UnknownEndpoint,
+        &EndpointError::UnknownEndpoint,
     )?;
     show(
         "error UnsupportedVersion",
         Header::new(Kind::Error, 9, Key::ZERO),
-        &WireError::UnsupportedVersion { supported: 1 },
+        &EndpointError::UnsupportedVersion { supported: 1 },
     )?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //!
 //! ```
 //! use firmware_proto::dispatch::{Device, Route, Serve};
-//! use firmware_proto::{Endpoint, WireError};
+//! use firmware_proto::{Endpoint, EndpointError};
 //!
 //! struct Ping;
 //! impl Endpoint for Ping {
@@ -13,8 +13,8 @@
 //! }
 //! struct Ctx;
 //! impl Serve<Ping> for Ctx {
-//!     fn serve(&mut self, n: u8) -> Result<u8, WireError> {
-//!         n.checked_add(1).ok_or(WireError::OutOfRange)
+//!     fn serve(&mut self, n: u8) -> Result<u8, EndpointError> {
+//!         n.checked_add(1).ok_or(EndpointError::OutOfRange)
 //!     }
 //! }
 //! static ROUTES: [Route<Ctx>; 1] = [Route::of::<Ping>()];
@@ -25,7 +25,7 @@
 //! assert_eq!(replies, 0);
 //! ```
 
-use crate::error::WireError;
+use crate::error::EndpointError;
 use crate::frame::{
     encode_frame, BadFrame, EncodeError, Feed, Frame, FrameReader, Header, Kind, MAX_FRAME,
 };
@@ -34,7 +34,7 @@ use crate::key::{Endpoint, Key};
 /// A context type that serves endpoint `E`.
 pub trait Serve<E: Endpoint> {
     /// Handle one request.
-    fn serve(&mut self, req: E::Request) -> Result<E::Response, WireError>;
+    fn serve(&mut self, req: E::Request) -> Result<E::Response, EndpointError>;
 }
 
 type CallFn<C> = fn(&mut C, &Frame<'_>, &mut [u8]) -> Result<usize, EncodeError>;
@@ -70,14 +70,14 @@ fn call_endpoint<C: Serve<E>, E: Endpoint>(
     let hdr = frame.header;
     let result = match frame.decode_body::<E::Request>() {
         Ok(req) => ctx.serve(req),
-        Err(_) => Err(WireError::BadRequest),
+        Err(_) => Err(EndpointError::BadRequest),
     };
     match result {
         Ok(resp) => {
             let h = Header::new(Kind::Response, hdr.seq, hdr.key);
             match encode_frame(&h, &resp, out) {
                 Ok(bytes) => Ok(bytes.len()),
-                Err(_) => error_frame(hdr.seq, hdr.key, WireError::ResponseTooLarge, out),
+                Err(_) => error_frame(hdr.seq, hdr.key, EndpointError::ResponseTooLarge, out),
             }
         }
         Err(e) => error_frame(hdr.seq, hdr.key, e, out),
@@ -88,7 +88,7 @@ fn call_endpoint<C: Serve<E>, E: Endpoint>(
 pub fn error_frame(
     seq: u32,
     key: Key,
-    err: WireError,
+    err: EndpointError,
     out: &mut [u8],
 ) -> Result<usize, EncodeError> {
     let h = Header::new(Kind::Error, seq, key);
@@ -124,7 +124,7 @@ impl<'a, C> Dispatcher<'a, C> {
             None => error_frame(
                 frame.header.seq,
                 frame.header.key,
-                WireError::UnknownEndpoint,
+                EndpointError::UnknownEndpoint,
                 out,
             ),
         };
@@ -139,7 +139,7 @@ impl<'a, C> Dispatcher<'a, C> {
             BadFrame::Version { seq: Some(seq), .. } => error_frame(
                 seq,
                 Key::ZERO,
-                WireError::UnsupportedVersion {
+                EndpointError::UnsupportedVersion {
                     supported: crate::PROTOCOL_VERSION,
                 },
                 out,

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// The variant order is part of the wire format: append only.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum WireError {
+pub enum EndpointError {
     /// The device serves no endpoint with this key (unknown name or schema mismatch).
     #[error("unknown endpoint (name or schema mismatch)")]
     UnknownEndpoint,
@@ -35,7 +35,7 @@ pub enum WireError {
 
 /// What a caller should do about an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
+pub enum DeviceErrorKind {
     /// Transient: the same request may succeed later.
     Retry,
     /// The link is gone or out of sync: reopen it.
@@ -44,12 +44,12 @@ pub enum ErrorKind {
     Report,
 }
 
-impl WireError {
+impl EndpointError {
     /// What to do about this error.
-    pub fn kind(&self) -> ErrorKind {
+    pub fn kind(&self) -> DeviceErrorKind {
         match self {
-            WireError::Busy => ErrorKind::Retry,
-            _ => ErrorKind::Report,
+            EndpointError::Busy => DeviceErrorKind::Retry,
+            _ => DeviceErrorKind::Report,
         }
     }
 }

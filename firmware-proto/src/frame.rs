@@ -44,7 +44,7 @@ pub enum Kind {
     Response,
     /// Device -> host unsolicited message (seq counts events).
     Event,
-    /// Device -> host failure; the body is a [`crate::WireError`].
+    /// Device -> host failure; the body is a [`crate::EndpointError`].
     Error,
 }
 

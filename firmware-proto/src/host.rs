@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::error::{ErrorKind, WireError};
+use crate::error::{DeviceErrorKind, EndpointError};
 use crate::frame::{
     decode_exact, encode_frame, EncodeError, Feed, Frame, FrameReader, Header, Kind, MAX_FRAME,
 };
@@ -40,7 +40,7 @@ impl Default for ClientConfig {
 
 /// Why a call failed. "The link failed" and "the device said no" are apart.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub enum DeviceError {
     /// No answer within the timeout (device busy, gone quiet, or the frame was hit by noise).
     #[error("device did not answer within {0:?}")]
     Timeout(Duration),
@@ -52,7 +52,7 @@ pub enum ClientError {
     Closed,
     /// The device answered with an error.
     #[error("device error: {0}")]
-    Device(#[from] WireError),
+    Device(#[from] EndpointError),
     /// The device answered with a body that does not decode as the response type.
     #[error("bad response body for `{endpoint}`")]
     BadResponse {
@@ -70,15 +70,15 @@ pub enum ClientError {
     Encode(#[from] EncodeError),
 }
 
-impl ClientError {
+impl DeviceError {
     /// What to do about this error.
-    pub fn kind(&self) -> ErrorKind {
+    pub fn kind(&self) -> DeviceErrorKind {
         match self {
-            ClientError::Timeout(_) => ErrorKind::Retry,
-            ClientError::Link(_) | ClientError::Closed => ErrorKind::Reconnect,
-            ClientError::Device(e) => e.kind(),
-            ClientError::BadResponse { .. } | ClientError::KeyMismatch | ClientError::Encode(_) => {
-                ErrorKind::Report
+            DeviceError::Timeout(_) => DeviceErrorKind::Retry,
+            DeviceError::Link(_) | DeviceError::Closed => DeviceErrorKind::Reconnect,
+            DeviceError::Device(e) => e.kind(),
+            DeviceError::BadResponse { .. } | DeviceError::KeyMismatch | DeviceError::Encode(_) => {
+                DeviceErrorKind::Report
             }
         }
     }
@@ -125,7 +125,7 @@ struct Counters {
 
 enum Answer {
     Ok(Vec<u8>),
-    Err(WireError),
+    Err(EndpointError),
 }
 
 struct Pending {
@@ -217,7 +217,7 @@ impl DeviceClient {
     }
 
     /// Call endpoint `E` with the default timeout.
-    pub async fn call<E: Endpoint>(&self, req: &E::Request) -> Result<E::Response, ClientError> {
+    pub async fn call<E: Endpoint>(&self, req: &E::Request) -> Result<E::Response, DeviceError> {
         self.call_with_timeout::<E>(req, self.config.timeout).await
     }
 
@@ -226,9 +226,9 @@ impl DeviceClient {
         &self,
         req: &E::Request,
         timeout: Duration,
-    ) -> Result<E::Response, ClientError> {
+    ) -> Result<E::Response, DeviceError> {
         let body = self.request(E::KEY, req, timeout).await?;
-        decode_exact(&body).map_err(|source| ClientError::BadResponse {
+        decode_exact(&body).map_err(|source| DeviceError::BadResponse {
             endpoint: E::NAME,
             source,
         })
@@ -240,7 +240,7 @@ impl DeviceClient {
         key: Key,
         body: &[u8],
         timeout: Duration,
-    ) -> Result<Vec<u8>, ClientError> {
+    ) -> Result<Vec<u8>, DeviceError> {
         self.request(key, &RawBody(body), timeout).await
     }
 
@@ -249,9 +249,9 @@ impl DeviceClient {
         key: Key,
         body: &T,
         timeout: Duration,
-    ) -> Result<Vec<u8>, ClientError> {
+    ) -> Result<Vec<u8>, DeviceError> {
         if !self.is_open() {
-            return Err(ClientError::Closed);
+            return Err(DeviceError::Closed);
         }
         let seq = self.alloc_seq();
         // A leading 0x00 ends whatever noise the device may be holding, so this
@@ -259,7 +259,7 @@ impl DeviceClient {
         let mut buf = [0u8; MAX_FRAME + 1];
         let len = match buf.get_mut(1..) {
             Some(tail) => encode_frame(&Header::new(Kind::Request, seq, key), body, tail)?.len(),
-            None => return Err(ClientError::Encode(EncodeError::BufferFull)),
+            None => return Err(DeviceError::Encode(EncodeError::BufferFull)),
         };
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = self.shared.pending.lock() {
@@ -273,20 +273,20 @@ impl DeviceClient {
             {
                 let mut w = self.writer.lock().await;
                 let frame = buf.get(..len + 1).unwrap_or(&[]);
-                w.write_all(frame).await.map_err(ClientError::Link)?;
-                w.flush().await.map_err(ClientError::Link)?;
+                w.write_all(frame).await.map_err(DeviceError::Link)?;
+                w.flush().await.map_err(DeviceError::Link)?;
             }
-            rx.await.map_err(|_| ClientError::Closed)
+            rx.await.map_err(|_| DeviceError::Closed)
         };
         let (answer_key, answer) = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| ClientError::Timeout(timeout))??;
+            .map_err(|_| DeviceError::Timeout(timeout))??;
         if answer_key != key {
-            return Err(ClientError::KeyMismatch);
+            return Err(DeviceError::KeyMismatch);
         }
         match answer {
             Answer::Ok(body) => Ok(body),
-            Answer::Err(e) => Err(ClientError::Device(e)),
+            Answer::Err(e) => Err(DeviceError::Device(e)),
         }
     }
 
@@ -379,7 +379,7 @@ fn on_frame(shared: &Shared, events: &broadcast::Sender<DeviceEvent>, frame: &Fr
             return;
         }
         Kind::Response => Answer::Ok(frame.body.to_vec()),
-        Kind::Error => match frame.decode_body::<WireError>() {
+        Kind::Error => match frame.decode_body::<EndpointError>() {
             Ok(e) => Answer::Err(e),
             Err(e) => {
                 shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);

@@ -16,7 +16,7 @@ pub mod frame;
 pub mod key;
 pub mod psu;
 
-pub use error::{ErrorKind, WireError};
+pub use error::{DeviceErrorKind, EndpointError};
 pub use frame::{
     encode_frame, BadFrame, EncodeError, Feed, Frame, FrameReader, Header, Kind, MAX_BODY,
     MAX_FRAME, PROTOCOL_VERSION,
@@ -29,6 +29,6 @@ pub mod host;
 pub mod sim;
 
 #[cfg(feature = "std")]
-pub use host::{ClientConfig, ClientError, ClientStats, DeviceClient, DeviceEvent};
+pub use host::{ClientConfig, ClientStats, DeviceClient, DeviceError, DeviceEvent};
 #[cfg(feature = "std")]
 pub use sim::run_simulated_device;

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::dispatch::{Device, Route, Serve};
-use crate::error::WireError;
+use crate::error::EndpointError;
 use crate::key::{Endpoint, Topic};
 
 /// Highest voltage setpoint, mV.
@@ -267,7 +267,7 @@ impl Psu {
 }
 
 impl Serve<Identify> for Psu {
-    fn serve(&mut self, _: ()) -> Result<Identity, WireError> {
+    fn serve(&mut self, _: ()) -> Result<Identity, EndpointError> {
         let mut id = Identity {
             model: heapless::String::new(),
             firmware: heapless::String::new(),
@@ -278,18 +278,18 @@ impl Serve<Identify> for Psu {
         };
         id.model
             .push_str(MODEL)
-            .map_err(|_| WireError::ResponseTooLarge)?;
+            .map_err(|_| EndpointError::ResponseTooLarge)?;
         id.firmware
             .push_str(FIRMWARE)
-            .map_err(|_| WireError::ResponseTooLarge)?;
+            .map_err(|_| EndpointError::ResponseTooLarge)?;
         Ok(id)
     }
 }
 
 impl Serve<SetVoltageEp> for Psu {
-    fn serve(&mut self, req: SetVoltage) -> Result<State, WireError> {
+    fn serve(&mut self, req: SetVoltage) -> Result<State, EndpointError> {
         if req.mv > MAX_MV {
-            return Err(WireError::OutOfRange);
+            return Err(EndpointError::OutOfRange);
         }
         self.set_mv = req.mv;
         Ok(self.state())
@@ -297,9 +297,9 @@ impl Serve<SetVoltageEp> for Psu {
 }
 
 impl Serve<SetCurrentEp> for Psu {
-    fn serve(&mut self, req: SetCurrent) -> Result<State, WireError> {
+    fn serve(&mut self, req: SetCurrent) -> Result<State, EndpointError> {
         if req.ma > MAX_MA {
-            return Err(WireError::OutOfRange);
+            return Err(EndpointError::OutOfRange);
         }
         self.limit_ma = req.ma;
         Ok(self.state())
@@ -307,20 +307,20 @@ impl Serve<SetCurrentEp> for Psu {
 }
 
 impl Serve<SetOutputEp> for Psu {
-    fn serve(&mut self, req: SetOutput) -> Result<State, WireError> {
+    fn serve(&mut self, req: SetOutput) -> Result<State, EndpointError> {
         self.output = req.on;
         Ok(self.state())
     }
 }
 
 impl Serve<Measure> for Psu {
-    fn serve(&mut self, _: ()) -> Result<Measurement, WireError> {
+    fn serve(&mut self, _: ()) -> Result<Measurement, EndpointError> {
         Ok(self.measure())
     }
 }
 
 impl Serve<GetState> for Psu {
-    fn serve(&mut self, _: ()) -> Result<State, WireError> {
+    fn serve(&mut self, _: ()) -> Result<State, EndpointError> {
         Ok(self.state())
     }
 }
@@ -427,11 +427,11 @@ mod tests {
         let mut p = Psu::new(DEFAULT_LOAD_MOHM, "T");
         assert_eq!(
             Serve::<SetVoltageEp>::serve(&mut p, SetVoltage { mv: MAX_MV + 1 }),
-            Err(WireError::OutOfRange)
+            Err(EndpointError::OutOfRange)
         );
         assert_eq!(
             Serve::<SetCurrentEp>::serve(&mut p, SetCurrent { ma: MAX_MA + 1 }),
-            Err(WireError::OutOfRange)
+            Err(EndpointError::OutOfRange)
         );
         assert!(Serve::<SetVoltageEp>::serve(&mut p, SetVoltage { mv: MAX_MV }).is_ok());
         assert_eq!(p.measure().mode, Mode::Off);

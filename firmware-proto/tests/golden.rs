@@ -8,7 +8,7 @@ use firmware_proto::psu::{
     SetOutputEp, SetVoltage, SetVoltageEp, State, Telemetry, TelemetryTopic,
 };
 use firmware_proto::{
-    encode_frame, Endpoint, Feed, FrameReader, Header, Key, Kind, Topic, WireError, MAX_BODY,
+    encode_frame, Endpoint, EndpointError, Feed, FrameReader, Header, Key, Kind, Topic, MAX_BODY,
     MAX_FRAME,
 };
 use serde::de::DeserializeOwned;
@@ -186,28 +186,28 @@ fn every_wire_error() {
     let key = SetVoltageEp::KEY;
     let table = [
         (
-            WireError::UnknownEndpoint,
+            EndpointError::UnknownEndpoint,
             "0c01030611d5beeb17202aa305f677622f00",
         ),
         (
-            WireError::BadRequest,
+            EndpointError::BadRequest,
             "1101030611d5beeb17202aa301f5f409dd00",
         ),
-        (WireError::Busy, "1101030611d5beeb17202aa302010759ce00"),
+        (EndpointError::Busy, "1101030611d5beeb17202aa302010759ce00"),
         (
-            WireError::OutOfRange,
+            EndpointError::OutOfRange,
             "1101030611d5beeb17202aa3030284323c00",
         ),
         (
-            WireError::UnsupportedVersion { supported: 1 },
+            EndpointError::UnsupportedVersion { supported: 1 },
             "1201030611d5beeb17202aa30401645b7c3b00",
         ),
         (
-            WireError::ResponseTooLarge,
+            EndpointError::ResponseTooLarge,
             "1101030611d5beeb17202aa305ea63931a00",
         ),
         (
-            WireError::InvalidState,
+            EndpointError::InvalidState,
             "1101030611d5beeb17202aa3061e90c30900",
         ),
     ];
@@ -220,7 +220,7 @@ fn every_wire_error() {
 fn unsupported_version_answer_uses_key_zero() {
     golden(
         Header::new(Kind::Error, 9, Key::ZERO),
-        &WireError::UnsupportedVersion { supported: 1 },
+        &EndpointError::UnsupportedVersion { supported: 1 },
         "04010309010101010101010704010391b55800",
     );
 }
@@ -253,7 +253,7 @@ fn worst_case_bodies_fit_max_body() {
         postcard::to_allocvec(&id).unwrap().len(),
         postcard::to_allocvec(&st).unwrap().len(),
         postcard::to_allocvec(&tel).unwrap().len(),
-        postcard::to_allocvec(&WireError::UnsupportedVersion { supported: 255 })
+        postcard::to_allocvec(&EndpointError::UnsupportedVersion { supported: 255 })
             .unwrap()
             .len(),
     ];

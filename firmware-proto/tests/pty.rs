@@ -10,8 +10,8 @@ use firmware_proto::psu::{
 };
 use firmware_proto::sim::{async_tty, run_firmware_until, SIM_SERIAL};
 use firmware_proto::{
-    encode_frame, run_simulated_device, ClientConfig, ClientError, DeviceClient, Endpoint,
-    ErrorKind, Feed, FrameReader, Header, Key, Kind, Topic, WireError, MAX_FRAME,
+    encode_frame, run_simulated_device, ClientConfig, DeviceClient, DeviceError, DeviceErrorKind,
+    Endpoint, EndpointError, Feed, FrameReader, Header, Key, Kind, Topic, MAX_FRAME,
 };
 use serialport::TTYPort;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -81,7 +81,7 @@ async fn client_drives_the_firmware_psu_over_a_pty() -> Result<()> {
             .err()
             .context("31 V accepted")?;
         assert!(
-            matches!(err, ClientError::Device(WireError::OutOfRange)),
+            matches!(err, DeviceError::Device(EndpointError::OutOfRange)),
             "{err:?}"
         );
         let err = client
@@ -90,17 +90,17 @@ async fn client_drives_the_firmware_psu_over_a_pty() -> Result<()> {
             .err()
             .context("schema mismatch accepted")?;
         assert!(
-            matches!(err, ClientError::Device(WireError::UnknownEndpoint)),
+            matches!(err, DeviceError::Device(EndpointError::UnknownEndpoint)),
             "{err:?}"
         );
-        assert_eq!(err.kind(), ErrorKind::Report);
+        assert_eq!(err.kind(), DeviceErrorKind::Report);
         let err = client
             .call_raw(SetVoltageEp::KEY, &[0xff], Duration::from_secs(2))
             .await
             .err()
             .context("bad body accepted")?;
         assert!(
-            matches!(err, ClientError::Device(WireError::BadRequest)),
+            matches!(err, DeviceError::Device(EndpointError::BadRequest)),
             "{err:?}"
         );
         // The rejected set_voltage left the setpoint alone.
@@ -149,8 +149,8 @@ async fn silent_device_times_out_then_garbage_burst_then_recovery() -> Result<()
             .await
             .err()
             .context("silent device answered")?;
-        assert!(matches!(err, ClientError::Timeout(_)), "{err:?}");
-        assert_eq!(err.kind(), ErrorKind::Retry);
+        assert!(matches!(err, DeviceError::Timeout(_)), "{err:?}");
+        assert_eq!(err.kind(), DeviceErrorKind::Retry);
 
         // Phase 3: a burst of line noise towards the host.
         let mut buf = [0u8; MAX_FRAME];
@@ -257,8 +257,8 @@ async fn device_resynchronises_after_garbage_on_its_input() -> Result<()> {
             seqs,
             vec![(1, Kind::Response), (3, Kind::Response), (4, Kind::Error)]
         );
-        let err: WireError = postcard::from_bytes(&got[2].1)?;
-        assert_eq!(err, WireError::UnsupportedVersion { supported: 1 });
+        let err: EndpointError = postcard::from_bytes(&got[2].1)?;
+        assert_eq!(err, EndpointError::UnsupportedVersion { supported: 1 });
         dev.abort();
         Ok(())
     })
@@ -279,7 +279,7 @@ async fn dropped_device_end_closes_the_client() -> Result<()> {
         assert!(
             matches!(
                 err,
-                ClientError::Closed | ClientError::Link(_) | ClientError::Timeout(_)
+                DeviceError::Closed | DeviceError::Link(_) | DeviceError::Timeout(_)
             ),
             "{err:?}"
         );

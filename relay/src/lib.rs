@@ -58,6 +58,20 @@ pub enum RelayError {
         /// The driver's error.
         source: DriverError,
     },
+    /// An instrument of a configuration file could not be created (an
+    /// unknown option, a bad resource string): names the file, the table
+    /// and the instrument.
+    #[error("{}: relay.instruments[{index}] (id {id:?}): {source}", file.display())]
+    Configured {
+        /// The configuration file.
+        file: std::path::PathBuf,
+        /// Index of the `[[relay.instruments]]` table.
+        index: usize,
+        /// The instrument's relay id.
+        id: String,
+        /// The driver's error.
+        source: DriverError,
+    },
     /// Two instruments share a relay id.
     #[error("duplicate relay id {0:?}")]
     DuplicateId(String),
@@ -179,7 +193,7 @@ pub async fn hosted_from_config(
 ) -> Result<Vec<Hosted>, RelayError> {
     let mut out = Vec::new();
     let mut default_taken = false;
-    for inst in &cfg.relay.instruments {
+    for (index, inst) in cfg.relay.instruments.iter().enumerate() {
         let instrument = registry
             .create(InstrumentConfig {
                 id: inst.id.clone(),
@@ -188,9 +202,17 @@ pub async fn hosted_from_config(
                 options: inst.driver_options(),
             })
             .await
-            .map_err(|source| RelayError::Driver {
-                id: inst.id.clone(),
-                source,
+            .map_err(|source| match &cfg.file {
+                Some(file) => RelayError::Configured {
+                    file: file.clone(),
+                    index,
+                    id: inst.id.clone(),
+                    source,
+                },
+                None => RelayError::Driver {
+                    id: inst.id.clone(),
+                    source,
+                },
             })?;
         let rpc_bind = match &inst.rpc_bind {
             Some(b) => b.clone(),

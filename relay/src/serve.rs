@@ -83,7 +83,7 @@ pub(crate) struct Settings {
 
 pub(crate) async fn run(
     mut router: AsyncSocket,
-    ctx: RpcContext,
+    mut ctx: RpcContext,
     inst: BoxInstrument,
     settings: Settings,
     state: mpsc::Sender<Outgoing>,
@@ -122,6 +122,9 @@ pub(crate) async fn run(
             biased;
             Some((inst, work)) = OptionFuture::from(busy.as_mut()), if busy.is_some() => {
                 busy = None;
+                // The driver may have learned something (its identity, once
+                // the link opened): `lm.describe` answers what it says now.
+                ctx.description = inst.describe();
                 idle = Some(inst);
                 match work {
                     Work::Call { ident, rpc_uuid, method, outcome } => {

@@ -4,18 +4,146 @@
 //! Every family offers the same methods: `set_voltage(value, channel=1)`,
 //! `set_current(value, channel=1)`, `set_output(on, channel=1)`,
 //! `measure_voltage(channel=1)`, `measure_current(channel=1)`, `get_state()`,
-//! `identify()`. Only the SCPI sent differs ([`Family`]).
+//! `identify()` ([`PsuMethod`], one table for `describe()` and `call()`).
+//! Only the SCPI sent differs ([`Family`]).
 
 pub mod models;
 
 use serde_json::{json, Value};
 
-use self::models::{Family, PsuModel};
+use self::models::{ChannelLimits, Family, PsuModel};
+use crate::options::{self, OptionSpec, OptionType};
 use crate::scpi::{ScpiSession, SessionOptions};
 use crate::{
     Args, BoxInstrument, Description, DriverError, Instrument, InstrumentConfig, MethodSpec,
-    ParamSpec, ParamType,
+    MethodTable, ParamSpec, ParamType,
 };
+
+/// What a power supply sets or measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Quantity {
+    /// Output voltage, V.
+    Voltage,
+    /// Output current (as a setting: the current limit), A.
+    Current,
+}
+
+impl Quantity {
+    /// `"voltage"` / `"current"`: the key in replies and states.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantity::Voltage => "voltage",
+            Quantity::Current => "current",
+        }
+    }
+
+    /// The unit, `V` / `A`.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Quantity::Voltage => "V",
+            Quantity::Current => "A",
+        }
+    }
+
+    /// The SCPI mnemonic, `VOLT` / `CURR`.
+    fn scpi(self) -> &'static str {
+        match self {
+            Quantity::Voltage => "VOLT",
+            Quantity::Current => "CURR",
+        }
+    }
+
+    /// The channel's highest setting of this quantity.
+    fn max(self, lim: &ChannelLimits) -> f64 {
+        match self {
+            Quantity::Voltage => lim.max_voltage,
+            Quantity::Current => lim.max_current,
+        }
+    }
+}
+
+/// The methods every PSU family serves: `describe()` lists
+/// [`PsuMethod::ALL`] and `call()` matches on the parsed method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PsuMethod {
+    /// `set_voltage(value, channel=1)`.
+    SetVoltage,
+    /// `set_current(value, channel=1)`: the current limit.
+    SetCurrent,
+    /// `set_output(on, channel=1)`.
+    SetOutput,
+    /// `measure_voltage(channel=1)`.
+    MeasureVoltage,
+    /// `measure_current(channel=1)`.
+    MeasureCurrent,
+    /// `get_state()`: every channel.
+    GetState,
+    /// `identify()`: `*IDN?`.
+    Identify,
+}
+
+impl MethodTable for PsuMethod {
+    const ALL: &'static [PsuMethod] = &[
+        PsuMethod::SetVoltage,
+        PsuMethod::SetCurrent,
+        PsuMethod::SetOutput,
+        PsuMethod::MeasureVoltage,
+        PsuMethod::MeasureCurrent,
+        PsuMethod::GetState,
+        PsuMethod::Identify,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            PsuMethod::SetVoltage => "set_voltage",
+            PsuMethod::SetCurrent => "set_current",
+            PsuMethod::SetOutput => "set_output",
+            PsuMethod::MeasureVoltage => "measure_voltage",
+            PsuMethod::MeasureCurrent => "measure_current",
+            PsuMethod::GetState => "get_state",
+            PsuMethod::Identify => "identify",
+        }
+    }
+}
+
+impl PsuMethod {
+    /// The method's description for `model` (ranges from its channels).
+    pub fn spec(self, model: &PsuModel) -> MethodSpec {
+        let n = model.channels.len() as f64;
+        let channel = || ParamSpec::optional("channel", ParamType::Int, json!(1)).range(1.0, n);
+        let level = |q: Quantity, what: &str| {
+            let max = model.channels.iter().map(|c| q.max(c)).fold(0.0, f64::max);
+            MethodSpec::new(
+                self.name(),
+                &format!("Set the {what} ({})", limits_doc(model, q)),
+            )
+            .param(
+                ParamSpec::required("value", ParamType::Float)
+                    .unit(q.unit())
+                    .range(0.0, max),
+            )
+            .param(channel())
+        };
+        match self {
+            PsuMethod::SetVoltage => level(Quantity::Voltage, "output voltage"),
+            PsuMethod::SetCurrent => level(Quantity::Current, "current limit"),
+            PsuMethod::SetOutput => MethodSpec::new(self.name(), "Switch an output on or off")
+                .param(ParamSpec::required("on", ParamType::Bool))
+                .param(channel()),
+            PsuMethod::MeasureVoltage => {
+                MethodSpec::new(self.name(), "Measured output voltage, V").param(channel())
+            }
+            PsuMethod::MeasureCurrent => {
+                MethodSpec::new(self.name(), "Measured output current, A").param(channel())
+            }
+            PsuMethod::GetState => MethodSpec::new(
+                self.name(),
+                "Every channel's settings, output state and measurements",
+            ),
+            PsuMethod::Identify => MethodSpec::new(self.name(), "The *IDN? string"),
+        }
+    }
+}
 
 /// A power supply of one [`Family`], driven over SCPI.
 #[derive(Debug)]
@@ -23,7 +151,6 @@ pub struct PsuDriver {
     id: String,
     model: &'static PsuModel,
     session: ScpiSession,
-    identity: Option<String>,
 }
 
 impl PsuDriver {
@@ -33,13 +160,13 @@ impl PsuDriver {
             id: id.to_string(),
             model,
             session,
-            identity: None,
         }
     }
 
     /// Build from an instrument's config: `resource` (required), option
     /// `model` (default: the family's flagship), serial and session options.
-    /// `check_errors` defaults to true, so a rejected setting fails the call.
+    /// `check_errors` defaults to true, so a rejected setting fails the call;
+    /// `identify` too, so the identity is known from the first exchange.
     /// The link opens on the first call (an instrument switched on after the
     /// relay starts is fine).
     pub fn from_config(family: Family, cfg: &InstrumentConfig) -> Result<Self, DriverError> {
@@ -54,6 +181,7 @@ impl PsuDriver {
         };
         let defaults = SessionOptions {
             check_errors: true,
+            identify: true,
             ..SessionOptions::default()
         };
         let session = ScpiSession::from_config(cfg, defaults)?;
@@ -100,15 +228,11 @@ impl PsuDriver {
         }
     }
 
-    fn limit_check(&self, what: &str, value: f64, ch: usize) -> Result<(), DriverError> {
+    fn limit_check(&self, q: Quantity, value: f64, ch: usize) -> Result<(), DriverError> {
         let Some(lim) = ch.checked_sub(1).and_then(|i| self.model.channels.get(i)) else {
             return Err(DriverError::bad_param("channel", "no such channel"));
         };
-        let (max, unit) = if what == "voltage" {
-            (lim.max_voltage, "V")
-        } else {
-            (lim.max_current, "A")
-        };
+        let (max, unit) = (q.max(lim), q.unit());
         if value > max {
             return Err(DriverError::bad_param(
                 "value",
@@ -121,21 +245,19 @@ impl PsuDriver {
         Ok(())
     }
 
-    /// Set voltage (`what = "voltage"`) or current limit.
+    /// Set the voltage or the current limit of channel `ch`.
     pub async fn set_level(
         &mut self,
-        what: &str,
+        q: Quantity,
         value: f64,
         ch: usize,
     ) -> Result<(), DriverError> {
-        self.limit_check(what, value, ch)?;
-        let cmd = match (self.family(), what) {
-            (Family::KeysightE36xx, "voltage") => format!("{}VOLT {value}", self.select(ch)),
-            (Family::KeysightE36xx, _) => format!("{}CURR {value}", self.select(ch)),
-            (Family::RigolDp8xx, "voltage") => format!(":SOUR{ch}:VOLT {value}"),
-            (Family::RigolDp8xx, _) => format!(":SOUR{ch}:CURR {value}"),
-            (Family::SiglentSpd3303x, "voltage") => format!("CH{ch}:VOLT {value}"),
-            (Family::SiglentSpd3303x, _) => format!("CH{ch}:CURR {value}"),
+        self.limit_check(q, value, ch)?;
+        let m = q.scpi();
+        let cmd = match self.family() {
+            Family::KeysightE36xx => format!("{}{m} {value}", self.select(ch)),
+            Family::RigolDp8xx => format!(":SOUR{ch}:{m} {value}"),
+            Family::SiglentSpd3303x => format!("CH{ch}:{m} {value}"),
         };
         self.session.write(&cmd).await
     }
@@ -157,9 +279,9 @@ impl PsuDriver {
             .ok_or_else(|| DriverError::Instrument(format!("{cmd}: expected a number, got {r:?}")))
     }
 
-    /// Measured voltage (`what = "voltage"`) or current.
-    pub async fn measure(&mut self, what: &str, ch: usize) -> Result<f64, DriverError> {
-        let q = if what == "voltage" { "VOLT" } else { "CURR" };
+    /// Measured voltage or current of channel `ch`.
+    pub async fn measure(&mut self, q: Quantity, ch: usize) -> Result<f64, DriverError> {
+        let q = q.scpi();
         let cmd = match self.family() {
             Family::KeysightE36xx => format!("{}MEAS:{q}?", self.select(ch)),
             Family::RigolDp8xx => format!(":MEAS:{q}? CH{ch}"),
@@ -168,9 +290,9 @@ impl PsuDriver {
         self.query_f64(&cmd).await
     }
 
-    /// Programmed voltage (`what = "voltage"`) or current limit.
-    pub async fn setting(&mut self, what: &str, ch: usize) -> Result<f64, DriverError> {
-        let q = if what == "voltage" { "VOLT" } else { "CURR" };
+    /// Programmed voltage or current limit of channel `ch`.
+    pub async fn setting(&mut self, q: Quantity, ch: usize) -> Result<f64, DriverError> {
+        let q = q.scpi();
         let cmd = match self.family() {
             Family::KeysightE36xx => format!("{}{q}?", self.select(ch)),
             Family::RigolDp8xx => format!(":SOUR{ch}:{q}?"),
@@ -204,28 +326,37 @@ impl PsuDriver {
         }
     }
 
-    /// `*IDN?` (cached after the first answer).
+    /// `*IDN?` (the session keeps the answer; it also asks whenever the
+    /// link opens).
     pub async fn identify(&mut self) -> Result<String, DriverError> {
-        let idn = self.session.idn().await?;
-        self.identity = Some(idn.clone());
-        Ok(idn)
+        self.session.idn().await
+    }
+
+    /// The identity, once known.
+    pub fn identity(&self) -> Option<&str> {
+        self.session.identity()
     }
 
     async fn channel_state(&mut self, ch: usize) -> Result<Value, DriverError> {
         Ok(json!({
             "channel": ch,
-            "voltage_set": self.setting("voltage", ch).await?,
-            "current_set": self.setting("current", ch).await?,
+            "voltage_set": self.setting(Quantity::Voltage, ch).await?,
+            "current_set": self.setting(Quantity::Current, ch).await?,
             "output": self.output(ch).await?,
-            "voltage": self.measure("voltage", ch).await?,
-            "current": self.measure("current", ch).await?,
+            "voltage": self.measure(Quantity::Voltage, ch).await?,
+            "current": self.measure(Quantity::Current, ch).await?,
         }))
     }
 
     /// Every channel's settings, output state and measurements.
     pub async fn state(&mut self) -> Result<Value, DriverError> {
-        if self.identity.is_none() {
-            self.identify().await?;
+        // Normally learned as the link opened; asked here when `identify`
+        // is off or the open did not get an answer.
+        if self.session.identity().is_none() {
+            self.session.connect().await?;
+            if self.session.identity().is_none() {
+                self.identify().await?;
+            }
         }
         let mut channels = Vec::new();
         for ch in 1..=self.model.channels.len() {
@@ -235,7 +366,7 @@ impl PsuDriver {
         Ok(json!({
             "relay_id": self.id,
             "model": self.model.model,
-            "idn": self.identity,
+            "idn": self.session.identity(),
             "connected": self.session.is_connected(),
             // Channel 1 at the top level, shaped like mock-psu's state.
             "voltage": first.get("voltage"),
@@ -262,17 +393,11 @@ fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
-fn limits_doc(model: &PsuModel, what: &str) -> String {
+fn limits_doc(model: &PsuModel, q: Quantity) -> String {
     model
         .channels
         .iter()
-        .map(|l| {
-            if what == "voltage" {
-                format!("{} ≤ {} V", l.name, l.max_voltage)
-            } else {
-                format!("{} ≤ {} A", l.name, l.max_current)
-            }
-        })
+        .map(|l| format!("{} ≤ {} {}", l.name, q.max(l), q.unit()))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -280,79 +405,45 @@ fn limits_doc(model: &PsuModel, what: &str) -> String {
 #[async_trait::async_trait]
 impl Instrument for PsuDriver {
     fn describe(&self) -> Description {
-        let m = self.model;
-        let n = m.channels.len() as f64;
-        let vmax = m.channels.iter().map(|c| c.max_voltage).fold(0.0, f64::max);
-        let imax = m.channels.iter().map(|c| c.max_current).fold(0.0, f64::max);
-        let channel = || ParamSpec::optional("channel", ParamType::Int, json!(1)).range(1.0, n);
         Description {
-            driver: m.family.driver_name().to_string(),
-            identity: self.identity.clone(),
-            methods: vec![
-                MethodSpec::new(
-                    "set_voltage",
-                    &format!("Set the output voltage ({})", limits_doc(m, "voltage")),
-                )
-                .param(
-                    ParamSpec::required("value", ParamType::Float)
-                        .unit("V")
-                        .range(0.0, vmax),
-                )
-                .param(channel()),
-                MethodSpec::new(
-                    "set_current",
-                    &format!("Set the current limit ({})", limits_doc(m, "current")),
-                )
-                .param(
-                    ParamSpec::required("value", ParamType::Float)
-                        .unit("A")
-                        .range(0.0, imax),
-                )
-                .param(channel()),
-                MethodSpec::new("set_output", "Switch an output on or off")
-                    .param(ParamSpec::required("on", ParamType::Bool))
-                    .param(channel()),
-                MethodSpec::new("measure_voltage", "Measured output voltage, V").param(channel()),
-                MethodSpec::new("measure_current", "Measured output current, A").param(channel()),
-                MethodSpec::new(
-                    "get_state",
-                    "Every channel's settings, output state and measurements",
-                ),
-                MethodSpec::new("identify", "The *IDN? string"),
-            ],
+            driver: self.model.family.driver_name().to_string(),
+            identity: self.session.identity().map(str::to_string),
+            methods: PsuMethod::ALL.iter().map(|m| m.spec(self.model)).collect(),
         }
     }
 
     async fn call(&mut self, method: &str, args: Args) -> Result<Value, DriverError> {
-        match method {
-            "set_voltage" | "set_current" => {
-                let what = if method == "set_voltage" {
-                    "voltage"
+        let Some(m) = PsuMethod::from_name(method) else {
+            return Err(DriverError::UnknownMethod(method.to_string()));
+        };
+        match m {
+            PsuMethod::SetVoltage | PsuMethod::SetCurrent => {
+                let q = if m == PsuMethod::SetVoltage {
+                    Quantity::Voltage
                 } else {
-                    "current"
+                    Quantity::Current
                 };
                 let ch = self.channel(&args)?;
                 let value = args.f64("value")?;
-                self.set_level(what, value, ch).await?;
-                Ok(json!({"ok": true, "channel": ch, what: value}))
+                self.set_level(q, value, ch).await?;
+                Ok(json!({"ok": true, "channel": ch, q.name(): value}))
             }
-            "set_output" => {
+            PsuMethod::SetOutput => {
                 let ch = self.channel(&args)?;
                 let on = args.bool("on")?;
                 self.set_output(on, ch).await?;
                 Ok(json!({"ok": true, "channel": ch, "output": on}))
             }
-            "measure_voltage" => {
+            PsuMethod::MeasureVoltage => {
                 let ch = self.channel(&args)?;
-                Ok(json!(self.measure("voltage", ch).await?))
+                Ok(json!(self.measure(Quantity::Voltage, ch).await?))
             }
-            "measure_current" => {
+            PsuMethod::MeasureCurrent => {
                 let ch = self.channel(&args)?;
-                Ok(json!(self.measure("current", ch).await?))
+                Ok(json!(self.measure(Quantity::Current, ch).await?))
             }
-            "get_state" => self.state().await,
-            "identify" => Ok(json!(self.identify().await?)),
-            other => Err(DriverError::UnknownMethod(other.to_string())),
+            PsuMethod::GetState => self.state().await,
+            PsuMethod::Identify => Ok(json!(self.identify().await?)),
         }
     }
 
@@ -365,11 +456,41 @@ impl Instrument for PsuDriver {
     }
 }
 
+/// The family drivers' options: `model` and the session's (`check_errors`
+/// on by default).
+pub const OPTIONS: &[OptionSpec] = &[
+    OptionSpec::new(
+        "model",
+        OptionType::String,
+        "the model, for its channel limits (default: the family's first model)",
+    ),
+    options::TIMEOUT_MS,
+    options::CONNECT_TIMEOUT_MS,
+    options::WRITE_TERMINATION,
+    options::READ_TERMINATION,
+    OptionSpec::new(
+        "check_errors",
+        OptionType::Bool,
+        "query SYST:ERR? after every write and fail on an entry (default true)",
+    ),
+    options::IDENTIFY,
+    options::INIT,
+    options::MAX_REPLY,
+    options::DRAIN_QUIET_MS,
+    options::BAUD,
+    options::BAUD_RATE,
+    options::DATA_BITS,
+    options::PARITY,
+    options::STOP_BITS,
+    options::FLOW,
+];
+
 /// Register the three family drivers.
 pub fn register(r: &mut crate::DriverRegistry) {
     for family in Family::ALL {
         r.register(
             family.driver_name(),
+            OPTIONS,
             move |cfg: InstrumentConfig| async move {
                 Ok(Box::new(PsuDriver::from_config(family, &cfg)?) as BoxInstrument)
             },

@@ -268,13 +268,20 @@ impl SimPsu {
     /// to open as a serial port; dropping or [`PtySim::close`]-ing it
     /// "unplugs" the port.
     pub fn serve_pty(&self) -> Result<PtySim, DriverError> {
-        let (master, slave) = serialport::TTYPort::pair()
-            .map_err(|e| DriverError::Link(format!("cannot create a pseudo-terminal: {e}")))?;
+        let (master, slave) = serialport::TTYPort::pair().map_err(|e| {
+            DriverError::link("cannot create a pseudo-terminal", std::io::Error::from(e))
+        })?;
         let path = serialport::SerialPort::name(&slave)
             .map(PathBuf::from)
-            .ok_or_else(|| DriverError::Link("pseudo-terminal has no path".into()))?;
+            .ok_or_else(|| {
+                DriverError::link_lost(
+                    "pseudo-terminal",
+                    std::io::ErrorKind::NotFound,
+                    "it has no path",
+                )
+            })?;
         let master = tokio_serial::SerialStream::try_from(master)
-            .map_err(|e| DriverError::Link(format!("pseudo-terminal master: {e}")))?;
+            .map_err(|e| DriverError::link("pseudo-terminal master", std::io::Error::from(e)))?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let sim = self.clone();
         let task = tokio::spawn(async move {
@@ -346,7 +353,7 @@ pub async fn serve_tcp(
     let sim = SimPsu::new(cfg)?;
     sim.serve_tcp(listener, shutdown)
         .await
-        .map_err(|e| DriverError::Link(format!("simulator: {e}")))
+        .map_err(|e| DriverError::link("simulator", e))
 }
 
 /// Create a simulator described by `cfg` and serve it on a new

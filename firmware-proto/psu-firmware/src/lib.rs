@@ -61,7 +61,7 @@ mod app {
     use super::{send, Global};
     use core::cell::RefCell;
     use firmware_proto::dispatch::{Device, Route, Serve};
-    use firmware_proto::{Endpoint, WireError};
+    use firmware_proto::{Endpoint, EndpointError};
 
     /// One trivial endpoint, so only framing and dispatch are measured.
     pub struct Ping;
@@ -73,7 +73,7 @@ mod app {
     }
     pub struct Ctx;
     impl Serve<Ping> for Ctx {
-        fn serve(&mut self, n: u32) -> Result<u32, WireError> {
+        fn serve(&mut self, n: u32) -> Result<u32, EndpointError> {
             Ok(n)
         }
     }

@@ -5,4 +5,5 @@ mod firmware;
 mod instruments;
 mod interop;
 mod lifecycle;
+mod issue9;
 mod mesh;
