@@ -4,8 +4,6 @@
 //!
 //! Unknown keys are reported as [`Warning`]s naming the file and the key;
 //! invalid values are [`ConfigError`]s naming the file, the key and why.
-#![warn(missing_docs)]
-#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -10,6 +10,7 @@
 //!   115200 baud, next to what a real 115200 8N1 wire could carry (10 bits
 //!   per byte). A pty does not pace bytes to the baud rate, so this measures
 //!   the software path; a real port is bounded by the wire figure.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,6 @@
 //! Drivers against the simulated PSUs over real TCP sockets and real
 //! pseudo-terminals. One test binary, shared helpers below.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! The `firmware` driver against the no_std firmware PSU over real
 //! pseudo-terminals: the plain simulated device (`run_simulated_device`)
 //! and the fault-injecting one (`serve_firmware_pty`).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

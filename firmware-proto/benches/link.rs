@@ -6,6 +6,7 @@
 //! A pty accepts the baud setting but does not pace bytes, so the measured
 //! figure is the software ceiling (client + framing + simulated firmware +
 //! kernel tty layer); a real UART caps the link at the wire limit column.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,7 @@
 //! Print the encoded frame of every message type (the examples in docs/PROTOCOL.md (Device link)).
 //!
 //! `cargo run -p firmware-proto --example frames`
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use firmware_proto::psu::{
     GetState, Identify, Measure, Measurement, Mode, Psu, SetCurrent, SetCurrentEp, SetOutput,

@@ -1,6 +1,4 @@
 #![cfg_attr(not(feature = "std"), no_std)]
-#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
-#![warn(missing_docs)]
 //! no_std device link for labmesh firmware instruments.
 //!
 //! Frames are `COBS(postcard(header) ++ postcard(body) ++ crc32c) ++ 0x00`

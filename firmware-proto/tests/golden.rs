@@ -2,6 +2,7 @@
 //!
 //! The same examples are worked through in docs/PROTOCOL.md (Device link); they were
 //! cross-checked against an independent Python CRC-32C + COBS implementation.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use firmware_proto::psu::{
     GetState, Identify, Identity, Measure, Measurement, Mode, SetCurrent, SetCurrentEp, SetOutput,

@@ -1,5 +1,6 @@
 //! End to end over real pseudo-terminals: `DeviceClient` <-> pty <-> the no_std
 //! PSU firmware run by the simulated-microcontroller runner.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! Fault tests with real processes: the `labmesh` binary as broker and
 //! relays, killed with SIGKILL and restarted, and flooded with garbage.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

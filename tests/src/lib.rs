@@ -1,5 +1,6 @@
 //! Shared helpers for the end-to-end tests: a whole mesh on loopback, the
 //! Python labmesh package, bounded waits.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -14,6 +14,7 @@
 //!   temp file + fsync + rename included);
 //! * the peak RSS (VmHWM) of a separate bank process while 1 GiB goes in and
 //!   back out.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
 use std::pin::Pin;

@@ -9,6 +9,7 @@
 //! Prints `READY <ingest> <retrieve>` on stdout once both sockets are bound,
 //! then serves until stdin reaches end of file (graceful shutdown) or the
 //! process is killed.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

@@ -25,8 +25,6 @@
 //! bank.shutdown().await;
 //! # Ok(()) }
 //! ```
-#![warn(missing_docs)]
-#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod ingest;
 mod retrieve;

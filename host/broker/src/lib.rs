@@ -13,8 +13,6 @@
 //! broker.shutdown().await;
 //! # Ok(()) }
 //! ```
-#![warn(missing_docs)]
-#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod directory;
 

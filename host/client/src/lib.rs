@@ -18,8 +18,6 @@
 //! Receiving: [`Client::events`] is a *queue* (every state and dataset
 //! message, in order; a slow reader is told how many it missed), and
 //! [`Client::latest_state`] is a *cache* (the newest state of each relay).
-#![warn(missing_docs)]
-#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -49,15 +49,22 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// Interval between heartbeats of relays and banks.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 
+// The relations above, checked when the crate compiles.
+const _: () = assert!(DEFAULT_CLIENT_TIMEOUT.as_nanos() > DEFAULT_CALL_DEADLINE.as_nanos());
+const _: () = assert!(DEFAULT_MAX_CHUNK <= MAX_UPLOAD_CHUNK);
+const _: () = assert!(MAX_UPLOAD_CHUNK < MAX_TRANSFER_MSG);
+const _: () = assert!(MAX_RPC_MSG <= DEFAULT_MAX_MSG);
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn client_waits_longer_than_the_relay() {
-        assert!(DEFAULT_CLIENT_TIMEOUT > DEFAULT_CALL_DEADLINE);
         assert_eq!(DEFAULT_CLIENT_TIMEOUT, Duration::from_secs(15));
-        assert!(DEFAULT_MAX_CHUNK <= MAX_UPLOAD_CHUNK);
-        assert!(MAX_UPLOAD_CHUNK < MAX_TRANSFER_MSG);
+        assert_eq!(
+            DEFAULT_CLIENT_TIMEOUT - DEFAULT_CALL_DEADLINE,
+            CLIENT_MARGIN
+        );
     }
 }

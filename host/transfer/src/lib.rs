@@ -12,9 +12,6 @@
 //!
 //! The byte-exact protocol is in `docs/PROTOCOL.md` (bank section).
 
-#![warn(missing_docs)]
-#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
-
 mod download;
 mod upload;
 

@@ -8,8 +8,6 @@
 //! * [`auth`]: the optional shared network password.
 //! * [`register`]: staying registered with the broker (relays and banks).
 //! * [`throttle`]: rate-limited warnings for peer-controlled input.
-#![warn(missing_docs)]
-#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
 pub mod dealer;

@@ -1,9 +1,10 @@
 //! End-to-end tests: one binary, shared helpers in `labmesh_tests`.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_input;
 mod firmware;
 mod instruments;
 mod interop;
-mod lifecycle;
 mod issue9;
+mod lifecycle;
 mod mesh;

@@ -1,4 +1,5 @@
 //! labmesh-bank integration tests: one binary, shared helpers in `support`.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod crash;
 mod protocol;
