@@ -75,8 +75,16 @@ pub struct BrokerSection {
     pub ttl_seconds: Seconds,
     /// The broker's host, substituted for `BROKER` in endpoints.
     pub address: String,
-    /// Extension: high-water mark of the bus sockets (labmesh uses 4000).
+    /// Extension: high-water mark of the bus sockets (labmesh uses 4000),
+    /// lowered where needed so a full queue stays within `bus_budget`.
     pub hwm: i32,
+    /// Extension: relays plus banks the directory keeps at most (a hello
+    /// beyond it is refused with 503).
+    pub max_registrations: usize,
+    /// Extension: largest message a publisher may put on the bus, bytes.
+    pub bus_max_msg: usize,
+    /// Extension: bytes queued at most for one slow bus peer.
+    pub bus_budget: usize,
 }
 
 impl Default for BrokerSection {
@@ -88,6 +96,9 @@ impl Default for BrokerSection {
             ttl_seconds: Seconds::of(limits::DEFAULT_TTL),
             address: "127.0.0.1".into(),
             hwm: 4000,
+            max_registrations: limits::DEFAULT_MAX_REGISTRATIONS,
+            bus_max_msg: limits::DEFAULT_BUS_MAX_MSG,
+            bus_budget: limits::DEFAULT_BUS_BUDGET,
         }
     }
 }
@@ -437,6 +448,31 @@ impl Config {
         if self.broker.address.is_empty() {
             return Err(bad("broker.address", "must not be empty".into()));
         }
+        if !(1..=1_000_000).contains(&self.broker.max_registrations) {
+            return Err(bad(
+                "broker.max_registrations",
+                format!("must be 1..=1000000, got {}", self.broker.max_registrations),
+            ));
+        }
+        if !(1024..=limits::DEFAULT_MAX_MSG).contains(&self.broker.bus_max_msg) {
+            return Err(bad(
+                "broker.bus_max_msg",
+                format!(
+                    "must be 1024..={} bytes, got {}",
+                    limits::DEFAULT_MAX_MSG,
+                    self.broker.bus_max_msg
+                ),
+            ));
+        }
+        if self.broker.bus_budget < self.broker.bus_max_msg {
+            return Err(bad(
+                "broker.bus_budget",
+                format!(
+                    "must be at least bus_max_msg ({} bytes), got {}",
+                    self.broker.bus_max_msg, self.broker.bus_budget
+                ),
+            ));
+        }
         endpoint("relay.default_rpc_bind", &self.relay.default_rpc_bind)?;
         endpoint("relay.broker_rpc", &self.relay.broker_rpc)?;
         endpoint("relay.broker_xsub", &self.relay.broker_xsub)?;
@@ -453,8 +489,15 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (i, inst) in self.relay.instruments.iter().enumerate() {
             let key = |k: &str| format!("relay.instruments[{i}].{k}");
-            if inst.id.is_empty() {
-                return Err(bad(&key("id"), "must not be empty".into()));
+            if !labmesh_proto::mesh::valid_node_id(&inst.id) {
+                return Err(bad(
+                    &key("id"),
+                    format!(
+                        "{:?} is not a relay id: 1..={} of letters, digits, '.', '_', '-'",
+                        inst.id,
+                        limits::MAX_NODE_ID
+                    ),
+                ));
             }
             if !seen.insert(inst.id.as_str()) {
                 return Err(bad(

@@ -10,12 +10,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use labmesh_proto::bank::Get;
 use labmesh_proto::lm::{self, BrokerMethod, PingResult, ResolveParams};
 use labmesh_proto::mesh::{
-    self, encode, BankInfo, Bye, Heartbeat, Hello, HelloAck, Presence, PresenceReason,
-    PresenceStatus, RelayInfo, Reply, Request, Role, RpcRequest,
+    self, encode, valid_endpoint, valid_node_id, BankInfo, Bye, Heartbeat, Hello, HelloAck,
+    Presence, PresenceReason, PresenceStatus, RelayInfo, Reply, Request, Role, RpcRequest,
 };
 use labmesh_proto::{codes, topic, ErrorBody};
+use labmesh_wire::dealer::RpcOutcome;
 use labmesh_wire::socket::{AfterError, RecvErrors};
 use labmesh_wire::{AsyncSocket, DealerConn, SocketOptions};
 use serde_json::{json, Value};
@@ -30,6 +32,8 @@ struct Entry<T> {
     info: T,
     last_seen: Instant,
     probing: bool,
+    /// Handed out in the hello ack; heartbeats and `bye` must carry it.
+    token: String,
 }
 
 impl<T> Entry<T> {
@@ -38,8 +42,28 @@ impl<T> Entry<T> {
             info,
             last_seen: Instant::now(),
             probing: false,
+            token: labmesh_wire::dealer::new_rpc_uuid(),
         }
     }
+}
+
+/// Whether a probe's answer came from a relay: a Rust relay answers
+/// `lm.ping` with its own id; a labmesh v0 relay answers "unknown method"
+/// with its own code (500). A broker or bank that was registered as a
+/// relay answers 400 (unknown method / message type), which proves
+/// nothing: so does anything else.
+fn proves_relay(outcome: &RpcOutcome, relay_id: &str) -> bool {
+    match outcome {
+        Ok(v) => v.get("relay_id").and_then(Value::as_str) == Some(relay_id),
+        Err(e) => e.code != codes::BAD_REQUEST,
+    }
+}
+
+/// Whether a probe's answer came from a bank: both Rust and labmesh v0
+/// banks answer a `get` of a dataset they do not hold with 404; a broker
+/// or relay answers 400.
+fn proves_bank(reply: &Reply) -> bool {
+    matches!(reply, Reply::Error { error } if error.code == codes::NOT_FOUND)
 }
 
 /// Results of work done outside the directory task.
@@ -50,7 +74,8 @@ enum Internal {
         endpoint: String,
         alive: bool,
     },
-    /// A relay id registered from a new endpoint: was the old one alive?
+    /// A relay or bank id registered from a new endpoint: was the old one
+    /// alive?
     DuplicateChecked {
         ident: Vec<u8>,
         hello: Hello,
@@ -127,6 +152,44 @@ pub(crate) async fn run(
     tracing::info!("directory stopped");
 }
 
+/// Ask a bank for a dataset no bank holds: a bank answers 404.
+async fn probe_bank(conn: &DealerConn, password: Option<Value>) -> bool {
+    let get = labmesh_proto::bank::RetrieveRequest::Get(Get {
+        dataset_id: Some(format!("lm-probe-{}", labmesh_wire::dealer::new_rpc_uuid())),
+        password,
+        ..Get::default()
+    });
+    conn.request(encode(&get), None, PROBE_TIMEOUT)
+        .await
+        .is_ok_and(|r| proves_bank(&r))
+}
+
+fn bad_hello(why: &str) -> Action {
+    labmesh_wire::warn_throttled!(%why, "hello refused");
+    Action::Reply(encode(&Reply::Error {
+        error: ErrorBody::new(codes::BAD_REQUEST, why),
+    }))
+}
+
+/// Why an id or endpoint of a hello is refused, if it is.
+fn check_id_and_endpoints(key: &str, id: &str, endpoints: &[&str]) -> Option<String> {
+    if !valid_node_id(id) {
+        let shown: String = id.chars().take(40).collect();
+        return Some(format!(
+            "invalid {key} {shown:?}{}: 1..={} of letters, digits, '.', '_', '-'",
+            if id.len() > shown.len() { "…" } else { "" },
+            labmesh_proto::limits::MAX_NODE_ID
+        ));
+    }
+    endpoints.iter().find(|e| !valid_endpoint(e)).map(|e| {
+        let shown: String = e.chars().take(40).collect();
+        format!(
+            "invalid endpoint {shown:?}: tcp://, ipc:// or inproc://, at most {} bytes",
+            labmesh_proto::limits::MAX_ENDPOINT
+        )
+    })
+}
+
 async fn send(router: &mut AsyncSocket, ident: &[u8], reply: &[u8]) {
     if let Err(e) = router.send_multipart([ident, reply]).await {
         tracing::warn!(error = %e, "directory reply failed");
@@ -178,20 +241,25 @@ impl Directory {
                     h.relay_id.as_deref().filter(|s| !s.is_empty()),
                     h.rpc_endpoint.as_deref().filter(|s| !s.is_empty()),
                 ) else {
-                    return Action::Reply(encode(&Reply::Error {
-                        error: ErrorBody::new(codes::BAD_REQUEST, "missing relay_id/rpc_endpoint"),
-                    }));
+                    return bad_hello("missing relay_id/rpc_endpoint");
                 };
-                if let Some(old) = self.relays.get(rid) {
-                    let fresh = old.last_seen.elapsed() < self.opts.ttl;
-                    if old.info.rpc_endpoint != ep && fresh {
-                        // Is the first registrant still there? Ask it, without
-                        // blocking the directory; the answer comes back as
-                        // Internal::DuplicateChecked.
-                        let old_ep = old.info.rpc_endpoint.clone();
-                        self.check_duplicate(ident, h, old_ep);
-                        return Action::Nothing;
+                if let Some(why) = check_id_and_endpoints("relay_id", rid, &[ep]) {
+                    return bad_hello(&why);
+                }
+                match self.relays.get(rid) {
+                    Some(old) => {
+                        let fresh = old.last_seen.elapsed() < self.opts.ttl;
+                        if old.info.rpc_endpoint != ep && fresh {
+                            // Is the first registrant still there? Ask it,
+                            // without blocking the directory; the answer comes
+                            // back as Internal::DuplicateChecked.
+                            let old_ep = old.info.rpc_endpoint.clone();
+                            self.check_duplicate(ident, h, old_ep, Role::Relay);
+                            return Action::Nothing;
+                        }
                     }
+                    None if self.full() => return self.refuse_full(rid),
+                    None => {}
                 }
                 Action::Reply(self.register_relay(&h))
             }
@@ -201,33 +269,90 @@ impl Directory {
                     .clone()
                     .filter(|s| !s.is_empty())
                     .unwrap_or_else(|| "bank".into());
-                let info = BankInfo {
-                    bank_id: bank_id.clone(),
-                    ingest: h.ingest.clone(),
-                    retrieve: h.retrieve.clone(),
-                };
-                let changed = self.banks.get(&bank_id).is_none_or(|e| e.info != info);
-                if changed {
-                    tracing::info!(%bank_id, ingest = ?h.ingest, retrieve = ?h.retrieve, "bank online");
-                    self.publish_presence(
-                        &bank_id,
-                        Role::Bank,
-                        PresenceStatus::Online,
-                        PresenceReason::Registered,
-                        h.retrieve.clone(),
-                    );
+                let endpoints: Vec<&str> = [h.ingest.as_deref(), h.retrieve.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                if let Some(why) = check_id_and_endpoints("bank_id", &bank_id, &endpoints) {
+                    return bad_hello(&why);
                 }
-                self.banks.insert(bank_id.clone(), Entry::new(info));
-                Action::Reply(encode(&Reply::Hello(HelloAck {
-                    bank_id: Some(bank_id),
-                    ..HelloAck::ok(Role::Bank)
-                })))
+                match self.banks.get(&bank_id) {
+                    Some(old) => {
+                        let fresh = old.last_seen.elapsed() < self.opts.ttl;
+                        let same = old.info.ingest == h.ingest && old.info.retrieve == h.retrieve;
+                        if !same && fresh {
+                            // Same ownership rule as relays: probe the old
+                            // bank, 409 while it is alive.
+                            match old.info.retrieve.clone() {
+                                Some(old_ep) => {
+                                    self.check_duplicate(ident, h, old_ep, Role::Bank);
+                                    return Action::Nothing;
+                                }
+                                None => {
+                                    return Action::Reply(encode(&Reply::Error {
+                                        error: ErrorBody::new(
+                                            codes::CONFLICT,
+                                            format!("bank_id '{bank_id}' is already registered"),
+                                        ),
+                                    }))
+                                }
+                            }
+                        }
+                    }
+                    None if self.full() => return self.refuse_full(&bank_id),
+                    None => {}
+                }
+                Action::Reply(self.register_bank(&h, bank_id))
             }
             _ => {
                 tracing::debug!("client hello");
                 Action::Reply(encode(&Reply::Hello(HelloAck::ok(Role::Client))))
             }
         }
+    }
+
+    fn full(&self) -> bool {
+        self.relays.len() + self.banks.len() >= self.opts.max_registrations
+    }
+
+    fn refuse_full(&self, id: &str) -> Action {
+        labmesh_wire::warn_throttled!(%id, limit = self.opts.max_registrations, "directory full; hello refused");
+        Action::Reply(encode(&Reply::Error {
+            error: ErrorBody::new(
+                codes::UNAVAILABLE,
+                format!(
+                    "directory full ({} registrations): '{id}' refused",
+                    self.opts.max_registrations
+                ),
+            ),
+        }))
+    }
+
+    fn register_bank(&mut self, h: &Hello, bank_id: String) -> Vec<u8> {
+        let info = BankInfo {
+            bank_id: bank_id.clone(),
+            ingest: h.ingest.clone(),
+            retrieve: h.retrieve.clone(),
+        };
+        let changed = self.banks.get(&bank_id).is_none_or(|e| e.info != info);
+        if changed {
+            tracing::info!(%bank_id, ingest = ?h.ingest, retrieve = ?h.retrieve, "bank online");
+            self.publish_presence(
+                &bank_id,
+                Role::Bank,
+                PresenceStatus::Online,
+                PresenceReason::Registered,
+                h.retrieve.clone(),
+            );
+        }
+        let entry = Entry::new(info);
+        let token = entry.token.clone();
+        self.banks.insert(bank_id.clone(), entry);
+        encode(&Reply::Hello(HelloAck {
+            bank_id: Some(bank_id),
+            token: Some(token),
+            ..HelloAck::ok(Role::Bank)
+        }))
     }
 
     fn register_relay(&mut self, h: &Hello) -> Vec<u8> {
@@ -249,17 +374,19 @@ impl Directory {
                 Some(ep.clone()),
             );
         }
-        self.relays.insert(
-            rid.clone(),
-            Entry::new(RelayInfo {
-                relay_id: rid,
-                rpc_endpoint: ep,
-            }),
-        );
-        encode(&Reply::Hello(HelloAck::ok(Role::Relay)))
+        let entry = Entry::new(RelayInfo {
+            relay_id: rid.clone(),
+            rpc_endpoint: ep,
+        });
+        let token = entry.token.clone();
+        self.relays.insert(rid, entry);
+        encode(&Reply::Hello(HelloAck {
+            token: Some(token),
+            ..HelloAck::ok(Role::Relay)
+        }))
     }
 
-    fn check_duplicate(&mut self, ident: Vec<u8>, hello: Hello, old_endpoint: String) {
+    fn check_duplicate(&mut self, ident: Vec<u8>, hello: Hello, old_endpoint: String, role: Role) {
         let conn = match self.probe_conn(&old_endpoint) {
             Some(c) => c,
             None => {
@@ -273,11 +400,16 @@ impl Directory {
             }
         };
         let tx = self.internal.clone();
+        let password = self.opts.password.to_field();
+        let relay_id = hello.relay_id.clone().unwrap_or_default();
         tokio::spawn(async move {
-            let old_alive = conn
-                .rpc(lm::PING, Value::Null, None, PROBE_TIMEOUT)
-                .await
-                .is_ok();
+            let old_alive = match role {
+                Role::Bank => probe_bank(&conn, password).await,
+                _ => conn
+                    .rpc(lm::PING, Value::Null, password, PROBE_TIMEOUT)
+                    .await
+                    .is_ok_and(|o| proves_relay(&o, &relay_id)),
+            };
             let _ = tx
                 .send(Internal::DuplicateChecked {
                     ident,
@@ -295,13 +427,29 @@ impl Directory {
         }
         let now = Instant::now();
         let mut known = false;
+        // A heartbeat with a token refreshes only the registration it was
+        // handed to (and, from a relay, only at the registered endpoint);
+        // a labmesh v0 heartbeat (no token) refreshes by id, as before.
+        let owns = |token: &str, hb: &Heartbeat| hb.token.as_deref().is_none_or(|t| t == token);
         if let Some(e) = hb.relay_id.as_ref().and_then(|id| self.relays.get_mut(id)) {
-            e.last_seen = now;
-            known = true;
+            let at_endpoint = hb
+                .rpc_endpoint
+                .as_deref()
+                .is_none_or(|ep| ep == e.info.rpc_endpoint);
+            if owns(&e.token, &hb) && at_endpoint {
+                e.last_seen = now;
+                known = true;
+            } else {
+                labmesh_wire::warn_throttled!(relay_id = %e.info.relay_id, "heartbeat from another registrant than the registered one");
+            }
         }
         if let Some(e) = hb.bank_id.as_ref().and_then(|id| self.banks.get_mut(id)) {
-            e.last_seen = now;
-            known = true;
+            if owns(&e.token, &hb) {
+                e.last_seen = now;
+                known = true;
+            } else {
+                labmesh_wire::warn_throttled!(bank_id = %e.info.bank_id, "heartbeat from another registrant than the registered one");
+            }
         }
         match hb.rpc_uuid {
             // Extension: acknowledge, so the sender can tell a restarted broker.
@@ -318,7 +466,17 @@ impl Directory {
             labmesh_wire::warn_throttled!("bye with a wrong password ignored");
             return;
         }
-        if let Some(e) = b.relay_id.as_ref().and_then(|id| self.relays.remove(id)) {
+        // Only the registrant may say goodbye: a bye must carry the
+        // registration's token (labmesh v0 nodes never send bye).
+        let owner = |token: &str| b.token.as_deref() == Some(token);
+        let relay = b.relay_id.as_ref().filter(|id| {
+            let ok = self.relays.get(*id).is_some_and(|e| owner(&e.token));
+            if !ok && self.relays.contains_key(*id) {
+                labmesh_wire::warn_throttled!(relay_id = %id, "bye without the registration's token ignored");
+            }
+            ok
+        });
+        if let Some(e) = relay.and_then(|id| self.relays.remove(id)) {
             tracing::info!(relay_id = %e.info.relay_id, "relay offline (shutdown)");
             self.probes.remove(&e.info.rpc_endpoint);
             self.publish_presence(
@@ -329,7 +487,14 @@ impl Directory {
                 Some(e.info.rpc_endpoint.clone()),
             );
         }
-        if let Some(e) = b.bank_id.as_ref().and_then(|id| self.banks.remove(id)) {
+        let bank = b.bank_id.as_ref().filter(|id| {
+            let ok = self.banks.get(*id).is_some_and(|e| owner(&e.token));
+            if !ok && self.banks.contains_key(*id) {
+                labmesh_wire::warn_throttled!(bank_id = %id, "bye without the registration's token ignored");
+            }
+            ok
+        });
+        if let Some(e) = bank.and_then(|id| self.banks.remove(id)) {
             tracing::info!(bank_id = %e.info.bank_id, "bank offline (shutdown)");
             self.publish_presence(
                 &e.info.bank_id,
@@ -415,6 +580,49 @@ impl Directory {
                     }
                 }
                 None
+            }
+            Internal::DuplicateChecked {
+                ident,
+                hello,
+                old_alive,
+            } if hello.role == Some(Role::Bank) => {
+                let bid = hello
+                    .bank_id
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "bank".into());
+                if old_alive {
+                    let old = self
+                        .banks
+                        .get(&bid)
+                        .and_then(|e| e.info.retrieve.clone())
+                        .unwrap_or_default();
+                    tracing::warn!(bank_id = %bid, existing = %old, refused = ?hello.retrieve, "duplicate bank id refused");
+                    let reply = encode(&Reply::Error {
+                        error: ErrorBody::new(
+                            codes::CONFLICT,
+                            format!(
+                                "bank_id '{bid}' is already registered by a live bank at {old}"
+                            ),
+                        ),
+                    });
+                    return Some((ident, reply));
+                }
+                if let Some(old) = self.banks.get(&bid) {
+                    let ep = old.info.retrieve.clone();
+                    if let Some(ep) = &ep {
+                        self.probes.remove(ep);
+                    }
+                    self.publish_presence(
+                        &bid,
+                        Role::Bank,
+                        PresenceStatus::Offline,
+                        PresenceReason::Replaced,
+                        ep,
+                    );
+                }
+                let reply = self.register_bank(&hello, bid);
+                Some((ident, reply))
             }
             Internal::DuplicateChecked {
                 ident,
@@ -534,8 +742,15 @@ impl Directory {
             }
             let tx = self.internal.clone();
             let timeout = PROBE_TIMEOUT.min(ttl / 2);
+            // Probes carry the password like every other request, and only
+            // a relay's answer proves life.
+            let password = self.opts.password.to_field();
+            let id = relay_id.clone();
             tokio::spawn(async move {
-                let alive = conn.rpc(lm::PING, Value::Null, None, timeout).await.is_ok();
+                let alive = conn
+                    .rpc(lm::PING, Value::Null, password, timeout)
+                    .await
+                    .is_ok_and(|o| proves_relay(&o, &id));
                 let _ = tx
                     .send(Internal::Probed {
                         relay_id,

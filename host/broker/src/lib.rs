@@ -56,6 +56,12 @@ pub struct BrokerOptions {
     pub password: Password,
     /// Largest accepted directory request, bytes.
     pub max_msg_size: i64,
+    /// Registrations (relays plus banks) kept at most; more hellos get 503.
+    pub max_registrations: usize,
+    /// Largest message a publisher may put on the bus, bytes.
+    pub bus_max_msg: usize,
+    /// Bytes queued at most for one bus peer (sets the high-water marks).
+    pub bus_budget: usize,
 }
 
 impl BrokerOptions {
@@ -70,6 +76,21 @@ impl BrokerOptions {
             ttl: labmesh_proto::limits::DEFAULT_TTL,
             password: Password::none(),
             max_msg_size: labmesh_proto::limits::MAX_DIRECTORY_MSG as i64,
+            max_registrations: labmesh_proto::limits::DEFAULT_MAX_REGISTRATIONS,
+            bus_max_msg: labmesh_proto::limits::DEFAULT_BUS_MAX_MSG,
+            bus_budget: labmesh_proto::limits::DEFAULT_BUS_BUDGET,
+        }
+    }
+
+    /// The bus high-water mark in messages: `hwm`, lowered so that a full
+    /// queue of the largest messages stays within `bus_budget` bytes.
+    pub fn bus_hwm(&self) -> i32 {
+        let by_bytes = self.bus_budget / self.bus_max_msg.max(1);
+        let by_bytes = i32::try_from(by_bytes).unwrap_or(i32::MAX).max(1);
+        if self.hwm <= 0 {
+            by_bytes
+        } else {
+            self.hwm.min(by_bytes)
         }
     }
 
@@ -84,6 +105,9 @@ impl BrokerOptions {
             ttl: cfg.broker.ttl_seconds.duration(),
             password: Password::from_env(),
             max_msg_size: labmesh_proto::limits::MAX_DIRECTORY_MSG as i64,
+            max_registrations: cfg.broker.max_registrations,
+            bus_max_msg: cfg.broker.bus_max_msg,
+            bus_budget: cfg.broker.bus_budget,
         }
     }
 }
@@ -148,15 +172,19 @@ impl BrokerHandle {
 /// Bind every socket and start serving.
 pub async fn spawn(ctx: &zmq::Context, opts: BrokerOptions) -> Result<BrokerHandle, BrokerError> {
     // The bus: plain zmq sockets moved to the proxy thread.
+    // Memory per bus peer is bounded in bytes: no message above
+    // `bus_max_msg` gets in (libzmq drops a publisher that sends one), and
+    // no queue holds more than `bus_hwm()` of them.
+    let hwm = opts.bus_hwm();
     let xsub = ctx.socket(zmq::XSUB)?;
-    xsub.set_sndhwm(opts.hwm)?;
-    xsub.set_rcvhwm(opts.hwm)?;
+    xsub.set_sndhwm(hwm)?;
+    xsub.set_rcvhwm(hwm)?;
     xsub.set_linger(0)?;
-    xsub.set_maxmsgsize(labmesh_wire::socket::DEFAULT_MAX_MSG_SIZE)?;
+    xsub.set_maxmsgsize(i64::try_from(opts.bus_max_msg).unwrap_or(i64::MAX))?;
     bind_raw(&xsub, &opts.xsub_bind)?;
     let xpub = ctx.socket(zmq::XPUB)?;
-    xpub.set_sndhwm(opts.hwm)?;
-    xpub.set_rcvhwm(opts.hwm)?;
+    xpub.set_sndhwm(hwm)?;
+    xpub.set_rcvhwm(hwm)?;
     xpub.set_linger(0)?;
     xpub.set_xpub_verbose(true)?;
     bind_raw(&xpub, &opts.xpub_bind)?;

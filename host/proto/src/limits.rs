@@ -31,6 +31,22 @@ pub const DEFAULT_RETRIEVE_CHUNK: usize = 1_000_000;
 /// Largest SCPI reply line or block a session reads.
 pub const MAX_SCPI_REPLY: usize = 16 * MIB;
 
+/// Longest relay or bank id (the dataset-id rule: 1..=128 of
+/// `[A-Za-z0-9._-]`, see [`crate::mesh::valid_node_id`]).
+pub const MAX_NODE_ID: usize = 128;
+/// Longest endpoint a node may register (`tcp://host:port`).
+pub const MAX_ENDPOINT: usize = 256;
+/// Registrations (relays plus banks) a broker keeps by default; a hello
+/// beyond it is refused (503), so directory replies stay bounded:
+/// `MAX_REGISTRATIONS × (MAX_NODE_ID + 2 × MAX_ENDPOINT + 64)` ≈ 2.6 MiB.
+pub const DEFAULT_MAX_REGISTRATIONS: usize = 4096;
+/// Largest message a publisher may put on the bus (the broker's XSUB drops
+/// the connection of a publisher that sends more, as libzmq does).
+pub const DEFAULT_BUS_MAX_MSG: usize = 64 * 1024;
+/// Bytes the broker may queue for one slow bus peer: its high-water mark is
+/// `min(hwm, BUS_BUDGET / bus_max_msg)` messages.
+pub const DEFAULT_BUS_BUDGET: usize = 64 * MIB;
+
 /// How long a relay lets one instrument call or poll take before it answers
 /// 408 (per instrument: `call_timeout`).
 pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_secs(10);
@@ -54,6 +70,12 @@ const _: () = assert!(DEFAULT_CLIENT_TIMEOUT.as_nanos() > DEFAULT_CALL_DEADLINE.
 const _: () = assert!(DEFAULT_MAX_CHUNK <= MAX_UPLOAD_CHUNK);
 const _: () = assert!(MAX_UPLOAD_CHUNK < MAX_TRANSFER_MSG);
 const _: () = assert!(MAX_RPC_MSG <= DEFAULT_MAX_MSG);
+const _: () = assert!(
+    DEFAULT_MAX_REGISTRATIONS * (MAX_NODE_ID + 2 * MAX_ENDPOINT + 64) < MAX_DIRECTORY_REPLY
+);
+
+/// The largest directory reply a client must accept (a full relay list).
+pub const MAX_DIRECTORY_REPLY: usize = 4 * MIB;
 
 #[cfg(test)]
 mod tests {

@@ -65,7 +65,8 @@ pub enum BrokerMethod<'a> {
     ListRelayIds,
     /// [`LIST_BANKS`]
     ListBanks,
-    /// [`BROKER_PING`] or [`PING`]
+    /// [`BROKER_PING`] (not `lm.ping`: a broker registered as a relay must
+    /// not look like one to a probe)
     Ping,
     /// [`RESOLVE`]
     Resolve,
@@ -79,7 +80,7 @@ impl<'a> BrokerMethod<'a> {
         match method {
             LIST_RELAY_IDS => BrokerMethod::ListRelayIds,
             LIST_BANKS => BrokerMethod::ListBanks,
-            BROKER_PING | PING => BrokerMethod::Ping,
+            BROKER_PING => BrokerMethod::Ping,
             RESOLVE => BrokerMethod::Resolve,
             other => BrokerMethod::Unknown(other),
         }
@@ -175,6 +176,10 @@ mod tests {
             RelayMethod::Instrument("set_voltage")
         );
         assert_eq!(BrokerMethod::parse("ping"), BrokerMethod::Ping);
+        assert_eq!(
+            BrokerMethod::parse("lm.ping"),
+            BrokerMethod::Unknown("lm.ping")
+        );
         assert_eq!(BrokerMethod::parse("lm.resolve"), BrokerMethod::Resolve);
         assert_eq!(BrokerMethod::parse("x"), BrokerMethod::Unknown("x"));
     }

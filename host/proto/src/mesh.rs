@@ -118,6 +118,14 @@ pub struct Heartbeat {
     /// none and get no answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpc_uuid: Option<String>,
+    /// Extension: the registration token from the [`HelloAck`]. A heartbeat
+    /// with a token refreshes only the registration that token belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Extension (relays): the endpoint this relay serves; a heartbeat from
+    /// another endpoint than the registered one is not `known`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc_endpoint: Option<String>,
 }
 
 /// Extension: a node leaving on purpose (graceful shutdown). No reply.
@@ -135,6 +143,10 @@ pub struct Bye {
     /// Shared network password, when the network has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Value>,
+    /// Extension: the registration token from the [`HelloAck`]; a `bye`
+    /// without the registration's token is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// Extension: the body of a `presence.<id>` bus message.
@@ -183,6 +195,11 @@ pub struct HelloAck {
     /// Why the hello was refused (upstream's shape: a plain string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Value>,
+    /// Extension (relays and banks): the registration token. It ties the
+    /// registration to its registrant: heartbeats and `bye` carry it back
+    /// (labmesh v0 nodes ignore it and send neither).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 impl HelloAck {
@@ -193,6 +210,7 @@ impl HelloAck {
             role: Some(role),
             bank_id: None,
             error: None,
+            token: None,
         }
     }
 
@@ -203,6 +221,7 @@ impl HelloAck {
             role: None,
             bank_id: None,
             error: Some(Value::String(why.to_string())),
+            token: None,
         }
     }
 }
@@ -300,6 +319,23 @@ pub struct BankInfo {
     pub ingest: Option<String>,
     /// Download endpoint.
     pub retrieve: Option<String>,
+}
+
+/// Whether `id` is a valid relay or bank id: 1..=128 of `[A-Za-z0-9._-]`,
+/// not `.` or `..` (the dataset-id rule). Anything else is refused with 400.
+pub fn valid_node_id(id: &str) -> bool {
+    crate::bank::valid_dataset_id(id) && id.len() <= crate::limits::MAX_NODE_ID
+}
+
+/// Whether `ep` is an endpoint a node may register: `tcp://`, `ipc://` or
+/// `inproc://` followed by something, at most
+/// [`crate::limits::MAX_ENDPOINT`] bytes, no whitespace or control bytes.
+pub fn valid_endpoint(ep: &str) -> bool {
+    ep.len() <= crate::limits::MAX_ENDPOINT
+        && ["tcp://", "ipc://", "inproc://"]
+            .iter()
+            .any(|p| ep.len() > p.len() && ep.starts_with(p))
+        && ep.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Encode a message as compact JSON bytes.

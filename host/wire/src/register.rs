@@ -57,6 +57,7 @@ impl Registrant {
                 role: Some(Role::Relay),
                 relay_id: Some(relay_id.into()),
                 password: password.to_field(),
+                rpc_endpoint: Some(rpc_endpoint.into()),
                 ..Heartbeat::default()
             },
             bye: Bye {
@@ -99,7 +100,8 @@ impl Registrant {
 /// What the broker said to a hello.
 #[derive(Debug)]
 enum HelloOutcome {
-    Accepted,
+    /// Registered; the broker's registration token, if it hands one out.
+    Accepted(Option<String>),
     Refused(String),
 }
 
@@ -112,7 +114,7 @@ async fn hello(conn: &DealerConn, node: &Registrant) -> Result<HelloOutcome, Wir
         )
         .await?;
     Ok(match reply {
-        Reply::Hello(ack) if ack.ok => HelloOutcome::Accepted,
+        Reply::Hello(ack) if ack.ok => HelloOutcome::Accepted(ack.token),
         Reply::Hello(ack) => HelloOutcome::Refused(
             ack.error
                 .map(|e| e.to_string())
@@ -130,16 +132,24 @@ enum Beat {
     NoAck,
 }
 
-async fn beat(conn: &DealerConn, node: &Registrant, acks: bool) -> Result<Beat, WireError> {
+async fn beat(
+    conn: &DealerConn,
+    node: &Registrant,
+    token: Option<&String>,
+    acks: bool,
+) -> Result<Beat, WireError> {
+    let hb = Heartbeat {
+        token: token.cloned(),
+        ..node.heartbeat.clone()
+    };
     if !acks {
-        conn.send(encode(&Request::Heartbeat(node.heartbeat.clone())))
-            .await?;
+        conn.send(encode(&Request::Heartbeat(hb))).await?;
         return Ok(Beat::NoAck);
     }
     let id = new_rpc_uuid();
     let hb = Heartbeat {
         rpc_uuid: Some(id.clone()),
-        ..node.heartbeat.clone()
+        ..hb
     };
     match conn
         .request(encode(&Request::Heartbeat(hb)), Some(id), REPLY_TIMEOUT)
@@ -152,8 +162,45 @@ async fn beat(conn: &DealerConn, node: &Registrant, acks: bool) -> Result<Beat, 
     }
 }
 
+/// Whether the broker lists `node` (labmesh v0 directory methods), for
+/// brokers that do not acknowledge heartbeats. `None` when it did not
+/// answer.
+async fn listed(conn: &DealerConn, node: &Registrant) -> Option<bool> {
+    let (method, key, id) = match (&node.hello.relay_id, &node.hello.bank_id) {
+        (Some(r), _) => (lm::LIST_RELAY_IDS, "relay_id", r),
+        (None, Some(b)) => (lm::LIST_BANKS, "bank_id", b),
+        (None, None) => return Some(true),
+    };
+    match conn
+        .rpc(
+            method,
+            Value::Object(Default::default()),
+            node.hello.password.clone(),
+            REPLY_TIMEOUT,
+        )
+        .await
+    {
+        Ok(Ok(Value::Array(items))) => Some(
+            items
+                .iter()
+                .any(|i| i.get(key).and_then(Value::as_str) == Some(id.as_str())),
+        ),
+        _ => None,
+    }
+}
+
+/// How many unacknowledged heartbeats pass between listing checks against
+/// a broker that does not acknowledge them.
+const LISTING_CHECK_EVERY: u32 = 3;
+
 /// Keep `nodes` registered with the broker behind `conn` until `stop`
 /// turns true; then say goodbye.
+///
+/// A broker that has acknowledged a heartbeat once is a Rust broker for
+/// good: a later silence is an outage (register again when it answers),
+/// never a reason to stop asking for acks. Against a broker that never
+/// acknowledged (labmesh v0), every few heartbeats the node checks that it
+/// is still listed and registers again if not.
 pub async fn keep_registered(
     conn: DealerConn,
     nodes: Vec<Registrant>,
@@ -162,10 +209,14 @@ pub async fn keep_registered(
 ) {
     let mut connections = conn.connections();
     let mut need = vec![true; nodes.len()];
+    let mut tokens: Vec<Option<String>> = vec![None; nodes.len()];
     let mut backoff = Duration::from_millis(100);
     let mut attempts = 0u32;
-    // Whether this broker answers heartbeats (Rust) or not (labmesh v0).
+    // Whether this broker answers heartbeats (Rust) or not (labmesh v0),
+    // and whether it ever did.
     let mut acks = true;
+    let mut ever_acked = false;
+    let mut unacked_beats = 0u32;
     let mut ticker = tokio::time::interval(heartbeat.max(Duration::from_millis(10)));
     ticker.tick().await;
     loop {
@@ -174,11 +225,17 @@ pub async fn keep_registered(
         }
         if need.iter().any(|n| *n) {
             attempts += 1;
-            for (node, need) in nodes.iter().zip(need.iter_mut()).filter(|(_, n)| **n) {
+            for ((node, need), token) in nodes
+                .iter()
+                .zip(need.iter_mut())
+                .zip(tokens.iter_mut())
+                .filter(|((_, n), _)| **n)
+            {
                 match hello(&conn, node).await {
-                    Ok(HelloOutcome::Accepted) => {
+                    Ok(HelloOutcome::Accepted(t)) => {
                         tracing::info!(node = %node.label, broker = %conn.endpoint(), "registered with the broker");
                         *need = false;
+                        *token = t;
                     }
                     Ok(HelloOutcome::Refused(why)) => {
                         tracing::error!(node = %node.label, broker = %conn.endpoint(), %why, "broker refused registration; retrying");
@@ -212,11 +269,21 @@ pub async fn keep_registered(
                 need.iter_mut().for_each(|n| *n = true);
             }
             _ = ticker.tick() => {
-                for (node, need) in nodes.iter().zip(need.iter_mut()) {
-                    match beat(&conn, node, acks).await {
-                        Ok(Beat::Known) => {}
+                if !acks {
+                    unacked_beats += 1;
+                }
+                for ((node, need), token) in nodes.iter().zip(need.iter_mut()).zip(tokens.iter()) {
+                    match beat(&conn, node, token.as_ref(), acks).await {
+                        Ok(Beat::Known) => ever_acked = true,
                         Ok(Beat::Unknown) => {
+                            ever_acked = true;
                             tracing::info!(node = %node.label, "broker does not know us (restarted or expired); registering again");
+                            *need = true;
+                        }
+                        Ok(Beat::NoAck) if acks && ever_acked => {
+                            // A broker that acknowledged before is not v0:
+                            // this is an outage. Register again once it is back.
+                            tracing::warn!(broker = %conn.endpoint(), "heartbeat not acknowledged; will register again when the broker answers");
                             *need = true;
                         }
                         Ok(Beat::NoAck) if acks => {
@@ -232,7 +299,14 @@ pub async fn keep_registered(
                                 }
                             }
                         }
-                        Ok(Beat::NoAck) => {}
+                        Ok(Beat::NoAck) => {
+                            // v0 broker: make sure it still lists us (it may
+                            // have expired us, or been told `bye`).
+                            if unacked_beats.is_multiple_of(LISTING_CHECK_EVERY) && listed(&conn, node).await == Some(false) {
+                                tracing::info!(node = %node.label, "broker no longer lists us; registering again");
+                                *need = true;
+                            }
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "heartbeat failed");
                             return;
@@ -242,10 +316,15 @@ pub async fn keep_registered(
             }
         }
     }
-    // Goodbye, then a ping on the same socket: once it is answered, the
-    // broker has processed the byes (one socket, in order).
-    for node in &nodes {
-        let _ = conn.send(encode(&Request::Bye(node.bye.clone()))).await;
+    // Goodbye, with the token of each registration, then a ping on the same
+    // socket: once it is answered, the broker has processed the byes (one
+    // socket, in order).
+    for (node, token) in nodes.iter().zip(tokens.iter()) {
+        let bye = Bye {
+            token: token.clone(),
+            ..node.bye.clone()
+        };
+        let _ = conn.send(encode(&Request::Bye(bye))).await;
     }
     let password = nodes.first().and_then(|n| n.hello.password.clone());
     let _ = conn
