@@ -28,7 +28,7 @@ use labmesh_proto::mesh::{
     encode, BankInfo, DatasetAnnounce, Hello, Presence, PresenceStatus, RelayInfo, Reply, Request,
     Role, StateMsg,
 };
-use labmesh_proto::topic::{self, Family};
+use labmesh_proto::topic::{self, TopicFamily};
 use labmesh_proto::{codes, ErrorBody};
 use labmesh_transfer::{
     DatasetInfo, DownloadOptions, DownloadReceipt, Query, UploadOptions, UploadReceipt,
@@ -626,7 +626,7 @@ async fn listen(
         };
         // Decoded once, straight into the typed body.
         let ev = match family {
-            Family::State => serde_json::from_slice::<StateMsg>(body).map(|m| {
+            TopicFamily::State => serde_json::from_slice::<StateMsg>(body).map(|m| {
                 Event::State(StateUpdate {
                     relay_id: m.relay_id,
                     state: m.state,
@@ -636,8 +636,10 @@ async fn listen(
                     interval: m.interval,
                 })
             }),
-            Family::Dataset => serde_json::from_slice::<DatasetAnnounce>(body).map(Event::Dataset),
-            Family::Presence => serde_json::from_slice::<Presence>(body).map(Event::Presence),
+            TopicFamily::Dataset => {
+                serde_json::from_slice::<DatasetAnnounce>(body).map(Event::Dataset)
+            }
+            TopicFamily::Presence => serde_json::from_slice::<Presence>(body).map(Event::Presence),
         };
         let ev = match ev {
             Ok(ev) => ev,

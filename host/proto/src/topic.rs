@@ -30,7 +30,7 @@ pub fn presence(id: &str) -> String {
 
 /// The families of topics a node may receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
+pub enum TopicFamily {
     /// `state.`
     State,
     /// `dataset.`
@@ -40,11 +40,11 @@ pub enum Family {
 }
 
 /// The family of `topic` and the id after the prefix, if it is one of ours.
-pub fn parse(topic: &[u8]) -> Option<(Family, &[u8])> {
+pub fn parse(topic: &[u8]) -> Option<(TopicFamily, &[u8])> {
     [
-        (STATE_PREFIX, Family::State),
-        (DATASET_PREFIX, Family::Dataset),
-        (PRESENCE_PREFIX, Family::Presence),
+        (STATE_PREFIX, TopicFamily::State),
+        (DATASET_PREFIX, TopicFamily::Dataset),
+        (PRESENCE_PREFIX, TopicFamily::Presence),
     ]
     .into_iter()
     .find_map(|(p, f)| topic.strip_prefix(p.as_bytes()).map(|id| (f, id)))
@@ -59,8 +59,8 @@ mod tests {
         assert_eq!(state("Inst-0"), "state.Inst-0");
         assert_eq!(dataset("bank-0"), "dataset.bank-0");
         assert_eq!(presence("psu"), "presence.psu");
-        assert_eq!(parse(b"state.a"), Some((Family::State, &b"a"[..])));
-        assert_eq!(parse(b"presence."), Some((Family::Presence, &b""[..])));
+        assert_eq!(parse(b"state.a"), Some((TopicFamily::State, &b"a"[..])));
+        assert_eq!(parse(b"presence."), Some((TopicFamily::Presence, &b""[..])));
         assert_eq!(parse(b"stream.a.v"), None);
     }
 }

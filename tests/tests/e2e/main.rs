@@ -6,5 +6,6 @@ mod firmware;
 mod instruments;
 mod interop;
 mod issue9;
+mod layout;
 mod lifecycle;
 mod mesh;
