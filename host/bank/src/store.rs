@@ -114,6 +114,10 @@ pub struct Store {
     objects: PathBuf,
     partial: PathBuf,
     db: Mutex<Connection>,
+    /// Held across a commit's check, rename and insert: two uploads of one
+    /// id must not interleave (the second rename would replace the first
+    /// one's object, and its failed insert delete it).
+    commit_lock: Mutex<()>,
 }
 
 impl Store {
@@ -149,6 +153,7 @@ impl Store {
             objects,
             partial,
             db: Mutex::new(db),
+            commit_lock: Mutex::new(()),
         };
         let rec = store.recover(resume_ttl)?;
         Ok((store, rec))
@@ -415,6 +420,9 @@ impl Store {
     pub fn commit(&self, done: Finished) -> Result<Commit, StoreError> {
         let id = done.cp.dataset_id.clone();
         let result = (|| {
+            // One commit at a time: check, rename and insert are one step
+            // per id (commits are short: a rename, an fsync, an insert).
+            let _one = self.commit_lock.lock().map_err(|_| StoreError::Poisoned)?;
             if let Some(existing) = self.lookup(&id)? {
                 return Ok(
                     if existing.size == done.size && existing.sha256 == done.sha256 {
@@ -426,7 +434,11 @@ impl Store {
             }
             let dest = self.object_path(&id);
             fs::rename(&done.path, &dest).map_err(io_err(&dest))?;
-            sync_dir(&self.objects)?;
+            if let Err(e) = sync_dir(&self.objects) {
+                // Ours (no row has this id, and the lock is held).
+                let _ = fs::remove_file(&dest);
+                return Err(e);
+            }
             let rec = Record {
                 dataset_id: id.clone(),
                 bank_id: self.bank_id.clone(),
