@@ -31,6 +31,24 @@ pub const DEFAULT_RETRIEVE_CHUNK: usize = 1_000_000;
 /// Largest SCPI reply line or block a session reads.
 pub const MAX_SCPI_REPLY: usize = 16 * MIB;
 
+/// Upload sessions a bank keeps open at once, all peers together
+/// (`[bank] max_upload_sessions`); each holds one open part file.
+pub const DEFAULT_MAX_UPLOAD_SESSIONS: usize = 256;
+/// Upload sessions one peer (ZeroMQ identity) may hold open at once
+/// (`[bank] max_upload_sessions_per_peer`).
+pub const DEFAULT_MAX_UPLOAD_SESSIONS_PER_PEER: usize = 16;
+/// Bytes all unfinished uploads of a bank may hold on disk, suspended ones
+/// included (`[bank] partial_quota_bytes`); also the largest single upload.
+pub const DEFAULT_PARTIAL_QUOTA: u64 = 64 * 1024 * MIB as u64;
+/// Downloads a bank serves at once, all peers together
+/// (`[bank] max_downloads`).
+pub const DEFAULT_MAX_DOWNLOADS: usize = 64;
+/// Downloads one peer may run at once (`[bank] max_downloads_per_peer`).
+pub const DEFAULT_MAX_DOWNLOADS_PER_PEER: usize = 8;
+/// Bytes a bank reads ahead for one credit-mode download: credit is capped
+/// at this divided by the chunk size (`[bank] download_buffer_bytes`).
+pub const DEFAULT_DOWNLOAD_BUFFER: usize = 8 * MIB;
+
 /// How long a relay lets one instrument call or poll take before it answers
 /// 408 (per instrument: `call_timeout`).
 pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_secs(10);
@@ -54,6 +72,9 @@ const _: () = assert!(DEFAULT_CLIENT_TIMEOUT.as_nanos() > DEFAULT_CALL_DEADLINE.
 const _: () = assert!(DEFAULT_MAX_CHUNK <= MAX_UPLOAD_CHUNK);
 const _: () = assert!(MAX_UPLOAD_CHUNK < MAX_TRANSFER_MSG);
 const _: () = assert!(MAX_RPC_MSG <= DEFAULT_MAX_MSG);
+const _: () = assert!(DEFAULT_MAX_UPLOAD_SESSIONS_PER_PEER <= DEFAULT_MAX_UPLOAD_SESSIONS);
+const _: () = assert!(DEFAULT_MAX_DOWNLOADS_PER_PEER <= DEFAULT_MAX_DOWNLOADS);
+const _: () = assert!(DEFAULT_DOWNLOAD_BUFFER >= DEFAULT_RETRIEVE_CHUNK);
 
 #[cfg(test)]
 mod tests {
