@@ -23,7 +23,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use labmesh_proto::bank::{valid_token, DatasetInfo, Query};
@@ -49,6 +50,67 @@ pub enum StoreError {
     /// The catalogue lock was poisoned by a panic elsewhere.
     #[error("catalogue lock poisoned")]
     Poisoned,
+    /// Partial uploads would use more than `partial_quota_bytes`.
+    #[error(
+        "partial upload quota exceeded: {used} bytes held by unfinished uploads, \
+         {want} more would exceed partial_quota_bytes = {quota}"
+    )]
+    Quota {
+        /// Bytes of partial uploads on disk now.
+        used: u64,
+        /// Bytes asked for.
+        want: u64,
+        /// The quota.
+        quota: u64,
+    },
+}
+
+/// Bytes of partial uploads on disk, shared by the store and every open
+/// upload; bounded by the quota.
+#[derive(Debug)]
+struct Usage {
+    bytes: AtomicU64,
+    quota: AtomicU64,
+}
+
+impl Usage {
+    /// Count `n` more bytes, or refuse when the quota would be exceeded.
+    fn reserve(&self, n: u64) -> Result<(), StoreError> {
+        let quota = self.quota.load(Ordering::Relaxed);
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|t| *t <= quota)
+            })
+            .map(|_| ())
+            .map_err(|used| StoreError::Quota {
+                used,
+                want: n,
+                quota,
+            })
+    }
+
+    /// Whether `n` more bytes would fit now (nothing is reserved).
+    fn check(&self, n: u64) -> Result<(), StoreError> {
+        let quota = self.quota.load(Ordering::Relaxed);
+        let used = self.bytes.load(Ordering::Acquire);
+        if used.saturating_add(n) > quota {
+            return Err(StoreError::Quota {
+                used,
+                want: n,
+                quota,
+            });
+        }
+        Ok(())
+    }
+
+    /// `n` bytes were deleted or became a dataset.
+    fn release(&self, n: u64) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(n))
+            });
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -118,6 +180,7 @@ pub struct Store {
     /// id must not interleave (the second rename would replace the first
     /// one's object, and its failed insert delete it).
     commit_lock: Mutex<()>,
+    usage: Arc<Usage>,
 }
 
 impl Store {
@@ -154,9 +217,29 @@ impl Store {
             partial,
             db: Mutex::new(db),
             commit_lock: Mutex::new(()),
+            usage: Arc::new(Usage {
+                bytes: AtomicU64::new(0),
+                quota: AtomicU64::new(u64::MAX),
+            }),
         };
         let rec = store.recover(resume_ttl)?;
         Ok((store, rec))
+    }
+
+    /// Refuse partial data beyond `quota` bytes (all unfinished uploads
+    /// together, suspended ones included).
+    pub fn set_partial_quota(&self, quota: u64) {
+        self.usage.quota.store(quota, Ordering::Relaxed);
+    }
+
+    /// Bytes of unfinished uploads on disk.
+    pub fn partial_bytes(&self) -> u64 {
+        self.usage.bytes.load(Ordering::Acquire)
+    }
+
+    /// Whether an upload of `size` bytes fits in the partial quota now.
+    pub fn check_partial_quota(&self, size: u64) -> Result<(), StoreError> {
+        self.usage.check(size)
     }
 
     fn db(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
@@ -224,24 +307,25 @@ impl Store {
                 rec.dropped_partials += 1;
                 continue;
             };
-            let keep = valid_token(token)
-                && match self.read_checkpoint(token) {
-                    Some(cp) if now - cp.updated <= resume_ttl.as_secs_f64() => {
-                        let part = self.part_path(token);
-                        match OpenOptions::new().write(true).open(&part) {
-                            Ok(f) => match f.metadata() {
-                                Ok(m) if m.len() >= cp.offset => {
-                                    f.set_len(cp.offset).is_ok() && f.sync_all().is_ok()
-                                }
-                                _ => false,
-                            },
-                            Err(_) => false,
-                        }
+            let kept = valid_token(token)
+                .then(|| self.read_checkpoint(token))
+                .flatten()
+                .filter(|cp| now - cp.updated <= resume_ttl.as_secs_f64())
+                .filter(|cp| {
+                    let part = self.part_path(token);
+                    match OpenOptions::new().write(true).open(&part) {
+                        Ok(f) => match f.metadata() {
+                            Ok(m) if m.len() >= cp.offset => {
+                                f.set_len(cp.offset).is_ok() && f.sync_all().is_ok()
+                            }
+                            _ => false,
+                        },
+                        Err(_) => false,
                     }
-                    _ => false,
-                };
-            if keep {
+                });
+            if let Some(cp) = kept {
                 rec.resumable += 1;
+                self.usage.bytes.fetch_add(cp.offset, Ordering::AcqRel);
             } else {
                 tracing::info!(file = %name, "removing expired or corrupt upload checkpoint");
                 let _ = fs::remove_file(path);
@@ -342,6 +426,10 @@ impl Store {
                 None,
             ),
         };
+        // A suspended upload with this token is replaced: its bytes go.
+        if let Ok(m) = fs::metadata(&path) {
+            self.usage.release(m.len());
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -360,8 +448,13 @@ impl Store {
             since_checkpoint: 0,
             checkpoint_bytes,
             partial_dir: self.partial.clone(),
+            counted: 0,
+            usage: self.usage.clone(),
         };
-        p.checkpoint()?;
+        if let Err(e) = p.checkpoint() {
+            p.discard();
+            return Err(e);
+        }
         Ok(p)
     }
 
@@ -385,6 +478,7 @@ impl Store {
             return Ok(None);
         }
         file.set_len(cp.offset).map_err(io_err(&path))?;
+        self.usage.release(len - cp.offset);
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut left = cp.offset;
@@ -400,6 +494,7 @@ impl Store {
             hasher.update(buf.get(..n).unwrap_or_default());
             left -= n as u64;
         }
+        let cp_offset = cp.offset;
         Ok(Some(Partial {
             path,
             sidecar: Some(self.checkpoint_path(token)),
@@ -411,7 +506,26 @@ impl Store {
             since_checkpoint: 0,
             checkpoint_bytes,
             partial_dir: self.partial.clone(),
+            counted: cp_offset,
+            usage: self.usage.clone(),
         }))
+    }
+
+    /// Delete a suspended resumable upload (an `ingest_abort` for a session
+    /// that is not open) if it belongs to `dataset_id`. Whether it existed.
+    pub fn delete_partial(&self, token: &str, dataset_id: &str) -> bool {
+        match self.read_checkpoint(token) {
+            Some(cp) if cp.dataset_id == dataset_id => {
+                let part = self.part_path(token);
+                if let Ok(m) = fs::metadata(&part) {
+                    self.usage.release(m.len());
+                }
+                let _ = fs::remove_file(&part);
+                let _ = fs::remove_file(self.checkpoint_path(token));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Make a finished partial upload a dataset (see the module docs for the
@@ -471,6 +585,7 @@ impl Store {
         if let Some(s) = &done.sidecar {
             let _ = fs::remove_file(s);
         }
+        done.usage.release(done.counted);
         result
     }
 }
@@ -507,6 +622,9 @@ pub struct Partial {
     since_checkpoint: u64,
     checkpoint_bytes: u64,
     partial_dir: PathBuf,
+    /// Bytes this upload counts in `usage` (its part file's length).
+    counted: u64,
+    usage: Arc<Usage>,
 }
 
 /// A finished, fsynced upload awaiting commit.
@@ -514,6 +632,8 @@ pub struct Partial {
 pub struct Finished {
     path: PathBuf,
     sidecar: Option<PathBuf>,
+    counted: u64,
+    usage: Arc<Usage>,
     /// Session facts.
     pub cp: Checkpoint,
     /// Final size.
@@ -529,6 +649,7 @@ impl Finished {
         if let Some(s) = &self.sidecar {
             let _ = fs::remove_file(s);
         }
+        self.usage.release(self.counted);
     }
 }
 
@@ -560,7 +681,10 @@ impl Partial {
 
     /// Append chunk `next_seq`; checkpoints every `checkpoint_bytes` for
     /// resumable uploads.
+    /// Refused when the bytes would exceed the partial quota.
     pub fn append(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.usage.reserve(data.len() as u64)?;
+        self.counted += data.len() as u64;
         self.file.write_all(data).map_err(io_err(&self.path))?;
         self.hasher.update(data);
         self.offset += data.len() as u64;
@@ -595,12 +719,19 @@ impl Partial {
     }
 
     /// Flush and fsync; the content is ready for verification and commit.
+    /// On failure the upload is deleted.
     pub fn finish(mut self) -> Result<Finished, StoreError> {
-        self.file.sync_all().map_err(io_err(&self.path))?;
+        if let Err(e) = self.file.sync_all() {
+            let e = io_err(&self.path)(e);
+            self.discard();
+            return Err(e);
+        }
         let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
         Ok(Finished {
             path: self.path,
             sidecar: self.sidecar,
+            counted: self.counted,
+            usage: self.usage,
             cp: self.cp,
             size: self.offset,
             sha256,
@@ -611,19 +742,32 @@ impl Partial {
     /// deleted.
     pub fn suspend(mut self) {
         if self.sidecar.is_some() {
+            if self.since_checkpoint == 0 && self.cp.next_seq == self.next_seq {
+                return; // the checkpoint on disk is current
+            }
             if let Err(e) = self.checkpoint() {
                 tracing::warn!(error = %e, "checkpoint on suspend failed");
             }
         } else {
             let _ = fs::remove_file(&self.path);
+            self.usage.release(self.counted);
         }
     }
 
-    /// Delete the upload.
+    /// Delete the upload (aborted, or failed: its space is free at once).
     pub fn discard(self) {
         let _ = fs::remove_file(&self.path);
         if let Some(s) = &self.sidecar {
             let _ = fs::remove_file(s);
         }
+        let _ = fs::remove_file(self.sidecar_tmp());
+        self.usage.release(self.counted);
+    }
+
+    fn sidecar_tmp(&self) -> PathBuf {
+        self.sidecar
+            .as_ref()
+            .map(|s| s.with_extension("json.tmp"))
+            .unwrap_or_default()
     }
 }
