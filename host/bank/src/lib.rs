@@ -89,6 +89,13 @@ pub struct BankOptions {
     /// Bytes all unfinished uploads may hold on disk, suspended ones
     /// included; a chunk or a declared size beyond it is refused with 503.
     pub partial_quota_bytes: u64,
+    /// Downloads served at once, all peers together (more: 503).
+    pub max_downloads: usize,
+    /// Downloads one peer may run at once (more: 503).
+    pub max_downloads_per_peer: usize,
+    /// Bytes read ahead for one credit-mode download (credit is capped at
+    /// this divided by the chunk size; a larger chunk size is lowered to it).
+    pub download_buffer_bytes: usize,
 }
 
 impl BankOptions {
@@ -106,6 +113,9 @@ impl BankOptions {
             max_upload_sessions: cfg.bank.max_upload_sessions,
             max_upload_sessions_per_peer: cfg.bank.max_upload_sessions_per_peer,
             partial_quota_bytes: cfg.bank.partial_quota_bytes,
+            max_downloads: cfg.bank.max_downloads,
+            max_downloads_per_peer: cfg.bank.max_downloads_per_peer,
+            download_buffer_bytes: cfg.bank.download_buffer_bytes,
             ..BankOptions::new(bank_id, cfg.bank.default_data_dir.clone())
         }
     }
@@ -132,6 +142,9 @@ impl BankOptions {
             max_upload_sessions: limits::DEFAULT_MAX_UPLOAD_SESSIONS,
             max_upload_sessions_per_peer: limits::DEFAULT_MAX_UPLOAD_SESSIONS_PER_PEER,
             partial_quota_bytes: limits::DEFAULT_PARTIAL_QUOTA,
+            max_downloads: limits::DEFAULT_MAX_DOWNLOADS,
+            max_downloads_per_peer: limits::DEFAULT_MAX_DOWNLOADS_PER_PEER,
+            download_buffer_bytes: limits::DEFAULT_DOWNLOAD_BUFFER,
         }
     }
 }
@@ -183,9 +196,12 @@ impl Bank {
         if opts.max_upload_sessions == 0
             || opts.max_upload_sessions_per_peer == 0
             || opts.partial_quota_bytes == 0
+            || opts.max_downloads == 0
+            || opts.max_downloads_per_peer == 0
+            || opts.download_buffer_bytes == 0
         {
             return Err(BankError::InvalidOption(
-                "session and byte limits must be at least 1".to_string(),
+                "session, download and byte limits must be at least 1".to_string(),
             ));
         }
         let (dir, id, ttl) = (opts.data_dir.clone(), opts.bank_id.clone(), opts.resume_ttl);
@@ -257,6 +273,9 @@ impl Bank {
                 max_chunk: opts.max_chunk,
                 idle: opts.idle_timeout,
                 password: opts.password.clone(),
+                max_downloads: opts.max_downloads,
+                max_downloads_per_peer: opts.max_downloads_per_peer,
+                buffer_bytes: opts.download_buffer_bytes,
             },
             shutdown_rx.clone(),
         )));
