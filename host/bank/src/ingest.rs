@@ -240,11 +240,10 @@ impl Ingest {
             }
             IngestRequest::IngestResume(r) => self.on_resume(ident, r).await,
             IngestRequest::IngestAbort(a) => match self.sessions.get(&a.token) {
-                Some(s) => {
-                    if s.dataset_id == a.dataset_id {
-                        let _ = s.tx.send(WriterCmd::Abort).await;
-                    }
+                Some(s) if s.dataset_id == a.dataset_id => {
+                    let _ = s.tx.send(WriterCmd::Abort).await;
                 }
+                Some(_) => {}
                 // A suspended session: its bytes go too.
                 None if valid_token(&a.token) => {
                     let store = self.store.clone();
