@@ -546,6 +546,9 @@ impl Retrieve {
     fn sweep(&mut self) {
         let idle = self.cfg.idle;
         self.cancel(|d| d.last_progress.elapsed() > idle);
+        // Also memory libzmq freed when peers went away (their queued
+        // chunks), which no download end reports.
+        self.ended = self.ended.max(1);
         self.trim();
     }
 }
