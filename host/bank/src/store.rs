@@ -6,7 +6,8 @@
 //! ```text
 //! catalogue.sqlite          WAL-mode SQLite: one row per committed dataset
 //! objects/<dataset_id>.bin  committed content (ids are validated: no traversal)
-//! partial/<token>.part      bytes of a resumable upload (token sessions)
+//! partial/<token>.part      bytes of a resumable upload (token sessions),
+//!                           created by its first chunk
 //! partial/<token>.json      its checkpoint: next_seq + offset durable on disk
 //! partial/legacy-<uuid>.part  a labmesh v0 upload (not resumable)
 //! ```
@@ -320,7 +321,8 @@ impl Store {
                             }
                             _ => false,
                         },
-                        Err(_) => false,
+                        // Started, nothing written yet (created lazily).
+                        Err(e) => e.kind() == std::io::ErrorKind::NotFound && cp.offset == 0,
                     }
                 });
             if let Some(cp) = kept {
@@ -429,18 +431,14 @@ impl Store {
         // A suspended upload with this token is replaced: its bytes go.
         if let Ok(m) = fs::metadata(&path) {
             self.usage.release(m.len());
+            fs::remove_file(&path).map_err(io_err(&path))?;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        // The part file is created by the first chunk: a session that never
+        // sends one costs no file handle (and a legacy one no file at all).
         let mut p = Partial {
             path,
             sidecar,
-            file,
+            file: None,
             hasher: Sha256::new(),
             cp,
             next_seq: 0,
@@ -471,6 +469,23 @@ impl Store {
         let path = self.part_path(token);
         let mut file = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(f) => f,
+            // Nothing was written yet (the part file is created lazily).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && cp.offset == 0 => {
+                return Ok(Some(Partial {
+                    path,
+                    sidecar: Some(self.checkpoint_path(token)),
+                    file: None,
+                    hasher: Sha256::new(),
+                    next_seq: cp.next_seq,
+                    offset: 0,
+                    cp,
+                    since_checkpoint: 0,
+                    checkpoint_bytes,
+                    partial_dir: self.partial.clone(),
+                    counted: 0,
+                    usage: self.usage.clone(),
+                }));
+            }
             Err(_) => return Ok(None),
         };
         let len = file.metadata().map_err(io_err(&path))?.len();
@@ -498,7 +513,7 @@ impl Store {
         Ok(Some(Partial {
             path,
             sidecar: Some(self.checkpoint_path(token)),
-            file,
+            file: Some(file),
             hasher,
             next_seq: cp.next_seq,
             offset: cp.offset,
@@ -614,7 +629,8 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 pub struct Partial {
     path: PathBuf,
     sidecar: Option<PathBuf>,
-    file: File,
+    /// Opened (created) by the first write.
+    file: Option<File>,
     hasher: Sha256,
     cp: Checkpoint,
     next_seq: u64,
@@ -654,6 +670,28 @@ impl Finished {
 }
 
 impl Partial {
+    /// The part file, created on first use and positioned at `offset`.
+    fn open(&mut self) -> Result<&mut File, StoreError> {
+        if self.file.is_none() {
+            let mut f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&self.path)
+                .map_err(io_err(&self.path))?;
+            f.seek(SeekFrom::Start(self.offset))
+                .map_err(io_err(&self.path))?;
+            self.file = Some(f);
+        }
+        match self.file.as_mut() {
+            Some(f) => Ok(f),
+            None => Err(io_err(&self.path)(std::io::Error::other(
+                "part file not open",
+            ))),
+        }
+    }
+
     /// Session facts (as of the last checkpoint for next_seq/offset).
     pub fn info(&self) -> &Checkpoint {
         &self.cp
@@ -685,7 +723,7 @@ impl Partial {
     pub fn append(&mut self, data: &[u8]) -> Result<(), StoreError> {
         self.usage.reserve(data.len() as u64)?;
         self.counted += data.len() as u64;
-        self.file.write_all(data).map_err(io_err(&self.path))?;
+        self.open()?.write_all(data).map_err(io_err(&self.path))?;
         self.hasher.update(data);
         self.offset += data.len() as u64;
         self.next_seq += 1;
@@ -701,7 +739,9 @@ impl Partial {
         let Some(sidecar) = self.sidecar.clone() else {
             return Ok(());
         };
-        self.file.sync_data().map_err(io_err(&self.path))?;
+        if let Some(f) = &self.file {
+            f.sync_data().map_err(io_err(&self.path))?;
+        }
         self.cp.next_seq = self.next_seq;
         self.cp.offset = self.offset;
         self.cp.updated = labmesh_proto::unix_now();
@@ -721,8 +761,11 @@ impl Partial {
     /// Flush and fsync; the content is ready for verification and commit.
     /// On failure the upload is deleted.
     pub fn finish(mut self) -> Result<Finished, StoreError> {
-        if let Err(e) = self.file.sync_all() {
-            let e = io_err(&self.path)(e);
+        let path = self.path.clone();
+        let synced = self
+            .open()
+            .and_then(|f| f.sync_all().map_err(io_err(&path)));
+        if let Err(e) = synced {
             self.discard();
             return Err(e);
         }
@@ -769,5 +812,70 @@ impl Partial {
             .as_ref()
             .map(|s| s.with_extension("json.tmp"))
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn cp(id: &str) -> Checkpoint {
+        Checkpoint {
+            dataset_id: id.into(),
+            relay_id: "r".into(),
+            meta: Value::Object(Default::default()),
+            expected_size: None,
+            expected_sha: None,
+            next_seq: 0,
+            offset: 0,
+            updated: labmesh_proto::unix_now(),
+        }
+    }
+
+    #[test]
+    fn part_file_is_created_by_the_first_chunk_and_survives_a_restart_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = Duration::from_secs(3600);
+        let (store, _) = Store::open(dir.path(), "b", ttl).unwrap();
+        let p = store.create_partial(Some("t1"), cp("d1"), 1 << 20).unwrap();
+        assert!(!store.part_path("t1").exists(), "no file before a chunk");
+        assert!(store.checkpoint_path("t1").exists());
+        p.suspend();
+        drop(store);
+        let (store, rec) = Store::open(dir.path(), "b", ttl).unwrap();
+        assert_eq!(rec.resumable, 1, "{rec:?}");
+        let mut p = store.load_partial("t1", 1 << 20).unwrap().unwrap();
+        p.append(b"abc").unwrap();
+        assert!(store.part_path("t1").exists());
+        let done = p.finish().unwrap();
+        assert!(matches!(store.commit(done).unwrap(), Commit::Stored(_)));
+        assert_eq!(fs::read(store.object_path("d1")).unwrap(), b"abc");
+        // An empty upload still commits a (empty) file.
+        let p = store.create_partial(None, cp("d2"), 1 << 20).unwrap();
+        let done = p.finish().unwrap();
+        assert!(matches!(store.commit(done).unwrap(), Commit::Stored(_)));
+        assert_eq!(fs::read(store.object_path("d2")).unwrap(), b"");
+        assert_eq!(store.partial_bytes(), 0);
+    }
+
+    #[test]
+    fn partial_quota_counts_every_unfinished_upload_and_frees_on_discard() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), "b", Duration::from_secs(60)).unwrap();
+        store.set_partial_quota(10);
+        let mut a = store.create_partial(Some("a"), cp("a"), 1 << 20).unwrap();
+        let mut b = store.create_partial(None, cp("b"), 1 << 20).unwrap();
+        a.append(b"123456").unwrap();
+        let e = b.append(b"12345").unwrap_err();
+        assert!(e.to_string().contains("partial_quota_bytes = 10"), "{e}");
+        assert!(store.check_partial_quota(5).is_err());
+        b.append(b"1234").unwrap();
+        assert_eq!(store.partial_bytes(), 10);
+        a.discard();
+        assert_eq!(store.partial_bytes(), 4);
+        let done = b.finish().unwrap();
+        store.commit(done).unwrap();
+        assert_eq!(store.partial_bytes(), 0);
     }
 }
