@@ -206,6 +206,18 @@ pub struct BankSection {
     pub heartbeat_seconds: Seconds,
     /// Host put in place of `*` when advertising.
     pub default_address: String,
+    /// Upload sessions open at once, all peers together.
+    pub max_upload_sessions: usize,
+    /// Upload sessions one peer may hold open at once.
+    pub max_upload_sessions_per_peer: usize,
+    /// Bytes all unfinished uploads may hold on disk.
+    pub partial_quota_bytes: u64,
+    /// Downloads served at once, all peers together.
+    pub max_downloads: usize,
+    /// Downloads one peer may run at once.
+    pub max_downloads_per_peer: usize,
+    /// Bytes read ahead for one credit-mode download.
+    pub download_buffer_bytes: usize,
 }
 
 impl Default for BankSection {
@@ -218,6 +230,12 @@ impl Default for BankSection {
             broker_xsub: "tcp://BROKER:5751".into(),
             heartbeat_seconds: Seconds::of(limits::DEFAULT_HEARTBEAT),
             default_address: "127.0.0.1".into(),
+            max_upload_sessions: limits::DEFAULT_MAX_UPLOAD_SESSIONS,
+            max_upload_sessions_per_peer: limits::DEFAULT_MAX_UPLOAD_SESSIONS_PER_PEER,
+            partial_quota_bytes: limits::DEFAULT_PARTIAL_QUOTA,
+            max_downloads: limits::DEFAULT_MAX_DOWNLOADS,
+            max_downloads_per_peer: limits::DEFAULT_MAX_DOWNLOADS_PER_PEER,
+            download_buffer_bytes: limits::DEFAULT_DOWNLOAD_BUFFER,
         }
     }
 }
@@ -513,6 +531,41 @@ impl Config {
         endpoint("bank.retrieve_bind", &self.bank.retrieve_bind)?;
         endpoint("bank.broker_rpc", &self.bank.broker_rpc)?;
         endpoint("bank.broker_xsub", &self.bank.broker_xsub)?;
+        let b = &self.bank;
+        let at_least_one = [
+            ("bank.max_upload_sessions", b.max_upload_sessions as u64),
+            (
+                "bank.max_upload_sessions_per_peer",
+                b.max_upload_sessions_per_peer as u64,
+            ),
+            ("bank.partial_quota_bytes", b.partial_quota_bytes),
+            ("bank.max_downloads", b.max_downloads as u64),
+            (
+                "bank.max_downloads_per_peer",
+                b.max_downloads_per_peer as u64,
+            ),
+            ("bank.download_buffer_bytes", b.download_buffer_bytes as u64),
+        ];
+        for (key, v) in at_least_one {
+            if v == 0 {
+                return Err(bad(key, "must be at least 1".into()));
+            }
+        }
+        if b.max_upload_sessions_per_peer > b.max_upload_sessions {
+            return Err(bad(
+                "bank.max_upload_sessions_per_peer",
+                format!(
+                    "must not exceed bank.max_upload_sessions ({})",
+                    b.max_upload_sessions
+                ),
+            ));
+        }
+        if b.max_downloads_per_peer > b.max_downloads {
+            return Err(bad(
+                "bank.max_downloads_per_peer",
+                format!("must not exceed bank.max_downloads ({})", b.max_downloads),
+            ));
+        }
         endpoint("client.broker_rpc", &self.client.broker_rpc)?;
         endpoint("client.broker_xpub", &self.client.broker_xpub)?;
         Ok(())
@@ -577,6 +630,42 @@ mod tests {
             e.to_string().contains("lab.toml") && e.to_string().contains("ttl_seconds"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn bank_limits_must_be_positive_and_per_peer_within_total() {
+        for (text, key) in [
+            (
+                "[bank]\nmax_upload_sessions = 0\n",
+                "bank.max_upload_sessions",
+            ),
+            (
+                "[bank]\npartial_quota_bytes = 0\n",
+                "bank.partial_quota_bytes",
+            ),
+            (
+                "[bank]\nmax_downloads_per_peer = 0\n",
+                "bank.max_downloads_per_peer",
+            ),
+            (
+                "[bank]\ndownload_buffer_bytes = 0\n",
+                "bank.download_buffer_bytes",
+            ),
+            (
+                "[bank]\nmax_upload_sessions = 4\nmax_upload_sessions_per_peer = 5\n",
+                "bank.max_upload_sessions_per_peer",
+            ),
+            (
+                "[bank]\nmax_downloads = 2\nmax_downloads_per_peer = 3\n",
+                "bank.max_downloads_per_peer",
+            ),
+        ] {
+            let e = Config::parse(text, Path::new("lab.toml")).unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+        let (c, _) = Config::parse("[bank]\npartial_quota_bytes = 1024\n", Path::new("l")).unwrap();
+        assert_eq!(c.bank.partial_quota_bytes, 1024);
+        assert_eq!(c.bank.max_downloads, limits::DEFAULT_MAX_DOWNLOADS);
     }
 
     #[test]

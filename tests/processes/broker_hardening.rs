@@ -88,17 +88,21 @@ async fn broker(cfg: &super::Cfg, env: &[(&str, &str)]) -> anyhow::Result<Node> 
             let _ = tx.send(l);
         }
     });
-    tokio::time::timeout(WAIT, async {
+    let ready_line = tokio::time::timeout(WAIT, async {
         while let Some(l) = lines.recv().await {
             if l.contains("broker:") {
-                return Ok(());
+                return Ok(l);
             }
         }
         anyhow::bail!("broker exited")
     })
     .await
     .context("broker not ready")??;
-    Ok(Node { child, lines })
+    Ok(Node {
+        child,
+        lines,
+        ready_line,
+    })
 }
 
 /// The relay list as the broker answers it.

@@ -13,20 +13,23 @@ use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_labmesh");
+
+mod bank_hardening;
 mod broker_hardening;
 
-const BIN: &str = env!("CARGO_BIN_EXE_labmesh");
-
 /// A `labmesh` child process whose output is drained (and echoed).
-struct Node {
-    child: tokio::process::Child,
+pub(crate) struct Node {
+    pub(crate) child: tokio::process::Child,
     lines: mpsc::UnboundedReceiver<String>,
+    /// The stdout line that said the node was ready.
+    pub(crate) ready_line: String,
 }
 
 impl Node {
     /// Start `labmesh --config CFG ARGS...` and wait for a stdout line
     /// containing `ready`.
-    async fn start(cfg: &Path, args: &[&str], ready: &str) -> anyhow::Result<Node> {
+    pub(crate) async fn start(cfg: &Path, args: &[&str], ready: &str) -> anyhow::Result<Node> {
         let mut child = tokio::process::Command::new(BIN)
             .arg("--config")
             .arg(cfg)
@@ -57,23 +60,27 @@ impl Node {
         })
         .await
         .with_context(|| format!("{args:?} not ready within {WAIT:?}"))?;
-        line.with_context(|| format!("{args:?} exited before it was ready"))?;
-        Ok(Node { child, lines })
+        let ready_line = line.with_context(|| format!("{args:?} exited before it was ready"))?;
+        Ok(Node {
+            child,
+            lines,
+            ready_line,
+        })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
     }
 
     /// SIGKILL and reap.
-    async fn kill(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn kill(mut self) -> anyhow::Result<()> {
         self.child.start_kill()?;
         tokio::time::timeout(WAIT, self.child.wait()).await??;
         Ok(())
     }
 
     /// SIGTERM and wait for a clean exit.
-    async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+    pub(crate) async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
         let st = std::process::Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()?;
@@ -84,7 +91,7 @@ impl Node {
     }
 
     /// Resident set size in KiB (Linux).
-    fn rss_kib(&self) -> anyhow::Result<u64> {
+    pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         status
             .lines()
@@ -95,14 +102,14 @@ impl Node {
 }
 
 /// A mesh configuration on free loopback ports.
-struct Cfg {
+pub(crate) struct Cfg {
     _dir: PathBuf,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
     rpc: String,
     xpub: String,
 }
 
-fn write_cfg(ttl: f64) -> anyhow::Result<Cfg> {
+pub(crate) fn write_cfg(ttl: f64) -> anyhow::Result<Cfg> {
     let dir = std::env::temp_dir().join(format!(
         "labmesh-proc-{}-{}",
         std::process::id(),
@@ -149,7 +156,7 @@ timeout_seconds = 3
     })
 }
 
-async fn client(ctx: &zmq::Context, cfg: &Cfg) -> anyhow::Result<Client> {
+pub(crate) async fn client(ctx: &zmq::Context, cfg: &Cfg) -> anyhow::Result<Client> {
     let opts = ClientOptions {
         timeout: Duration::from_secs(3),
         ..ClientOptions::new(&cfg.rpc, &cfg.xpub)
@@ -249,7 +256,7 @@ async fn bank(cfg: &Cfg) -> anyhow::Result<Node> {
     .await
 }
 
-async fn wait_for_bank(c: &Client, id: &str, limit: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_bank(c: &Client, id: &str, limit: Duration) -> anyhow::Result<()> {
     tokio::time::timeout(limit, async {
         loop {
             if let Ok(banks) = c.list_banks().await {
@@ -271,14 +278,14 @@ async fn run_cli(cfg: Option<&Path>, args: &[&str]) -> anyhow::Result<(i32, Stri
 }
 
 /// What a finished `labmesh` run printed.
-struct Finished {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Finished {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// Run `labmesh ARGS`; an error if it is still running after `limit`.
-async fn run_cli_within(
+pub(crate) async fn run_cli_within(
     cfg: Option<&Path>,
     args: &[&str],
     limit: Duration,

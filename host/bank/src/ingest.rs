@@ -33,6 +33,10 @@ pub(crate) struct IngestConfig {
     pub checkpoint_bytes: u64,
     pub session_idle: Duration,
     pub password: labmesh_wire::auth::Password,
+    /// Open sessions (all peers together, openings in progress included).
+    pub max_sessions: usize,
+    /// Open sessions of one peer (ZeroMQ identity).
+    pub max_sessions_per_peer: usize,
 }
 
 type Ident = Vec<u8>;
@@ -55,6 +59,8 @@ enum WriterCmd {
 
 struct SessionHandle {
     tx: mpsc::Sender<WriterCmd>,
+    /// The peer it counts against (the last one to attach).
+    owner: Ident,
     dataset_id: String,
     last_active: Instant,
     task: JoinHandle<()>,
@@ -76,6 +82,8 @@ enum Internal {
         key: String,
         last: Option<(Ident, IngestReply)>,
     },
+    /// An opening that did not produce a session (refused or failed) ended.
+    Settled { ident: Ident },
 }
 
 struct Ingest {
@@ -84,6 +92,8 @@ struct Ingest {
     cfg: IngestConfig,
     sessions: HashMap<String, SessionHandle>,
     by_ident: HashMap<Ident, String>,
+    /// Openings in progress per peer (they count against the caps).
+    opening: HashMap<Ident, usize>,
     out_tx: mpsc::UnboundedSender<(Ident, Vec<u8>)>,
     internal_tx: mpsc::UnboundedSender<Internal>,
     announce: mpsc::UnboundedSender<DatasetAnnounce>,
@@ -104,6 +114,7 @@ pub(crate) async fn run(
         cfg,
         sessions: HashMap::new(),
         by_ident: HashMap::new(),
+        opening: HashMap::new(),
         out_tx,
         internal_tx,
         announce,
@@ -128,11 +139,12 @@ pub(crate) async fn run(
             _ = sweep.tick() => ing.sweep(),
         }
     }
-    // Graceful: writers checkpoint resumable sessions and delete legacy ones.
-    let sessions: Vec<SessionHandle> = ing.sessions.drain().map(|(_, s)| s).collect();
-    for s in sessions {
-        drop(s.tx);
-        let _ = s.task.await;
+    // Graceful: writers checkpoint resumable sessions and delete legacy ones,
+    // all at once (each on the blocking pool), so stopping takes one
+    // checkpoint's time, not one per session.
+    let tasks: Vec<JoinHandle<()>> = ing.sessions.drain().map(|(_, s)| s.task).collect();
+    for t in tasks {
+        let _ = t.await;
     }
     while let Ok((ident, body)) = out_rx.try_recv() {
         ing.reply_raw(ident, body);
@@ -227,12 +239,64 @@ impl Ingest {
                 self.forward(&key, &ident, cmd).await;
             }
             IngestRequest::IngestResume(r) => self.on_resume(ident, r).await,
-            IngestRequest::IngestAbort(a) => {
-                if let Some(s) = self.sessions.get(&a.token) {
-                    if s.dataset_id == a.dataset_id {
-                        let _ = s.tx.send(WriterCmd::Abort).await;
-                    }
+            IngestRequest::IngestAbort(a) => match self.sessions.get(&a.token) {
+                Some(s) if s.dataset_id == a.dataset_id => {
+                    let _ = s.tx.send(WriterCmd::Abort).await;
                 }
+                Some(_) => {}
+                // A suspended session: its bytes go too.
+                None if valid_token(&a.token) => {
+                    let store = self.store.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if store.delete_partial(&a.token, &a.dataset_id) {
+                            tracing::info!(dataset_id = %a.dataset_id, "suspended upload aborted");
+                        }
+                    });
+                }
+                None => {}
+            },
+        }
+    }
+
+    /// Refuse a new session when the peer or the bank has too many open
+    /// (sessions and openings in progress); otherwise count the opening.
+    fn admit(&mut self, ident: &Ident, dataset_id: &str) -> bool {
+        let total = self.sessions.len() + self.opening.values().sum::<usize>();
+        let mine = self.sessions.values().filter(|s| s.owner == *ident).count()
+            + self.opening.get(ident).copied().unwrap_or(0);
+        let refusal = if mine >= self.cfg.max_sessions_per_peer {
+            Some(format!(
+                "too many upload sessions from this peer: {mine} open \
+                 (max_upload_sessions_per_peer = {}); finish or abort one",
+                self.cfg.max_sessions_per_peer
+            ))
+        } else if total >= self.cfg.max_sessions {
+            Some(format!(
+                "bank busy: {total} upload sessions open (max_upload_sessions = {}); try again later",
+                self.cfg.max_sessions
+            ))
+        } else {
+            None
+        };
+        match refusal {
+            Some(msg) => {
+                labmesh_wire::warn_throttled!(problem = %msg, "upload session refused");
+                self.error(ident, Some(dataset_id), codes::UNAVAILABLE, msg);
+                false
+            }
+            None => {
+                *self.opening.entry(ident.clone()).or_default() += 1;
+                true
+            }
+        }
+    }
+
+    /// An opening counted by `admit` ended.
+    fn settled(&mut self, ident: &Ident) {
+        if let Some(n) = self.opening.get_mut(ident) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.opening.remove(ident);
             }
         }
     }
@@ -245,8 +309,11 @@ impl Ingest {
         };
         s.last_active = Instant::now();
         if s.tx.send(cmd).await.is_err() {
-            // The writer just ended (eof or failure): the chunk has no session.
-            self.error(ident, None, codes::CONFLICT, NO_SESSION.to_string());
+            // The writer just ended (eof or failure); its final answer comes
+            // with `Internal::Closed` and must reach the uploader first (a
+            // 409 here would send it resuming a session that failed for a
+            // reason it should see). Chunks after that get `no ingest_start`.
+            tracing::debug!(session = %key, "chunk for a session that just ended; dropped");
         }
     }
 
@@ -294,6 +361,9 @@ impl Ingest {
                 let _ = h.task.await;
             }
         }
+        if !self.admit(&ident, &dataset_id) {
+            return;
+        }
         let cp = Checkpoint {
             dataset_id: dataset_id.clone(),
             relay_id: s
@@ -317,7 +387,12 @@ impl Ingest {
         let checkpoint_bytes = self.cfg.checkpoint_bytes;
         let max_chunk = self.cfg.max_chunk as u64;
         tokio::spawn(async move {
+            let settle = ident.clone();
             let job = tokio::task::spawn_blocking(move || {
+                // A declared size that cannot fit is refused at once.
+                if let Some(n) = cp.expected_size {
+                    store.check_partial_quota(n)?;
+                }
                 // Early conflict: the id exists with different declared content.
                 if let Some(existing) = store.lookup(&cp.dataset_id)? {
                     let size_differs = cp.expected_size.is_some_and(|n| n != existing.size);
@@ -354,6 +429,7 @@ impl Ingest {
                         partial: Box::new(partial),
                         ack,
                     });
+                    return;
                 }
                 Ok(Ok(Err(existing))) => {
                     let e = BankErrorReply::for_dataset(
@@ -373,6 +449,7 @@ impl Ingest {
                 }
                 Err(e) => tracing::error!(error = %e, "upload open task failed"),
             }
+            let _ = internal.send(Internal::Settled { ident: settle });
         });
     }
 
@@ -397,6 +474,9 @@ impl Ingest {
                 return;
             }
             self.by_ident.insert(ident.clone(), r.token.clone());
+            if let Some(h) = self.sessions.get_mut(&r.token) {
+                h.owner = ident.clone();
+            }
             let key = r.token.clone();
             self.forward(
                 &key,
@@ -408,12 +488,16 @@ impl Ingest {
             .await;
             return;
         }
+        if !self.admit(&ident, &r.dataset_id) {
+            return;
+        }
         let store = self.store.clone();
         let internal = self.internal_tx.clone();
         let out = self.out_tx.clone();
         let checkpoint_bytes = self.cfg.checkpoint_bytes;
         let max_chunk = self.cfg.max_chunk as u64;
         tokio::spawn(async move {
+            let settle = ident.clone();
             let token = r.token.clone();
             let job = tokio::task::spawn_blocking(move || {
                 let p = store.load_partial(&token, checkpoint_bytes)?;
@@ -471,10 +555,12 @@ impl Ingest {
                 )),
                 Err(e) => {
                     tracing::error!(error = %e, "resume task failed");
+                    let _ = internal.send(Internal::Settled { ident: settle });
                     return;
                 }
             };
             let _ = out.send((ident, reply_bytes(&reply)));
+            let _ = internal.send(Internal::Settled { ident: settle });
         });
     }
 
@@ -486,6 +572,7 @@ impl Ingest {
                 partial,
                 ack,
             } => {
+                self.settled(&ident);
                 if let Some(old) = self.sessions.remove(&key) {
                     // Two resumes raced; the newer wins.
                     let _ = old.tx.try_send(WriterCmd::Abort);
@@ -510,6 +597,7 @@ impl Ingest {
                     key.clone(),
                     SessionHandle {
                         tx,
+                        owner: ident.clone(),
                         dataset_id,
                         last_active: Instant::now(),
                         task,
@@ -528,6 +616,7 @@ impl Ingest {
                     self.reply(&ident, reply);
                 }
             }
+            Internal::Settled { ident } => self.settled(&ident),
         }
     }
 
@@ -617,15 +706,20 @@ impl Writer {
                         match job {
                             Ok((p, Ok(()))) => partial = p,
                             Ok((p, Err(e))) => {
-                                tracing::error!(%dataset_id, error = %e, "write failed");
+                                if matches!(e, StoreError::Quota { .. }) {
+                                    tracing::warn!(%dataset_id, error = %e, "upload refused");
+                                } else {
+                                    tracing::error!(%dataset_id, error = %e, "write failed");
+                                }
                                 let r = IngestReply::Error(BankErrorReply::for_dataset(
                                     &dataset_id,
                                     codes::UNAVAILABLE,
                                     format!("storage: {e}"),
                                 ));
-                                self.send(&ident, &r);
-                                let _ = tokio::task::spawn_blocking(move || p.suspend()).await;
-                                return None;
+                                // A failed session frees its space at once
+                                // (a full disk must not stay full).
+                                let _ = tokio::task::spawn_blocking(move || p.discard()).await;
+                                return Some((ident, r));
                             }
                             Err(e) => {
                                 tracing::error!(%dataset_id, error = %e, "write task failed");

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use labmesh_proto::bank::{DatasetInfo, Query};
 use labmesh_proto::endpoint::public_endpoint;
+use labmesh_proto::limits;
 use labmesh_proto::mesh::{encode, DatasetAnnounce};
 use labmesh_proto::topic;
 use labmesh_wire::auth::Password;
@@ -81,6 +82,20 @@ pub struct BankOptions {
     pub idle_timeout: Duration,
     /// Suspended resumable uploads older than this are deleted at start.
     pub resume_ttl: Duration,
+    /// Upload sessions open at once, all peers together (more: 503).
+    pub max_upload_sessions: usize,
+    /// Upload sessions one peer (ZeroMQ identity) may hold open (more: 503).
+    pub max_upload_sessions_per_peer: usize,
+    /// Bytes all unfinished uploads may hold on disk, suspended ones
+    /// included; a chunk or a declared size beyond it is refused with 503.
+    pub partial_quota_bytes: u64,
+    /// Downloads served at once, all peers together (more: 503).
+    pub max_downloads: usize,
+    /// Downloads one peer may run at once (more: 503).
+    pub max_downloads_per_peer: usize,
+    /// Bytes read ahead for one credit-mode download (credit is capped at
+    /// this divided by the chunk size; a larger chunk size is lowered to it).
+    pub download_buffer_bytes: usize,
 }
 
 impl BankOptions {
@@ -95,12 +110,19 @@ impl BankOptions {
             advertise_host: cfg.bank.default_address.clone(),
             heartbeat: cfg.bank.heartbeat_seconds.duration(),
             password: Password::from_env(),
+            max_upload_sessions: cfg.bank.max_upload_sessions,
+            max_upload_sessions_per_peer: cfg.bank.max_upload_sessions_per_peer,
+            partial_quota_bytes: cfg.bank.partial_quota_bytes,
+            max_downloads: cfg.bank.max_downloads,
+            max_downloads_per_peer: cfg.bank.max_downloads_per_peer,
+            download_buffer_bytes: cfg.bank.download_buffer_bytes,
             ..BankOptions::new(bank_id, cfg.bank.default_data_dir.clone())
         }
     }
 
     /// Defaults: loopback ephemeral ports, no broker, 1 MB download chunks,
-    /// 16 MiB max chunk, 32 MiB checkpoints, 5 min idle, 24 h resume TTL.
+    /// 16 MiB max chunk, 32 MiB checkpoints, 5 min idle, 24 h resume TTL,
+    /// and the limits of `labmesh_proto::limits`.
     pub fn new(bank_id: &str, data_dir: impl Into<PathBuf>) -> Self {
         BankOptions {
             bank_id: bank_id.to_string(),
@@ -117,6 +139,12 @@ impl BankOptions {
             checkpoint_bytes: 32 * 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
             resume_ttl: Duration::from_secs(24 * 3600),
+            max_upload_sessions: limits::DEFAULT_MAX_UPLOAD_SESSIONS,
+            max_upload_sessions_per_peer: limits::DEFAULT_MAX_UPLOAD_SESSIONS_PER_PEER,
+            partial_quota_bytes: limits::DEFAULT_PARTIAL_QUOTA,
+            max_downloads: limits::DEFAULT_MAX_DOWNLOADS,
+            max_downloads_per_peer: limits::DEFAULT_MAX_DOWNLOADS_PER_PEER,
+            download_buffer_bytes: limits::DEFAULT_DOWNLOAD_BUFFER,
         }
     }
 }
@@ -165,11 +193,23 @@ impl Bank {
         if opts.bank_id.is_empty() {
             return Err(BankError::InvalidOption("empty bank_id".to_string()));
         }
+        if opts.max_upload_sessions == 0
+            || opts.max_upload_sessions_per_peer == 0
+            || opts.partial_quota_bytes == 0
+            || opts.max_downloads == 0
+            || opts.max_downloads_per_peer == 0
+            || opts.download_buffer_bytes == 0
+        {
+            return Err(BankError::InvalidOption(
+                "session, download and byte limits must be at least 1".to_string(),
+            ));
+        }
         let (dir, id, ttl) = (opts.data_dir.clone(), opts.bank_id.clone(), opts.resume_ttl);
         let (store, recovery) =
             tokio::task::spawn_blocking(move || store::Store::open(&dir, &id, ttl))
                 .await
                 .map_err(|e| BankError::Task(e.to_string()))??;
+        store.set_partial_quota(opts.partial_quota_bytes);
         let store = Arc::new(store);
 
         // Ingest: a small receive HWM so a fast uploader is held back by TCP
@@ -219,6 +259,8 @@ impl Bank {
                 checkpoint_bytes: opts.checkpoint_bytes.max(1),
                 session_idle: opts.idle_timeout,
                 password: opts.password.clone(),
+                max_sessions: opts.max_upload_sessions,
+                max_sessions_per_peer: opts.max_upload_sessions_per_peer,
             },
             announce_tx,
             shutdown_rx.clone(),
@@ -231,6 +273,9 @@ impl Bank {
                 max_chunk: opts.max_chunk,
                 idle: opts.idle_timeout,
                 password: opts.password.clone(),
+                max_downloads: opts.max_downloads,
+                max_downloads_per_peer: opts.max_downloads_per_peer,
+                buffer_bytes: opts.download_buffer_bytes,
             },
             shutdown_rx.clone(),
         )));

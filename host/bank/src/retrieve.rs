@@ -36,15 +36,18 @@ use crate::store::Store;
 /// Largest credit a client may hold at once (chunks).
 pub const MAX_CREDIT: u32 = 64;
 
-/// Largest credit in bytes (credit x chunk size) per download.
-pub const CREDIT_BYTES: usize = 32 * 1024 * 1024;
-
 #[derive(Debug, Clone)]
 pub(crate) struct RetrieveConfig {
     pub chunk_size: usize,
     pub max_chunk: usize,
     pub idle: Duration,
     pub password: labmesh_wire::auth::Password,
+    /// Downloads at once, all peers (lookups in progress included).
+    pub max_downloads: usize,
+    /// Downloads at once from one peer.
+    pub max_downloads_per_peer: usize,
+    /// Largest credit in bytes (credit x chunk size) per download.
+    pub buffer_bytes: usize,
 }
 
 type Ident = Vec<u8>;
@@ -91,6 +94,8 @@ const PIPE_AHEAD: usize = 2;
 
 enum Internal {
     Reply(Ident, Vec<u8>),
+    /// A get's lookup ended (after its Start or Reply was sent).
+    Looked(Ident),
     Start {
         ident: Ident,
         meta: MetaMsg,
@@ -106,6 +111,10 @@ struct Retrieve {
     store: Arc<Store>,
     cfg: RetrieveConfig,
     downloads: HashMap<u64, Download>,
+    /// Gets whose lookup is in progress, per peer (they count as downloads).
+    looking: HashMap<Ident, usize>,
+    /// Downloads ended since memory was last handed back to the OS.
+    ended: usize,
     next_id: u64,
     internal_tx: mpsc::UnboundedSender<Internal>,
     stream_tx: mpsc::Sender<Out>,
@@ -124,6 +133,8 @@ pub(crate) async fn run(
         store,
         cfg,
         downloads: HashMap::new(),
+        looking: HashMap::new(),
+        ended: 0,
         next_id: 0,
         internal_tx,
         stream_tx,
@@ -234,8 +245,63 @@ impl Retrieve {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            if let Some(d) = self.downloads.remove(&id) {
-                d.close();
+            self.remove(id);
+        }
+    }
+
+    /// End download `id` (its reader sees closed semaphores).
+    fn remove(&mut self, id: u64) {
+        if let Some(d) = self.downloads.remove(&id) {
+            d.close();
+            self.ended += 1;
+            if self.downloads.is_empty() {
+                self.trim();
+            }
+        }
+    }
+
+    /// Hand the chunk buffers of ended downloads back to the OS: glibc
+    /// keeps freed memory in its arenas otherwise, and a burst of stalled
+    /// downloads would leave the bank hundreds of MiB larger for good.
+    fn trim(&mut self) {
+        if self.ended > 0 {
+            self.ended = 0;
+            tokio::task::spawn_blocking(release_freed_memory);
+        }
+    }
+
+    /// Refuse a download when the peer or the bank runs too many.
+    fn admit(&mut self, ident: &Ident) -> bool {
+        let total = self.downloads.len() + self.looking.values().sum::<usize>();
+        let mine = self
+            .downloads
+            .values()
+            .filter(|d| d.ident == *ident)
+            .count()
+            + self.looking.get(ident).copied().unwrap_or(0);
+        let refusal = if mine >= self.cfg.max_downloads_per_peer {
+            Some(format!(
+                "too many downloads from this peer: {mine} running \
+                 (max_downloads_per_peer = {}); cancel or finish one",
+                self.cfg.max_downloads_per_peer
+            ))
+        } else if total >= self.cfg.max_downloads {
+            Some(format!(
+                "bank busy: {total} downloads running (max_downloads = {}); try again later",
+                self.cfg.max_downloads
+            ))
+        } else {
+            None
+        };
+        match refusal {
+            Some(msg) => {
+                labmesh_wire::warn_throttled!(problem = %msg, "download refused");
+                self.error(ident, codes::UNAVAILABLE, msg);
+                false
+            }
+            None => {
+                *self.looking.entry(ident.clone()).or_default() += 1;
+                true
             }
         }
     }
@@ -251,18 +317,23 @@ impl Retrieve {
         };
         // A new get for the same dataset from the same peer replaces the old.
         self.cancel(|d| d.ident == ident && d.dataset_id == dataset_id);
+        if !self.admit(&ident) {
+            return;
+        }
         let extended = g.credit.is_some() || g.offset.is_some() || g.chunk_size.is_some();
+        let buffer = self.cfg.buffer_bytes.max(1);
         let chunk = g
             .chunk_size
-            .map(|c| (c as usize).clamp(1, self.cfg.max_chunk))
+            .map(|c| (c as usize).clamp(1, self.cfg.max_chunk.min(buffer)))
             .unwrap_or(self.cfg.chunk_size);
         let offset = g.offset.unwrap_or(0);
         // The bank holds at most credit x chunk bytes for a download.
-        let cap = (CREDIT_BYTES / chunk.max(1)).clamp(1, MAX_CREDIT as usize) as u32;
+        let cap = (buffer / chunk.max(1)).clamp(1, MAX_CREDIT as usize) as u32;
         let credit = g.credit.map(|c| c.clamp(1, cap));
         let store = self.store.clone();
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
+            let looked = ident.clone();
             let id = dataset_id.clone();
             let found =
                 tokio::task::spawn_blocking(move || store.lookup(&id).map(|r| (r, store))).await;
@@ -307,10 +378,12 @@ impl Retrieve {
                 ),
                 Err(e) => {
                     tracing::error!(error = %e, "lookup task failed");
+                    let _ = tx.send(Internal::Looked(looked));
                     return;
                 }
             };
             let _ = tx.send(msg);
+            let _ = tx.send(Internal::Looked(looked));
         });
     }
 
@@ -344,6 +417,14 @@ impl Retrieve {
                     tracing::debug!(error = %e, "reply not sent");
                 }
             }
+            Internal::Looked(ident) => {
+                if let Some(n) = self.looking.get_mut(&ident) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.looking.remove(&ident);
+                    }
+                }
+            }
             Internal::Start {
                 ident,
                 meta,
@@ -352,6 +433,10 @@ impl Retrieve {
                 chunk,
                 credit,
             } => {
+                // Two gets of one dataset raced through their lookups: the
+                // newer replaces the older here too.
+                let dataset_id = meta.dataset_id.clone();
+                self.cancel(|d| d.ident == ident && d.dataset_id == dataset_id);
                 let id = self.next_id;
                 self.next_id += 1;
                 let legacy = credit.is_none();
@@ -433,9 +518,7 @@ impl Retrieve {
                     d.last_progress = Instant::now();
                     match kind {
                         Kind::Last => {
-                            if let Some(d) = self.downloads.remove(&id) {
-                                d.close();
-                            }
+                            self.remove(id);
                             return;
                         }
                         Kind::Chunk if d.legacy => d.sem.add_permits(1),
@@ -446,16 +529,12 @@ impl Retrieve {
                 Ok(false) => return,
                 Err(WireError::Zmq(zmq::Error::EHOSTUNREACH)) => {
                     tracing::info!(dataset_id = %d.dataset_id, "downloader went away");
-                    if let Some(d) = self.downloads.remove(&id) {
-                        d.close();
-                    }
+                    self.remove(id);
                     return;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "download send failed");
-                    if let Some(d) = self.downloads.remove(&id) {
-                        d.close();
-                    }
+                    self.remove(id);
                     return;
                 }
             }
@@ -467,6 +546,20 @@ impl Retrieve {
     fn sweep(&mut self) {
         let idle = self.cfg.idle;
         self.cancel(|d| d.last_progress.elapsed() > idle);
+        // Also memory libzmq freed when peers went away (their queued
+        // chunks), which no download end reports.
+        self.ended = self.ended.max(1);
+        self.trim();
+    }
+}
+
+/// Return freed heap pages to the OS (glibc only; elsewhere a no-op).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it
+    // takes the arena locks itself and is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

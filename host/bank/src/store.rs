@@ -6,7 +6,8 @@
 //! ```text
 //! catalogue.sqlite          WAL-mode SQLite: one row per committed dataset
 //! objects/<dataset_id>.bin  committed content (ids are validated: no traversal)
-//! partial/<token>.part      bytes of a resumable upload (token sessions)
+//! partial/<token>.part      bytes of a resumable upload (token sessions),
+//!                           created by its first chunk
 //! partial/<token>.json      its checkpoint: next_seq + offset durable on disk
 //! partial/legacy-<uuid>.part  a labmesh v0 upload (not resumable)
 //! ```
@@ -23,7 +24,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use labmesh_proto::bank::{valid_token, DatasetInfo, Query};
@@ -49,6 +51,67 @@ pub enum StoreError {
     /// The catalogue lock was poisoned by a panic elsewhere.
     #[error("catalogue lock poisoned")]
     Poisoned,
+    /// Partial uploads would use more than `partial_quota_bytes`.
+    #[error(
+        "partial upload quota exceeded: {used} bytes held by unfinished uploads, \
+         {want} more would exceed partial_quota_bytes = {quota}"
+    )]
+    Quota {
+        /// Bytes of partial uploads on disk now.
+        used: u64,
+        /// Bytes asked for.
+        want: u64,
+        /// The quota.
+        quota: u64,
+    },
+}
+
+/// Bytes of partial uploads on disk, shared by the store and every open
+/// upload; bounded by the quota.
+#[derive(Debug)]
+struct Usage {
+    bytes: AtomicU64,
+    quota: AtomicU64,
+}
+
+impl Usage {
+    /// Count `n` more bytes, or refuse when the quota would be exceeded.
+    fn reserve(&self, n: u64) -> Result<(), StoreError> {
+        let quota = self.quota.load(Ordering::Relaxed);
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|t| *t <= quota)
+            })
+            .map(|_| ())
+            .map_err(|used| StoreError::Quota {
+                used,
+                want: n,
+                quota,
+            })
+    }
+
+    /// Whether `n` more bytes would fit now (nothing is reserved).
+    fn check(&self, n: u64) -> Result<(), StoreError> {
+        let quota = self.quota.load(Ordering::Relaxed);
+        let used = self.bytes.load(Ordering::Acquire);
+        if used.saturating_add(n) > quota {
+            return Err(StoreError::Quota {
+                used,
+                want: n,
+                quota,
+            });
+        }
+        Ok(())
+    }
+
+    /// `n` bytes were deleted or became a dataset.
+    fn release(&self, n: u64) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(n))
+            });
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -114,6 +177,11 @@ pub struct Store {
     objects: PathBuf,
     partial: PathBuf,
     db: Mutex<Connection>,
+    /// Held across a commit's check, rename and insert: two uploads of one
+    /// id must not interleave (the second rename would replace the first
+    /// one's object, and its failed insert delete it).
+    commit_lock: Mutex<()>,
+    usage: Arc<Usage>,
 }
 
 impl Store {
@@ -149,9 +217,30 @@ impl Store {
             objects,
             partial,
             db: Mutex::new(db),
+            commit_lock: Mutex::new(()),
+            usage: Arc::new(Usage {
+                bytes: AtomicU64::new(0),
+                quota: AtomicU64::new(u64::MAX),
+            }),
         };
         let rec = store.recover(resume_ttl)?;
         Ok((store, rec))
+    }
+
+    /// Refuse partial data beyond `quota` bytes (all unfinished uploads
+    /// together, suspended ones included).
+    pub fn set_partial_quota(&self, quota: u64) {
+        self.usage.quota.store(quota, Ordering::Relaxed);
+    }
+
+    /// Bytes of unfinished uploads on disk.
+    pub fn partial_bytes(&self) -> u64 {
+        self.usage.bytes.load(Ordering::Acquire)
+    }
+
+    /// Whether an upload of `size` bytes fits in the partial quota now.
+    pub fn check_partial_quota(&self, size: u64) -> Result<(), StoreError> {
+        self.usage.check(size)
     }
 
     fn db(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
@@ -219,24 +308,26 @@ impl Store {
                 rec.dropped_partials += 1;
                 continue;
             };
-            let keep = valid_token(token)
-                && match self.read_checkpoint(token) {
-                    Some(cp) if now - cp.updated <= resume_ttl.as_secs_f64() => {
-                        let part = self.part_path(token);
-                        match OpenOptions::new().write(true).open(&part) {
-                            Ok(f) => match f.metadata() {
-                                Ok(m) if m.len() >= cp.offset => {
-                                    f.set_len(cp.offset).is_ok() && f.sync_all().is_ok()
-                                }
-                                _ => false,
-                            },
-                            Err(_) => false,
-                        }
+            let kept = valid_token(token)
+                .then(|| self.read_checkpoint(token))
+                .flatten()
+                .filter(|cp| now - cp.updated <= resume_ttl.as_secs_f64())
+                .filter(|cp| {
+                    let part = self.part_path(token);
+                    match OpenOptions::new().write(true).open(&part) {
+                        Ok(f) => match f.metadata() {
+                            Ok(m) if m.len() >= cp.offset => {
+                                f.set_len(cp.offset).is_ok() && f.sync_all().is_ok()
+                            }
+                            _ => false,
+                        },
+                        // Started, nothing written yet (created lazily).
+                        Err(e) => e.kind() == std::io::ErrorKind::NotFound && cp.offset == 0,
                     }
-                    _ => false,
-                };
-            if keep {
+                });
+            if let Some(cp) = kept {
                 rec.resumable += 1;
+                self.usage.bytes.fetch_add(cp.offset, Ordering::AcqRel);
             } else {
                 tracing::info!(file = %name, "removing expired or corrupt upload checkpoint");
                 let _ = fs::remove_file(path);
@@ -337,17 +428,17 @@ impl Store {
                 None,
             ),
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        // A suspended upload with this token is replaced: its bytes go.
+        if let Ok(m) = fs::metadata(&path) {
+            self.usage.release(m.len());
+            fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+        // The part file is created by the first chunk: a session that never
+        // sends one costs no file handle (and a legacy one no file at all).
         let mut p = Partial {
             path,
             sidecar,
-            file,
+            file: None,
             hasher: Sha256::new(),
             cp,
             next_seq: 0,
@@ -355,8 +446,13 @@ impl Store {
             since_checkpoint: 0,
             checkpoint_bytes,
             partial_dir: self.partial.clone(),
+            counted: 0,
+            usage: self.usage.clone(),
         };
-        p.checkpoint()?;
+        if let Err(e) = p.checkpoint() {
+            p.discard();
+            return Err(e);
+        }
         Ok(p)
     }
 
@@ -373,6 +469,23 @@ impl Store {
         let path = self.part_path(token);
         let mut file = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(f) => f,
+            // Nothing was written yet (the part file is created lazily).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && cp.offset == 0 => {
+                return Ok(Some(Partial {
+                    path,
+                    sidecar: Some(self.checkpoint_path(token)),
+                    file: None,
+                    hasher: Sha256::new(),
+                    next_seq: cp.next_seq,
+                    offset: 0,
+                    cp,
+                    since_checkpoint: 0,
+                    checkpoint_bytes,
+                    partial_dir: self.partial.clone(),
+                    counted: 0,
+                    usage: self.usage.clone(),
+                }));
+            }
             Err(_) => return Ok(None),
         };
         let len = file.metadata().map_err(io_err(&path))?.len();
@@ -380,6 +493,7 @@ impl Store {
             return Ok(None);
         }
         file.set_len(cp.offset).map_err(io_err(&path))?;
+        self.usage.release(len - cp.offset);
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut left = cp.offset;
@@ -395,10 +509,11 @@ impl Store {
             hasher.update(buf.get(..n).unwrap_or_default());
             left -= n as u64;
         }
+        let cp_offset = cp.offset;
         Ok(Some(Partial {
             path,
             sidecar: Some(self.checkpoint_path(token)),
-            file,
+            file: Some(file),
             hasher,
             next_seq: cp.next_seq,
             offset: cp.offset,
@@ -406,7 +521,26 @@ impl Store {
             since_checkpoint: 0,
             checkpoint_bytes,
             partial_dir: self.partial.clone(),
+            counted: cp_offset,
+            usage: self.usage.clone(),
         }))
+    }
+
+    /// Delete a suspended resumable upload (an `ingest_abort` for a session
+    /// that is not open) if it belongs to `dataset_id`. Whether it existed.
+    pub fn delete_partial(&self, token: &str, dataset_id: &str) -> bool {
+        match self.read_checkpoint(token) {
+            Some(cp) if cp.dataset_id == dataset_id => {
+                let part = self.part_path(token);
+                if let Ok(m) = fs::metadata(&part) {
+                    self.usage.release(m.len());
+                }
+                let _ = fs::remove_file(&part);
+                let _ = fs::remove_file(self.checkpoint_path(token));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Make a finished partial upload a dataset (see the module docs for the
@@ -415,6 +549,9 @@ impl Store {
     pub fn commit(&self, done: Finished) -> Result<Commit, StoreError> {
         let id = done.cp.dataset_id.clone();
         let result = (|| {
+            // One commit at a time: check, rename and insert are one step
+            // per id (commits are short: a rename, an fsync, an insert).
+            let _one = self.commit_lock.lock().map_err(|_| StoreError::Poisoned)?;
             if let Some(existing) = self.lookup(&id)? {
                 return Ok(
                     if existing.size == done.size && existing.sha256 == done.sha256 {
@@ -426,7 +563,11 @@ impl Store {
             }
             let dest = self.object_path(&id);
             fs::rename(&done.path, &dest).map_err(io_err(&dest))?;
-            sync_dir(&self.objects)?;
+            if let Err(e) = sync_dir(&self.objects) {
+                // Ours (no row has this id, and the lock is held).
+                let _ = fs::remove_file(&dest);
+                return Err(e);
+            }
             let rec = Record {
                 dataset_id: id.clone(),
                 bank_id: self.bank_id.clone(),
@@ -459,6 +600,7 @@ impl Store {
         if let Some(s) = &done.sidecar {
             let _ = fs::remove_file(s);
         }
+        done.usage.release(done.counted);
         result
     }
 }
@@ -487,7 +629,8 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 pub struct Partial {
     path: PathBuf,
     sidecar: Option<PathBuf>,
-    file: File,
+    /// Opened (created) by the first write.
+    file: Option<File>,
     hasher: Sha256,
     cp: Checkpoint,
     next_seq: u64,
@@ -495,6 +638,9 @@ pub struct Partial {
     since_checkpoint: u64,
     checkpoint_bytes: u64,
     partial_dir: PathBuf,
+    /// Bytes this upload counts in `usage` (its part file's length).
+    counted: u64,
+    usage: Arc<Usage>,
 }
 
 /// A finished, fsynced upload awaiting commit.
@@ -502,6 +648,8 @@ pub struct Partial {
 pub struct Finished {
     path: PathBuf,
     sidecar: Option<PathBuf>,
+    counted: u64,
+    usage: Arc<Usage>,
     /// Session facts.
     pub cp: Checkpoint,
     /// Final size.
@@ -517,10 +665,33 @@ impl Finished {
         if let Some(s) = &self.sidecar {
             let _ = fs::remove_file(s);
         }
+        self.usage.release(self.counted);
     }
 }
 
 impl Partial {
+    /// The part file, created on first use and positioned at `offset`.
+    fn open(&mut self) -> Result<&mut File, StoreError> {
+        if self.file.is_none() {
+            let mut f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&self.path)
+                .map_err(io_err(&self.path))?;
+            f.seek(SeekFrom::Start(self.offset))
+                .map_err(io_err(&self.path))?;
+            self.file = Some(f);
+        }
+        match self.file.as_mut() {
+            Some(f) => Ok(f),
+            None => Err(io_err(&self.path)(std::io::Error::other(
+                "part file not open",
+            ))),
+        }
+    }
+
     /// Session facts (as of the last checkpoint for next_seq/offset).
     pub fn info(&self) -> &Checkpoint {
         &self.cp
@@ -548,8 +719,11 @@ impl Partial {
 
     /// Append chunk `next_seq`; checkpoints every `checkpoint_bytes` for
     /// resumable uploads.
+    /// Refused when the bytes would exceed the partial quota.
     pub fn append(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        self.file.write_all(data).map_err(io_err(&self.path))?;
+        self.usage.reserve(data.len() as u64)?;
+        self.counted += data.len() as u64;
+        self.open()?.write_all(data).map_err(io_err(&self.path))?;
         self.hasher.update(data);
         self.offset += data.len() as u64;
         self.next_seq += 1;
@@ -565,7 +739,9 @@ impl Partial {
         let Some(sidecar) = self.sidecar.clone() else {
             return Ok(());
         };
-        self.file.sync_data().map_err(io_err(&self.path))?;
+        if let Some(f) = &self.file {
+            f.sync_data().map_err(io_err(&self.path))?;
+        }
         self.cp.next_seq = self.next_seq;
         self.cp.offset = self.offset;
         self.cp.updated = labmesh_proto::unix_now();
@@ -583,12 +759,22 @@ impl Partial {
     }
 
     /// Flush and fsync; the content is ready for verification and commit.
+    /// On failure the upload is deleted.
     pub fn finish(mut self) -> Result<Finished, StoreError> {
-        self.file.sync_all().map_err(io_err(&self.path))?;
+        let path = self.path.clone();
+        let synced = self
+            .open()
+            .and_then(|f| f.sync_all().map_err(io_err(&path)));
+        if let Err(e) = synced {
+            self.discard();
+            return Err(e);
+        }
         let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
         Ok(Finished {
             path: self.path,
             sidecar: self.sidecar,
+            counted: self.counted,
+            usage: self.usage,
             cp: self.cp,
             size: self.offset,
             sha256,
@@ -599,19 +785,97 @@ impl Partial {
     /// deleted.
     pub fn suspend(mut self) {
         if self.sidecar.is_some() {
+            if self.since_checkpoint == 0 && self.cp.next_seq == self.next_seq {
+                return; // the checkpoint on disk is current
+            }
             if let Err(e) = self.checkpoint() {
                 tracing::warn!(error = %e, "checkpoint on suspend failed");
             }
         } else {
             let _ = fs::remove_file(&self.path);
+            self.usage.release(self.counted);
         }
     }
 
-    /// Delete the upload.
+    /// Delete the upload (aborted, or failed: its space is free at once).
     pub fn discard(self) {
         let _ = fs::remove_file(&self.path);
         if let Some(s) = &self.sidecar {
             let _ = fs::remove_file(s);
         }
+        let _ = fs::remove_file(self.sidecar_tmp());
+        self.usage.release(self.counted);
+    }
+
+    fn sidecar_tmp(&self) -> PathBuf {
+        self.sidecar
+            .as_ref()
+            .map(|s| s.with_extension("json.tmp"))
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn cp(id: &str) -> Checkpoint {
+        Checkpoint {
+            dataset_id: id.into(),
+            relay_id: "r".into(),
+            meta: Value::Object(Default::default()),
+            expected_size: None,
+            expected_sha: None,
+            next_seq: 0,
+            offset: 0,
+            updated: labmesh_proto::unix_now(),
+        }
+    }
+
+    #[test]
+    fn part_file_is_created_by_the_first_chunk_and_survives_a_restart_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = Duration::from_secs(3600);
+        let (store, _) = Store::open(dir.path(), "b", ttl).unwrap();
+        let p = store.create_partial(Some("t1"), cp("d1"), 1 << 20).unwrap();
+        assert!(!store.part_path("t1").exists(), "no file before a chunk");
+        assert!(store.checkpoint_path("t1").exists());
+        p.suspend();
+        drop(store);
+        let (store, rec) = Store::open(dir.path(), "b", ttl).unwrap();
+        assert_eq!(rec.resumable, 1, "{rec:?}");
+        let mut p = store.load_partial("t1", 1 << 20).unwrap().unwrap();
+        p.append(b"abc").unwrap();
+        assert!(store.part_path("t1").exists());
+        let done = p.finish().unwrap();
+        assert!(matches!(store.commit(done).unwrap(), Commit::Stored(_)));
+        assert_eq!(fs::read(store.object_path("d1")).unwrap(), b"abc");
+        // An empty upload still commits a (empty) file.
+        let p = store.create_partial(None, cp("d2"), 1 << 20).unwrap();
+        let done = p.finish().unwrap();
+        assert!(matches!(store.commit(done).unwrap(), Commit::Stored(_)));
+        assert_eq!(fs::read(store.object_path("d2")).unwrap(), b"");
+        assert_eq!(store.partial_bytes(), 0);
+    }
+
+    #[test]
+    fn partial_quota_counts_every_unfinished_upload_and_frees_on_discard() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), "b", Duration::from_secs(60)).unwrap();
+        store.set_partial_quota(10);
+        let mut a = store.create_partial(Some("a"), cp("a"), 1 << 20).unwrap();
+        let mut b = store.create_partial(None, cp("b"), 1 << 20).unwrap();
+        a.append(b"123456").unwrap();
+        let e = b.append(b"12345").unwrap_err();
+        assert!(e.to_string().contains("partial_quota_bytes = 10"), "{e}");
+        assert!(store.check_partial_quota(5).is_err());
+        b.append(b"1234").unwrap();
+        assert_eq!(store.partial_bytes(), 10);
+        a.discard();
+        assert_eq!(store.partial_bytes(), 4);
+        let done = b.finish().unwrap();
+        store.commit(done).unwrap();
+        assert_eq!(store.partial_bytes(), 0);
     }
 }

@@ -46,6 +46,23 @@ pub const DEFAULT_BUS_MAX_MSG: usize = 64 * 1024;
 /// Bytes the broker may queue for one slow bus peer: its high-water mark is
 /// `min(hwm, BUS_BUDGET / bus_max_msg)` messages.
 pub const DEFAULT_BUS_BUDGET: usize = 64 * MIB;
+/// Upload sessions a bank keeps open at once, all peers together
+/// (`[bank] max_upload_sessions`); each holds one open part file.
+pub const DEFAULT_MAX_UPLOAD_SESSIONS: usize = 256;
+/// Upload sessions one peer (ZeroMQ identity) may hold open at once
+/// (`[bank] max_upload_sessions_per_peer`).
+pub const DEFAULT_MAX_UPLOAD_SESSIONS_PER_PEER: usize = 16;
+/// Bytes all unfinished uploads of a bank may hold on disk, suspended ones
+/// included (`[bank] partial_quota_bytes`); also the largest single upload.
+pub const DEFAULT_PARTIAL_QUOTA: u64 = 64 * 1024 * MIB as u64;
+/// Downloads a bank serves at once, all peers together
+/// (`[bank] max_downloads`).
+pub const DEFAULT_MAX_DOWNLOADS: usize = 64;
+/// Downloads one peer may run at once (`[bank] max_downloads_per_peer`).
+pub const DEFAULT_MAX_DOWNLOADS_PER_PEER: usize = 8;
+/// Bytes a bank reads ahead for one credit-mode download: credit is capped
+/// at this divided by the chunk size (`[bank] download_buffer_bytes`).
+pub const DEFAULT_DOWNLOAD_BUFFER: usize = 8 * MIB;
 
 /// How long a relay lets one instrument call or poll take before it answers
 /// 408 (per instrument: `call_timeout`).
@@ -76,6 +93,9 @@ const _: () = assert!(
 
 /// The largest directory reply a client must accept (a full relay list).
 pub const MAX_DIRECTORY_REPLY: usize = 4 * MIB;
+const _: () = assert!(DEFAULT_MAX_UPLOAD_SESSIONS_PER_PEER <= DEFAULT_MAX_UPLOAD_SESSIONS);
+const _: () = assert!(DEFAULT_MAX_DOWNLOADS_PER_PEER <= DEFAULT_MAX_DOWNLOADS);
+const _: () = assert!(DEFAULT_DOWNLOAD_BUFFER >= DEFAULT_RETRIEVE_CHUNK);
 
 #[cfg(test)]
 mod tests {

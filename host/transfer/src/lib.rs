@@ -20,7 +20,9 @@ use std::time::Duration;
 
 pub use download::{download_to_file, list_datasets, DownloadOptions, DownloadReceipt, Downloader};
 pub use labmesh_proto::bank::{valid_dataset_id, DatasetInfo, Query};
-pub use upload::{upload_file, upload_reader, UploadOptions, UploadReceipt, Uploader};
+pub use upload::{
+    abort_upload, file_token, upload_file, upload_reader, UploadOptions, UploadReceipt, Uploader,
+};
 
 use labmesh_proto::{codes, ErrorBody};
 use labmesh_wire::{AsyncSocket, SocketOptions, WireError};

@@ -10,8 +10,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::{recv_within, transfer_socket, TransferError};
 use labmesh_proto::bank::{
-    decode_ingest_reply, valid_dataset_id, IngestChunk, IngestDone, IngestReply, IngestRequest,
-    IngestResume, IngestStart, NO_SESSION,
+    decode_ingest_reply, valid_dataset_id, valid_token, IngestAbort, IngestChunk, IngestDone,
+    IngestReply, IngestRequest, IngestResume, IngestStart, NO_SESSION,
 };
 use labmesh_proto::codes;
 use labmesh_proto::mesh::encode;
@@ -40,6 +40,11 @@ pub struct UploadOptions {
     pub password: Password,
     /// Where to report bytes acknowledged by the bank (for progress bars).
     pub progress: Option<std::sync::Arc<crate::Progress>>,
+    /// The upload token; a random one when `None`. A chosen token means
+    /// "the same token is the same bytes": the uploader first asks the bank
+    /// to resume that session and, when it exists, skips the bytes the bank
+    /// already holds (re-hashing them locally). See [`file_token`].
+    pub token: Option<String>,
 }
 
 impl Default for UploadOptions {
@@ -54,6 +59,7 @@ impl Default for UploadOptions {
             window: 8,
             password: Password::none(),
             progress: None,
+            token: None,
         }
     }
 }
@@ -69,6 +75,63 @@ pub struct UploadReceipt {
     pub sha256: String,
     /// How many times the upload was resumed after losing the bank.
     pub resumes: u32,
+    /// Bytes the bank already held when this upload started (a session
+    /// left by an earlier, interrupted run with the same token); 0 otherwise.
+    pub resumed_from: u64,
+}
+
+/// A token derived from a file's identity, so that running the same upload
+/// again resumes the session an interrupted run left at the bank: hex
+/// SHA-256 (first 32 digits) of the canonical path, size, modification time
+/// (nanoseconds), dataset id and bank id, NUL-separated. `None` for anything
+/// but a regular file (a pipe or `/dev/zero` cannot be read again). Anyone
+/// who knows those facts can compute it; it names a session, it is not a
+/// secret (the network password is what keeps strangers out).
+pub fn file_token(path: &Path, dataset_id: &str, bank_id: &str) -> Option<String> {
+    let canonical = std::fs::canonicalize(path).ok()?;
+    let meta = std::fs::metadata(&canonical).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    let mut h = Sha256::new();
+    for part in [
+        canonical.to_string_lossy().as_bytes(),
+        meta.len().to_string().as_bytes(),
+        mtime.to_string().as_bytes(),
+        dataset_id.as_bytes(),
+        bank_id.as_bytes(),
+    ] {
+        h.update(part);
+        h.update([0u8]);
+    }
+    let hex = hex::encode(h.finalize());
+    hex.get(..32).map(str::to_string)
+}
+
+/// Tell the bank to delete an upload session and its bytes (best effort: no
+/// reply exists; the message is given up to one second to leave).
+pub async fn abort_upload(
+    ctx: &zmq::Context,
+    ingest_endpoint: &str,
+    dataset_id: &str,
+    token: &str,
+) -> Result<(), TransferError> {
+    let mut sock = transfer_socket(ctx, ingest_endpoint)?;
+    sock.raw()
+        .set_linger(1000)
+        .map_err(labmesh_wire::WireError::from)?;
+    let msg = IngestRequest::IngestAbort(IngestAbort {
+        dataset_id: dataset_id.to_string(),
+        token: token.to_string(),
+    });
+    sock.send_multipart([encode(&msg)]).await?;
+    Ok(())
 }
 
 /// Uploads datasets to one bank's ingest endpoint.
@@ -114,12 +177,23 @@ impl Uploader {
         if !valid_dataset_id(&dataset_id) {
             return Err(TransferError::InvalidDatasetId(dataset_id));
         }
+        let (token, chosen) = match &self.opts.token {
+            Some(t) if valid_token(t) => (t.clone(), true),
+            Some(t) => {
+                return Err(TransferError::Protocol(format!(
+                    "invalid upload token {t:?}"
+                )))
+            }
+            None => (uuid::Uuid::new_v4().simple().to_string(), false),
+        };
         let session = Session {
             ctx: &self.ctx,
             endpoint: &self.endpoint,
             opts: &self.opts,
             dataset_id,
-            token: uuid::Uuid::new_v4().simple().to_string(),
+            token,
+            chosen_token: chosen,
+            resumed_from: 0,
             declared_size: size,
             sock: transfer_socket(&self.ctx, &self.endpoint)?,
             extended: false,
@@ -176,6 +250,9 @@ struct Session<'a> {
     opts: &'a UploadOptions,
     dataset_id: String,
     token: String,
+    /// The caller chose the token: try to resume before starting.
+    chosen_token: bool,
+    resumed_from: u64,
     declared_size: Option<u64>,
     sock: AsyncSocket,
     /// The bank speaks the resumable extension (its ack echoed the token).
@@ -206,7 +283,98 @@ impl Session<'_> {
         mut self,
         mut reader: R,
     ) -> Result<UploadReceipt, TransferError> {
-        self.start().await?;
+        let attached = if self.chosen_token {
+            self.attach(&mut reader).await?
+        } else {
+            false
+        };
+        if !attached {
+            self.start().await?;
+        }
+        match self.transfer(&mut reader).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                // The bank keeps a failed session's bytes for a resume that
+                // will not come: ask it to free them now.
+                if self.extended && !matches!(e, TransferError::Integrity(_)) {
+                    let abort = IngestRequest::IngestAbort(IngestAbort {
+                        dataset_id: self.dataset_id.clone(),
+                        token: self.token.clone(),
+                    });
+                    let _ = self.sock.raw().set_linger(1000);
+                    let _ = self.send(&abort, None).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-attach to a session an earlier run left with this token: on an
+    /// ack, skip (and hash) the bytes the bank holds. `false`: start afresh.
+    async fn attach<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+    ) -> Result<bool, TransferError> {
+        let msg = IngestRequest::IngestResume(IngestResume {
+            dataset_id: self.dataset_id.clone(),
+            token: self.token.clone(),
+            size: None,
+            sha256: None,
+            password: self.opts.password.to_field(),
+        });
+        self.send(&msg, None).await?;
+        let Some(frames) = recv_within(&mut self.sock, self.opts.timeout).await? else {
+            // A v0 bank ignores a resume it cannot decode; start instead
+            // (with a fresh socket, so a late answer cannot confuse it).
+            self.sock = transfer_socket(self.ctx, self.endpoint)?;
+            return Ok(false);
+        };
+        let ack = match decode(&frames)? {
+            IngestReply::IngestAck(a) if a.token.as_deref() == Some(self.token.as_str()) => a,
+            IngestReply::Error(e) if e.error.code == codes::UNAUTHORIZED => {
+                return Err(TransferError::Remote(e.error))
+            }
+            _ => return Ok(false),
+        };
+        let (Some(next), Some(offset)) = (ack.next_seq, ack.offset) else {
+            return Ok(false);
+        };
+        if self.declared_size.is_some_and(|n| offset > n) {
+            return Ok(false);
+        }
+        // Hash the prefix the bank holds; the source is then positioned
+        // right after it.
+        let mut left = offset;
+        while left > 0 {
+            let want = left.min(1 << 20) as usize;
+            let data = read_chunk(reader, want).await?;
+            if data.is_empty() {
+                return Err(TransferError::CannotResume(format!(
+                    "the bank holds {offset} bytes of this upload, the source has fewer"
+                )));
+            }
+            self.hasher.update(&data);
+            left -= data.len() as u64;
+        }
+        self.extended = true;
+        self.acked = next;
+        self.next_send = next;
+        self.read_offset = offset;
+        self.resumed_from = offset;
+        if let Some(p) = &self.opts.progress {
+            if let Some(size) = self.declared_size {
+                p.set_total(size);
+            }
+            p.set_done(offset);
+        }
+        tracing::info!(dataset_id = %self.dataset_id, next_seq = next, offset, "resuming an earlier upload");
+        Ok(true)
+    }
+
+    async fn transfer<R: AsyncRead + Unpin>(
+        &mut self,
+        mut reader: R,
+    ) -> Result<UploadReceipt, TransferError> {
         loop {
             self.fill(&mut reader).await?;
             let reply = recv_within(&mut self.sock, self.opts.timeout).await?;
@@ -218,7 +386,7 @@ impl Session<'_> {
                 Some(frames) => self.on_reply(&frames).await?,
             };
             if let Step::Done(done) = step {
-                return self.finish(done);
+                return self.finish(&done);
             }
         }
     }
@@ -488,7 +656,7 @@ impl Session<'_> {
         }
     }
 
-    fn finish(self, done: IngestDone) -> Result<UploadReceipt, TransferError> {
+    fn finish(&self, done: &IngestDone) -> Result<UploadReceipt, TransferError> {
         let ours = self.digest.clone().unwrap_or_default();
         if done.sha256 != ours || done.size != self.read_offset {
             return Err(TransferError::Integrity(format!(
@@ -497,10 +665,11 @@ impl Session<'_> {
             )));
         }
         Ok(UploadReceipt {
-            dataset_id: done.dataset_id,
+            dataset_id: done.dataset_id.clone(),
             size: done.size,
-            sha256: done.sha256,
+            sha256: done.sha256.clone(),
             resumes: self.resumes,
+            resumed_from: self.resumed_from,
         })
     }
 }
@@ -539,5 +708,38 @@ impl std::fmt::Debug for Uploader {
             .field("endpoint", &self.endpoint)
             .field("opts", &self.opts)
             .finish()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_token_is_stable_per_file_dataset_and_bank() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.bin");
+        std::fs::write(&p, b"hello").unwrap();
+        let t = file_token(&p, "d1", "bank-1").unwrap();
+        assert_eq!(t.len(), 32);
+        assert!(valid_token(&t));
+        // The same file through another path spelling: the same token.
+        let other = dir.path().join(".").join("a.bin");
+        assert_eq!(
+            file_token(&other, "d1", "bank-1").as_deref(),
+            Some(t.as_str())
+        );
+        assert_ne!(file_token(&p, "d2", "bank-1").unwrap(), t);
+        assert_ne!(file_token(&p, "d1", "bank-2").unwrap(), t);
+        std::fs::write(&p, b"hello, longer").unwrap();
+        assert_ne!(file_token(&p, "d1", "bank-1").unwrap(), t);
+        // Not a regular file: nothing to resume from.
+        assert_eq!(file_token(dir.path(), "d1", "bank-1"), None);
+        assert_eq!(file_token(Path::new("/dev/zero"), "d1", "bank-1"), None);
+        assert_eq!(
+            file_token(&dir.path().join("missing"), "d1", "bank-1"),
+            None
+        );
     }
 }
