@@ -18,6 +18,10 @@ use labmesh_proto::mesh::encode;
 use labmesh_wire::auth::Password;
 use labmesh_wire::AsyncSocket;
 
+/// How long an uploader with a token waits for the answer to its
+/// `ingest_resume` before it starts afresh (a labmesh v0 bank never answers).
+const RESUME_PROBE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How to upload. `Default` gives labmesh's `[relay]` defaults.
 #[derive(Debug, Clone)]
 pub struct UploadOptions {
@@ -323,7 +327,11 @@ impl Session<'_> {
             password: self.opts.password.to_field(),
         });
         self.send(&msg, None).await?;
-        let Some(frames) = recv_within(&mut self.sock, self.opts.timeout).await? else {
+        // A Rust bank answers a resume at once (an ack, or "no session"); a
+        // labmesh v0 bank never does. Wait a short while only, so uploads to
+        // a v0 bank do not start a whole upload timeout late.
+        let wait = self.opts.timeout.min(RESUME_PROBE);
+        let Some(frames) = recv_within(&mut self.sock, wait).await? else {
             // A v0 bank ignores a resume it cannot decode; start instead
             // (with a fresh socket, so a late answer cannot confuse it).
             self.sock = transfer_socket(self.ctx, self.endpoint)?;

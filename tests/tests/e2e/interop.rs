@@ -260,6 +260,27 @@ async fn python_databank_registers_with_rust_broker_and_serves_rust_client() -> 
         (announced.bank_id.as_str(), announced.sha256.as_str()),
         ("py-bank", receipt.sha256.as_str())
     );
+    // `labmesh upload` sends a file-derived token and asks to resume first;
+    // the v0 bank never answers that, and the upload must not wait a whole
+    // upload timeout for it.
+    let t0 = std::time::Instant::now();
+    let tokened = bank
+        .upload_file(
+            &src,
+            labmesh_transfer::UploadOptions {
+                dataset_id: Some("from-rust-2".into()),
+                relay_id: "Inst-0".into(),
+                token: labmesh_transfer::file_token(&src, "from-rust-2", "py-bank"),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert_eq!(tokened.sha256, receipt.sha256);
+    assert!(
+        t0.elapsed() < Duration::from_secs(6),
+        "a tokened upload to a v0 bank took {:?}",
+        t0.elapsed()
+    );
     // ...and downloads back through the client (legacy `get`, detected).
     let dest = dir.join("dest.bin");
     let got = bank.download("from-rust", &dest).await?;
