@@ -13,6 +13,8 @@ use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
+mod relay_hardening;
+
 const BIN: &str = env!("CARGO_BIN_EXE_labmesh");
 
 /// A `labmesh` child process whose output is drained (and echoed).
