@@ -1,5 +1,6 @@
-//! Issue 10, item 11: a relay that dropped replies to a peer that
-//! pipelined faster than it read. Real `labmesh` processes, raw zmq peers.
+//! Issue 10, items 11 and 12: a relay that dropped replies to a peer that
+//! pipelined faster than it read, and nodes whose memory grew with every
+//! round of connections. Real `labmesh` processes, raw zmq peers.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,24 @@ use labmesh_tests::{init_logging, WAIT};
 use serde_json::Value;
 
 use super::{client, relay, write_cfg, Node};
+
+/// Open files of process `pid` (Linux).
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Wait (bounded) until `pid` has at most `limit` open files: the server
+/// side of closed connections has gone. Returns the last count.
+async fn fds_settle(pid: u32, limit: usize) -> usize {
+    let end = Instant::now() + WAIT;
+    loop {
+        let n = open_fds(pid);
+        if n <= limit || Instant::now() >= end {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// What came back for pipelined calls.
 #[derive(Debug, Default)]
@@ -190,6 +209,138 @@ async fn a_peer_that_never_reads_is_told_why_its_replies_were_dropped() -> anyho
             .await?["voltage"],
         serde_json::json!(1.0)
     );
+    r.kill().await?;
+    broker.kill().await?;
+    Ok(())
+}
+
+/// One round: `n` DEALERs connect to `endpoint` at once, each sends
+/// `request` and waits (bounded) for its answer, then all close. Returns
+/// how many were answered.
+fn connection_round(endpoint: &str, n: usize, request: &[u8]) -> anyhow::Result<usize> {
+    // A context holds at most 1023 sockets (ZMQ_MAX_SOCKETS): 500 each.
+    let ctxs: Vec<zmq::Context> = (0..n.div_ceil(500)).map(|_| zmq::Context::new()).collect();
+    let mut socks = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = ctxs[i / 500].socket(zmq::DEALER)?;
+        s.set_linger(0)?;
+        s.connect(endpoint)?;
+        s.send(request, 0)?;
+        socks.push(s);
+    }
+    let end = Instant::now() + WAIT;
+    let mut answered = 0;
+    for s in &socks {
+        let left = end.saturating_duration_since(Instant::now());
+        if s.poll(zmq::POLLIN, left.as_millis().max(1) as i64)? > 0 {
+            let _ = s.recv_bytes(0)?;
+            answered += 1;
+        }
+    }
+    Ok(answered)
+}
+
+/// RSS (KiB) of `node` before and after each of `rounds` rounds of `n`
+/// connections. After a round, once the node has closed the connections'
+/// files, RSS is read when it has come within `settled` KiB of the start,
+/// or after 5 s (a node that keeps its memory).
+///
+/// `LMH_TRIM_PROBE=1` also calls `malloc_trim(0)` in the node with gdb at
+/// the end and prints the RSS after it: memory that comes back then was
+/// freed but kept by the allocator, memory that does not is still in use.
+async fn rss_over_rounds(
+    node: &Node,
+    endpoint: &str,
+    request: &'static [u8],
+    rounds: usize,
+    n: usize,
+    settled: u64,
+) -> anyhow::Result<Vec<u64>> {
+    let fds0 = open_fds(node.pid());
+    let rss0 = node.rss_kib()?;
+    let mut rss = vec![rss0];
+    for round in 0..rounds {
+        let ep = endpoint.to_string();
+        let answered =
+            tokio::task::spawn_blocking(move || connection_round(&ep, n, request)).await??;
+        anyhow::ensure!(answered == n, "round {round}: {answered} of {n} answered");
+        let fds = fds_settle(node.pid(), fds0 + 4).await;
+        let end = Instant::now() + Duration::from_secs(5);
+        let mut now = node.rss_kib()?;
+        while now > rss0 + settled && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            now = node.rss_kib()?;
+        }
+        rss.push(now);
+        eprintln!("round {round}: {answered} answered, open files {fds0} -> {fds}, RSS {now} KiB");
+    }
+    if std::env::var_os("LMH_TRIM_PROBE").is_some() {
+        let out = std::process::Command::new("gdb")
+            .args([
+                "-p",
+                &node.pid().to_string(),
+                "-batch",
+                "-ex",
+                "call (int)malloc_trim(0)",
+            ])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "gdb failed");
+        eprintln!("after malloc_trim(0) from gdb: RSS {} KiB", node.rss_kib()?);
+    }
+    Ok(rss)
+}
+
+/// From the second round on, RSS grows by at most `growth` KiB, and ends
+/// within `level` KiB of where it started: it reaches a plateau.
+fn assert_plateau(what: &str, rss: &[u64], growth: u64, level: u64) {
+    let first = rss.first().copied().unwrap_or(0);
+    let after_two = rss.get(2).copied().unwrap_or(0);
+    let last = rss.last().copied().unwrap_or(0);
+    eprintln!(
+        "{what}: RSS by round {rss:?} KiB; growth after round 2: {} KiB",
+        last.saturating_sub(after_two)
+    );
+    assert!(
+        last <= after_two + growth,
+        "{what} RSS still growing after round 2: {rss:?} KiB"
+    );
+    assert!(
+        last <= first + level,
+        "{what} RSS kept {} KiB after the connections closed: {rss:?} KiB",
+        last.saturating_sub(first)
+    );
+}
+
+#[tokio::test]
+async fn rounds_of_two_thousand_connections_grew_memory_for_good() -> anyhow::Result<()> {
+    init_logging();
+    let cfg = write_cfg(30.0)?;
+    let broker = Node::start(&cfg.path, &["broker"], "broker:").await?;
+    let r = relay(&cfg, "conns").await?;
+    let ctx = zmq::Context::new();
+    let c = client(&ctx, &cfg).await?;
+    let ep = c.wait_for_relay("conns", WAIT).await?.rpc_endpoint;
+    let rounds = 5;
+    let b = rss_over_rounds(
+        &broker,
+        &cfg.rpc,
+        br#"{"type":"hello","role":"client"}"#,
+        rounds,
+        2000,
+        24 * 1024,
+    )
+    .await?;
+    let rl = rss_over_rounds(
+        &r,
+        &ep,
+        br#"{"type":"rpc","rpc_uuid":"x","method":"lm.ping"}"#,
+        rounds,
+        2000,
+        24 * 1024,
+    )
+    .await?;
+    assert_plateau("broker", &b, 8 * 1024, 32 * 1024);
+    assert_plateau("relay", &rl, 8 * 1024, 32 * 1024);
     r.kill().await?;
     broker.kill().await?;
     Ok(())
