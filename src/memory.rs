@@ -1,13 +1,14 @@
 //! Giving freed memory back to the system (glibc).
 //!
 //! Measured (issue 10, item 12): five rounds of 2000 connections each took
-//! the broker from 16 to 136 MB and a relay from 18 to 138 MB, and neither
-//! shrank. Calling `malloc_trim(0)` in the idle process (from gdb) brought
-//! them back to 16 and 18 MB: the memory was freed (libzmq's ~55 KB per
-//! connection, its 8 KB I/O batches and 16 KB pipe chunks, goes when the
-//! connection goes; no map of ours keeps a connection), but glibc kept the
-//! pages, as it only returns the top of a heap by itself.
-//! `glibc.malloc.arena_max=1` changed nothing.
+//! the broker from 16 to 136 MB and a relay from 18 to 138 MB (the first
+//! round kept ~27 KB per connection), and neither shrank, though their open
+//! files were back to the start. Calling `malloc_trim(0)` in the idle
+//! process (from gdb) brought them back to 16.5 and 18.2 MB: the memory was
+//! freed (libzmq frees a connection's buffers and pipes when it closes; no
+//! map of ours keeps a connection), but glibc kept the pages, as it only
+//! returns the top of a heap by itself. `glibc.malloc.arena_max=1` changed
+//! nothing.
 //!
 //! So every node process checks once a second whether its RSS exceeds
 //! what is allocated by more than [`SLACK`] beyond the overhead seen after

@@ -142,3 +142,126 @@ fn try_send(router: &mut AsyncSocket, ident: &[u8], body: &[u8]) -> Sent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use labmesh_wire::SocketOptions;
+    use std::time::Duration;
+
+    /// A mandatory ROUTER with a small send queue, and a DEALER (small
+    /// receive side) whose identity the ROUTER has learned.
+    async fn pair(ctx: &zmq::Context) -> (AsyncSocket, zmq::Socket, Vec<u8>) {
+        let opts = SocketOptions {
+            sndhwm: 10,
+            ..SocketOptions::default()
+        };
+        let mut router = AsyncSocket::new(ctx, zmq::ROUTER, opts).unwrap();
+        router.raw().set_router_mandatory(true).unwrap();
+        let ep = router.bind("tcp://127.0.0.1:*").unwrap();
+        let dealer = ctx.socket(zmq::DEALER).unwrap();
+        dealer.set_linger(0).unwrap();
+        dealer.set_rcvhwm(1).unwrap();
+        dealer.set_rcvbuf(4096).unwrap();
+        dealer.connect(&ep).unwrap();
+        dealer.send("hi", 0).unwrap();
+        let frames = tokio::time::timeout(Duration::from_secs(10), router.recv_multipart())
+            .await
+            .unwrap()
+            .unwrap();
+        (router, dealer, frames[0].clone())
+    }
+
+    /// Flush on every signal (and every 20 ms) until the outbox is empty.
+    async fn drain(outbox: &mut Outbox, router: &mut AsyncSocket) {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !outbox.is_empty() {
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(20), router.recv_or_signal()).await;
+                outbox.flush(router);
+            }
+        })
+        .await
+        .expect("outbox did not drain");
+    }
+
+    #[tokio::test]
+    async fn replies_to_a_full_pipe_wait_in_order_and_all_arrive() {
+        let ctx = zmq::Context::new();
+        let (mut router, dealer, ident) = pair(&ctx).await;
+        let mut outbox = Outbox::new("t");
+        let n = 3000;
+        for i in 0..n {
+            outbox.send(&mut router, &ident, format!("{i:01000}").into_bytes());
+        }
+        assert!(!outbox.is_empty(), "3 MB should not fit in the pipe");
+        let reader = std::thread::spawn(move || {
+            (0..n)
+                .map(|_| {
+                    assert!(
+                        dealer.poll(zmq::POLLIN, 10_000).unwrap() > 0,
+                        "reply missing"
+                    );
+                    dealer.recv_bytes(0).unwrap()
+                })
+                .collect::<Vec<_>>()
+        });
+        drain(&mut outbox, &mut router).await;
+        let got = tokio::task::spawn_blocking(move || reader.join().unwrap())
+            .await
+            .unwrap();
+        for (i, body) in got.iter().enumerate() {
+            assert_eq!(body, format!("{i:01000}").as_bytes());
+        }
+        assert_eq!(outbox.bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_has_gone_loses_its_queue() {
+        let ctx = zmq::Context::new();
+        let (mut router, dealer, ident) = pair(&ctx).await;
+        let mut outbox = Outbox::new("t");
+        for i in 0..3000 {
+            outbox.send(&mut router, &ident, format!("{i:01000}").into_bytes());
+        }
+        assert!(!outbox.is_empty());
+        drop(dealer);
+        drain(&mut outbox, &mut router).await;
+        assert_eq!(outbox.bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_over_its_bound_is_told_how_many_replies_were_dropped() {
+        let ctx = zmq::Context::new();
+        let (mut router, dealer, ident) = pair(&ctx).await;
+        let mut outbox = Outbox::new("t");
+        let body = vec![b'x'; 64 * 1024];
+        let n = PEER_BYTES / body.len() * 2;
+        for _ in 0..n {
+            outbox.send(&mut router, &ident, body.clone());
+        }
+        assert!(outbox.bytes <= PEER_BYTES);
+        let reader = std::thread::spawn(move || {
+            let mut replies = 0;
+            loop {
+                assert!(dealer.poll(zmq::POLLIN, 10_000).unwrap() > 0, "no notice");
+                let m = dealer.recv_bytes(0).unwrap();
+                if m.first() == Some(&b'{') {
+                    return (replies, String::from_utf8(m).unwrap());
+                }
+                replies += 1;
+            }
+        });
+        drain(&mut outbox, &mut router).await;
+        let (replies, notice) = tokio::task::spawn_blocking(move || reader.join().unwrap())
+            .await
+            .unwrap();
+        assert!(replies < n);
+        assert!(
+            notice.contains("\"code\":503")
+                && notice.contains(&format!("{} replies dropped", n - replies)),
+            "{notice}"
+        );
+    }
+}
