@@ -22,9 +22,17 @@ const SLACK: u64 = 16 * 1024 * 1024;
 /// Interval between checks.
 const EVERY: Duration = Duration::from_secs(1);
 
+/// Environment variable that turns trimming off when set to `0` (to
+/// measure a node without it, as `labmesh bench abuse` does).
+pub const TRIM_ENV: &str = "LABMESH_MALLOC_TRIM";
+
 /// Start the trimming task on the current runtime (a no-op where the C
-/// library is not glibc). It ends with the runtime.
+/// library is not glibc, or with `LABMESH_MALLOC_TRIM=0`). It ends with the
+/// runtime.
 pub fn keep_trimmed() {
+    if std::env::var_os(TRIM_ENV).is_some_and(|v| v == "0") {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     tokio::spawn(async {
         let mut overhead = glibc::overhead();

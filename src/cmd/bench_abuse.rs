@@ -39,9 +39,17 @@ pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
     let mut outcome = Ok(());
     for case in cases {
         // Fresh nodes for every case, so each is measured from the start.
-        let mesh = Mesh::start(ctx).await?;
-        outcome = mesh.run_case(ctx, case).await;
-        mesh.stop().await;
+        // Case 12 runs again on nodes that keep freed memory (trimming off):
+        // the baseline from the same run.
+        let trims: &[bool] = if case == 12 { &[true, false] } else { &[true] };
+        for &trim in trims {
+            let mesh = Mesh::start(ctx, trim).await?;
+            outcome = mesh.run_case(ctx, case).await;
+            mesh.stop().await;
+            if outcome.is_err() {
+                break;
+            }
+        }
         if outcome.is_err() {
             break;
         }
@@ -107,6 +115,7 @@ impl PeakSampler {
 /// The three nodes and how to reach them.
 struct Mesh {
     dir: PathBuf,
+    trim: bool,
     nodes: Vec<Proc>,
     rpc: String,
     xsub: String,
@@ -131,12 +140,14 @@ async fn start_node(
     args: &[&str],
     ready: &str,
     log: &Path,
+    trim: bool,
 ) -> anyhow::Result<Proc> {
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .arg("--config")
         .arg(cfg)
         .args(args)
         .env("RUST_LOG", "warn")
+        .env(crate::memory::TRIM_ENV, if trim { "1" } else { "0" })
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log)?)
         .kill_on_drop(true)
@@ -166,7 +177,7 @@ async fn start_node(
 }
 
 impl Mesh {
-    async fn start(ctx: &zmq::Context) -> anyhow::Result<Mesh> {
+    async fn start(ctx: &zmq::Context, trim: bool) -> anyhow::Result<Mesh> {
         let (p1, p2, p3) = (free_port()?, free_port()?, free_port()?);
         let dir = std::env::temp_dir().join(format!(
             "labmesh-abuse-{}-{}",
@@ -204,6 +215,7 @@ default_address = "127.0.0.1"
             &["broker"],
             "broker:",
             &dir.join("broker.log"),
+            trim,
         )
         .await?;
         let bank = start_node(
@@ -222,6 +234,7 @@ default_address = "127.0.0.1"
             ],
             "bank abuse-bank:",
             &dir.join("bank.log"),
+            trim,
         )
         .await?;
         let relay = start_node(
@@ -230,6 +243,7 @@ default_address = "127.0.0.1"
             &["relay", "--relay-id", "abuse-psu", "--driver", "mock-psu"],
             "relay abuse-psu:",
             &dir.join("relay.log"),
+            trim,
         )
         .await?;
         let rpc = format!("tcp://127.0.0.1:{p1}");
@@ -250,6 +264,7 @@ default_address = "127.0.0.1"
         .context("the bank did not register")?;
         Ok(Mesh {
             dir,
+            trim,
             nodes: vec![broker, bank, relay],
             rpc,
             xsub: format!("tcp://127.0.0.1:{p2}"),
@@ -286,8 +301,13 @@ default_address = "127.0.0.1"
             11 => "20 000 pipelined calls to the relay on one connection",
             _ => "three rounds of 2000 connections to the broker and the relay",
         };
+        let baseline = if self.trim {
+            ""
+        } else {
+            " [baseline: nodes with LABMESH_MALLOC_TRIM=0]"
+        };
         println!(
-            "\ncase {case}: {title}\n  (fresh nodes: broker pid {}, bank pid {}, relay pid {}; logs in {})",
+            "\ncase {case}: {title}{baseline}\n  (fresh nodes: broker pid {}, bank pid {}, relay pid {}; logs in {})",
             self.nodes[0].pid,
             self.nodes[1].pid,
             self.nodes[2].pid,
@@ -424,6 +444,8 @@ default_address = "127.0.0.1"
     }
 
     async fn connection_rounds(&self) -> anyhow::Result<String> {
+        let pids = self.pids();
+        let start: Vec<Option<(u64, usize)>> = pids.iter().map(|p| usage(*p)).collect();
         let mut rows = Vec::new();
         for round in 1..=3 {
             let mut row = Vec::new();
@@ -443,14 +465,20 @@ default_address = "127.0.0.1"
                     connection_round(&ep, CONNECTIONS, req.as_bytes())
                 })
                 .await??;
-                let pid = self.nodes[node].pid;
-                let rss = usage(pid).map_or(0, |u| u.0);
                 row.push(format!(
-                    "{} {answered}/{CONNECTIONS} answered, RSS {rss} KiB",
+                    "{} {answered}/{CONNECTIONS} answered",
                     self.nodes[node].name
                 ));
             }
-            rows.push(format!("round {round}: {}", row.join(", ")));
+            // RSS once the round's connections have gone (bounded wait).
+            let now = settle(&pids, &start).await;
+            let rss = |i: usize| now.get(i).copied().flatten().map_or(0, |u| u.0);
+            rows.push(format!(
+                "round {round}: {}; settled RSS broker {} KiB, relay {} KiB",
+                row.join(", "),
+                rss(0),
+                rss(2)
+            ));
         }
         Ok(rows.join("; "))
     }
