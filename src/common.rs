@@ -153,6 +153,7 @@ where
     Fut: Future,
     Fut::Output: Stopped,
 {
+    crate::memory::keep_trimmed();
     println!("{banner}");
     shutdown_signal().await;
     tracing::info!("shutting down");

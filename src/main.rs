@@ -2,6 +2,7 @@
 
 mod cmd;
 mod common;
+mod memory;
 mod progress;
 
 use std::process::ExitCode;

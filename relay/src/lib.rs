@@ -12,6 +12,7 @@
 //! `state.<relay_id>` messages to the broker's XSUB. Different instruments
 //! never wait for each other.
 
+mod outbox;
 mod publish;
 mod rpc;
 mod serve;
@@ -323,6 +324,12 @@ pub async fn spawn(
                 ..SocketOptions::default()
             },
         )?;
+        // A full pipe to one peer is EAGAIN (its replies wait in the
+        // instrument's outbox), not a silent drop; see `outbox`.
+        router
+            .raw()
+            .set_router_mandatory(true)
+            .map_err(WireError::from)?;
         let bound = router.bind(&h.rpc_bind)?;
         let endpoint = public_endpoint(&bound, &opts.advertise_host);
         tracing::info!(relay_id = %h.relay_id, %endpoint, "instrument serving");

@@ -22,11 +22,17 @@ use labmesh_wire::AsyncSocket;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
+use crate::outbox::Outbox;
 use crate::publish::{Outgoing, StatePublisher};
 use crate::rpc::{self, Call, Handled, RpcContext};
 
 /// Calls that may wait for a busy instrument before new ones get 503.
 const QUEUE_LIMIT: usize = 256;
+
+/// While replies wait for a full pipe, how often they are retried even if
+/// libzmq's "room again" signal was consumed by another call on the socket
+/// (the signal is the usual trigger; this only bounds a missed one).
+const OUTBOX_RETRY: Duration = Duration::from_millis(20);
 
 /// What the instrument was doing, and how it went.
 enum Work {
@@ -102,7 +108,13 @@ pub(crate) async fn run(
     let mut poll_due = false;
     let mut stopping = false;
     let mut errors = RecvErrors::new("relay instrument");
+    let mut outbox = Outbox::new(&relay_id);
+    let mut retry = tokio::time::interval(OUTBOX_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if !outbox.is_empty() {
+            outbox.flush(&mut router);
+        }
         if let Some(inst) = idle.take() {
             if let Some(call) = queue.pop_front() {
                 busy = Some(start_call(inst, call, settings.call_timeout));
@@ -116,6 +128,8 @@ pub(crate) async fn run(
             }
         }
         if stopping && busy.is_none() {
+            // Replies still waiting for a full pipe are given up here, as
+            // the socket's linger gives up what it holds.
             break;
         }
         tokio::select! {
@@ -129,7 +143,7 @@ pub(crate) async fn run(
                 match work {
                     Work::Call { ident, rpc_uuid, method, outcome } => {
                         let reply = rpc::reply_for(&relay_id, &method, rpc_uuid, outcome);
-                        send(&mut router, &ident, &reply).await;
+                        outbox.send(&mut router, &ident, reply);
                     }
                     Work::Poll(Ok(v)) => publisher.publish(v),
                     Work::Poll(Err(e)) => tracing::warn!(%relay_id, error = %e, "poll failed"),
@@ -139,31 +153,34 @@ pub(crate) async fn run(
                 // Stop taking requests; queued calls finish and are answered.
                 stopping = true;
             }
-            frames = router.recv_multipart(), if !stopping => {
+            frames = router.recv_or_signal(), if !stopping => {
                 let frames = match frames {
-                    Ok(f) => {
+                    Ok(Some(f)) => {
                         errors.ok();
                         f
                     }
+                    // A pipe may have room again: the loop's top flushes.
+                    Ok(None) => continue,
                     Err(e) => match errors.failed(&e).await {
                         AfterError::Retry => continue,
                         AfterError::Stop => break,
                     },
                 };
                 match rpc::handle(&ctx, frames) {
-                    Handled::Reply(ident, body) => send(&mut router, &ident, &body).await,
+                    Handled::Reply(ident, body) => outbox.send(&mut router, &ident, body),
                     Handled::Call(call) if queue.len() >= QUEUE_LIMIT => {
                         tracing::warn!(%relay_id, method = %call.method, "instrument queue full");
                         let body = encode(&Reply::RpcError {
                             rpc_uuid: call.rpc_uuid,
                             error: ErrorBody::new(codes::UNAVAILABLE, format!("{relay_id}: instrument queue full, try again")),
                         });
-                        send(&mut router, &call.ident, &body).await;
+                        outbox.send(&mut router, &call.ident, body);
                     }
                     Handled::Call(call) => queue.push_back(call),
                     Handled::Nothing => {}
                 }
             }
+            _ = retry.tick(), if !outbox.is_empty() => {}
             _ = ticker.tick() => {
                 if busy.is_none() {
                     poll_due = true;
@@ -177,10 +194,4 @@ pub(crate) async fn run(
         inst.shutdown().await;
     }
     tracing::debug!(%relay_id, "instrument task stopped");
-}
-
-async fn send(router: &mut AsyncSocket, ident: &[u8], body: &[u8]) {
-    if let Err(e) = router.send_multipart([ident, body]).await {
-        tracing::warn!(error = %e, "reply failed");
-    }
 }

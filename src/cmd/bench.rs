@@ -1,5 +1,6 @@
-//! `labmesh bench rpc | soak`: RPC round trips through the mesh next to a
-//! raw zmq DEALER/ROUTER echo measured in the same run; a soak of many relays.
+//! `labmesh bench rpc | soak | abuse`: RPC round trips through the mesh next
+//! to a raw zmq DEALER/ROUTER echo measured in the same run; a soak of many
+//! relays; the resource-exhaustion cases of issue 10 (`bench_abuse`).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -29,6 +30,9 @@ pub enum Args {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
+    /// Resource-exhaustion cases against broker, bank and relay processes;
+    /// RSS and open files of each node before, at peak and after each case.
+    Abuse(super::bench_abuse::Args),
 }
 
 pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
@@ -39,6 +43,7 @@ pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
             hz,
             seconds,
         } => soak(ctx, relays, hz, seconds).await?,
+        Args::Abuse(a) => return super::bench_abuse::exec(a, ctx).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ use crate::common::Global;
 
 mod bank;
 mod bench;
+mod bench_abuse;
 mod broker;
 mod call;
 mod datasets;

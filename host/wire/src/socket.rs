@@ -157,6 +157,30 @@ impl AsyncSocket {
         }
     }
 
+    /// Receive one whole message, or `Ok(None)` when libzmq signalled
+    /// something that is not a message (a peer's pipe that has room again,
+    /// a connection coming or going). A ROUTER that keeps replies for peers
+    /// whose pipes were full retries them after `None`. Cancel-safe.
+    pub async fn recv_or_signal(&mut self) -> Result<Option<Vec<Vec<u8>>>, WireError> {
+        loop {
+            match self.sock.recv_multipart(zmq::DONTWAIT) {
+                Ok(frames) => return Ok(Some(frames)),
+                Err(zmq::Error::EAGAIN) => {
+                    let mut guard = self.fd.readable().await?;
+                    // Reading ZMQ_EVENTS processes libzmq's commands (the
+                    // "pipe writable again" among them) and drains the fd.
+                    if self.sock.get_events()?.contains(zmq::POLLIN) {
+                        continue;
+                    }
+                    guard.clear_ready();
+                    return Ok(None);
+                }
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Send one multipart message, waiting while the socket is at its
     /// high-water mark.
     pub async fn send_multipart<I, T>(&mut self, frames: I) -> Result<(), WireError>
