@@ -14,6 +14,10 @@ use tokio::sync::mpsc;
 /// (as PUB itself drops at its high-water mark).
 pub(crate) const QUEUE: usize = 1024;
 
+/// Largest state message a relay publishes: the broker's default bus
+/// maximum (`[broker] bus_max_msg`), less room for the topic frame.
+pub(crate) const MAX_STATE_BYTES: usize = labmesh_proto::limits::DEFAULT_BUS_MAX_MSG - 256;
+
 /// A state message on its way to the PUB socket.
 pub(crate) struct Outgoing {
     topic: Vec<u8>,
@@ -52,10 +56,18 @@ impl StatePublisher {
             interval: Some(self.interval),
         };
         self.seq += 1;
+        let body = encode(&msg);
+        // The broker drops a publisher's whole connection for one message
+        // above its bus maximum, which would cost every instrument of this
+        // relay its state: such a state is not sent (the seq gap shows it).
+        if body.len() > MAX_STATE_BYTES {
+            labmesh_wire::warn_throttled!(relay_id = %self.relay_id, bytes = body.len(), limit = MAX_STATE_BYTES, "state message above the bus maximum not published");
+            return;
+        }
         // A full queue means the PUB is behind; drop, as PUB would.
         let _ = self.out.try_send(Outgoing {
             topic: self.topic.clone(),
-            body: encode(&msg),
+            body,
         });
     }
 

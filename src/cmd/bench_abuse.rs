@@ -503,6 +503,7 @@ async fn settle(pids: &[u32], before: &[Option<(u64, usize)>]) -> Vec<Option<(u6
 }
 
 const BUS_MESSAGES: usize = 600;
+const BUS_MESSAGES_UNDER: usize = 2000;
 const STALLED_DOWNLOADS: usize = 150;
 const HELLOS: usize = 80;
 const HELLO_ID_BYTES: usize = 900_000;
@@ -545,19 +546,41 @@ fn bus_case(ctx: &zmq::Context, xsub: &str, xpub: &str) -> anyhow::Result<String
         Ok(false)
     };
     anyhow::ensure!(wait_probe(b"start")?, "the bus never delivered a probe");
+    // The flood: 600 messages of 1 MB (above the bus's largest message,
+    // `[broker] bus_max_msg`), then 2000 of just under that limit, which
+    // the stuck reader's queue must hold within `[broker] bus_budget`.
     let body = vec![0x42u8; size];
+    let under = vec![0x43u8; labmesh_proto::limits::DEFAULT_BUS_MAX_MSG - 1024];
     let t = Instant::now();
     for _ in 0..BUS_MESSAGES {
         publisher.send_multipart([b"abuse.bulk".as_slice(), &body], 0)?;
     }
-    // The end probe follows the bulk through the proxy.
-    let through = wait_probe(b"end")?;
+    for _ in 0..BUS_MESSAGES_UNDER {
+        publisher.send_multipart([b"abuse.bulk".as_slice(), &under], 0)?;
+    }
+    // Another, well-behaved publisher: does the bus still serve others?
+    let other = ctx.socket(zmq::PUB)?;
+    other.set_linger(0)?;
+    other.connect(xsub)?;
+    let end = Instant::now() + WAIT;
+    let mut through = false;
+    while !through && Instant::now() < end {
+        other.send_multipart([b"abuse.probe".as_slice(), b"end"], 0)?;
+        if reader.poll(zmq::POLLIN, 50)? > 0 {
+            while let Ok(m) = reader.recv_multipart(zmq::DONTWAIT) {
+                if m.get(1).map(Vec::as_slice) == Some(b"end".as_slice()) {
+                    through = true;
+                }
+            }
+        }
+    }
     Ok(format!(
-        "{BUS_MESSAGES} x {size} B published; the bus {} a reading subscriber {:.1} s later",
+        "{BUS_MESSAGES} x {size} B + {BUS_MESSAGES_UNDER} x {} B published by one peer; the bus {} another publisher's message to a reading subscriber {:.1} s later",
+        under.len(),
         if through {
-            "still served"
+            "still carried"
         } else {
-            "did not serve"
+            "did not carry"
         },
         t.elapsed().as_secs_f64()
     ))
