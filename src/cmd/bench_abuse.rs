@@ -555,9 +555,28 @@ fn bus_case(ctx: &zmq::Context, xsub: &str, xpub: &str) -> anyhow::Result<String
     for _ in 0..BUS_MESSAGES {
         publisher.send_multipart([b"abuse.bulk".as_slice(), &body], 0)?;
     }
-    for _ in 0..BUS_MESSAGES_UNDER {
-        publisher.send_multipart([b"abuse.bulk".as_slice(), &under], 0)?;
+    // A second flooding peer sends messages just under the limit, which the
+    // stuck reader's queue must hold within `[broker] bus_budget`.
+    let second = ctx.socket(zmq::PUB)?;
+    second.set_linger(0)?;
+    second.set_sndhwm(0)?;
+    second.connect(xsub)?;
+    let end = Instant::now() + WAIT;
+    // Its connection is up once the reader hears its probe.
+    let mut up = false;
+    while !up && Instant::now() < end {
+        second.send_multipart([b"abuse.probe".as_slice(), b"second"], 0)?;
+        if reader.poll(zmq::POLLIN, 50)? > 0 {
+            while let Ok(m) = reader.recv_multipart(zmq::DONTWAIT) {
+                up |= m.get(1).map(Vec::as_slice) == Some(b"second".as_slice());
+            }
+        }
     }
+    for _ in 0..BUS_MESSAGES_UNDER {
+        second.send_multipart([b"abuse.bulk".as_slice(), &under], 0)?;
+    }
+    // Let the broker take in what the flooding peers queued.
+    std::thread::sleep(Duration::from_secs(2));
     // Another, well-behaved publisher: does the bus still serve others?
     let other = ctx.socket(zmq::PUB)?;
     other.set_linger(0)?;
@@ -575,7 +594,7 @@ fn bus_case(ctx: &zmq::Context, xsub: &str, xpub: &str) -> anyhow::Result<String
         }
     }
     Ok(format!(
-        "{BUS_MESSAGES} x {size} B + {BUS_MESSAGES_UNDER} x {} B published by one peer; the bus {} another publisher's message to a reading subscriber {:.1} s later",
+        "{BUS_MESSAGES} x {size} B from one peer, {BUS_MESSAGES_UNDER} x {} B from another; the bus {} a third publisher's message to a reading subscriber {:.1} s later",
         under.len(),
         if through {
             "still carried"
@@ -607,21 +626,28 @@ fn downloads_case(ctx: &zmq::Context, retrieve: &str, id: &str) -> anyhow::Resul
             started += 1;
         }
     }
-    // What the bank said to the first one (meta, or a refusal).
-    let first = socks
-        .first()
-        .and_then(|s| s.recv_bytes(zmq::DONTWAIT).ok())
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .map(|v| {
-            v["error"]["message"]
-                .as_str()
-                .map(|m| format!("refused: {m}"))
-                .unwrap_or_else(|| v["type"].as_str().unwrap_or("?").to_string())
-        })
-        .unwrap_or_else(|| "nothing".into());
+    // What the bank said to each: a stream (meta) or a refusal.
+    let (mut streams, mut refused, mut other) = (0, 0, 0);
+    let mut why = String::new();
+    for s in &socks {
+        match s
+            .recv_bytes(zmq::DONTWAIT)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        {
+            Some(v) if v["type"] == "meta" => streams += 1,
+            Some(v) if v["error"]["code"] == 503 => {
+                refused += 1;
+                if why.is_empty() {
+                    why = v["error"]["message"].as_str().unwrap_or("").to_string();
+                }
+            }
+            _ => other += 1,
+        }
+    }
     drop(socks);
     Ok(format!(
-        "{started}/{STALLED_DOWNLOADS} streams answered (first answer: {first}), then all closed"
+        "{started}/{STALLED_DOWNLOADS} answered: {streams} streams, {refused} refused ({why}), {other} other; then all closed"
     ))
 }
 
