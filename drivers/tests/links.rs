@@ -1,0 +1,321 @@
+//! VXI-11 and HiSLIP links: the client against the simulator's servers over
+//! real TCP on 127.0.0.1. Every test is bounded by `LIMIT`.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Result;
+use labmesh_drivers::psu::models::Family;
+use labmesh_drivers::sim::{SimConfig, SimPsu};
+use labmesh_drivers::vxi11::Vxi11Link;
+use labmesh_drivers::{
+    BoxInstrument, DriverError, DriverRegistry, InstrumentConfig, Resource, ScpiSession,
+    SessionOptions,
+};
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn bounded<T>(f: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .map_err(|_| anyhow::anyhow!("test did not finish within {LIMIT:?}"))?
+}
+
+/// A simulator serving VXI-11 (portmapper + core channel) on 127.0.0.1.
+struct VxiSim {
+    sim: SimPsu,
+    pm_port: u16,
+    core_port: u16,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl VxiSim {
+    async fn start(sim: SimPsu, pm_port: u16, core_port: u16) -> Result<VxiSim> {
+        let pm = TcpListener::bind(("127.0.0.1", pm_port)).await?;
+        let core = TcpListener::bind(("127.0.0.1", core_port)).await?;
+        let (pm_port, core_port) = (pm.local_addr()?.port(), core.local_addr()?.port());
+        let (stop, rx) = oneshot::channel::<()>();
+        let s = sim.clone();
+        let task = tokio::spawn(async move {
+            s.serve_vxi11(Some(pm), core, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        Ok(VxiSim {
+            sim,
+            pm_port,
+            core_port,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    async fn keysight() -> Result<VxiSim> {
+        VxiSim::start(SimPsu::new(SimConfig::new(Family::KeysightE36xx))?, 0, 0).await
+    }
+
+    fn resource(&self) -> String {
+        format!("vxi11://127.0.0.1:{}/inst0", self.pm_port)
+    }
+
+    async fn shutdown(mut self) -> Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for VxiSim {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+fn session(resource: &str, opts: Value) -> Result<ScpiSession> {
+    let options: Map<String, Value> = serde_json::from_value(opts)?;
+    let cfg = InstrumentConfig {
+        id: "dut".into(),
+        driver: "scpi".into(),
+        resource: Some(resource.into()),
+        options,
+    };
+    Ok(ScpiSession::from_config(&cfg, SessionOptions::default())?)
+}
+
+async fn create(driver: &str, resource: &str, opts: Value) -> Result<BoxInstrument> {
+    let reg = DriverRegistry::with_builtins();
+    let cfg = InstrumentConfig {
+        id: format!("{driver}-1"),
+        driver: driver.to_string(),
+        resource: Some(resource.to_string()),
+        options: serde_json::from_value(opts)?,
+    };
+    Ok(reg.create(cfg).await?)
+}
+
+async fn call(inst: &mut BoxInstrument, method: &str, params: Value) -> Result<Value, DriverError> {
+    let args = inst.describe().bind(method, &params)?;
+    inst.call(method, args).await
+}
+
+#[tokio::test]
+async fn vxi11_psu_driver_through_the_portmapper() -> Result<()> {
+    bounded(async {
+        let v = VxiSim::keysight().await?;
+        let mut psu = create("keysight-e36xx", &v.resource(), json!({"timeout_ms": 2000})).await?;
+        let idn = call(&mut psu, "identify", Value::Null).await?;
+        assert_eq!(idn, json!(v.sim.idn()));
+        call(&mut psu, "set_voltage", json!({"value": 2.5, "channel": 1})).await?;
+        call(&mut psu, "set_output", json!({"on": true})).await?;
+        let volts = call(&mut psu, "measure_voltage", json!({})).await?;
+        assert!((volts.as_f64().unwrap() - 2.5).abs() < 1e-6, "{volts}");
+        // The driver refuses out-of-range values before sending (400).
+        let e = call(&mut psu, "set_voltage", json!({"value": 9.0, "channel": 1}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), 400, "{e}");
+        drop(psu);
+        v.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn vxi11_session_queries_blocks_and_pyvisa_style_resources() -> Result<()> {
+    bounded(async {
+        let v = VxiSim::keysight().await?;
+        for resource in [
+            v.resource(),
+            format!("TCPIP0::127.0.0.1,{}::INSTR", v.core_port),
+            format!("TCPIP::127.0.0.1,{}::inst0::INSTR", v.core_port),
+            format!(
+                "vxi11://127.0.0.1:{}/inst0?core_port={}",
+                v.pm_port, v.core_port
+            ),
+        ] {
+            let mut s = session(&resource, json!({}))?;
+            assert!(s.resource().is_message_based());
+            assert_eq!(s.query("*IDN?").await?, v.sim.idn(), "{resource}");
+            s.write("VOLT 1.5").await?;
+            let volts: f64 = s.query("VOLT?").await?.parse()?;
+            assert!((volts - 1.5).abs() < 1e-9);
+            // A definite-length block with \n bytes inside.
+            let bmp = s.query_binary("HCOP:SDUM:DATA?").await?;
+            assert!(bmp.starts_with(b"BM") && bmp.contains(&b'\n'));
+            assert_eq!(s.query("*OPC?").await?, "1");
+            s.close().await;
+        }
+        // Without a read terminator in the reply, END ends it.
+        let mut s = session(&v.resource(), json!({"read_termination": "#"}))?;
+        assert_eq!(s.query("*IDN?").await?, v.sim.idn());
+        // The error queue through the link: SYST:ERR? after the write (500).
+        let mut s = session(&v.resource(), json!({"check_errors": true}))?;
+        let e = s.write("VOLT 99").await.unwrap_err();
+        assert_eq!(e.code(), 500, "{e}");
+        assert!(e.to_string().contains("-222"), "{e}");
+        v.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn vxi11_timeout_is_408_and_no_stale_reply_follows() -> Result<()> {
+    bounded(async {
+        let v = VxiSim::keysight().await?;
+        let mut s = session(&v.resource(), json!({"timeout_ms": 300}))?;
+        s.write("VOLT 2").await?;
+        v.sim.set_muted(true);
+        let e = s.query("*IDN?").await.unwrap_err();
+        assert!(matches!(e, DriverError::Timeout(_)), "{e}");
+        assert_eq!(e.code(), 408);
+        v.sim.set_muted(false);
+        // The late *IDN? answer died with the old link.
+        let volts: f64 = s.query("VOLT?").await?.parse()?;
+        assert!((volts - 2.0).abs() < 1e-9);
+        v.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn vxi11_device_clear_drops_an_unread_reply() -> Result<()> {
+    bounded(async {
+        let v = VxiSim::keysight().await?;
+        let mut s = session(&v.resource(), json!({}))?;
+        s.write("*IDN?").await?; // a reply nobody reads
+        s.clear().await?;
+        s.write("VOLT 3").await?;
+        let volts: f64 = s.query("VOLT?").await?.parse()?;
+        assert!((volts - 3.0).abs() < 1e-9);
+        v.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn vxi11_link_loss_is_503_then_reconnect_replays_init() -> Result<()> {
+    bounded(async {
+        let v = VxiSim::keysight().await?;
+        let (sim, pm, core) = (v.sim.clone(), v.pm_port, v.core_port);
+        let resource = v.resource();
+        let mut s = session(&resource, json!({"init": ["VOLT 1.25"]}))?;
+        assert_eq!(s.query("VOLT?").await?.parse::<f64>()?, 1.25);
+        sim.execute("VOLT 4");
+        v.shutdown().await?; // the server closes every connection
+        let e = s.query("VOLT?").await.unwrap_err();
+        assert_eq!(e.code(), 503, "{e}");
+        assert!(!s.is_connected());
+        // Back on the same ports: the next call reconnects and runs init again.
+        let v = VxiSim::start(sim, pm, core).await?;
+        assert_eq!(s.query("VOLT?").await?.parse::<f64>()?, 1.25);
+        // Nothing listening at all: 503 naming the portmapper.
+        v.shutdown().await?;
+        let mut s = session(&resource, json!({"connect_timeout_ms": 1000}))?;
+        let e = s.query("*IDN?").await.unwrap_err();
+        assert_eq!(e.code(), 503, "{e}");
+        assert!(e.to_string().contains("portmapper"), "{e}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn vxi11_lock_is_exclusive_between_links() -> Result<()> {
+    bounded(async {
+        let v = VxiSim::keysight().await?;
+        let t = Duration::from_millis(500);
+        let mut a = Vxi11Link::connect("127.0.0.1", v.pm_port, None, "inst0", t).await?;
+        let mut b = Vxi11Link::connect("127.0.0.1", v.pm_port, None, "inst0", t).await?;
+        assert_eq!(a.max_recv_size(), 16 * 1024);
+        a.lock(t).await?;
+        // b does not wait for the lock (no WAITLOCK on writes): 409 at once.
+        let e = b.write(b"VOLT 1\n", t).await.unwrap_err();
+        assert_eq!(e.code(), 409, "{e}");
+        let e = b.lock(Duration::from_millis(50)).await.unwrap_err();
+        assert_eq!(e.code(), 409, "{e}");
+        a.write(b"*IDN?\n", t).await?;
+        let chunk = a.read(4096, None, t).await?;
+        assert_eq!(chunk.data, format!("{}\n", v.sim.idn()).into_bytes());
+        assert_eq!(chunk.reason, labmesh_drivers::vxi11::REASON_END);
+        a.unlock(t).await?;
+        b.write(b"VOLT 1\n", t).await?;
+        // Unlocking without the lock is error 12.
+        let e = b.unlock(t).await.unwrap_err();
+        assert!(e.to_string().contains("no lock held"), "{e}");
+        // b locks; a's closed connection would release, b's explicit close does.
+        b.lock(t).await?;
+        b.close(t).await;
+        a.lock(t).await?;
+        a.close(t).await;
+        v.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn vxi11_reads_in_chunks_and_stops_at_the_term_char() -> Result<()> {
+    bounded(async {
+        let v = VxiSim::keysight().await?;
+        let t = Duration::from_millis(500);
+        let mut a = Vxi11Link::connect("127.0.0.1", v.pm_port, None, "inst0", t).await?;
+        a.write(b"*IDN?;*IDN?\n", t).await?;
+        let idn = v.sim.idn();
+        let first = a.read(4, None, t).await?;
+        assert_eq!(first.data, idn.as_bytes()[..4].to_vec());
+        assert_eq!(first.reason, labmesh_drivers::vxi11::REASON_REQCNT);
+        let rest = a.read(4096, Some(b';'), t).await?;
+        assert_eq!(rest.data, format!("{};", &idn[4..]).into_bytes());
+        assert_eq!(rest.reason, labmesh_drivers::vxi11::REASON_CHR);
+        // Nothing to read: the device's own I/O timeout (error 15) is a 408.
+        let last = a.read(4096, None, t).await?;
+        assert_ne!(last.reason & labmesh_drivers::vxi11::REASON_END, 0);
+        let e = a
+            .read(4096, None, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), 408, "{e}");
+        a.close(t).await;
+        v.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn vxi11_refusals_are_clear() -> Result<()> {
+    bounded(async {
+        let v = VxiSim::keysight().await?;
+        let t = Duration::from_millis(500);
+        let e = Vxi11Link::connect("127.0.0.1", v.pm_port, None, "gpib0,5", t)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("invalid address"), "{e}");
+        // The portmapper is not a core channel: the RPC layer says so.
+        let e = Vxi11Link::connect("127.0.0.1", v.pm_port, Some(v.pm_port), "inst0", t)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("program unavailable"), "{e}");
+        // The firmware driver needs a byte stream.
+        let e = create("firmware", &v.resource(), json!({}))
+            .await
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("byte stream"), "{e}");
+        let r = Resource::parse("TCPIP::127.0.0.1::INSTR")?;
+        assert_eq!(r.to_string(), "vxi11://127.0.0.1:111/inst0");
+        v.shutdown().await
+    })
+    .await
+}
