@@ -10,7 +10,8 @@
 //!   binary blocks.
 //! * [`psu`]: the power-supply family drivers; [`scpi_driver`]: the
 //!   generic `scpi` driver; [`mock_psu`]: the in-process mock power supply.
-//! * [`sim`]: simulated SCPI power supplies over TCP, streams and ptys.
+//! * [`sim`]: simulated SCPI power supplies over TCP, streams, ptys,
+//!   VXI-11 and HiSLIP.
 //!
 //! docs/DRIVERS.md is the user guide.
 

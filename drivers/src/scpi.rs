@@ -302,7 +302,8 @@ impl ScpiSession {
     }
 
     /// Device clear: the instrument drops pending input and output and the
-    /// session's buffer is emptied. On VXI-11 this is `device_clear`; a
+    /// session's buffer is emptied. On VXI-11 this is `device_clear`, on
+    /// HiSLIP `AsyncDeviceClear` + `DeviceClearComplete`; a
     /// byte stream has no such message, so the session resynchronises
     /// instead (a TCP link is reopened, a serial line drained).
     pub async fn clear(&mut self) -> Result<(), DriverError> {

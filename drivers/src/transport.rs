@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 
+use crate::hislip::HislipLink;
 use crate::resource::{FlowControl, Parity, Resource, SerialSettings};
 use crate::vxi11::Vxi11Link;
 use crate::DriverError;
@@ -34,6 +35,8 @@ pub enum Link {
     Serial(SerialStream),
     /// A VXI-11 core channel with its device link.
     Vxi11(Box<Vxi11Link>),
+    /// A HiSLIP session (synchronous and asynchronous channels).
+    Hislip(Box<HislipLink>),
 }
 
 /// How a [`Link::send`] or [`Link::recv`] failed.
@@ -96,21 +99,24 @@ impl Link {
             } => Vxi11Link::connect(host, *portmapper_port, *core_port, device, connect_timeout)
                 .await
                 .map(|l| Link::Vxi11(Box::new(l))),
-            Resource::Hislip { .. } => Err(DriverError::Config(format!(
-                "resource {resource}: HiSLIP is not supported yet"
-            ))),
+            Resource::Hislip { host, device, port } => {
+                HislipLink::connect(host, *port, device, connect_timeout)
+                    .await
+                    .map(|l| Link::Hislip(Box::new(l)))
+            }
         }
     }
 
     /// Whether the link is message-based (VXI-11, HiSLIP).
     pub fn is_message_based(&self) -> bool {
-        matches!(self, Link::Vxi11(_))
+        matches!(self, Link::Vxi11(_) | Link::Hislip(_))
     }
 
     /// Send one message (`bytes`, already terminated) within `timeout`.
     pub async fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), LinkFailure> {
         match self {
             Link::Vxi11(l) => Ok(l.write(bytes, timeout).await?),
+            Link::Hislip(l) => Ok(l.write(bytes, timeout).await?),
             stream => match tokio::time::timeout(timeout, stream.write_all(bytes)).await {
                 Err(_) => Err(LinkFailure::TimedOut),
                 Ok(Err(e)) => Err(LinkFailure::Io(e)),
@@ -139,6 +145,15 @@ impl Link {
                 buf.extend_from_slice(&chunk.data);
                 Ok(chunk.reason & crate::vxi11::REASON_END != 0)
             }
+            Link::Hislip(l) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(LinkFailure::TimedOut);
+                }
+                let (data, end) = l.read(left).await?;
+                buf.extend_from_slice(&data);
+                Ok(end)
+            }
             stream => {
                 let mut chunk = [0u8; 4096];
                 match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
@@ -158,19 +173,22 @@ impl Link {
     }
 
     /// Ask the instrument to clear its input and output (VXI-11
-    /// device_clear). Byte streams have no such message:
+    /// device_clear, HiSLIP AsyncDeviceClear). Byte streams have no such message:
     /// `Ok(false)`, and the caller resynchronises its own way.
     pub async fn device_clear(&mut self, timeout: Duration) -> Result<bool, DriverError> {
         match self {
             Link::Vxi11(l) => l.clear(timeout).await.map(|()| true),
+            Link::Hislip(l) => l.clear(timeout).await.map(|()| true),
             _ => Ok(false),
         }
     }
 
-    /// Close politely (VXI-11 destroy_link; stream shutdown), within `timeout`.
+    /// Close politely (VXI-11 destroy_link; HiSLIP and streams: shutdown),
+    /// within `timeout`.
     pub async fn close(mut self, timeout: Duration) {
         match &mut self {
             Link::Vxi11(l) => l.close(timeout).await,
+            Link::Hislip(l) => l.close(timeout).await,
             stream => {
                 let _ = tokio::time::timeout(timeout, stream.shutdown()).await;
             }
@@ -255,7 +273,7 @@ impl AsyncRead for Link {
         match self.get_mut() {
             Link::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Link::Serial(s) => Pin::new(s).poll_read(cx, buf),
-            Link::Vxi11(_) => Poll::Ready(Err(not_a_stream())),
+            Link::Vxi11(_) | Link::Hislip(_) => Poll::Ready(Err(not_a_stream())),
         }
     }
 }
@@ -269,7 +287,7 @@ impl AsyncWrite for Link {
         match self.get_mut() {
             Link::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Link::Serial(s) => Pin::new(s).poll_write(cx, buf),
-            Link::Vxi11(_) => Poll::Ready(Err(not_a_stream())),
+            Link::Vxi11(_) | Link::Hislip(_) => Poll::Ready(Err(not_a_stream())),
         }
     }
 
@@ -277,7 +295,7 @@ impl AsyncWrite for Link {
         match self.get_mut() {
             Link::Tcp(s) => Pin::new(s).poll_flush(cx),
             Link::Serial(s) => Pin::new(s).poll_flush(cx),
-            Link::Vxi11(_) => Poll::Ready(Err(not_a_stream())),
+            Link::Vxi11(_) | Link::Hislip(_) => Poll::Ready(Err(not_a_stream())),
         }
     }
 
@@ -285,7 +303,7 @@ impl AsyncWrite for Link {
         match self.get_mut() {
             Link::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Link::Serial(s) => Pin::new(s).poll_shutdown(cx),
-            Link::Vxi11(_) => Poll::Ready(Err(not_a_stream())),
+            Link::Vxi11(_) | Link::Hislip(_) => Poll::Ready(Err(not_a_stream())),
         }
     }
 }
