@@ -6,6 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Result;
+use labmesh_drivers::hislip::HislipLink;
 use labmesh_drivers::psu::models::Family;
 use labmesh_drivers::sim::{SimConfig, SimPsu};
 use labmesh_drivers::vxi11::Vxi11Link;
@@ -316,6 +317,199 @@ async fn vxi11_refusals_are_clear() -> Result<()> {
         let r = Resource::parse("TCPIP::127.0.0.1::INSTR")?;
         assert_eq!(r.to_string(), "vxi11://127.0.0.1:111/inst0");
         v.shutdown().await
+    })
+    .await
+}
+
+/// A simulator serving HiSLIP on 127.0.0.1.
+struct HislipSim {
+    sim: SimPsu,
+    port: u16,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl HislipSim {
+    async fn start(sim: SimPsu, port: u16) -> Result<HislipSim> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        let port = listener.local_addr()?.port();
+        let (stop, rx) = oneshot::channel::<()>();
+        let s = sim.clone();
+        let task = tokio::spawn(async move {
+            s.serve_hislip(listener, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        Ok(HislipSim {
+            sim,
+            port,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    async fn keysight() -> Result<HislipSim> {
+        HislipSim::start(SimPsu::new(SimConfig::new(Family::KeysightE36xx))?, 0).await
+    }
+
+    fn resource(&self) -> String {
+        format!("TCPIP::127.0.0.1::hislip0,{}::INSTR", self.port)
+    }
+
+    async fn shutdown(mut self) -> Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for HislipSim {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+#[tokio::test]
+async fn hislip_psu_driver_and_session() -> Result<()> {
+    bounded(async {
+        let h = HislipSim::keysight().await?;
+        let mut psu = create("keysight-e36xx", &h.resource(), json!({})).await?;
+        assert_eq!(
+            call(&mut psu, "identify", Value::Null).await?,
+            json!(h.sim.idn())
+        );
+        call(&mut psu, "set_voltage", json!({"value": 2.5})).await?;
+        call(&mut psu, "set_output", json!({"on": true})).await?;
+        let volts = call(&mut psu, "measure_voltage", json!({})).await?;
+        assert!((volts.as_f64().unwrap() - 2.5).abs() < 1e-6, "{volts}");
+        drop(psu);
+        for resource in [
+            h.resource(),
+            format!("hislip://127.0.0.1:{}/hislip0", h.port),
+        ] {
+            let mut s = session(&resource, json!({"check_errors": true}))?;
+            assert!(s.resource().is_message_based());
+            assert_eq!(s.query("*IDN?").await?, h.sim.idn());
+            s.write("VOLT 1.5").await?;
+            assert_eq!(s.query("VOLT?").await?.parse::<f64>()?, 1.5);
+            let e = s.write("VOLT 99").await.unwrap_err();
+            assert_eq!(e.code(), 500, "{e}");
+            let bmp = s.query_binary("HCOP:SDUM:DATA?").await?;
+            assert!(bmp.starts_with(b"BM") && bmp.contains(&b'\n'));
+            assert_eq!(s.query("*OPC?").await?, "1");
+            s.close().await;
+        }
+        // Without a read terminator in the reply, DataEnd ends it.
+        let mut s = session(&h.resource(), json!({"read_termination": "#"}))?;
+        assert_eq!(s.query("*IDN?").await?, h.sim.idn());
+        h.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn hislip_handshake_sizes_status_and_clear() -> Result<()> {
+    bounded(async {
+        let h = HislipSim::keysight().await?;
+        let t = Duration::from_millis(500);
+        let mut a = HislipLink::connect("127.0.0.1", h.port, "hislip0", t).await?;
+        let b = HislipLink::connect("127.0.0.1", h.port, "hislip0", t).await?;
+        assert_ne!(a.session_id(), b.session_id());
+        assert_eq!(a.server_max_message(), 64 * 1024);
+        assert!(!a.server_prefers_overlap());
+        // A message bigger than nothing: fragments are joined at DataEnd.
+        a.write(b"*IDN?\n", t).await?;
+        let (data, end) = a.read(t).await?;
+        assert!(end);
+        assert_eq!(data, format!("{}\n", h.sim.idn()).into_bytes());
+        // An error in the queue shows in the status byte (bit 2).
+        a.write(b"BOGUS\n", t).await?;
+        assert_eq!(a.read_stb(t).await? & 0x04, 0x04);
+        // An unread answer is dropped by device clear; ids start again.
+        a.write(b"*IDN?\n", t).await?;
+        a.clear(t).await?;
+        a.write(b"*OPC?\n", t).await?;
+        assert_eq!(a.read(t).await?, (b"1\n".to_vec(), true));
+        // Nothing asked, nothing comes: a timeout (408).
+        let e = a.read(Duration::from_millis(100)).await.unwrap_err();
+        assert_eq!(e.code(), 408, "{e}");
+        drop(b);
+        // An unknown sub-address is refused with FatalError (503).
+        let e = HislipLink::connect("127.0.0.1", h.port, "inst0", t)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), 503, "{e}");
+        assert!(e.to_string().contains("unknown sub-address"), "{e}");
+        h.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn hislip_lock_request_and_release() -> Result<()> {
+    bounded(async {
+        let h = HislipSim::keysight().await?;
+        let t = Duration::from_millis(500);
+        let mut a = HislipLink::connect("127.0.0.1", h.port, "hislip0", t).await?;
+        let mut b = HislipLink::connect("127.0.0.1", h.port, "hislip0", t).await?;
+        a.lock(t).await?;
+        let e = b.lock(Duration::from_millis(50)).await.unwrap_err();
+        assert_eq!(e.code(), 409, "{e}");
+        // a still works while holding the lock.
+        a.write(b"VOLT 2\n", t).await?;
+        a.unlock(t).await?;
+        let e = a.unlock(t).await.unwrap_err();
+        assert!(e.to_string().contains("no lock held"), "{e}");
+        b.lock(t).await?;
+        // a closing its session does not release b's lock; b's close does.
+        a.close(t).await;
+        let mut c = HislipLink::connect("127.0.0.1", h.port, "hislip0", t).await?;
+        assert_eq!(
+            c.lock(Duration::from_millis(50)).await.unwrap_err().code(),
+            409
+        );
+        b.close(t).await;
+        drop(b);
+        c.lock(t).await?;
+        h.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn hislip_timeout_no_stale_reply_link_loss_and_reconnect() -> Result<()> {
+    bounded(async {
+        let h = HislipSim::keysight().await?;
+        let (sim, port) = (h.sim.clone(), h.port);
+        let mut s = session(
+            &h.resource(),
+            json!({"timeout_ms": 300, "init": ["VOLT 1.25"]}),
+        )?;
+        assert_eq!(s.query("VOLT?").await?.parse::<f64>()?, 1.25);
+        sim.set_muted(true);
+        let e = s.query("*IDN?").await.unwrap_err();
+        assert_eq!(e.code(), 408, "{e}");
+        sim.set_muted(false);
+        sim.execute("VOLT 3");
+        // A new session (init runs again) and no stale *IDN? answer.
+        assert_eq!(s.query("VOLT?").await?.parse::<f64>()?, 1.25);
+        s.write("*IDN?").await?;
+        s.clear().await?;
+        assert_eq!(s.query("*OPC?").await?, "1");
+        h.shutdown().await?;
+        let e = s.query("VOLT?").await.unwrap_err();
+        assert_eq!(e.code(), 503, "{e}");
+        sim.execute("VOLT 4");
+        let h = HislipSim::start(sim, port).await?;
+        assert_eq!(s.query("VOLT?").await?.parse::<f64>()?, 1.25);
+        h.shutdown().await
     })
     .await
 }

@@ -31,6 +31,9 @@ pub struct Psu {
     /// core channel on a free port of the same host.
     #[arg(long, value_name = "HOST[:PORT]", conflicts_with = "pty")]
     vxi11: Option<String>,
+    /// Serve HiSLIP at HOST[:PORT] (port default 4880).
+    #[arg(long, value_name = "HOST[:PORT]", conflicts_with = "pty")]
+    hislip: Option<String>,
     /// Serve on a new pseudo-terminal and print its path.
     #[arg(long)]
     pty: bool,
@@ -91,7 +94,7 @@ async fn scpi_psu(p: Psu) -> anyhow::Result<ExitCode> {
     }
     let mut servers: Vec<Server> = Vec::new();
     let mut lines = vec![format!("sim psu ({dialect}) {}", sim.idn())];
-    if p.tcp.is_some() || p.vxi11.is_none() {
+    if p.tcp.is_some() || (p.vxi11.is_none() && p.hislip.is_none()) {
         let addr = p.tcp.unwrap_or_else(|| "127.0.0.1:5025".to_string());
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -116,15 +119,35 @@ async fn scpi_psu(p: Psu) -> anyhow::Result<ExitCode> {
             std::net::IpAddr::V6(ip) => format!("[{ip}]"),
             ip => ip.to_string(),
         };
+        let pyvisa = if pm_addr.port() == 111 {
+            format!("TCPIP::{}::INSTR", pm_addr.ip())
+        } else {
+            format!("TCPIP::{},{}::INSTR", pm_addr.ip(), core_addr.port())
+        };
         lines.push(format!(
-            "VXI-11: portmapper {pm_addr}, core channel {core_addr}: TCPIP::{}::INSTR \
-             (vxi11://{host}:{}/inst0)",
-            pm_addr.ip(),
+            "VXI-11: portmapper {pm_addr}, core channel {core_addr}: vxi11://{host}:{}/inst0 \
+             (PyVISA: {pyvisa})",
             pm_addr.port()
         ));
         let s = sim.clone();
         servers.push(spawn(move |stopped| async move {
             s.serve_vxi11(Some(pm), core, stopped).await
+        }));
+    }
+    if let Some(addr) = p.hislip {
+        let addr = with_default_port(&addr, labmesh_drivers::hislip::PORT);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("--hislip: cannot listen on {addr}"))?;
+        let a = listener.local_addr()?;
+        lines.push(format!(
+            "HiSLIP: {a}: TCPIP::{}::hislip0,{}::INSTR",
+            a.ip(),
+            a.port()
+        ));
+        let s = sim.clone();
+        servers.push(spawn(move |stopped| async move {
+            s.serve_hislip(listener, stopped).await
         }));
     }
     serve(servers, &lines.join("\n"), |servers| async move {

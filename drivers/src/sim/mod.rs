@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod hislip;
 pub mod parser;
 pub mod psu;
 pub mod vxi11;
