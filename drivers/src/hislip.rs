@@ -592,6 +592,24 @@ mod tests {
         assert_eq!(Header::decode(&bad), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn header_round_trips(t in proptest::num::u8::ANY, c in proptest::num::u8::ANY,
+                              p in proptest::num::u32::ANY, l in proptest::num::u64::ANY) {
+            let h = Header { msg_type: t, control: c, param: p, len: l };
+            proptest::prop_assert_eq!(Header::decode(&h.encode()), Some(h));
+        }
+
+        #[test]
+        fn reading_garbage_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..128)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let mut r = &bytes[..];
+                while read_message(&mut r, 64).await.is_ok() {}
+            });
+        }
+    }
+
     #[tokio::test]
     async fn messages_round_trip_and_oversize_is_refused() {
         let mut out = Vec::new();

@@ -748,6 +748,26 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = parse_call(&bytes);
+            let _ = parse_reply(&bytes, 1);
+            let mut r = XdrReader::new(&bytes);
+            while r.opaque(64).is_ok() {}
+        }
+
+        #[test]
+        fn opaque_round_trips(data in proptest::collection::vec(proptest::num::u8::ANY, 0..64), n in proptest::num::u32::ANY) {
+            let mut w = XdrWriter::new();
+            w.opaque(&data).u32(n);
+            proptest::prop_assert_eq!(w.0.len() % 4, 0);
+            let mut r = XdrReader::new(&w.0);
+            proptest::prop_assert_eq!(r.opaque(64).unwrap(), &data[..]);
+            proptest::prop_assert_eq!(r.u32().unwrap(), n);
+        }
+    }
+
     #[tokio::test]
     async fn record_marking_joins_fragments() {
         let bytes: Vec<u8> = [&[0, 0, 0, 2, b'a', b'b'][..], &[0x80, 0, 0, 1, b'c']].concat();

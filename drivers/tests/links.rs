@@ -422,7 +422,7 @@ async fn hislip_handshake_sizes_status_and_clear() -> Result<()> {
         let mut a = HislipLink::connect("127.0.0.1", h.port, "hislip0", t).await?;
         let b = HislipLink::connect("127.0.0.1", h.port, "hislip0", t).await?;
         assert_ne!(a.session_id(), b.session_id());
-        assert_eq!(a.server_max_message(), 64 * 1024);
+        assert_eq!(a.server_max_message(), 16 * 1024);
         assert!(!a.server_prefers_overlap());
         // A message bigger than nothing: fragments are joined at DataEnd.
         a.write(b"*IDN?\n", t).await?;
@@ -509,6 +509,61 @@ async fn hislip_timeout_no_stale_reply_link_loss_and_reconnect() -> Result<()> {
         sim.execute("VOLT 4");
         let h = HislipSim::start(sim, port).await?;
         assert_eq!(s.query("VOLT?").await?.parse::<f64>()?, 1.25);
+        h.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn vxi11_long_writes_are_fragmented_and_garbage_does_not_stop_the_server() -> Result<()> {
+    use labmesh_drivers::vxi11::{read_record, write_record};
+    use tokio::io::AsyncWriteExt;
+    bounded(async {
+        let v = VxiSim::keysight().await?;
+        // 40 000 bytes: three device_write fragments of at most 16 KiB.
+        let mut s = session(&v.resource(), json!({}))?;
+        let long = format!("{}*IDN?", "*CLS;".repeat(8000));
+        assert_eq!(s.query(&long).await?, v.sim.idn());
+        // Truncated arguments: GARBAGE_ARGS (accept_stat 4), connection kept.
+        let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", v.core_port)).await?;
+        let call = labmesh_drivers::vxi11::call_message(9, 0x0607AF, 1, 11, &[0, 0, 0, 1]);
+        write_record(&mut raw, &call).await?;
+        let reply = read_record(&mut raw, 4096).await?;
+        assert_eq!(
+            labmesh_drivers::vxi11::parse_reply(&reply, 9).unwrap_err(),
+            "RPC garbage arguments"
+        );
+        // Not RPC at all: the server hangs up on that connection only.
+        raw.write_all(&[0x80, 0, 0, 4, 1, 2, 3, 4]).await?;
+        assert!(read_record(&mut raw, 4096).await.is_err());
+        let mut pm = tokio::net::TcpStream::connect(("127.0.0.1", v.pm_port)).await?;
+        pm.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+        assert!(read_record(&mut pm, 4096).await.is_err());
+        assert_eq!(s.query("*IDN?").await?, v.sim.idn());
+        v.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn hislip_garbage_gets_fatal_error_and_the_server_keeps_serving() -> Result<()> {
+    use labmesh_drivers::hislip::{msg, read_message, write_message};
+    use tokio::io::AsyncWriteExt;
+    bounded(async {
+        let h = HislipSim::keysight().await?;
+        let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", h.port)).await?;
+        raw.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+        let m = read_message(&mut raw, 4096).await?;
+        assert_eq!((m.header.msg_type, m.header.control), (msg::FATAL_ERROR, 1));
+        // AsyncInitialize for a session that does not exist.
+        let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", h.port)).await?;
+        write_message(&mut raw, msg::ASYNC_INITIALIZE, 0, 0xBEEF, &[]).await?;
+        let m = read_message(&mut raw, 4096).await?;
+        assert_eq!((m.header.msg_type, m.header.control), (msg::FATAL_ERROR, 3));
+        // 40 000 bytes: Data, Data, DataEnd (16 KiB maximum), joined by the server.
+        let mut s = session(&h.resource(), json!({}))?;
+        let long = format!("{}*IDN?", "*CLS;".repeat(8000));
+        assert_eq!(s.query(&long).await?, h.sim.idn());
         h.shutdown().await
     })
     .await

@@ -27,8 +27,13 @@ use tokio::task::JoinSet;
 use super::{SimPsu, MAX_LINE};
 use crate::hislip::{code, msg, read_message, write_message, VERSION};
 
-/// The server's maximum message size (AsyncMaximumMessageSizeResponse).
-pub const SERVER_MAX_MESSAGE: u64 = MAX_LINE as u64;
+/// The server's maximum message size (AsyncMaximumMessageSizeResponse):
+/// small, so clients' fragmenting is exercised.
+pub const SERVER_MAX_MESSAGE: u64 = 16 * 1024;
+
+/// The largest payload actually read (forgiving clients that never asked
+/// for the maximum, as pyvisa-py does not).
+const READ_CAP: u64 = 1 << 20;
 
 #[derive(Debug)]
 struct Session {
@@ -173,7 +178,7 @@ async fn serve_sync(
     stop: &mut watch::Receiver<bool>,
 ) -> io::Result<()> {
     let mut input: Vec<u8> = Vec::new();
-    while let Some(m) = next(sock, stop, SERVER_MAX_MESSAGE).await? {
+    while let Some(m) = next(sock, stop, READ_CAP).await? {
         let h = m.header;
         match h.msg_type {
             msg::DATA | msg::DATA_END => {
