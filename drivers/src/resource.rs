@@ -6,6 +6,8 @@
 //!   `ASRL/dev/ttyUSB0::INSTR` (a device path after `ASRL`).
 //! * PyVISA LAN instruments: `TCPIP::host::INSTR` / `TCPIP::host::inst0::INSTR`
 //!   (VXI-11), `TCPIP::host::hislip0[,port]::INSTR` (HiSLIP).
+//! * GPIB through a Prologix-compatible adapter: `GPIB0::5::INSTR` with
+//!   the adapter in option `adapter`.
 //! * URLs: `tcp://host:5025`, `tcp://[::1]:5025`, `vxi11://host[:pmport]/inst0`,
 //!   `hislip://host[:port]/hislip0`,
 //!   `serial:///dev/ttyUSB0?baud=115200&parity=none&data_bits=8&stop_bits=1&flow=none`.
@@ -161,6 +163,18 @@ pub enum Resource {
         /// TCP port (4880).
         port: u16,
     },
+    /// An instrument on a GPIB bus, through a Prologix-compatible adapter.
+    Gpib {
+        /// The board number of `GPIBn` (informational: the adapter names the bus).
+        board: u8,
+        /// Primary address, 0..=30.
+        address: u8,
+        /// Secondary address, 0..=30.
+        secondary: Option<u8>,
+        /// The adapter's resource (option `adapter`): a serial port or
+        /// `tcp://HOST:1234`.
+        adapter: Option<String>,
+    },
     /// A serial port.
     Serial {
         /// Device path, e.g. `/dev/ttyUSB0` (or `COM3` on Windows).
@@ -284,6 +298,36 @@ impl Resource {
                 )),
             };
         }
+        if lower.starts_with("gpib") {
+            let parts: Vec<&str> = s.split("::").collect();
+            let usage = "expected GPIB[board]::ADDRESS[::SECONDARY]::INSTR (addresses 0..=30)";
+            let board: u8 = match parts.first().and_then(|b| b.get(4..)) {
+                Some("") => 0,
+                Some(b) => b.parse().map_err(|_| bad(usage))?,
+                None => return Err(bad(usage)),
+            };
+            let addr = |t: &str| {
+                t.parse::<u8>()
+                    .ok()
+                    .filter(|a| *a <= 30)
+                    .ok_or_else(|| bad(usage))
+            };
+            return match parts.as_slice() {
+                [_, a, kind] if kind.eq_ignore_ascii_case("INSTR") => Ok(Resource::Gpib {
+                    board,
+                    address: addr(a)?,
+                    secondary: None,
+                    adapter: None,
+                }),
+                [_, a, sec, kind] if kind.eq_ignore_ascii_case("INSTR") => Ok(Resource::Gpib {
+                    board,
+                    address: addr(a)?,
+                    secondary: Some(addr(sec)?),
+                    adapter: None,
+                }),
+                _ => Err(bad(usage)),
+            };
+        }
         if lower.starts_with("asrl") {
             let body = s.get(4..).unwrap_or("");
             let path = match body.rsplit_once("::") {
@@ -315,7 +359,7 @@ impl Resource {
         }
         Err(bad(
             "expected TCPIP::HOST::PORT::SOCKET, TCPIP::HOST[::DEVICE]::INSTR, \
-             ASRL/dev/DEVICE::INSTR, tcp://HOST:PORT, vxi11://HOST/inst0, \
+             GPIB0::ADDRESS::INSTR, ASRL/dev/DEVICE::INSTR, tcp://HOST:PORT, vxi11://HOST/inst0, \
              hislip://HOST/hislip0 or serial:///dev/DEVICE?baud=N",
         ))
     }
@@ -330,6 +374,21 @@ impl Resource {
     /// (`baud`, `data_bits`, `parity`, `stop_bits`, `flow`); other keys are
     /// ignored here. Does nothing for TCP resources.
     pub fn apply_options(&mut self, options: &Map<String, Value>) -> Result<(), DriverError> {
+        if let Resource::Gpib { adapter, .. } = self {
+            if let Some(v) = options.get("adapter") {
+                *adapter = Some(
+                    v.as_str()
+                        .ok_or_else(|| {
+                            DriverError::Config(
+                                "option 'adapter': expected a resource string such as \
+                                 tcp://HOST:1234 or serial:///dev/ttyUSB0?baud=115200"
+                                    .into(),
+                            )
+                        })?
+                        .to_string(),
+                );
+            }
+        }
         if let Resource::Serial { settings, .. } = self {
             for key in [
                 "baud",
@@ -382,6 +441,15 @@ impl fmt::Display for Resource {
             Resource::Hislip { host, device, port } => {
                 write!(f, "hislip://{}:{port}/{device}", bracket(host))
             }
+            Resource::Gpib {
+                board,
+                address,
+                secondary,
+                ..
+            } => match secondary {
+                Some(sec) => write!(f, "GPIB{board}::{address}::{sec}::INSTR"),
+                None => write!(f, "GPIB{board}::{address}::INSTR"),
+            },
             Resource::Serial { path, settings } => {
                 let parity = match settings.parity {
                     Parity::None => "none",
@@ -523,6 +591,15 @@ mod tests {
         }
     }
 
+    fn gpib(board: u8, address: u8, secondary: Option<u8>) -> Resource {
+        Resource::Gpib {
+            board,
+            address,
+            secondary,
+            adapter: None,
+        }
+    }
+
     fn serial(path: &str, f: impl FnOnce(&mut SerialSettings)) -> Resource {
         let mut settings = SerialSettings::default();
         f(&mut settings);
@@ -556,6 +633,9 @@ mod tests {
             ("TCPIP1::host::HISLIP1,5000::INSTR", hislip("host", "HISLIP1", 5000)),
             ("hislip://host", hislip("host", "hislip0", 4880)),
             ("hislip://127.0.0.1:4881/hislip0", hislip("127.0.0.1", "hislip0", 4881)),
+            ("GPIB0::5::INSTR", gpib(0, 5, None)),
+            ("gpib1::12::3::instr", gpib(1, 12, Some(3))),
+            ("GPIB::30::INSTR", gpib(0, 30, None)),
             ("ASRL/dev/ttyUSB0::INSTR", serial("/dev/ttyUSB0", |_| {})),
             ("asrl/dev/ttyACM1::instr", serial("/dev/ttyACM1", |_| {})),
             ("serial:///dev/ttyUSB0", serial("/dev/ttyUSB0", |_| {})),
@@ -607,7 +687,9 @@ mod tests {
             ("serial:///dev/ttyUSB0?speed=9600", "unknown serial setting"),
             ("serial:///dev/ttyUSB0?baud", "key=value"),
             ("ASRL::INSTR", "ASRL<device>"),
-            ("GPIB0::8::INSTR", "expected"),
+            ("GPIB0::31::INSTR", "GPIB[board]"),
+            ("GPIB::8::SOCKET", "GPIB[board]"),
+            ("GPIBx::8::INSTR", "GPIB[board]"),
         ];
         for (text, why) in table {
             let e = Resource::parse(text).expect_err(text);

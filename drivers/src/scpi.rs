@@ -204,6 +204,13 @@ impl ScpiSession {
         })?;
         let mut resource = Resource::parse(text)?;
         resource.apply_options(&cfg.options)?;
+        if let Resource::Gpib { adapter: None, .. } = resource {
+            return Err(DriverError::Config(format!(
+                "instrument '{}': resource {text}: GPIB needs option 'adapter' (the \
+                 Prologix-compatible adapter: tcp://HOST:1234 or serial:///dev/ttyUSB0?baud=115200)",
+                cfg.id
+            )));
+        }
         let mut opts = defaults;
         opts.apply_options(&cfg.options)?;
         Ok(ScpiSession::new(resource, opts))
@@ -287,6 +294,7 @@ impl ScpiSession {
         tracing::debug!(resource = %self.resource, "connected");
         for cmd in self.opts.init.clone() {
             self.send(&cmd, self.opts.timeout).await?;
+            self.end_exchange();
         }
         Ok(())
     }
@@ -334,6 +342,13 @@ impl ScpiSession {
         self.buf.clear();
         self.msg_end = false;
         DriverError::link(self.resource.to_string(), source)
+    }
+
+    /// A command and its reply are done: let a shared GPIB adapter go.
+    fn end_exchange(&mut self) {
+        if let Some(link) = self.link.as_mut() {
+            link.end_exchange();
+        }
     }
 
     fn not_connected(&self) -> DriverError {
@@ -447,6 +462,14 @@ impl ScpiSession {
     }
 
     async fn recv_line(&mut self, timeout: Duration) -> Result<String, DriverError> {
+        let r = self.recv_line_inner(timeout).await;
+        if r.is_ok() {
+            self.end_exchange();
+        }
+        r
+    }
+
+    async fn recv_line_inner(&mut self, timeout: Duration) -> Result<String, DriverError> {
         let deadline = Instant::now() + timeout;
         let term = self.opts.read_termination.clone().into_bytes();
         loop {
@@ -493,6 +516,7 @@ impl ScpiSession {
         self.ready().await?;
         self.out_of_step = true;
         self.send(cmd, self.opts.timeout).await?;
+        self.end_exchange();
         self.out_of_step = false;
         if self.opts.check_errors {
             self.check_error(cmd).await?;
@@ -577,6 +601,7 @@ impl ScpiSession {
                         self.buf.drain(..end);
                         self.skip_terminator = true;
                         self.out_of_step = false;
+                        self.end_exchange();
                         return Ok(data);
                     }
                 }
@@ -589,6 +614,7 @@ impl ScpiSession {
                             .to_vec();
                         self.buf.drain(..data_start + i + term.len());
                         self.out_of_step = false;
+                        self.end_exchange();
                         return Ok(data);
                     }
                 }

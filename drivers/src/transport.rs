@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 
+use crate::gpib::GpibLink;
 use crate::hislip::HislipLink;
 use crate::resource::{FlowControl, Parity, Resource, SerialSettings};
 use crate::vxi11::Vxi11Link;
@@ -37,6 +38,8 @@ pub enum Link {
     Vxi11(Box<Vxi11Link>),
     /// A HiSLIP session (synchronous and asynchronous channels).
     Hislip(Box<HislipLink>),
+    /// An instrument on a Prologix-compatible GPIB adapter.
+    Gpib(Box<GpibLink>),
 }
 
 /// How a [`Link::send`] or [`Link::recv`] failed.
@@ -99,11 +102,41 @@ impl Link {
             } => Vxi11Link::connect(host, *portmapper_port, *core_port, device, connect_timeout)
                 .await
                 .map(|l| Link::Vxi11(Box::new(l))),
+            Resource::Gpib {
+                address,
+                secondary,
+                adapter,
+                ..
+            } => {
+                let adapter = adapter.as_deref().ok_or_else(|| {
+                    DriverError::Config(format!(
+                        "resource {resource}: GPIB needs option 'adapter' (the Prologix-compatible \
+                         adapter: tcp://HOST:1234 or serial:///dev/ttyUSB0?baud=115200)"
+                    ))
+                })?;
+                // Boxed: opening the adapter opens a (byte-stream) Link.
+                Box::pin(GpibLink::open(
+                    adapter,
+                    *address,
+                    *secondary,
+                    connect_timeout,
+                ))
+                .await
+                .map(|l| Link::Gpib(Box::new(l)))
+            }
             Resource::Hislip { host, device, port } => {
                 HislipLink::connect(host, *port, device, connect_timeout)
                     .await
                     .map(|l| Link::Hislip(Box::new(l)))
             }
+        }
+    }
+
+    /// The exchange (a command and its reply, if any) is over: a shared
+    /// GPIB adapter is released for other instruments. No-op otherwise.
+    pub fn end_exchange(&mut self) {
+        if let Link::Gpib(l) = self {
+            l.end_exchange();
         }
     }
 
@@ -117,6 +150,14 @@ impl Link {
         match self {
             Link::Vxi11(l) => Ok(l.write(bytes, timeout).await?),
             Link::Hislip(l) => Ok(l.write(bytes, timeout).await?),
+            Link::Gpib(l) => {
+                // A failed exchange must not keep the shared adapter.
+                let r = l.send(bytes, timeout).await;
+                if r.is_err() {
+                    l.end_exchange();
+                }
+                r
+            }
             stream => match tokio::time::timeout(timeout, stream.write_all(bytes)).await {
                 Err(_) => Err(LinkFailure::TimedOut),
                 Ok(Err(e)) => Err(LinkFailure::Io(e)),
@@ -144,6 +185,13 @@ impl Link {
                 let chunk = l.read(max.max(1), None, left).await?;
                 buf.extend_from_slice(&chunk.data);
                 Ok(chunk.reason & crate::vxi11::REASON_END != 0)
+            }
+            Link::Gpib(l) => {
+                let r = l.recv(buf, deadline).await;
+                if r.is_err() {
+                    l.end_exchange();
+                }
+                r
             }
             Link::Hislip(l) => {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -179,6 +227,7 @@ impl Link {
         match self {
             Link::Vxi11(l) => l.clear(timeout).await.map(|()| true),
             Link::Hislip(l) => l.clear(timeout).await.map(|()| true),
+            Link::Gpib(l) => l.clear(timeout).await.map(|()| true),
             _ => Ok(false),
         }
     }
@@ -189,6 +238,7 @@ impl Link {
         match &mut self {
             Link::Vxi11(l) => l.close(timeout).await,
             Link::Hislip(l) => l.close(timeout).await,
+            Link::Gpib(l) => l.end_exchange(),
             stream => {
                 let _ = tokio::time::timeout(timeout, stream.shutdown()).await;
             }
@@ -273,7 +323,7 @@ impl AsyncRead for Link {
         match self.get_mut() {
             Link::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Link::Serial(s) => Pin::new(s).poll_read(cx, buf),
-            Link::Vxi11(_) | Link::Hislip(_) => Poll::Ready(Err(not_a_stream())),
+            Link::Vxi11(_) | Link::Hislip(_) | Link::Gpib(_) => Poll::Ready(Err(not_a_stream())),
         }
     }
 }
@@ -287,7 +337,7 @@ impl AsyncWrite for Link {
         match self.get_mut() {
             Link::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Link::Serial(s) => Pin::new(s).poll_write(cx, buf),
-            Link::Vxi11(_) | Link::Hislip(_) => Poll::Ready(Err(not_a_stream())),
+            Link::Vxi11(_) | Link::Hislip(_) | Link::Gpib(_) => Poll::Ready(Err(not_a_stream())),
         }
     }
 
@@ -295,7 +345,7 @@ impl AsyncWrite for Link {
         match self.get_mut() {
             Link::Tcp(s) => Pin::new(s).poll_flush(cx),
             Link::Serial(s) => Pin::new(s).poll_flush(cx),
-            Link::Vxi11(_) | Link::Hislip(_) => Poll::Ready(Err(not_a_stream())),
+            Link::Vxi11(_) | Link::Hislip(_) | Link::Gpib(_) => Poll::Ready(Err(not_a_stream())),
         }
     }
 
@@ -303,7 +353,7 @@ impl AsyncWrite for Link {
         match self.get_mut() {
             Link::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Link::Serial(s) => Pin::new(s).poll_shutdown(cx),
-            Link::Vxi11(_) | Link::Hislip(_) => Poll::Ready(Err(not_a_stream())),
+            Link::Vxi11(_) | Link::Hislip(_) | Link::Gpib(_) => Poll::Ready(Err(not_a_stream())),
         }
     }
 }

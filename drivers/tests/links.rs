@@ -568,3 +568,122 @@ async fn hislip_garbage_gets_fatal_error_and_the_server_keeps_serving() -> Resul
     })
     .await
 }
+
+/// A simulated Prologix adapter over TCP with instruments at `addrs`.
+async fn prologix(
+    addrs: &[(u8, Family, &str)],
+) -> Result<(
+    Vec<SimPsu>,
+    String,
+    oneshot::Sender<()>,
+    JoinHandle<std::io::Result<()>>,
+)> {
+    use labmesh_drivers::sim::prologix::GpibBus;
+    let mut sims = Vec::new();
+    let mut bus = Vec::new();
+    for (addr, family, serial) in addrs {
+        let sim = SimPsu::new(SimConfig {
+            serial: serial.to_string(),
+            ..SimConfig::new(*family)
+        })?;
+        sims.push(sim.clone());
+        bus.push((*addr, sim));
+    }
+    let bus = GpibBus::new(bus);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let adapter = format!("tcp://{}", listener.local_addr()?);
+    let (stop, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        bus.serve_tcp(listener, async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    Ok((sims, adapter, stop, task))
+}
+
+#[tokio::test]
+async fn gpib_instruments_share_one_prologix_adapter() -> Result<()> {
+    bounded(async {
+        let (sims, adapter, stop, task) = prologix(&[
+            (5, Family::KeysightE36xx, "GPIB-5"),
+            (7, Family::RigolDp8xx, "GPIB-7"),
+        ])
+        .await?;
+        let mut tasks = Vec::new();
+        for (i, addr) in [5u8, 7].into_iter().enumerate() {
+            let mut s = session(
+                &format!("GPIB0::{addr}::INSTR"),
+                json!({"adapter": adapter, "check_errors": true}),
+            )?;
+            let idn = sims[i].idn();
+            tasks.push(tokio::spawn(async move {
+                for n in 0..25 {
+                    let v = f64::from(n % 5) + 0.5;
+                    s.write(&format!("VOLT {v}")).await?;
+                    assert_eq!(s.query("*IDN?").await?, idn);
+                    assert_eq!(s.query("VOLT?").await?.parse::<f64>()?, v);
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        // The PSU driver through the same adapter, with the adapter an option.
+        let mut psu = create(
+            "keysight-e36xx",
+            "GPIB::5::INSTR",
+            json!({"adapter": adapter}),
+        )
+        .await?;
+        call(&mut psu, "set_voltage", json!({"value": 1.25})).await?;
+        assert_eq!(sims[0].execute("VOLT?").unwrap(), b"+1.25000000E+00");
+        let _ = stop.send(());
+        task.await??;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn gpib_timeout_on_one_instrument_does_not_leak_into_another() -> Result<()> {
+    bounded(async {
+        let (sims, adapter, stop, task) = prologix(&[
+            (5, Family::KeysightE36xx, "GPIB-5"),
+            (7, Family::KeysightE36xx, "GPIB-7"),
+        ])
+        .await?;
+        let mut five = session(
+            "GPIB0::5::INSTR",
+            json!({"adapter": adapter, "timeout_ms": 300}),
+        )?;
+        let mut seven = session(
+            "GPIB0::7::INSTR",
+            json!({"adapter": adapter, "timeout_ms": 8000}),
+        )?;
+        five.write("VOLT 2").await?;
+        assert_eq!(five.query("*OPC?").await?, "1"); // VOLT 2 has run
+        sims[0].set_muted(true);
+        let e = five.query("*IDN?").await.unwrap_err();
+        assert_eq!(e.code(), 408, "{e}");
+        // The adapter is released at once; seven waits out the adapter's
+        // read timeout and gets its own answer, not five's.
+        assert_eq!(seven.query("*IDN?").await?, sims[1].idn());
+        sims[0].set_muted(false);
+        // five's late *IDN? answer is cleared (++clr) before its next query.
+        assert_eq!(five.query("VOLT?").await?.parse::<f64>()?, 2.0);
+        // `+` (and CR, LF, ESC) in data are escaped for the adapter.
+        five.write("VOLT +0.75").await?;
+        assert_eq!(five.query("VOLT?").await?.parse::<f64>()?, 0.75);
+        five.clear().await?;
+        assert_eq!(five.query("*OPC?").await?, "1");
+        // No adapter named: a configuration error.
+        let e = session("GPIB0::9::INSTR", json!({})).unwrap_err();
+        assert!(e.to_string().contains("needs option 'adapter'"), "{e}");
+        let _ = stop.send(());
+        task.await??;
+        Ok(())
+    })
+    .await
+}

@@ -31,6 +31,13 @@ pub struct Psu {
     /// core channel on a free port of the same host.
     #[arg(long, value_name = "HOST[:PORT]", conflicts_with = "pty")]
     vxi11: Option<String>,
+    /// Act as a Prologix-compatible GPIB adapter (TCP, like a GPIB-ETHERNET)
+    /// at HOST[:PORT] (port default 1234), the PSU at --gpib-address.
+    #[arg(long, value_name = "HOST[:PORT]", conflicts_with = "pty")]
+    prologix: Option<String>,
+    /// With --prologix: the PSU's GPIB primary address.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(0..=30))]
+    gpib_address: u8,
     /// Serve HiSLIP at HOST[:PORT] (port default 4880).
     #[arg(long, value_name = "HOST[:PORT]", conflicts_with = "pty")]
     hislip: Option<String>,
@@ -94,7 +101,7 @@ async fn scpi_psu(p: Psu) -> anyhow::Result<ExitCode> {
     }
     let mut servers: Vec<Server> = Vec::new();
     let mut lines = vec![format!("sim psu ({dialect}) {}", sim.idn())];
-    if p.tcp.is_some() || (p.vxi11.is_none() && p.hislip.is_none()) {
+    if p.tcp.is_some() || (p.vxi11.is_none() && p.hislip.is_none() && p.prologix.is_none()) {
         let addr = p.tcp.unwrap_or_else(|| "127.0.0.1:5025".to_string());
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -148,6 +155,22 @@ async fn scpi_psu(p: Psu) -> anyhow::Result<ExitCode> {
         let s = sim.clone();
         servers.push(spawn(move |stopped| async move {
             s.serve_hislip(listener, stopped).await
+        }));
+    }
+    if let Some(addr) = p.prologix {
+        let addr = with_default_port(&addr, labmesh_drivers::gpib::PROLOGIX_TCP_PORT);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("--prologix: cannot listen on {addr}"))?;
+        lines.push(format!(
+            "Prologix GPIB adapter: tcp://{}: GPIB0::{}::INSTR with option adapter = \"tcp://{}\"",
+            listener.local_addr()?,
+            p.gpib_address,
+            listener.local_addr()?
+        ));
+        let bus = labmesh_drivers::sim::prologix::GpibBus::new([(p.gpib_address, sim.clone())]);
+        servers.push(spawn(move |stopped| async move {
+            bus.serve_tcp(listener, stopped).await
         }));
     }
     serve(servers, &lines.join("\n"), |servers| async move {

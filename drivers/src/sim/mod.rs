@@ -24,6 +24,7 @@
 
 pub mod hislip;
 pub mod parser;
+pub mod prologix;
 pub mod psu;
 pub mod vxi11;
 
