@@ -344,6 +344,16 @@ impl ScpiSession {
         DriverError::link(self.resource.to_string(), source)
     }
 
+    /// An exchange failed half way (a reply too long, not a block): a
+    /// network or GPIB link is dropped now (a shared GPIB adapter must not
+    /// wait for this session's next call; the next call reconnects anyway);
+    /// a serial link stays, to be drained before the next exchange.
+    fn abandon(&mut self) {
+        if !self.link.as_ref().is_some_and(Link::is_serial) {
+            self.link = None;
+        }
+    }
+
     /// A command and its reply are done: let a shared GPIB adapter go.
     fn end_exchange(&mut self) {
         if let Some(link) = self.link.as_mut() {
@@ -443,6 +453,7 @@ impl ScpiSession {
     async fn fill(&mut self, deadline: Instant, timeout: Duration) -> Result<(), DriverError> {
         if self.buf.len() > self.opts.max_reply + 16 {
             self.out_of_step = true;
+            self.abandon();
             return Err(DriverError::Instrument(format!(
                 "reply longer than {} bytes without a terminator",
                 self.opts.max_reply
@@ -588,6 +599,7 @@ impl ScpiSession {
                         .chars()
                         .take(80)
                         .collect::<String>();
+                    self.abandon();
                     return Err(DriverError::Instrument(format!(
                         "{e} (reply starts {text:?})"
                     )));

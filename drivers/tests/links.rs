@@ -678,6 +678,12 @@ async fn gpib_timeout_on_one_instrument_does_not_leak_into_another() -> Result<(
         assert_eq!(five.query("VOLT?").await?.parse::<f64>()?, 0.75);
         five.clear().await?;
         assert_eq!(five.query("*OPC?").await?, "1");
+        // An answer that is not the block asked for: 500, and the adapter
+        // is let go at once (seven is not left waiting for five's next call).
+        let e = five.query_binary("*IDN?").await.unwrap_err();
+        assert_eq!(e.code(), 500, "{e}");
+        assert_eq!(seven.query("*OPC?").await?, "1");
+        assert_eq!(five.query("*OPC?").await?, "1");
         // No adapter named: a configuration error.
         let e = session("GPIB0::9::INSTR", json!({})).unwrap_err();
         assert!(e.to_string().contains("needs option 'adapter'"), "{e}");
