@@ -107,7 +107,7 @@ pub mod code {
 
 /// A message header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
+pub struct HislipHeader {
     /// Message type ([`msg`]).
     pub msg_type: u8,
     /// Control code.
@@ -118,7 +118,7 @@ pub struct Header {
     pub len: u64,
 }
 
-impl Header {
+impl HislipHeader {
     /// The 16 header bytes.
     pub fn encode(&self) -> [u8; 16] {
         let mut b = [0u8; 16];
@@ -132,7 +132,7 @@ impl Header {
     }
 
     /// Decode 16 header bytes; `None` without the `"HS"` prologue.
-    pub fn decode(b: &[u8; 16]) -> Option<Header> {
+    pub fn decode(b: &[u8; 16]) -> Option<HislipHeader> {
         if b[0] != b'H' || b[1] != b'S' {
             return None;
         }
@@ -140,7 +140,7 @@ impl Header {
         p.copy_from_slice(&b[4..8]);
         let mut l = [0u8; 8];
         l.copy_from_slice(&b[8..16]);
-        Some(Header {
+        Some(HislipHeader {
             msg_type: b[2],
             control: b[3],
             param: u32::from_be_bytes(p),
@@ -153,7 +153,7 @@ impl Header {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     /// Its header.
-    pub header: Header,
+    pub header: HislipHeader,
     /// Its payload.
     pub payload: Vec<u8>,
 }
@@ -163,7 +163,7 @@ pub struct Message {
 pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R, max: u64) -> io::Result<Message> {
     let mut h = [0u8; 16];
     r.read_exact(&mut h).await?;
-    let header = Header::decode(&h)
+    let header = HislipHeader::decode(&h)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not a HiSLIP header"))?;
     if header.len > max {
         return Err(io::Error::new(
@@ -184,7 +184,7 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
     param: u32,
     payload: &[u8],
 ) -> io::Result<()> {
-    let h = Header {
+    let h = HislipHeader {
         msg_type,
         control,
         param,
@@ -575,7 +575,7 @@ mod tests {
 
     #[test]
     fn golden_header() {
-        let h = Header {
+        let h = HislipHeader {
             msg_type: msg::DATA_END,
             control: 1,
             param: FIRST_MESSAGE_ID,
@@ -586,18 +586,18 @@ mod tests {
             b,
             [b'H', b'S', 7, 1, 0xFF, 0xFF, 0xFF, 0x00, 0, 0, 0, 0, 0, 0, 0, 6]
         );
-        assert_eq!(Header::decode(&b), Some(h));
+        assert_eq!(HislipHeader::decode(&b), Some(h));
         let mut bad = b;
         bad[1] = b'X';
-        assert_eq!(Header::decode(&bad), None);
+        assert_eq!(HislipHeader::decode(&bad), None);
     }
 
     proptest::proptest! {
         #[test]
         fn header_round_trips(t in proptest::num::u8::ANY, c in proptest::num::u8::ANY,
                               p in proptest::num::u32::ANY, l in proptest::num::u64::ANY) {
-            let h = Header { msg_type: t, control: c, param: p, len: l };
-            proptest::prop_assert_eq!(Header::decode(&h.encode()), Some(h));
+            let h = HislipHeader { msg_type: t, control: c, param: p, len: l };
+            proptest::prop_assert_eq!(HislipHeader::decode(&h.encode()), Some(h));
         }
 
         #[test]
