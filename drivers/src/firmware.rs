@@ -350,6 +350,13 @@ impl FirmwareDriver {
         })?;
         let opts = FirmwareOptions::from_options(&cfg.options)?;
         let mut resource = Resource::parse(text)?;
+        if resource.is_message_based() {
+            return Err(DriverError::Config(format!(
+                "instrument '{}' (driver {DRIVER}): {text} is a VXI-11/HiSLIP resource; \
+                 the device link needs a byte stream (serial, or tcp:// to a serial bridge)",
+                cfg.id
+            )));
+        }
         if let Resource::Serial { settings, .. } = &mut resource {
             if !names_baud(text, &cfg.options) {
                 settings.baud = DEFAULT_BAUD;
@@ -1036,7 +1043,7 @@ mod tests {
         };
         let baud = |d: &FirmwareDriver| match d.resource() {
             Resource::Serial { settings, .. } => settings.baud,
-            Resource::Tcp { .. } => 0,
+            _ => 0,
         };
         let d = FirmwareDriver::from_config(&cfg("ASRL/dev/ttyACM0::INSTR", json!({}))).unwrap();
         assert_eq!(baud(&d), DEFAULT_BAUD);

@@ -6,11 +6,12 @@
 //!   `siglent-spd3303x`), plus declarative TOML drivers
 //!   ([`DriverRegistry::load_dir`], [`declarative`]).
 //! * [`resource`]: PyVISA-style and URL resource strings; [`transport`]:
-//!   TCP and serial links; [`scpi`]: the SCPI session; [`block`]: IEEE 488.2
+//!   TCP, serial, VXI-11 ([`vxi11`]) and HiSLIP ([`hislip`]) links; [`scpi`]: the SCPI session; [`block`]: IEEE 488.2
 //!   binary blocks.
 //! * [`psu`]: the power-supply family drivers; [`scpi_driver`]: the
 //!   generic `scpi` driver; [`mock_psu`]: the in-process mock power supply.
-//! * [`sim`]: simulated SCPI power supplies over TCP, streams and ptys.
+//! * [`sim`]: simulated SCPI power supplies over TCP, streams, ptys,
+//!   VXI-11 and HiSLIP.
 //!
 //! docs/DRIVERS.md is the user guide.
 
@@ -18,6 +19,8 @@ pub mod block;
 pub mod builtins;
 pub mod declarative;
 pub mod firmware;
+pub mod gpib;
+pub mod hislip;
 pub mod instrument;
 pub mod methods;
 pub mod mock_psu;
@@ -29,6 +32,7 @@ pub mod scpi;
 pub mod scpi_driver;
 pub mod sim;
 pub mod transport;
+pub mod vxi11;
 
 pub use instrument::{
     Args, BindError, Description, DriverError, DriverErrorKind, Instrument, MethodSpec, ParamSpec,

@@ -148,6 +148,13 @@ pub const FLOW: OptionSpec = OptionSpec::new(
     "serial flow control (default none)",
 );
 
+/// `adapter`: the GPIB adapter of a `GPIBn::ADDR::INSTR` resource.
+pub const ADAPTER: OptionSpec = OptionSpec::new(
+    "adapter",
+    OptionType::String,
+    "GPIB resources: the Prologix-compatible adapter, tcp://HOST:1234 or a serial resource (no default)",
+);
+
 /// What every SCPI driver built on [`crate::ScpiSession`] accepts: the
 /// session's keys and the serial line's. Declarative (TOML) drivers accept
 /// exactly these.
@@ -167,6 +174,7 @@ pub const SCPI_SESSION: &[OptionSpec] = &[
     PARITY,
     STOP_BITS,
     FLOW,
+    ADAPTER,
 ];
 
 /// The first key of `options` that `known` does not declare.

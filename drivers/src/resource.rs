@@ -4,7 +4,12 @@
 //!
 //! * PyVISA form: `TCPIP0::192.168.1.50::5025::SOCKET`, `TCPIP::host::5025::SOCKET`,
 //!   `ASRL/dev/ttyUSB0::INSTR` (a device path after `ASRL`).
-//! * URLs: `tcp://host:5025`, `tcp://[::1]:5025`,
+//! * PyVISA LAN instruments: `TCPIP::host::INSTR` / `TCPIP::host::inst0::INSTR`
+//!   (VXI-11), `TCPIP::host::hislip0[,port]::INSTR` (HiSLIP).
+//! * GPIB through a Prologix-compatible adapter: `GPIB0::5::INSTR` with
+//!   the adapter in option `adapter`.
+//! * URLs: `tcp://host:5025`, `tcp://[::1]:5025`, `vxi11://host[:pmport]/inst0`,
+//!   `hislip://host[:port]/hislip0`,
 //!   `serial:///dev/ttyUSB0?baud=115200&parity=none&data_bits=8&stop_bits=1&flow=none`.
 //!
 //! `ASRL3::INSTR` (a numbered port) is a VISA-on-Windows convention; it is
@@ -137,6 +142,39 @@ pub enum Resource {
         /// TCP port.
         port: u16,
     },
+    /// A VXI-11 device (ONC RPC; the core channel found through the portmapper).
+    Vxi11 {
+        /// Host name or address (IPv6 without brackets).
+        host: String,
+        /// The device name given to `create_link` (`inst0`, `gpib0,5`).
+        device: String,
+        /// The portmapper's TCP port (111).
+        portmapper_port: u16,
+        /// The core channel's port, skipping the portmapper
+        /// (`TCPIP::host,port::INSTR`, as pyvisa-py spells it).
+        core_port: Option<u16>,
+    },
+    /// A HiSLIP (IVI-6.1) device.
+    Hislip {
+        /// Host name or address (IPv6 without brackets).
+        host: String,
+        /// The sub-address sent in `Initialize` (`hislip0`).
+        device: String,
+        /// TCP port (4880).
+        port: u16,
+    },
+    /// An instrument on a GPIB bus, through a Prologix-compatible adapter.
+    Gpib {
+        /// The board number of `GPIBn` (informational: the adapter names the bus).
+        board: u8,
+        /// Primary address, 0..=30.
+        address: u8,
+        /// Secondary address, 0..=30.
+        secondary: Option<u8>,
+        /// The adapter's resource (option `adapter`): a serial port or
+        /// `tcp://HOST:1234`.
+        adapter: Option<String>,
+    },
     /// A serial port.
     Serial {
         /// Device path, e.g. `/dev/ttyUSB0` (or `COM3` on Windows).
@@ -157,6 +195,56 @@ impl Resource {
             let (host, port) = split_host_port(rest)
                 .ok_or_else(|| bad("expected tcp://HOST:PORT (IPv6 as tcp://[::1]:5025)"))?;
             return Ok(Resource::Tcp { host, port });
+        }
+        for (scheme, hislip) in [("vxi11://", false), ("hislip://", true)] {
+            let Some(rest) = strip_prefix_ci(s, scheme) else {
+                continue;
+            };
+            let (rest, query) = match rest.split_once('?') {
+                Some((r, q)) => (r, q),
+                None => (rest, ""),
+            };
+            let (authority, path) = match rest.split_once('/') {
+                Some((a, p)) => (a, p.trim_end_matches('/')),
+                None => (rest, ""),
+            };
+            let usage = if hislip {
+                "expected hislip://HOST[:PORT][/hislip0]"
+            } else {
+                "expected vxi11://HOST[:PORTMAPPER_PORT][/inst0][?core_port=N]"
+            };
+            let (host, port) = split_host_opt_port(authority).ok_or_else(|| bad(usage))?;
+            if path.contains('/') {
+                return Err(bad(usage));
+            }
+            let mut core_port = None;
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("core_port", v)) if !hislip => {
+                        core_port = Some(
+                            v.parse::<u16>()
+                                .ok()
+                                .filter(|p| *p > 0)
+                                .ok_or_else(|| bad("core_port must be 1..=65535"))?,
+                        )
+                    }
+                    _ => return Err(bad(usage)),
+                }
+            }
+            return Ok(if hislip {
+                Resource::Hislip {
+                    host,
+                    device: if path.is_empty() { "hislip0" } else { path }.to_string(),
+                    port: port.unwrap_or(crate::hislip::PORT),
+                }
+            } else {
+                Resource::Vxi11 {
+                    host,
+                    device: if path.is_empty() { "inst0" } else { path }.to_string(),
+                    portmapper_port: port.unwrap_or(crate::vxi11::PMAP_PORT),
+                    core_port,
+                }
+            });
         }
         if let Some(rest) = strip_prefix_ci(s, "serial://") {
             let (path, query) = match rest.split_once('?') {
@@ -199,11 +287,45 @@ impl Resource {
                         port,
                     })
                 }
-                [_, _, kind] | [_, _, _, kind] if kind.eq_ignore_ascii_case("INSTR") => Err(bad(
-                    "VXI-11/HiSLIP (::INSTR) is not supported; use the raw socket, \
-                     e.g. TCPIP::HOST::5025::SOCKET",
+                [_, host, kind] if kind.eq_ignore_ascii_case("INSTR") => {
+                    lan_instr(host, "inst0").map_err(bad)
+                }
+                [_, host, device, kind] if kind.eq_ignore_ascii_case("INSTR") => {
+                    lan_instr(host, device).map_err(bad)
+                }
+                _ => Err(bad(
+                    "expected TCPIP[board]::HOST::PORT::SOCKET or TCPIP[board]::HOST[::DEVICE]::INSTR",
                 )),
-                _ => Err(bad("expected TCPIP[board]::HOST::PORT::SOCKET")),
+            };
+        }
+        if lower.starts_with("gpib") {
+            let parts: Vec<&str> = s.split("::").collect();
+            let usage = "expected GPIB[board]::ADDRESS[::SECONDARY]::INSTR (addresses 0..=30)";
+            let board: u8 = match parts.first().and_then(|b| b.get(4..)) {
+                Some("") => 0,
+                Some(b) => b.parse().map_err(|_| bad(usage))?,
+                None => return Err(bad(usage)),
+            };
+            let addr = |t: &str| {
+                t.parse::<u8>()
+                    .ok()
+                    .filter(|a| *a <= 30)
+                    .ok_or_else(|| bad(usage))
+            };
+            return match parts.as_slice() {
+                [_, a, kind] if kind.eq_ignore_ascii_case("INSTR") => Ok(Resource::Gpib {
+                    board,
+                    address: addr(a)?,
+                    secondary: None,
+                    adapter: None,
+                }),
+                [_, a, sec, kind] if kind.eq_ignore_ascii_case("INSTR") => Ok(Resource::Gpib {
+                    board,
+                    address: addr(a)?,
+                    secondary: Some(addr(sec)?),
+                    adapter: None,
+                }),
+                _ => Err(bad(usage)),
             };
         }
         if lower.starts_with("asrl") {
@@ -236,15 +358,37 @@ impl Resource {
             });
         }
         Err(bad(
-            "expected TCPIP::HOST::PORT::SOCKET, ASRL/dev/DEVICE::INSTR, tcp://HOST:PORT \
-             or serial:///dev/DEVICE?baud=N",
+            "expected TCPIP::HOST::PORT::SOCKET, TCPIP::HOST[::DEVICE]::INSTR, \
+             GPIB0::ADDRESS::INSTR, ASRL/dev/DEVICE::INSTR, tcp://HOST:PORT, vxi11://HOST/inst0, \
+             hislip://HOST/hislip0 or serial:///dev/DEVICE?baud=N",
         ))
+    }
+
+    /// Whether the link is message-based (VXI-11, HiSLIP): the instrument
+    /// marks the end of every message, no byte stream.
+    pub fn is_message_based(&self) -> bool {
+        matches!(self, Resource::Vxi11 { .. } | Resource::Hislip { .. })
     }
 
     /// Apply serial line options from an instrument's `options` table
     /// (`baud`, `data_bits`, `parity`, `stop_bits`, `flow`); other keys are
     /// ignored here. Does nothing for TCP resources.
     pub fn apply_options(&mut self, options: &Map<String, Value>) -> Result<(), DriverError> {
+        if let Resource::Gpib { adapter, .. } = self {
+            if let Some(v) = options.get("adapter") {
+                *adapter = Some(
+                    v.as_str()
+                        .ok_or_else(|| {
+                            DriverError::Config(
+                                "option 'adapter': expected a resource string such as \
+                                 tcp://HOST:1234 or serial:///dev/ttyUSB0?baud=115200"
+                                    .into(),
+                            )
+                        })?
+                        .to_string(),
+                );
+            }
+        }
         if let Resource::Serial { settings, .. } = self {
             for key in [
                 "baud",
@@ -282,6 +426,30 @@ impl fmt::Display for Resource {
                 write!(f, "tcp://[{host}]:{port}")
             }
             Resource::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Resource::Vxi11 {
+                host,
+                device,
+                portmapper_port,
+                core_port,
+            } => {
+                write!(f, "vxi11://{}:{portmapper_port}/{device}", bracket(host))?;
+                match core_port {
+                    Some(p) => write!(f, "?core_port={p}"),
+                    None => Ok(()),
+                }
+            }
+            Resource::Hislip { host, device, port } => {
+                write!(f, "hislip://{}:{port}/{device}", bracket(host))
+            }
+            Resource::Gpib {
+                board,
+                address,
+                secondary,
+                ..
+            } => match secondary {
+                Some(sec) => write!(f, "GPIB{board}::{address}::{sec}::INSTR"),
+                None => write!(f, "GPIB{board}::{address}::INSTR"),
+            },
             Resource::Serial { path, settings } => {
                 let parity = match settings.parity {
                     Parity::None => "none",
@@ -300,6 +468,75 @@ impl fmt::Display for Resource {
                 )
             }
         }
+    }
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// `TCPIP::HOST[,PORT]::DEVICE::INSTR`: HiSLIP when the device is
+/// `hislipN[,PORT]`, VXI-11 otherwise (`HOST,PORT` names the core channel).
+fn lan_instr(host: &str, device: &str) -> Result<Resource, &'static str> {
+    let port = |p: &str| -> Result<u16, &'static str> {
+        p.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or("port must be 1..=65535")
+    };
+    if device.to_ascii_lowercase().starts_with("hislip") {
+        let (device, p) = match device.split_once(',') {
+            Some((d, p)) => (d, port(p)?),
+            None => (device, crate::hislip::PORT),
+        };
+        if host.is_empty() || host.contains(',') {
+            return Err("expected TCPIP::HOST::hislip0[,PORT]::INSTR");
+        }
+        return Ok(Resource::Hislip {
+            host: host.to_string(),
+            device: device.to_string(),
+            port: p,
+        });
+    }
+    let (host, core_port) = match host.split_once(',') {
+        Some((h, p)) => (h, Some(port(p)?)),
+        None => (host, None),
+    };
+    if host.is_empty() || device.is_empty() {
+        return Err("expected TCPIP[board]::HOST[::inst0]::INSTR");
+    }
+    Ok(Resource::Vxi11 {
+        host: host.to_string(),
+        device: device.to_string(),
+        portmapper_port: crate::vxi11::PMAP_PORT,
+        core_port,
+    })
+}
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port`.
+fn split_host_opt_port(s: &str) -> Option<(String, Option<u16>)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once(']')?;
+        if h.is_empty() {
+            return None;
+        }
+        return match p {
+            "" => Some((h.to_string(), None)),
+            p => Some((
+                h.to_string(),
+                Some(p.strip_prefix(':')?.parse().ok().filter(|p| *p > 0)?),
+            )),
+        };
+    }
+    match s.split_once(':') {
+        None if !s.is_empty() => Some((s.to_string(), None)),
+        None => None,
+        Some(_) => split_host_port(s).map(|(h, p)| (h, Some(p))),
     }
 }
 
@@ -337,6 +574,32 @@ mod tests {
         }
     }
 
+    fn vxi11(host: &str, device: &str, pm: u16, core: Option<u16>) -> Resource {
+        Resource::Vxi11 {
+            host: host.into(),
+            device: device.into(),
+            portmapper_port: pm,
+            core_port: core,
+        }
+    }
+
+    fn hislip(host: &str, device: &str, port: u16) -> Resource {
+        Resource::Hislip {
+            host: host.into(),
+            device: device.into(),
+            port,
+        }
+    }
+
+    fn gpib(board: u8, address: u8, secondary: Option<u8>) -> Resource {
+        Resource::Gpib {
+            board,
+            address,
+            secondary,
+            adapter: None,
+        }
+    }
+
     fn serial(path: &str, f: impl FnOnce(&mut SerialSettings)) -> Resource {
         let mut settings = SerialSettings::default();
         f(&mut settings);
@@ -359,6 +622,20 @@ mod tests {
             ("tcp://host:5025", tcp("host", 5025)),
             ("TCP://127.0.0.1:1/", tcp("127.0.0.1", 1)),
             ("tcp://[::1]:5025", tcp("::1", 5025)),
+            ("TCPIP::10.0.0.5::INSTR", vxi11("10.0.0.5", "inst0", 111, None)),
+            ("TCPIP0::host::inst1::INSTR", vxi11("host", "inst1", 111, None)),
+            ("tcpip::host,1024::inst0::instr", vxi11("host", "inst0", 111, Some(1024))),
+            ("TCPIP::host::gpib0,5::INSTR", vxi11("host", "gpib0,5", 111, None)),
+            ("vxi11://host", vxi11("host", "inst0", 111, None)),
+            ("vxi11://127.0.0.1:4111/inst0", vxi11("127.0.0.1", "inst0", 4111, None)),
+            ("vxi11://[::1]:4111/inst0?core_port=9", vxi11("::1", "inst0", 4111, Some(9))),
+            ("TCPIP::host::hislip0::INSTR", hislip("host", "hislip0", 4880)),
+            ("TCPIP1::host::HISLIP1,5000::INSTR", hislip("host", "HISLIP1", 5000)),
+            ("hislip://host", hislip("host", "hislip0", 4880)),
+            ("hislip://127.0.0.1:4881/hislip0", hislip("127.0.0.1", "hislip0", 4881)),
+            ("GPIB0::5::INSTR", gpib(0, 5, None)),
+            ("gpib1::12::3::instr", gpib(1, 12, Some(3))),
+            ("GPIB::30::INSTR", gpib(0, 30, None)),
             ("ASRL/dev/ttyUSB0::INSTR", serial("/dev/ttyUSB0", |_| {})),
             ("asrl/dev/ttyACM1::instr", serial("/dev/ttyACM1", |_| {})),
             ("serial:///dev/ttyUSB0", serial("/dev/ttyUSB0", |_| {})),
@@ -392,7 +669,12 @@ mod tests {
             ("TCPIP::host::SOCKET", "expected TCPIP"),
             ("TCPIP::host::0::SOCKET", "port"),
             ("TCPIP::host::99999::SOCKET", "port"),
-            ("TCPIP::host::INSTR", "VXI-11"),
+            ("TCPIP::host,0::INSTR", "port"),
+            ("TCPIP::host::hislip0,x::INSTR", "port"),
+            ("vxi11://", "vxi11://HOST"),
+            ("vxi11://host/a/b", "vxi11://HOST"),
+            ("vxi11://host/inst0?core_port=0", "core_port"),
+            ("hislip://host:99999", "hislip://HOST"),
             ("TCPIPx::host::5025::SOCKET", "expected TCPIP"),
             ("tcp://host", "tcp://HOST:PORT"),
             ("tcp://:5025", "tcp://HOST:PORT"),
@@ -405,7 +687,9 @@ mod tests {
             ("serial:///dev/ttyUSB0?speed=9600", "unknown serial setting"),
             ("serial:///dev/ttyUSB0?baud", "key=value"),
             ("ASRL::INSTR", "ASRL<device>"),
-            ("GPIB0::8::INSTR", "expected"),
+            ("GPIB0::31::INSTR", "GPIB[board]"),
+            ("GPIB::8::SOCKET", "GPIB[board]"),
+            ("GPIBx::8::INSTR", "GPIB[board]"),
         ];
         for (text, why) in table {
             let e = Resource::parse(text).expect_err(text);

@@ -11,6 +11,9 @@
 //!   and reopened (the late reply dies with the old connection); a serial
 //!   link is drained until it has been quiet for
 //!   [`SessionOptions::drain_quiet`], then its input buffer is discarded.
+//! * Message links (VXI-11, HiSLIP) send each command as one message (END
+//!   on its last fragment); a reply ends at the read terminator or at the
+//!   instrument's END, whichever comes first.
 //! * A broken link (closed socket, unplugged port) fails the call that finds
 //!   it with [`DriverError::Link`]; the next call reconnects and replays the
 //!   init sequence.
@@ -20,12 +23,12 @@
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::block::{self, BlockHeader};
 use crate::resource::Resource;
-use crate::transport::Link;
+use crate::transport::{Link, LinkFailure};
 use crate::DriverError;
 
 /// How a session talks.
@@ -160,6 +163,8 @@ pub struct ScpiSession {
     out_of_step: bool,
     /// A binary block was read; skip the terminator that follows it.
     skip_terminator: bool,
+    /// The buffer ends where a message link marked the end of a message.
+    msg_end: bool,
     /// The last `*IDN?` answer (asked on every open with
     /// [`SessionOptions::identify`], and by [`ScpiSession::idn`]).
     identity: Option<String>,
@@ -178,6 +183,7 @@ impl ScpiSession {
             buf: Vec::new(),
             out_of_step: false,
             skip_terminator: false,
+            msg_end: false,
             identity: None,
             idn_unanswered: false,
         }
@@ -198,6 +204,13 @@ impl ScpiSession {
         })?;
         let mut resource = Resource::parse(text)?;
         resource.apply_options(&cfg.options)?;
+        if let Resource::Gpib { adapter: None, .. } = resource {
+            return Err(DriverError::Config(format!(
+                "instrument '{}': resource {text}: GPIB needs option 'adapter' (the \
+                 Prologix-compatible adapter: tcp://HOST:1234 or serial:///dev/ttyUSB0?baud=115200)",
+                cfg.id
+            )));
+        }
         let mut opts = defaults;
         opts.apply_options(&cfg.options)?;
         Ok(ScpiSession::new(resource, opts))
@@ -275,29 +288,77 @@ impl ScpiSession {
         link.discard_input();
         self.link = Some(link);
         self.buf.clear();
+        self.msg_end = false;
         self.out_of_step = false;
         self.skip_terminator = false;
         tracing::debug!(resource = %self.resource, "connected");
         for cmd in self.opts.init.clone() {
             self.send(&cmd, self.opts.timeout).await?;
+            self.end_exchange();
         }
         Ok(())
     }
 
-    /// Close the link. The next call reconnects.
+    /// Close the link (VXI-11: destroy_link). The next call reconnects.
     pub async fn close(&mut self) {
-        if let Some(mut link) = self.link.take() {
-            let _ = tokio::time::timeout(Duration::from_millis(200), link.shutdown()).await;
+        if let Some(link) = self.link.take() {
+            link.close(Duration::from_millis(200)).await;
         }
         self.buf.clear();
+        self.msg_end = false;
         self.out_of_step = false;
+    }
+
+    /// Device clear: the instrument drops pending input and output and the
+    /// session's buffer is emptied. On VXI-11 this is `device_clear`, on
+    /// HiSLIP `AsyncDeviceClear` + `DeviceClearComplete`; a
+    /// byte stream has no such message, so the session resynchronises
+    /// instead (a TCP link is reopened, a serial line drained).
+    pub async fn clear(&mut self) -> Result<(), DriverError> {
+        self.connect().await?;
+        let timeout = self.opts.timeout;
+        let Some(link) = self.link.as_mut() else {
+            return Err(self.not_connected());
+        };
+        match link.device_clear(timeout).await {
+            Ok(true) => {
+                self.buf.clear();
+                self.msg_end = false;
+                self.out_of_step = false;
+                self.skip_terminator = false;
+                Ok(())
+            }
+            Ok(false) => {
+                self.out_of_step = true;
+                self.ready().await
+            }
+            Err(e) => Err(self.failed(LinkFailure::from(e), timeout)),
+        }
     }
 
     fn drop_link(&mut self, source: std::io::Error) -> DriverError {
         tracing::warn!(resource = %self.resource, "link lost: {source}");
         self.link = None;
         self.buf.clear();
+        self.msg_end = false;
         DriverError::link(self.resource.to_string(), source)
+    }
+
+    /// An exchange failed half way (a reply too long, not a block): a
+    /// network or GPIB link is dropped now (a shared GPIB adapter must not
+    /// wait for this session's next call; the next call reconnects anyway);
+    /// a serial link stays, to be drained before the next exchange.
+    fn abandon(&mut self) {
+        if !self.link.as_ref().is_some_and(Link::is_serial) {
+            self.link = None;
+        }
+    }
+
+    /// A command and its reply are done: let a shared GPIB adapter go.
+    fn end_exchange(&mut self) {
+        if let Some(link) = self.link.as_mut() {
+            link.end_exchange();
+        }
     }
 
     fn not_connected(&self) -> DriverError {
@@ -322,6 +383,7 @@ impl ScpiSession {
             self.out_of_step = false;
             self.skip_terminator = false;
             self.buf.clear();
+            self.msg_end = false;
         }
         self.connect().await
     }
@@ -351,6 +413,29 @@ impl ScpiSession {
         Ok(())
     }
 
+    /// What a [`LinkFailure`] means for the session: a timeout leaves it
+    /// out of step, a failed stream or link drops the link.
+    fn failed(&mut self, f: LinkFailure, timeout: Duration) -> DriverError {
+        match f {
+            LinkFailure::TimedOut => {
+                self.out_of_step = true;
+                DriverError::Timeout(timeout)
+            }
+            LinkFailure::Io(e) => self.drop_link(e),
+            LinkFailure::Driver(e @ DriverError::Link { .. }) => {
+                tracing::warn!(resource = %self.resource, "link lost: {e}");
+                self.link = None;
+                self.buf.clear();
+                self.msg_end = false;
+                e
+            }
+            LinkFailure::Driver(e) => {
+                self.out_of_step = true;
+                e
+            }
+        }
+    }
+
     async fn send(&mut self, cmd: &str, timeout: Duration) -> Result<(), DriverError> {
         let mut bytes = Vec::with_capacity(cmd.len() + self.opts.write_termination.len());
         bytes.extend_from_slice(cmd.as_bytes());
@@ -358,13 +443,9 @@ impl ScpiSession {
         let Some(link) = self.link.as_mut() else {
             return Err(self.not_connected());
         };
-        match tokio::time::timeout(timeout, link.write_all(&bytes)).await {
-            Err(_) => {
-                self.out_of_step = true;
-                Err(DriverError::Timeout(timeout))
-            }
-            Ok(Err(e)) => Err(self.drop_link(e)),
-            Ok(Ok(())) => Ok(()),
+        match link.send(&bytes, timeout).await {
+            Err(f) => Err(self.failed(f, timeout)),
+            Ok(()) => Ok(()),
         }
     }
 
@@ -372,6 +453,7 @@ impl ScpiSession {
     async fn fill(&mut self, deadline: Instant, timeout: Duration) -> Result<(), DriverError> {
         if self.buf.len() > self.opts.max_reply + 16 {
             self.out_of_step = true;
+            self.abandon();
             return Err(DriverError::Instrument(format!(
                 "reply longer than {} bytes without a terminator",
                 self.opts.max_reply
@@ -380,29 +462,50 @@ impl ScpiSession {
         let Some(link) = self.link.as_mut() else {
             return Err(self.not_connected());
         };
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout_at(deadline, link.read(&mut chunk)).await {
-            Err(_) => {
-                self.out_of_step = true;
-                Err(DriverError::Timeout(timeout))
-            }
-            Ok(Ok(0)) => Err(self.drop_link(closed("closed by the instrument"))),
-            Ok(Ok(n)) => {
-                self.buf
-                    .extend_from_slice(chunk.get(..n).unwrap_or_default());
+        let max = self.opts.max_reply + 16 - self.buf.len().min(self.opts.max_reply);
+        match link.recv(&mut self.buf, max.min(1 << 20), deadline).await {
+            Err(f) => Err(self.failed(f, timeout)),
+            Ok(end) => {
+                self.msg_end = end;
                 Ok(())
             }
-            Ok(Err(e)) => Err(self.drop_link(e)),
         }
     }
 
     async fn recv_line(&mut self, timeout: Duration) -> Result<String, DriverError> {
+        let r = self.recv_line_inner(timeout).await;
+        if r.is_ok() {
+            self.end_exchange();
+        }
+        r
+    }
+
+    async fn recv_line_inner(&mut self, timeout: Duration) -> Result<String, DriverError> {
         let deadline = Instant::now() + timeout;
         let term = self.opts.read_termination.clone().into_bytes();
         loop {
             if let Some(i) = find(&self.buf, &term) {
                 let mut line: Vec<u8> = self.buf.drain(..i + term.len()).collect();
+                if self.buf.is_empty() {
+                    self.msg_end = false;
+                }
                 line.truncate(i);
+                while matches!(line.last(), Some(b'\r' | b'\n')) {
+                    line.pop();
+                }
+                if self.skip_terminator {
+                    self.skip_terminator = false;
+                    if line.is_empty() {
+                        continue;
+                    }
+                }
+                return Ok(String::from_utf8_lossy(&line).into_owned());
+            }
+            if self.msg_end {
+                // A message link's END without the terminator: the
+                // message is the reply.
+                self.msg_end = false;
+                let mut line = std::mem::take(&mut self.buf);
                 while matches!(line.last(), Some(b'\r' | b'\n')) {
                     line.pop();
                 }
@@ -424,6 +527,7 @@ impl ScpiSession {
         self.ready().await?;
         self.out_of_step = true;
         self.send(cmd, self.opts.timeout).await?;
+        self.end_exchange();
         self.out_of_step = false;
         if self.opts.check_errors {
             self.check_error(cmd).await?;
@@ -495,6 +599,7 @@ impl ScpiSession {
                         .chars()
                         .take(80)
                         .collect::<String>();
+                    self.abandon();
                     return Err(DriverError::Instrument(format!(
                         "{e} (reply starts {text:?})"
                     )));
@@ -508,6 +613,7 @@ impl ScpiSession {
                         self.buf.drain(..end);
                         self.skip_terminator = true;
                         self.out_of_step = false;
+                        self.end_exchange();
                         return Ok(data);
                     }
                 }
@@ -520,6 +626,7 @@ impl ScpiSession {
                             .to_vec();
                         self.buf.drain(..data_start + i + term.len());
                         self.out_of_step = false;
+                        self.end_exchange();
                         return Ok(data);
                     }
                 }

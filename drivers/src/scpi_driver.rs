@@ -237,6 +237,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     options::PARITY,
     options::STOP_BITS,
     options::FLOW,
+    options::ADAPTER,
 ];
 
 /// Register `scpi`.

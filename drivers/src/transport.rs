@@ -1,4 +1,10 @@
-//! Byte links to instruments: a raw TCP socket or a serial port.
+//! Links to instruments: a raw TCP socket or a serial port (byte
+//! streams), or a VXI-11 / HiSLIP link (message-based: the instrument
+//! marks the end of each message).
+//!
+//! The SCPI session talks through [`Link::send`] and [`Link::recv`], which
+//! work for every kind; the byte streams also implement `AsyncRead` /
+//! `AsyncWrite` (the message links answer those with `Unsupported`).
 //!
 //! [`Link::open`] takes a parsed [`Resource`]. TCP sockets have
 //! `TCP_NODELAY` set (an SCPI query is one small write followed by a read;
@@ -11,11 +17,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 
+use crate::gpib::GpibLink;
+use crate::hislip::HislipLink;
 use crate::resource::{FlowControl, Parity, Resource, SerialSettings};
+use crate::vxi11::Vxi11Link;
 use crate::DriverError;
 
 /// An open link to an instrument.
@@ -25,6 +34,32 @@ pub enum Link {
     Tcp(TcpStream),
     /// A serial port.
     Serial(SerialStream),
+    /// A VXI-11 core channel with its device link.
+    Vxi11(Box<Vxi11Link>),
+    /// A HiSLIP session (synchronous and asynchronous channels).
+    Hislip(Box<HislipLink>),
+    /// An instrument on a Prologix-compatible GPIB adapter.
+    Gpib(Box<GpibLink>),
+}
+
+/// How a [`Link::send`] or [`Link::recv`] failed.
+#[derive(Debug)]
+pub enum LinkFailure {
+    /// Nothing within the time allowed; the exchange is out of step.
+    TimedOut,
+    /// The byte stream failed or was closed.
+    Io(io::Error),
+    /// A message link's own error (already a [`DriverError`]).
+    Driver(DriverError),
+}
+
+impl From<DriverError> for LinkFailure {
+    fn from(e: DriverError) -> Self {
+        match e {
+            DriverError::Timeout(_) => LinkFailure::TimedOut,
+            e => LinkFailure::Driver(e),
+        }
+    }
 }
 
 impl Link {
@@ -59,6 +94,154 @@ impl Link {
                 Ok(Link::Tcp(stream))
             }
             Resource::Serial { path, settings } => open_serial(path, settings).map(Link::Serial),
+            Resource::Vxi11 {
+                host,
+                device,
+                portmapper_port,
+                core_port,
+            } => Vxi11Link::connect(host, *portmapper_port, *core_port, device, connect_timeout)
+                .await
+                .map(|l| Link::Vxi11(Box::new(l))),
+            Resource::Gpib {
+                address,
+                secondary,
+                adapter,
+                ..
+            } => {
+                let adapter = adapter.as_deref().ok_or_else(|| {
+                    DriverError::Config(format!(
+                        "resource {resource}: GPIB needs option 'adapter' (the Prologix-compatible \
+                         adapter: tcp://HOST:1234 or serial:///dev/ttyUSB0?baud=115200)"
+                    ))
+                })?;
+                // Boxed: opening the adapter opens a (byte-stream) Link.
+                Box::pin(GpibLink::open(
+                    adapter,
+                    *address,
+                    *secondary,
+                    connect_timeout,
+                ))
+                .await
+                .map(|l| Link::Gpib(Box::new(l)))
+            }
+            Resource::Hislip { host, device, port } => {
+                HislipLink::connect(host, *port, device, connect_timeout)
+                    .await
+                    .map(|l| Link::Hislip(Box::new(l)))
+            }
+        }
+    }
+
+    /// The exchange (a command and its reply, if any) is over: a shared
+    /// GPIB adapter is released for other instruments. No-op otherwise.
+    pub fn end_exchange(&mut self) {
+        if let Link::Gpib(l) = self {
+            l.end_exchange();
+        }
+    }
+
+    /// Whether the link is message-based (VXI-11, HiSLIP).
+    pub fn is_message_based(&self) -> bool {
+        matches!(self, Link::Vxi11(_) | Link::Hislip(_))
+    }
+
+    /// Send one message (`bytes`, already terminated) within `timeout`.
+    pub async fn send(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), LinkFailure> {
+        match self {
+            Link::Vxi11(l) => Ok(l.write(bytes, timeout).await?),
+            Link::Hislip(l) => Ok(l.write(bytes, timeout).await?),
+            Link::Gpib(l) => {
+                // A failed exchange must not keep the shared adapter.
+                let r = l.send(bytes, timeout).await;
+                if r.is_err() {
+                    l.end_exchange();
+                }
+                r
+            }
+            stream => match tokio::time::timeout(timeout, stream.write_all(bytes)).await {
+                Err(_) => Err(LinkFailure::TimedOut),
+                Ok(Err(e)) => Err(LinkFailure::Io(e)),
+                Ok(Ok(())) => Ok(()),
+            },
+        }
+    }
+
+    /// Receive more of a reply before `deadline`, appending at most
+    /// `max` bytes to `buf`. Returns whether the instrument marked the end
+    /// of its message (message links only; a byte stream never does). A
+    /// closed stream is a [`LinkFailure::Io`] of kind `UnexpectedEof`.
+    pub async fn recv(
+        &mut self,
+        buf: &mut Vec<u8>,
+        max: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, LinkFailure> {
+        match self {
+            Link::Vxi11(l) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(LinkFailure::TimedOut);
+                }
+                let chunk = l.read(max.max(1), None, left).await?;
+                buf.extend_from_slice(&chunk.data);
+                Ok(chunk.reason & crate::vxi11::REASON_END != 0)
+            }
+            Link::Gpib(l) => {
+                let r = l.recv(buf, deadline).await;
+                if r.is_err() {
+                    l.end_exchange();
+                }
+                r
+            }
+            Link::Hislip(l) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(LinkFailure::TimedOut);
+                }
+                let (data, end) = l.read(left).await?;
+                buf.extend_from_slice(&data);
+                Ok(end)
+            }
+            stream => {
+                let mut chunk = [0u8; 4096];
+                match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+                    Err(_) => Err(LinkFailure::TimedOut),
+                    Ok(Ok(0)) => Err(LinkFailure::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed by the instrument",
+                    ))),
+                    Ok(Ok(n)) => {
+                        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                        Ok(false)
+                    }
+                    Ok(Err(e)) => Err(LinkFailure::Io(e)),
+                }
+            }
+        }
+    }
+
+    /// Ask the instrument to clear its input and output (VXI-11
+    /// device_clear, HiSLIP AsyncDeviceClear). Byte streams have no such message:
+    /// `Ok(false)`, and the caller resynchronises its own way.
+    pub async fn device_clear(&mut self, timeout: Duration) -> Result<bool, DriverError> {
+        match self {
+            Link::Vxi11(l) => l.clear(timeout).await.map(|()| true),
+            Link::Hislip(l) => l.clear(timeout).await.map(|()| true),
+            Link::Gpib(l) => l.clear(timeout).await.map(|()| true),
+            _ => Ok(false),
+        }
+    }
+
+    /// Close politely (VXI-11 destroy_link; HiSLIP and streams: shutdown),
+    /// within `timeout`.
+    pub async fn close(mut self, timeout: Duration) {
+        match &mut self {
+            Link::Vxi11(l) => l.close(timeout).await,
+            Link::Hislip(l) => l.close(timeout).await,
+            Link::Gpib(l) => l.end_exchange(),
+            stream => {
+                let _ = tokio::time::timeout(timeout, stream.shutdown()).await;
+            }
         }
     }
 
@@ -140,6 +323,7 @@ impl AsyncRead for Link {
         match self.get_mut() {
             Link::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Link::Serial(s) => Pin::new(s).poll_read(cx, buf),
+            Link::Vxi11(_) | Link::Hislip(_) | Link::Gpib(_) => Poll::Ready(Err(not_a_stream())),
         }
     }
 }
@@ -153,6 +337,7 @@ impl AsyncWrite for Link {
         match self.get_mut() {
             Link::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Link::Serial(s) => Pin::new(s).poll_write(cx, buf),
+            Link::Vxi11(_) | Link::Hislip(_) | Link::Gpib(_) => Poll::Ready(Err(not_a_stream())),
         }
     }
 
@@ -160,6 +345,7 @@ impl AsyncWrite for Link {
         match self.get_mut() {
             Link::Tcp(s) => Pin::new(s).poll_flush(cx),
             Link::Serial(s) => Pin::new(s).poll_flush(cx),
+            Link::Vxi11(_) | Link::Hislip(_) | Link::Gpib(_) => Poll::Ready(Err(not_a_stream())),
         }
     }
 
@@ -167,6 +353,14 @@ impl AsyncWrite for Link {
         match self.get_mut() {
             Link::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Link::Serial(s) => Pin::new(s).poll_shutdown(cx),
+            Link::Vxi11(_) | Link::Hislip(_) | Link::Gpib(_) => Poll::Ready(Err(not_a_stream())),
         }
     }
+}
+
+fn not_a_stream() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "a message-based link (VXI-11, HiSLIP) is not a byte stream",
+    )
 }

@@ -23,9 +23,24 @@ pub struct Psu {
     /// Model name (E36313A, DP832, SPD3303X, ...); default per dialect.
     #[arg(long)]
     model: Option<String>,
-    /// Serve SCPI over TCP at this address (e.g. 127.0.0.1:5025).
+    /// Serve SCPI over TCP at this address (e.g. 127.0.0.1:5025; the
+    /// default unless --vxi11 or --hislip is given).
     #[arg(long, conflicts_with = "pty")]
     tcp: Option<String>,
+    /// Serve VXI-11: a portmapper at HOST[:PORT] (port default 111) and the
+    /// core channel on a free port of the same host.
+    #[arg(long, value_name = "HOST[:PORT]", conflicts_with = "pty")]
+    vxi11: Option<String>,
+    /// Act as a Prologix-compatible GPIB adapter (TCP, like a GPIB-ETHERNET)
+    /// at HOST[:PORT] (port default 1234), the PSU at --gpib-address.
+    #[arg(long, value_name = "HOST[:PORT]", conflicts_with = "pty")]
+    prologix: Option<String>,
+    /// With --prologix: the PSU's GPIB primary address.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(0..=30))]
+    gpib_address: u8,
+    /// Serve HiSLIP at HOST[:PORT] (port default 4880).
+    #[arg(long, value_name = "HOST[:PORT]", conflicts_with = "pty")]
+    hislip: Option<String>,
     /// Serve on a new pseudo-terminal and print its path.
     #[arg(long)]
     pty: bool,
@@ -84,25 +99,124 @@ async fn scpi_psu(p: Psu) -> anyhow::Result<ExitCode> {
         );
         return serve(port, &banner, |port| port.close()).await;
     }
-    let addr = p.tcp.unwrap_or_else(|| "127.0.0.1:5025".to_string());
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let banner = format!(
-        "sim psu ({dialect}) {}: tcp://{}",
-        sim.idn(),
-        listener.local_addr()?
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        sim.serve_tcp(listener, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    serve((stop, task), &banner, |(stop, task)| async move {
-        let _ = stop.send(());
-        task.await?.context("simulator")
+    let mut servers: Vec<Server> = Vec::new();
+    let mut lines = vec![format!("sim psu ({dialect}) {}", sim.idn())];
+    if p.tcp.is_some() || (p.vxi11.is_none() && p.hislip.is_none() && p.prologix.is_none()) {
+        let addr = p.tcp.unwrap_or_else(|| "127.0.0.1:5025".to_string());
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        lines.push(format!("raw SCPI: tcp://{}", listener.local_addr()?));
+        let s = sim.clone();
+        servers.push(spawn(move |stopped| async move {
+            s.serve_tcp(listener, stopped).await
+        }));
+    }
+    if let Some(addr) = p.vxi11 {
+        let addr = with_default_port(&addr, 111);
+        let pm = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("--vxi11: cannot listen on {addr} (port 111 needs root)"))?;
+        let pm_addr = pm.local_addr()?;
+        let core = tokio::net::TcpListener::bind((pm_addr.ip(), 0))
+            .await
+            .with_context(|| format!("--vxi11: no free port on {}", pm_addr.ip()))?;
+        let core_addr = core.local_addr()?;
+        let host = match pm_addr.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        let pyvisa = if pm_addr.port() == 111 {
+            format!("TCPIP::{}::INSTR", pm_addr.ip())
+        } else {
+            format!("TCPIP::{},{}::INSTR", pm_addr.ip(), core_addr.port())
+        };
+        lines.push(format!(
+            "VXI-11: portmapper {pm_addr}, core channel {core_addr}: vxi11://{host}:{}/inst0 \
+             (PyVISA: {pyvisa})",
+            pm_addr.port()
+        ));
+        let s = sim.clone();
+        servers.push(spawn(move |stopped| async move {
+            s.serve_vxi11(Some(pm), core, stopped).await
+        }));
+    }
+    if let Some(addr) = p.hislip {
+        let addr = with_default_port(&addr, labmesh_drivers::hislip::PORT);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("--hislip: cannot listen on {addr}"))?;
+        let a = listener.local_addr()?;
+        lines.push(format!(
+            "HiSLIP: {a}: TCPIP::{}::hislip0,{}::INSTR",
+            a.ip(),
+            a.port()
+        ));
+        let s = sim.clone();
+        servers.push(spawn(move |stopped| async move {
+            s.serve_hislip(listener, stopped).await
+        }));
+    }
+    if let Some(addr) = p.prologix {
+        let addr = with_default_port(&addr, labmesh_drivers::gpib::PROLOGIX_TCP_PORT);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("--prologix: cannot listen on {addr}"))?;
+        lines.push(format!(
+            "Prologix GPIB adapter: tcp://{}: GPIB0::{}::INSTR with option adapter = \"tcp://{}\"",
+            listener.local_addr()?,
+            p.gpib_address,
+            listener.local_addr()?
+        ));
+        let bus = labmesh_drivers::sim::prologix::GpibBus::new([(p.gpib_address, sim.clone())]);
+        servers.push(spawn(move |stopped| async move {
+            bus.serve_tcp(listener, stopped).await
+        }));
+    }
+    serve(servers, &lines.join("\n"), |servers| async move {
+        for (stop, _) in &servers {
+            let _ = stop.send(true);
+        }
+        for (_, task) in servers {
+            task.await?.context("simulator")?;
+        }
+        anyhow::Ok(())
     })
     .await
+}
+
+type Server = (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+);
+
+/// Run one simulator server until told to stop.
+fn spawn<F, Fut>(f: F) -> Server
+where
+    F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(f(Box::pin(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    })));
+    (stop, task)
+}
+
+/// `HOST` or `HOST:PORT` (IPv6 as `[::1]` or `[::1]:PORT`) with `port` as the default.
+fn with_default_port(addr: &str, port: u16) -> String {
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return addr.to_string();
+    }
+    if addr.starts_with('[') && addr.ends_with(']') {
+        return format!("{addr}:{port}");
+    }
+    if addr.parse::<std::net::Ipv6Addr>().is_ok() {
+        return format!("[{addr}]:{port}");
+    }
+    if addr.contains(':') {
+        addr.to_string()
+    } else {
+        format!("{addr}:{port}")
+    }
 }

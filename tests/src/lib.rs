@@ -121,6 +121,39 @@ pub fn python_labmesh() -> Option<PathBuf> {
     None
 }
 
+/// Whether pyvisa with the pyvisa-py backend is importable (VXI-11 and
+/// HiSLIP interop). Locally a missing package skips (with a printed
+/// reason); with `CI=true` it fails.
+pub fn python_pyvisa() -> Option<PathBuf> {
+    let py = std::env::var_os("PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import pyvisa, pyvisa_py"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(py);
+    }
+    skip_or_fail(&format!(
+        "{} cannot import pyvisa and pyvisa_py (pip install pyvisa pyvisa-py)",
+        py.display()
+    ));
+    None
+}
+
+/// Skip a test (or part of one) for `why`, printing the reason; with
+/// `CI=true` nothing may be skipped, so it panics instead.
+pub fn skip_or_fail(why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
 /// Path of a script in tests/python.
 pub fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

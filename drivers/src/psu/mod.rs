@@ -483,6 +483,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     options::PARITY,
     options::STOP_BITS,
     options::FLOW,
+    options::ADAPTER,
 ];
 
 /// Register the three family drivers.

@@ -22,13 +22,16 @@
 //! # Ok(()) }
 //! ```
 
+pub mod hislip;
 pub mod parser;
+pub mod prologix;
 pub mod psu;
+pub mod vxi11;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -79,6 +82,11 @@ struct Inner {
     state: Mutex<PsuState>,
     muted: watch::Sender<bool>,
     latency_us: AtomicU64,
+    /// Link / session ids handed out by the VXI-11 and HiSLIP servers.
+    next_link: AtomicU32,
+    /// The instrument's lock (VXI-11 device_lock, HiSLIP AsyncLock): the
+    /// holder's link id.
+    lock: watch::Sender<Option<u32>>,
 }
 
 /// A simulated PSU: a handle to one instrument's shared state.
@@ -100,6 +108,8 @@ impl SimPsu {
                 state: Mutex::new(PsuState::new(model, &cfg.serial, cfg.load_ohms)),
                 muted,
                 latency_us: AtomicU64::new(0),
+                next_link: AtomicU32::new(1),
+                lock: watch::channel(None).0,
             }),
         };
         sim.set_latency(cfg.latency);
@@ -152,6 +162,68 @@ impl SimPsu {
     /// Execute one program message directly (no I/O, no mute, no latency).
     pub fn execute(&self, line: &str) -> Option<Vec<u8>> {
         self.state().execute(line)
+    }
+
+    /// A new link / session id (never 0).
+    fn next_link_id(&self) -> u32 {
+        loop {
+            let id = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    /// Take the instrument's lock for `id` if free (or already `id`'s).
+    fn vxi_try_lock(&self, id: u32) -> bool {
+        let mut got = false;
+        self.inner.lock.send_if_modified(|owner| match owner {
+            None => {
+                *owner = Some(id);
+                got = true;
+                true
+            }
+            Some(o) => {
+                got = *o == id;
+                false
+            }
+        });
+        got
+    }
+
+    /// Take the lock for `id`, waiting up to `wait` for its holder.
+    async fn vxi_lock(&self, id: u32, wait: Duration) -> bool {
+        let mut rx = self.inner.lock.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.vxi_try_lock(id) {
+                return true;
+            }
+            let free = tokio::time::timeout_at(deadline, rx.wait_for(|o| o.is_none())).await;
+            if free.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Whether `id` may use the instrument (no lock, or its own), waiting
+    /// up to `wait` for another holder to release it.
+    async fn vxi_wait_free(&self, id: u32, wait: Duration) -> bool {
+        let mut rx = self.inner.lock.subscribe();
+        let free = tokio::time::timeout(wait, rx.wait_for(|o| o.is_none_or(|o| o == id))).await;
+        matches!(free, Ok(Ok(_)))
+    }
+
+    /// Release `id`'s lock; false if it does not hold it.
+    fn vxi_unlock(&self, id: u32) -> bool {
+        self.inner.lock.send_if_modified(|owner| {
+            if *owner == Some(id) {
+                *owner = None;
+                true
+            } else {
+                false
+            }
+        })
     }
 
     async fn wait_unmuted(&self) {

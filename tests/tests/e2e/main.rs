@@ -8,4 +8,5 @@ mod interop;
 mod issue9;
 mod layout;
 mod lifecycle;
+mod links;
 mod mesh;
