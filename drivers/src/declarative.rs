@@ -568,6 +568,10 @@ impl Builtin {
 
 #[async_trait::async_trait]
 impl Instrument for DeclarativeDriver {
+    fn identity(&self) -> Option<String> {
+        self.session.identity().map(str::to_string)
+    }
+
     fn describe(&self) -> Description {
         let mut methods: Vec<MethodSpec> =
             self.def.methods.iter().map(|m| m.spec.clone()).collect();

@@ -697,6 +697,17 @@ impl Method {
 
 #[async_trait::async_trait]
 impl Instrument for FirmwareDriver {
+    fn identity(&self) -> Option<String> {
+        self.identity.as_ref().map(|i| {
+            format!(
+                "{},{},{}",
+                i.model.as_str(),
+                i.serial.as_str(),
+                i.firmware.as_str()
+            )
+        })
+    }
+
     fn describe(&self) -> Description {
         Description {
             driver: DRIVER.to_string(),

@@ -163,6 +163,14 @@ pub trait Instrument: Send {
     /// Read the instrument's state for the state bus.
     async fn poll(&mut self) -> Result<Value, DriverError>;
 
+    /// The instrument's identity as [`Instrument::describe`] reports it,
+    /// cheaply: the relay asks after every call and poll, and rebuilds the
+    /// description only when this changed. The default builds the whole
+    /// description; drivers that learn an identity override it.
+    fn identity(&self) -> Option<String> {
+        self.describe().identity
+    }
+
     /// Release the instrument (close links). Default: nothing.
     async fn shutdown(&mut self) {}
 }

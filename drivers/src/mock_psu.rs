@@ -94,6 +94,10 @@ fn now() -> f64 {
 
 #[async_trait::async_trait]
 impl Instrument for MockPsu {
+    fn identity(&self) -> Option<String> {
+        Some(format!("labmesh,MockPSU,{},0.1", self.relay_id))
+    }
+
     fn describe(&self) -> Description {
         Description {
             driver: "mock-psu".to_string(),

@@ -141,6 +141,10 @@ fn is_instrument_side(e: &DriverError) -> bool {
 
 #[async_trait::async_trait]
 impl Instrument for ScpiDriver {
+    fn identity(&self) -> Option<String> {
+        self.session.identity().map(str::to_string)
+    }
+
     fn describe(&self) -> Description {
         Description {
             driver: "scpi".to_string(),

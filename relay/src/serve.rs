@@ -136,9 +136,12 @@ pub(crate) async fn run(
             biased;
             Some((inst, work)) = OptionFuture::from(busy.as_mut()), if busy.is_some() => {
                 busy = None;
-                // The driver may have learned something (its identity, once
-                // the link opened): `lm.describe` answers what it says now.
-                ctx.description = inst.describe();
+                // The driver may have learned its identity (once the link
+                // opened): `lm.describe` answers what it says now. Asked
+                // cheaply; the description is rebuilt only on a change.
+                if inst.identity() != ctx.description.identity {
+                    ctx.description = inst.describe();
+                }
                 idle = Some(inst);
                 match work {
                     Work::Call { ident, rpc_uuid, method, outcome } => {

@@ -404,6 +404,10 @@ fn limits_doc(model: &PsuModel, q: Quantity) -> String {
 
 #[async_trait::async_trait]
 impl Instrument for PsuDriver {
+    fn identity(&self) -> Option<String> {
+        self.session.identity().map(str::to_string)
+    }
+
     fn describe(&self) -> Description {
         Description {
             driver: self.model.family.driver_name().to_string(),
