@@ -10,3 +10,4 @@ mod layout;
 mod lifecycle;
 mod links;
 mod mesh;
+mod streams;
