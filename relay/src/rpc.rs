@@ -121,7 +121,7 @@ pub(crate) fn handle(ctx: &RpcContext, streams: &mut Streams, mut frames: Vec<Ve
             };
             let body = control
                 .and_then(|c| {
-                    tracing::info!(relay_id = %ctx.relay_id, ?c, "stream control");
+                    tracing::info!(relay_id = %ctx.relay_id, method = %rpc.method, params = %rpc.params, "stream control");
                     streams.control(c, &ctx.description, std::time::Instant::now())
                 })
                 .map(|r| answer(to_value(&r)))
