@@ -200,8 +200,8 @@ pub enum Sampled {
 }
 
 /// Events a driver publishes by itself, as a stream named `name`. The
-/// channel is bounded by the driver; the relay publishes every event it
-/// receives, and counts the ones the driver had to drop (`dropped`).
+/// channel is bounded by the driver (which drops events when it is full,
+/// and says so in its log); the relay publishes every event it receives.
 #[derive(Debug)]
 pub struct PushStream {
     /// Stream name (see `labmesh_proto::stream::valid_name`).

@@ -59,7 +59,8 @@ async fn tokio_interval(hz: f64, seconds: f64) -> (f64, f64) {
         starts.push(t0.elapsed().as_secs_f64());
     }
     let rate = (starts.len().saturating_sub(1)) as f64
-        / (starts.last().copied().unwrap_or(0.0) - starts.first().copied().unwrap_or(0.0)).max(1e-9);
+        / (starts.last().copied().unwrap_or(0.0) - starts.first().copied().unwrap_or(0.0))
+            .max(1e-9);
     (rate, gap_jitter(&starts, 1.0 / hz))
 }
 
@@ -264,7 +265,10 @@ async fn throughput(ctx: &zmq::Context, seconds: f64) -> anyhow::Result<()> {
         let mut subs = Vec::new();
         for c in &m.clients {
             for id in &ids {
-                c.relay(id).await?.stream_add(&spec("s", labmesh_proto::stream::MAX_HZ)).await?;
+                c.relay(id)
+                    .await?
+                    .stream_add(&spec("s", labmesh_proto::stream::MAX_HZ))
+                    .await?;
                 subs.push(c.subscribe_stream(id, "s", mode).await?);
             }
         }

@@ -13,7 +13,9 @@ use crate::common::{connect, parse_kv, shutdown_signal, Global};
 /// What a remote error exits with (as `labmesh call`).
 fn remote(e: ClientError) -> anyhow::Result<ExitCode> {
     match e {
-        e @ (ClientError::Remote { .. } | ClientError::Timeout { .. } | ClientError::NotFound(_)) => {
+        e @ (ClientError::Remote { .. }
+        | ClientError::Timeout { .. }
+        | ClientError::NotFound(_)) => {
             eprintln!("labmesh: {e}");
             Ok(ExitCode::from(2))
         }
@@ -23,7 +25,9 @@ fn remote(e: ClientError) -> anyhow::Result<ExitCode> {
 
 /// A rate flag: finite, within the stream limits.
 fn hz_flag(s: &str) -> Result<f64, String> {
-    let hz: f64 = s.parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    let hz: f64 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
     if labmesh_proto::stream::valid_hz(hz) {
         Ok(hz)
     } else {
@@ -257,7 +261,10 @@ fn print_sample(s: &Sample, json: bool) -> anyhow::Result<()> {
         (Some(v), _, _) => v.to_string(),
         _ => "null".to_string(),
     };
-    println!("[{}.{} #{} t={:.6}] {what}", h.relay_id, h.stream, h.seq, h.t_wall);
+    println!(
+        "[{}.{} #{} t={:.6}] {what}",
+        h.relay_id, h.stream, h.seq, h.t_wall
+    );
     Ok(())
 }
 
@@ -318,7 +325,14 @@ pub fn render_description(d: &labmesh_proto::lm::DescribeResult) -> String {
             .params
             .iter()
             .map(|p| {
-                let mut s = format!("{}: {}", p.name, serde_json::to_value(&p.ty).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default());
+                let mut s = format!(
+                    "{}: {}",
+                    p.name,
+                    serde_json::to_value(&p.ty)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                );
                 if let Some(u) = &p.unit {
                     let _ = write!(s, " [{u}]");
                 }

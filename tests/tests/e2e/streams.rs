@@ -535,3 +535,61 @@ async fn python_labmesh_keeps_receiving_state_while_streams_run_at_1khz() -> any
     mesh.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_firmware_drivers_telemetry_is_a_push_stream() -> anyhow::Result<()> {
+    use labmesh_drivers::firmware::{serve_firmware_pty, DRIVER};
+    let pty = serve_firmware_pty(Some(Duration::from_millis(20)))?;
+    let inst = labmesh_drivers::DriverRegistry::with_builtins()
+        .create(labmesh_drivers::InstrumentConfig {
+            id: "fw".into(),
+            driver: DRIVER.into(),
+            resource: Some(format!("serial://{}", pty.path().display())),
+            options: Default::default(),
+        })
+        .await?;
+    let mesh = Mesh::start_hosted(vec![
+        Hosted::new("fw", inst).poll_every(Duration::from_millis(200))
+    ])
+    .await?;
+    let psu = mesh.client.relay("fw").await?;
+    let listed = psu.streams().await?;
+    assert_eq!(listed.streams.len(), 1);
+    let t = &listed.streams[0];
+    assert!(t.push && t.spec.name == "telemetry", "{t:?}");
+    let e = psu.stream_set_rate("telemetry", 5.0).await.unwrap_err();
+    assert_eq!(e.code(), Some(409), "a push stream has no rate: {e}");
+    let sub = mesh
+        .client
+        .subscribe_stream("fw", "telemetry", Receive::Queue(1000))
+        .await?;
+    psu.call("set_voltage", json!({"value": 3.0})).await?;
+    psu.call("set_output", json!({"on": true})).await?;
+    let until = Instant::now() + WAIT;
+    loop {
+        let s = sub
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+            .await?;
+        assert!(s.header.ok);
+        let v = s.header.value.clone().unwrap_or_default();
+        assert!(v["uptime_ms"].is_u64(), "{v}");
+        if v["voltage"]
+            .as_f64()
+            .is_some_and(|x| (x - 3.0).abs() < 1e-9)
+        {
+            assert_eq!(v["mode"], "cv", "{v}");
+            break;
+        }
+    }
+    // Disabled: no more events; enabled again: they flow.
+    psu.stream_enable("telemetry", false).await?;
+    while sub.try_recv().is_ok() {}
+    assert_eq!(
+        sub.recv_timeout(Duration::from_millis(200)).await.err(),
+        Some(RecvError::Empty)
+    );
+    psu.stream_enable("telemetry", true).await?;
+    take(&sub, 2).await?;
+    mesh.stop().await;
+    Ok(())
+}
