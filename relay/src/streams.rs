@@ -503,7 +503,7 @@ fn publish(
         header.error = Some(ErrorBody::new(
             codes::TOO_LARGE,
             format!(
-                "sample of {size} bytes is above the bus maximum of {} bytes ([relay] bus_max_msg, [broker] bus_max_msg)",
+                "sample of {size} bytes is above the bus maximum of {} bytes ([broker] bus_max_msg, which the relay reads from the same file)",
                 bus.max_body()
             ),
         ));
