@@ -593,3 +593,32 @@ async fn the_firmware_drivers_telemetry_is_a_push_stream() -> anyhow::Result<()>
     mesh.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn state_subscriptions_have_receive_modes_too() -> anyhow::Result<()> {
+    let mesh = Mesh::start(&["psu-s", "psu-s2"], Duration::from_millis(10)).await?;
+    // The newest state so far is there at once.
+    mesh.client.wait_state("psu-s", WAIT, |_| true).await?;
+    let cache = mesh.client.subscribe_state("psu-s", Receive::Cache)?;
+    assert!(cache.try_recv().is_ok(), "seeded with the newest state");
+    let queue = mesh.client.subscribe_state("psu-s", Receive::Queue(3))?;
+    let until = Instant::now() + WAIT;
+    while queue.stats().dropped < 5 {
+        anyhow::ensure!(Instant::now() < until, "{:?}", queue.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let items: Vec<_> = std::iter::from_fn(|| queue.try_recv().ok()).collect();
+    assert!((2..=3).contains(&items.len()));
+    assert!(
+        items.iter().all(|s| s.relay_id == "psu-s"),
+        "exactly that relay, not psu-s2"
+    );
+    for w in items.windows(2) {
+        assert!(w[1].seq > w[0].seq);
+    }
+    let c = cache.try_recv()?;
+    assert_eq!(c.relay_id, "psu-s");
+    assert!(cache.stats().replaced > 0);
+    mesh.stop().await;
+    Ok(())
+}
