@@ -172,33 +172,46 @@ struct Monitored {
 
 impl Drop for Monitored {
     fn drop(&mut self) {
-        drop(self.sock.take());
-        let Some(monitor) = self.monitor.take() else {
-            return;
-        };
-        let raw = monitor.raw();
-        if raw.set_rcvtimeo(20).is_err() {
-            return;
-        }
-        // The socket is destroyed at the latest when its linger ends.
-        let until = std::time::Instant::now() + self.linger + Duration::from_secs(2);
-        while std::time::Instant::now() < until {
-            match raw.recv_multipart(0) {
-                Ok(f) => {
-                    let event = f
-                        .first()
-                        .and_then(|b| b.get(0..2))
-                        .map(|e| u16::from_ne_bytes([e[0], e[1]]));
-                    if event == Some(zmq::SocketEvent::MONITOR_STOPPED.to_raw()) {
-                        return;
-                    }
-                }
-                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {}
-                Err(_) => return,
+        let (sock, monitor, linger) = (self.sock.take(), self.monitor.take(), self.linger);
+        // Waiting for the monitor must not hold up an async task: it runs
+        // on the blocking pool when there is a runtime.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || close_monitored(sock, monitor, linger));
             }
+            Err(_) => close_monitored(sock, monitor, linger),
         }
-        tracing::warn!("dealer monitor did not stop in time");
     }
+}
+
+/// Close `sock`, then read `monitor` until libzmq says monitoring stopped.
+fn close_monitored(sock: Option<AsyncSocket>, monitor: Option<AsyncSocket>, linger: Duration) {
+    drop(sock);
+    let Some(monitor) = monitor else {
+        return;
+    };
+    let raw = monitor.raw();
+    if raw.set_rcvtimeo(20).is_err() {
+        return;
+    }
+    // The socket is destroyed at the latest when its linger ends.
+    let until = std::time::Instant::now() + linger + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        match raw.recv_multipart(0) {
+            Ok(f) => {
+                let event = f
+                    .first()
+                    .and_then(|b| b.get(0..2))
+                    .map(|e| u16::from_ne_bytes([e[0], e[1]]));
+                if event == Some(zmq::SocketEvent::MONITOR_STOPPED.to_raw()) {
+                    return;
+                }
+            }
+            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {}
+            Err(_) => return,
+        }
+    }
+    tracing::warn!("dealer monitor did not stop in time");
 }
 
 async fn run(
