@@ -8,6 +8,9 @@
 //!   (VXI-11), `TCPIP::host::hislip0[,port]::INSTR` (HiSLIP).
 //! * GPIB through a Prologix-compatible adapter: `GPIB0::5::INSTR` with
 //!   the adapter in option `adapter`.
+//! * USBTMC: `USB[board]::0xVID::0xPID::SERIAL[::INTERFACE]::INSTR` (VID and
+//!   PID in hex with `0x`, or decimal); the Linux kernel driver's character
+//!   device as `usbtmc:///dev/usbtmc0`.
 //! * URLs: `tcp://host:5025`, `tcp://[::1]:5025`, `vxi11://host[:pmport]/inst0`,
 //!   `hislip://host[:port]/hislip0`,
 //!   `serial:///dev/ttyUSB0?baud=115200&parity=none&data_bits=8&stop_bits=1&flow=none`.
@@ -182,6 +185,26 @@ pub enum Resource {
         /// Line settings.
         settings: SerialSettings,
     },
+    /// A USBTMC device (USB Test & Measurement Class), driven through
+    /// `nusb`, falling back to the Linux `usbtmc` kernel driver.
+    Usbtmc {
+        /// The board number of `USBn` (informational).
+        board: u8,
+        /// idVendor.
+        vendor_id: u16,
+        /// idProduct.
+        product_id: u16,
+        /// The device's serial number string.
+        serial: String,
+        /// The USBTMC interface number (usually 0).
+        interface: u8,
+    },
+    /// A USBTMC device through the Linux kernel driver's character device
+    /// (`/dev/usbtmc0`).
+    UsbtmcDev {
+        /// The device path.
+        path: String,
+    },
 }
 
 impl Resource {
@@ -245,6 +268,17 @@ impl Resource {
                     core_port,
                 }
             });
+        }
+        if let Some(rest) = strip_prefix_ci(s, "usbtmc://") {
+            if !rest.starts_with('/') || rest.len() < 2 {
+                return Err(bad("expected usbtmc:///dev/usbtmcN"));
+            }
+            return Ok(Resource::UsbtmcDev {
+                path: rest.to_string(),
+            });
+        }
+        if lower.starts_with("usb") {
+            return usb_instr(s).map_err(bad);
         }
         if let Some(rest) = strip_prefix_ci(s, "serial://") {
             let (path, query) = match rest.split_once('?') {
@@ -359,15 +393,22 @@ impl Resource {
         }
         Err(bad(
             "expected TCPIP::HOST::PORT::SOCKET, TCPIP::HOST[::DEVICE]::INSTR, \
-             GPIB0::ADDRESS::INSTR, ASRL/dev/DEVICE::INSTR, tcp://HOST:PORT, vxi11://HOST/inst0, \
-             hislip://HOST/hislip0 or serial:///dev/DEVICE?baud=N",
+             GPIB0::ADDRESS::INSTR, USB0::0xVID::0xPID::SERIAL::INSTR, ASRL/dev/DEVICE::INSTR, \
+             tcp://HOST:PORT, vxi11://HOST/inst0, hislip://HOST/hislip0, usbtmc:///dev/usbtmc0 \
+             or serial:///dev/DEVICE?baud=N",
         ))
     }
 
     /// Whether the link is message-based (VXI-11, HiSLIP): the instrument
     /// marks the end of every message, no byte stream.
     pub fn is_message_based(&self) -> bool {
-        matches!(self, Resource::Vxi11 { .. } | Resource::Hislip { .. })
+        matches!(
+            self,
+            Resource::Vxi11 { .. }
+                | Resource::Hislip { .. }
+                | Resource::Usbtmc { .. }
+                | Resource::UsbtmcDev { .. }
+        )
     }
 
     /// Apply serial line options from an instrument's `options` table
@@ -450,6 +491,23 @@ impl fmt::Display for Resource {
                 Some(sec) => write!(f, "GPIB{board}::{address}::{sec}::INSTR"),
                 None => write!(f, "GPIB{board}::{address}::INSTR"),
             },
+            Resource::Usbtmc {
+                board,
+                vendor_id,
+                product_id,
+                serial,
+                interface,
+            } => {
+                write!(
+                    f,
+                    "USB{board}::0x{vendor_id:04X}::0x{product_id:04X}::{serial}::"
+                )?;
+                if *interface != 0 {
+                    write!(f, "{interface}::")?;
+                }
+                write!(f, "INSTR")
+            }
+            Resource::UsbtmcDev { path } => write!(f, "usbtmc://{path}"),
             Resource::Serial { path, settings } => {
                 let parity = match settings.parity {
                     Parity::None => "none",
@@ -515,6 +573,43 @@ fn lan_instr(host: &str, device: &str) -> Result<Resource, &'static str> {
         device: device.to_string(),
         portmapper_port: crate::vxi11::PMAP_PORT,
         core_port,
+    })
+}
+
+/// `USB[board]::VID::PID::SERIAL[::INTERFACE]::INSTR`.
+fn usb_instr(s: &str) -> Result<Resource, &'static str> {
+    const USAGE: &str = "expected USB[board]::0xVID::0xPID::SERIAL[::INTERFACE]::INSTR";
+    let parts: Vec<&str> = s.split("::").collect();
+    let board: u8 = match parts.first().and_then(|b| b.get(3..)) {
+        Some("") => 0,
+        Some(b) => b.parse().map_err(|_| USAGE)?,
+        None => return Err(USAGE),
+    };
+    let id = |t: &str| -> Result<u16, &'static str> {
+        let t = t.trim();
+        match t.get(..2) {
+            Some(p) if p.eq_ignore_ascii_case("0x") => {
+                u16::from_str_radix(t.get(2..).unwrap_or(""), 16).map_err(|_| USAGE)
+            }
+            _ => t.parse().map_err(|_| USAGE),
+        }
+    };
+    let (vid, pid, serial, interface) = match parts.as_slice() {
+        [_, v, p, serial, kind] if kind.eq_ignore_ascii_case("INSTR") => (v, p, serial, 0),
+        [_, v, p, serial, i, kind] if kind.eq_ignore_ascii_case("INSTR") => {
+            (v, p, serial, i.parse::<u8>().map_err(|_| USAGE)?)
+        }
+        _ => return Err(USAGE),
+    };
+    if serial.is_empty() {
+        return Err("USB resource needs the device's serial number (see `labmesh scan`)");
+    }
+    Ok(Resource::Usbtmc {
+        board,
+        vendor_id: id(vid)?,
+        product_id: id(pid)?,
+        serial: serial.to_string(),
+        interface,
     })
 }
 
@@ -600,6 +695,16 @@ mod tests {
         }
     }
 
+    fn usb(vid: u16, pid: u16, serial: &str, interface: u8) -> Resource {
+        Resource::Usbtmc {
+            board: 0,
+            vendor_id: vid,
+            product_id: pid,
+            serial: serial.into(),
+            interface,
+        }
+    }
+
     fn serial(path: &str, f: impl FnOnce(&mut SerialSettings)) -> Resource {
         let mut settings = SerialSettings::default();
         f(&mut settings);
@@ -636,6 +741,15 @@ mod tests {
             ("GPIB0::5::INSTR", gpib(0, 5, None)),
             ("gpib1::12::3::instr", gpib(1, 12, Some(3))),
             ("GPIB::30::INSTR", gpib(0, 30, None)),
+            ("USB0::0x1AB1::0x0E11::DP8C123456::INSTR", usb(0x1AB1, 0x0E11, "DP8C123456", 0)),
+            ("usb::0x2a8d::0x1202::MY5900::0::instr", usb(0x2A8D, 0x1202, "MY5900", 0)),
+            ("USB0::6833::3601::SN1::1::INSTR", usb(6833, 3601, "SN1", 1)),
+            (
+                "usbtmc:///dev/usbtmc0",
+                Resource::UsbtmcDev {
+                    path: "/dev/usbtmc0".into(),
+                },
+            ),
             ("ASRL/dev/ttyUSB0::INSTR", serial("/dev/ttyUSB0", |_| {})),
             ("asrl/dev/ttyACM1::instr", serial("/dev/ttyACM1", |_| {})),
             ("serial:///dev/ttyUSB0", serial("/dev/ttyUSB0", |_| {})),
@@ -690,6 +804,13 @@ mod tests {
             ("GPIB0::31::INSTR", "GPIB[board]"),
             ("GPIB::8::SOCKET", "GPIB[board]"),
             ("GPIBx::8::INSTR", "GPIB[board]"),
+            ("USB0::0x1AB1::0x0E11::INSTR", "USB[board]"),
+            ("USB0::0x1AB1::0x0E11::::INSTR", "serial number"),
+            ("USB0::0xZZ::0x0E11::SN::INSTR", "USB[board]"),
+            ("USB0::0x1AB1::0x10000::SN::INSTR", "USB[board]"),
+            ("USB0::0x1AB1::0x0E11::SN::x::INSTR", "USB[board]"),
+            ("USBx::0x1AB1::0x0E11::SN::INSTR", "USB[board]"),
+            ("usbtmc://dev", "usbtmc:///dev"),
         ];
         for (text, why) in table {
             let e = Resource::parse(text).expect_err(text);

@@ -282,9 +282,21 @@ impl ScpiSession {
         }
     }
 
+    /// Use `link` (already open to this session's resource, e.g. a
+    /// simulated USBTMC device) instead of opening one, and send the init
+    /// sequence. Once it fails, the next call reopens the resource as usual.
+    pub async fn attach(&mut self, link: Link) -> Result<(), DriverError> {
+        self.link = None;
+        self.install(link).await
+    }
+
     /// Open the link and send the init sequence.
     async fn open(&mut self) -> Result<(), DriverError> {
-        let mut link = Link::open(&self.resource, self.opts.connect_timeout).await?;
+        let link = Link::open(&self.resource, self.opts.connect_timeout).await?;
+        self.install(link).await
+    }
+
+    async fn install(&mut self, mut link: Link) -> Result<(), DriverError> {
         link.discard_input();
         self.link = Some(link);
         self.buf.clear();
@@ -374,6 +386,8 @@ impl ScpiSession {
         if self.out_of_step {
             match &self.link {
                 Some(l) if l.is_serial() => self.drain().await?,
+                // USBTMC aborted the transfer and clears the device before its next one.
+                Some(l) if l.resyncs_itself() => {}
                 Some(_) => {
                     tracing::debug!(resource = %self.resource, "out of step: reconnecting");
                     self.link = None;
