@@ -19,6 +19,7 @@
 pub mod block;
 pub mod builtins;
 pub mod declarative;
+pub mod discover;
 pub mod firmware;
 pub mod gpib;
 pub mod hislip;

@@ -17,6 +17,7 @@ mod drivers;
 mod get;
 mod ls;
 mod relay;
+mod scan;
 mod sim;
 mod upload;
 mod watch;
@@ -60,6 +61,9 @@ pub enum Command {
     /// Run a simulated instrument (for tests and demos).
     #[command(subcommand)]
     Sim(sim::Args),
+    /// List serial ports and USBTMC devices; with --probe (and --tcp) ask
+    /// them for *IDN? and print ready [[relay.instruments]] blocks.
+    Scan(scan::Args),
 }
 
 impl Cli {
@@ -92,5 +96,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo => demo::exec(&ctx).await,
         Command::Bench(a) => bench::exec(a, &ctx).await,
         Command::Sim(a) => sim::exec(a).await,
+        Command::Scan(a) => scan::exec(a).await,
     }
 }
