@@ -168,6 +168,7 @@ pub fn lan_candidates(host: &str, port: Option<u16>) -> Vec<Resource> {
             host: host.to_string(),
             device: "hislip0".into(),
             port: port.unwrap_or(crate::hislip::PORT),
+            mode: crate::hislip::HislipMode::default(),
         },
         Resource::Vxi11 {
             host: host.to_string(),

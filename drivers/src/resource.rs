@@ -165,6 +165,8 @@ pub enum Resource {
         device: String,
         /// TCP port (4880).
         port: u16,
+        /// The mode asked for (URL `?mode=overlapped`, option `hislip_mode`).
+        mode: crate::hislip::HislipMode,
     },
     /// An instrument on a GPIB bus, through a Prologix-compatible adapter.
     Gpib {
@@ -232,7 +234,7 @@ impl Resource {
                 None => (rest, ""),
             };
             let usage = if hislip {
-                "expected hislip://HOST[:PORT][/hislip0]"
+                "expected hislip://HOST[:PORT][/hislip0][?mode=synchronized|overlapped|server]"
             } else {
                 "expected vxi11://HOST[:PORTMAPPER_PORT][/inst0][?core_port=N]"
             };
@@ -241,8 +243,13 @@ impl Resource {
                 return Err(bad(usage));
             }
             let mut core_port = None;
+            let mut mode = crate::hislip::HislipMode::default();
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 match pair.split_once('=') {
+                    Some(("mode", v)) if hislip => {
+                        mode = crate::hislip::HislipMode::parse(v)
+                            .ok_or_else(|| bad("mode must be synchronized, overlapped or server"))?
+                    }
                     Some(("core_port", v)) if !hislip => {
                         core_port = Some(
                             v.parse::<u16>()
@@ -259,6 +266,7 @@ impl Resource {
                     host,
                     device: if path.is_empty() { "hislip0" } else { path }.to_string(),
                     port: port.unwrap_or(crate::hislip::PORT),
+                    mode,
                 }
             } else {
                 Resource::Vxi11 {
@@ -415,6 +423,19 @@ impl Resource {
     /// (`baud`, `data_bits`, `parity`, `stop_bits`, `flow`); other keys are
     /// ignored here. Does nothing for TCP resources.
     pub fn apply_options(&mut self, options: &Map<String, Value>) -> Result<(), DriverError> {
+        if let Resource::Hislip { mode, .. } = self {
+            if let Some(v) = options.get("hislip_mode") {
+                *mode = v
+                    .as_str()
+                    .and_then(crate::hislip::HislipMode::parse)
+                    .ok_or_else(|| {
+                        DriverError::Config(
+                            "option 'hislip_mode': expected \"synchronized\", \"overlapped\" or \"server\""
+                                .into(),
+                        )
+                    })?;
+            }
+        }
         if let Resource::Gpib { adapter, .. } = self {
             if let Some(v) = options.get("adapter") {
                 *adapter = Some(
@@ -479,8 +500,17 @@ impl fmt::Display for Resource {
                     None => Ok(()),
                 }
             }
-            Resource::Hislip { host, device, port } => {
-                write!(f, "hislip://{}:{port}/{device}", bracket(host))
+            Resource::Hislip {
+                host,
+                device,
+                port,
+                mode,
+            } => {
+                write!(f, "hislip://{}:{port}/{device}", bracket(host))?;
+                if *mode != crate::hislip::HislipMode::default() {
+                    write!(f, "?mode={}", mode.name())?;
+                }
+                Ok(())
             }
             Resource::Gpib {
                 board,
@@ -559,6 +589,7 @@ fn lan_instr(host: &str, device: &str) -> Result<Resource, &'static str> {
             host: host.to_string(),
             device: device.to_string(),
             port: p,
+            mode: crate::hislip::HislipMode::default(),
         });
     }
     let (host, core_port) = match host.split_once(',') {
@@ -683,6 +714,7 @@ mod tests {
             host: host.into(),
             device: device.into(),
             port,
+            mode: crate::hislip::HislipMode::Synchronized,
         }
     }
 
@@ -738,6 +770,15 @@ mod tests {
             ("TCPIP1::host::HISLIP1,5000::INSTR", hislip("host", "HISLIP1", 5000)),
             ("hislip://host", hislip("host", "hislip0", 4880)),
             ("hislip://127.0.0.1:4881/hislip0", hislip("127.0.0.1", "hislip0", 4881)),
+            (
+                "hislip://h/hislip0?mode=overlapped",
+                Resource::Hislip {
+                    host: "h".into(),
+                    device: "hislip0".into(),
+                    port: 4880,
+                    mode: crate::hislip::HislipMode::Overlapped,
+                },
+            ),
             ("GPIB0::5::INSTR", gpib(0, 5, None)),
             ("gpib1::12::3::instr", gpib(1, 12, Some(3))),
             ("GPIB::30::INSTR", gpib(0, 30, None)),
@@ -789,6 +830,8 @@ mod tests {
             ("vxi11://host/a/b", "vxi11://HOST"),
             ("vxi11://host/inst0?core_port=0", "core_port"),
             ("hislip://host:99999", "hislip://HOST"),
+            ("hislip://host/hislip0?mode=fast", "mode must be"),
+            ("hislip://host/hislip0?core_port=1", "hislip://HOST"),
             ("TCPIPx::host::5025::SOCKET", "expected TCPIP"),
             ("tcp://host", "tcp://HOST:PORT"),
             ("tcp://:5025", "tcp://HOST:PORT"),

@@ -129,11 +129,14 @@ impl Link {
                 .await
                 .map(|l| Link::Gpib(Box::new(l)))
             }
-            Resource::Hislip { host, device, port } => {
-                HislipLink::connect(host, *port, device, connect_timeout)
-                    .await
-                    .map(|l| Link::Hislip(Box::new(l)))
-            }
+            Resource::Hislip {
+                host,
+                device,
+                port,
+                mode,
+            } => HislipLink::connect_mode(host, *port, device, *mode, connect_timeout)
+                .await
+                .map(|l| Link::Hislip(Box::new(l))),
             Resource::Usbtmc {
                 vendor_id,
                 product_id,
