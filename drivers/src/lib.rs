@@ -45,4 +45,4 @@ pub use methods::MethodTable;
 pub use options::{OptionSpec, OptionType};
 pub use registry::{BoxInstrument, DriverRegistry, InstrumentConfig};
 pub use resource::Resource;
-pub use scpi::{ScpiSession, SessionOptions};
+pub use scpi::{LinkOpener, ScpiSession, SessionOptions};
