@@ -33,6 +33,9 @@ pub enum Args {
     /// Resource-exhaustion cases against broker, bank and relay processes;
     /// RSS and open files of each node before, at peak and after each case.
     Abuse(super::bench_abuse::Args),
+    /// Instrument links to the simulator (raw socket, VXI-11, HiSLIP):
+    /// query round trips and 1 MiB block transfers next to bare TCP.
+    Links(super::bench_links::Args),
 }
 
 pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
@@ -44,6 +47,7 @@ pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
             seconds,
         } => soak(ctx, relays, hz, seconds).await?,
         Args::Abuse(a) => return super::bench_abuse::exec(a, ctx).await,
+        Args::Links(a) => return super::bench_links::exec(a).await,
     }
     Ok(ExitCode::SUCCESS)
 }

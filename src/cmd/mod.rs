@@ -9,6 +9,7 @@ use crate::common::Global;
 mod bank;
 mod bench;
 mod bench_abuse;
+mod bench_links;
 mod broker;
 mod call;
 mod datasets;
