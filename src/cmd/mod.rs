@@ -10,6 +10,7 @@ mod bank;
 mod bench;
 mod bench_abuse;
 mod bench_links;
+mod bench_streams;
 mod broker;
 mod call;
 mod datasets;
@@ -20,6 +21,7 @@ mod ls;
 mod relay;
 mod scan;
 mod sim;
+mod streams;
 mod upload;
 mod watch;
 
@@ -50,8 +52,15 @@ pub enum Command {
     Ls(ls::Args),
     /// Call a method on a relay and print the result as JSON.
     Call(call::Args),
-    /// Print live state messages.
+    /// Print live state messages (or, with --stream, a stream's samples).
     Watch(watch::Args),
+    /// Print a relay's methods (params, units, ranges), streams, driver and identity.
+    Describe(streams::DescribeArgs),
+    /// List a relay's streams with their rate and health.
+    Streams(streams::ListArgs),
+    /// Control a relay's streams: enable, disable, add, remove, rate.
+    #[command(subcommand)]
+    Stream(streams::Control),
     /// List the drivers (built-in, and declarative ones from `[relay] driver_dirs`).
     Drivers,
     /// Run a whole mesh in one process and show it working.
@@ -93,6 +102,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ls(a) => ls::exec(a, g, &ctx).await,
         Command::Call(a) => call::exec(a, g, &ctx).await,
         Command::Watch(a) => watch::exec(a, g, &ctx).await,
+        Command::Describe(a) => streams::describe(a, g, &ctx).await,
+        Command::Streams(a) => streams::list(a, g, &ctx).await,
+        Command::Stream(c) => streams::control(c, g, &ctx).await,
         Command::Drivers => drivers::exec(g).await,
         Command::Demo => demo::exec(&ctx).await,
         Command::Bench(a) => bench::exec(a, &ctx).await,
