@@ -10,9 +10,17 @@
 //! (`AsyncInitialize` with that session id; `AsyncMaximumMessageSize`,
 //! `AsyncLock`, `AsyncDeviceClear`, `AsyncStatusQuery`, ...).
 //!
-//! [`HislipLink`] is the client used by [`crate::transport::Link`]
-//! (synchronized mode); the framing is shared with the simulator's server
-//! (`crate::sim::hislip`).
+//! [`HislipLink`] is the client used by [`crate::transport::Link`]; the
+//! framing is shared with the simulator's server (`crate::sim::hislip`).
+//!
+//! **Modes.** The server names its preferred mode in `InitializeResponse`
+//! (control bit 0: overlapped) and starts in it; the client asks for the
+//! mode it wants ([`HislipMode`]) in the device-clear handshake
+//! (`DeviceClearComplete`'s feature bit), and `DeviceClearAcknowledge`
+//! says which mode is in force. In *synchronized* mode one message is
+//! answered at a time; in *overlapped* mode several queries may be in
+//! flight ([`HislipLink::query_many`]) and their answers come back in
+//! order, each carrying its query's message id.
 
 use std::io;
 use std::time::Duration;
@@ -200,6 +208,42 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
 /// Largest payload this client accepts (announced in AsyncMaximumMessageSize).
 pub const CLIENT_MAX_MESSAGE: u64 = 1 << 20;
 
+/// Which HiSLIP mode a client asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HislipMode {
+    /// Synchronized (the default): one message answered at a time.
+    #[default]
+    Synchronized,
+    /// Overlapped: several queries in flight, answered in order.
+    Overlapped,
+    /// Whatever the server prefers (its `InitializeResponse`).
+    Server,
+}
+
+impl HislipMode {
+    /// Parse `synchronized` / `overlapped` / `server`.
+    pub fn parse(s: &str) -> Option<HislipMode> {
+        match s.to_ascii_lowercase().as_str() {
+            "synchronized" | "sync" => Some(HislipMode::Synchronized),
+            "overlapped" | "overlap" => Some(HislipMode::Overlapped),
+            "server" => Some(HislipMode::Server),
+            _ => None,
+        }
+    }
+
+    /// The name [`HislipMode::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            HislipMode::Synchronized => "synchronized",
+            HislipMode::Overlapped => "overlapped",
+            HislipMode::Server => "server",
+        }
+    }
+}
+
+/// Most bytes of answers kept for queries not yet read (overlapped mode).
+pub const MAX_STASH: usize = 16 << 20;
+
 /// A client HiSLIP session (synchronized mode).
 #[derive(Debug)]
 pub struct HislipLink {
@@ -214,6 +258,10 @@ pub struct HislipLink {
     rmt: bool,
     /// The server preferred overlapped mode in InitializeResponse.
     server_prefers_overlap: bool,
+    /// The mode asked for in device clears.
+    want: HislipMode,
+    /// Overlapped mode is in force.
+    overlapped: bool,
     /// A call did not finish; the channels are out of step.
     broken: bool,
 }
@@ -222,6 +270,46 @@ impl HislipLink {
     /// Open both channels to `host:port`, initialize with `sub_address`
     /// (`hislip0`) and exchange maximum message sizes.
     pub async fn connect(
+        host: &str,
+        port: u16,
+        sub_address: &str,
+        connect_timeout: Duration,
+    ) -> Result<HislipLink, DriverError> {
+        Self::connect_mode(
+            host,
+            port,
+            sub_address,
+            HislipMode::Synchronized,
+            connect_timeout,
+        )
+        .await
+    }
+
+    /// [`HislipLink::connect`], then (when `mode` differs from the mode the
+    /// server started in) a device clear asking for `mode`.
+    pub async fn connect_mode(
+        host: &str,
+        port: u16,
+        sub_address: &str,
+        mode: HislipMode,
+        connect_timeout: Duration,
+    ) -> Result<HislipLink, DriverError> {
+        let started = tokio::time::Instant::now();
+        let mut link = Self::handshake(host, port, sub_address, connect_timeout).await?;
+        link.want = mode;
+        let differs = match mode {
+            HislipMode::Server => false,
+            HislipMode::Overlapped => !link.overlapped,
+            HislipMode::Synchronized => link.overlapped,
+        };
+        if differs {
+            let left = connect_timeout.saturating_sub(started.elapsed());
+            link.clear(left.max(Duration::from_millis(1))).await?;
+        }
+        Ok(link)
+    }
+
+    async fn handshake(
         host: &str,
         port: u16,
         sub_address: &str,
@@ -283,6 +371,9 @@ impl HislipLink {
                 last_sent: FIRST_MESSAGE_ID,
                 rmt: false,
                 server_prefers_overlap: overlap,
+                want: HislipMode::Synchronized,
+                // The server starts in the mode it prefers.
+                overlapped: overlap,
                 broken: false,
             })
         };
@@ -311,6 +402,16 @@ impl HislipLink {
     /// Whether the server said it prefers overlapped mode.
     pub fn server_prefers_overlap(&self) -> bool {
         self.server_prefers_overlap
+    }
+
+    /// Whether overlapped mode is in force.
+    pub fn is_overlapped(&self) -> bool {
+        self.overlapped
+    }
+
+    /// The message id the next message sent will carry.
+    pub fn next_message_id(&self) -> u32 {
+        self.message_id
     }
 
     fn io(&mut self, e: io::Error) -> DriverError {
@@ -426,6 +527,129 @@ impl HislipLink {
         .await
     }
 
+    /// Send every message of `queries` (each a whole query, terminated),
+    /// then read their answers: in overlapped mode all are in flight at
+    /// once and each answer is matched to its query by message id; in
+    /// synchronized mode they run one after another. Returns the answers
+    /// in order (each up to its `DataEnd`). `timeout` bounds the whole.
+    pub async fn query_many(
+        &mut self,
+        queries: &[&[u8]],
+        timeout: Duration,
+    ) -> Result<Vec<Vec<u8>>, DriverError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut out = Vec::with_capacity(queries.len());
+        if !self.overlapped {
+            for q in queries {
+                self.write(q, left()).await?;
+                let mut answer = Vec::new();
+                loop {
+                    let (data, end) = self.read(left()).await?;
+                    answer.extend_from_slice(&data);
+                    if end {
+                        break;
+                    }
+                }
+                out.push(answer);
+            }
+            return Ok(out);
+        }
+        let mut ids = Vec::with_capacity(queries.len());
+        for q in queries {
+            self.write(q, left()).await?;
+            ids.push(self.last_sent);
+        }
+        let first = ids.first().copied().unwrap_or(self.last_sent);
+        self.bounded(left(), async move |l: &mut Self| {
+            let mut answers: Vec<Vec<u8>> = vec![Vec::new(); ids.len()];
+            let mut done = 0usize;
+            let mut held = 0usize;
+            while done < ids.len() {
+                l.broken = true;
+                let r = read_message(&mut l.sync, CLIENT_MAX_MESSAGE).await;
+                let m = r.map_err(|e| l.io(e))?;
+                l.broken = false;
+                let h = m.header;
+                match h.msg_type {
+                    msg::DATA | msg::DATA_END => {
+                        // Which of our queries (ids go up by 2, wrapping).
+                        let k = h.param.wrapping_sub(first) / 2;
+                        let slot = usize::try_from(k)
+                            .ok()
+                            .filter(|k| ids.get(*k) == Some(&h.param));
+                        let Some(k) = slot else {
+                            tracing::debug!(
+                                id = h.param,
+                                "discarding a HiSLIP answer to another message"
+                            );
+                            continue;
+                        };
+                        if k < done {
+                            tracing::debug!(id = h.param, "discarding data after its DataEnd");
+                            continue;
+                        }
+                        held += m.payload.len();
+                        if held > MAX_STASH {
+                            l.broken = true;
+                            return Err(DriverError::Instrument(format!(
+                                "{}: answers to {} queries exceed {MAX_STASH} bytes",
+                                l.context,
+                                ids.len()
+                            )));
+                        }
+                        if let Some(a) = answers.get_mut(k) {
+                            a.extend_from_slice(&m.payload);
+                        }
+                        if h.msg_type == msg::DATA_END {
+                            if k != done {
+                                // Answers come in order: an earlier query got none.
+                                l.broken = true;
+                                return Err(DriverError::Instrument(format!(
+                                    "{}: answer to message {:#x} before the one to {:#x}",
+                                    l.context,
+                                    h.param,
+                                    ids.get(done).copied().unwrap_or(0)
+                                )));
+                            }
+                            done += 1;
+                        }
+                    }
+                    msg::ERROR => {
+                        return Err(DriverError::Instrument(format!(
+                            "{}: Error {}: {}",
+                            l.context,
+                            h.control,
+                            String::from_utf8_lossy(&m.payload)
+                        )))
+                    }
+                    msg::FATAL_ERROR => {
+                        l.broken = true;
+                        return Err(DriverError::link(
+                            l.context.clone(),
+                            io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                format!(
+                                    "FatalError {}: {}",
+                                    h.control,
+                                    String::from_utf8_lossy(&m.payload)
+                                ),
+                            ),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            l.rmt = true;
+            Ok(answers)
+        })
+        .await
+        .map(|a| {
+            out.extend(a);
+            out
+        })
+    }
+
     /// One request on the asynchronous channel and its response of type `want`.
     async fn ask_async(
         &mut self,
@@ -453,23 +677,33 @@ impl HislipLink {
     }
 
     /// Device clear: AsyncDeviceClear, then DeviceClearComplete on the sync
-    /// channel (requesting synchronized mode); pending answers are dropped
-    /// and message ids start again.
+    /// channel asking for the link's mode (overlapped, synchronized, or for
+    /// [`HislipMode::Server`] the server's preference from
+    /// AsyncDeviceClearAcknowledge); DeviceClearAcknowledge says which
+    /// mode is in force. Pending answers are dropped and message ids start
+    /// again.
     pub async fn clear(&mut self, timeout: Duration) -> Result<(), DriverError> {
-        self.ask_async(
-            (msg::ASYNC_DEVICE_CLEAR, 0, 0, &[]),
-            msg::ASYNC_DEVICE_CLEAR_ACKNOWLEDGE,
-            timeout,
-        )
-        .await?;
+        let ack = self
+            .ask_async(
+                (msg::ASYNC_DEVICE_CLEAR, 0, 0, &[]),
+                msg::ASYNC_DEVICE_CLEAR_ACKNOWLEDGE,
+                timeout,
+            )
+            .await?;
+        let request = match self.want {
+            HislipMode::Overlapped => 1,
+            HislipMode::Synchronized => 0,
+            HislipMode::Server => ack.header.control & 1,
+        };
         self.bounded(timeout, async move |l: &mut Self| {
             l.broken = true;
-            let r = write_message(&mut l.sync, msg::DEVICE_CLEAR_COMPLETE, 0, 0, &[]).await;
+            let r = write_message(&mut l.sync, msg::DEVICE_CLEAR_COMPLETE, request, 0, &[]).await;
             r.map_err(|e| l.io(e))?;
             loop {
                 let r = read_message(&mut l.sync, CLIENT_MAX_MESSAGE).await;
                 let m = r.map_err(|e| l.io(e))?;
                 if m.header.msg_type == msg::DEVICE_CLEAR_ACKNOWLEDGE {
+                    l.overlapped = m.header.control & 1 != 0;
                     break;
                 }
             }

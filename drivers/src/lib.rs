@@ -6,7 +6,8 @@
 //!   `siglent-spd3303x`), plus declarative TOML drivers
 //!   ([`DriverRegistry::load_dir`], [`declarative`]).
 //! * [`resource`]: PyVISA-style and URL resource strings; [`transport`]:
-//!   TCP, serial, VXI-11 ([`vxi11`]) and HiSLIP ([`hislip`]) links; [`scpi`]: the SCPI session; [`block`]: IEEE 488.2
+//!   TCP, serial, VXI-11 ([`vxi11`]), HiSLIP ([`hislip`]) and USBTMC
+//!   ([`usbtmc`]) links; [`scpi`]: the SCPI session; [`block`]: IEEE 488.2
 //!   binary blocks.
 //! * [`psu`]: the power-supply family drivers; [`scpi_driver`]: the
 //!   generic `scpi` driver; [`mock_psu`]: the in-process mock power supply.
@@ -18,6 +19,7 @@
 pub mod block;
 pub mod builtins;
 pub mod declarative;
+pub mod discover;
 pub mod firmware;
 pub mod gpib;
 pub mod hislip;
@@ -32,6 +34,7 @@ pub mod scpi;
 pub mod scpi_driver;
 pub mod sim;
 pub mod transport;
+pub mod usbtmc;
 pub mod vxi11;
 
 pub use instrument::{
@@ -46,4 +49,4 @@ pub use methods::MethodTable;
 pub use options::{OptionSpec, OptionType};
 pub use registry::{BoxInstrument, DriverRegistry, InstrumentConfig};
 pub use resource::Resource;
-pub use scpi::{ScpiSession, SessionOptions};
+pub use scpi::{LinkOpener, ScpiSession, SessionOptions};

@@ -155,6 +155,13 @@ pub const ADAPTER: OptionSpec = OptionSpec::new(
     "GPIB resources: the Prologix-compatible adapter, tcp://HOST:1234 or a serial resource (no default)",
 );
 
+/// `hislip_mode`: the HiSLIP mode to ask for.
+pub const HISLIP_MODE: OptionSpec = OptionSpec::new(
+    "hislip_mode",
+    OptionType::Choice(&["synchronized", "overlapped", "server"]),
+    "HiSLIP resources: the mode asked for in the device-clear handshake (default synchronized)",
+);
+
 /// What every SCPI driver built on [`crate::ScpiSession`] accepts: the
 /// session's keys and the serial line's. Declarative (TOML) drivers accept
 /// exactly these.
@@ -175,6 +182,7 @@ pub const SCPI_SESSION: &[OptionSpec] = &[
     STOP_BITS,
     FLOW,
     ADAPTER,
+    HISLIP_MODE,
 ];
 
 /// The first key of `options` that `known` does not declare.

@@ -8,6 +8,9 @@
 //!   (VXI-11), `TCPIP::host::hislip0[,port]::INSTR` (HiSLIP).
 //! * GPIB through a Prologix-compatible adapter: `GPIB0::5::INSTR` with
 //!   the adapter in option `adapter`.
+//! * USBTMC: `USB[board]::0xVID::0xPID::SERIAL[::INTERFACE]::INSTR` (VID and
+//!   PID in hex with `0x`, or decimal); the Linux kernel driver's character
+//!   device as `usbtmc:///dev/usbtmc0`.
 //! * URLs: `tcp://host:5025`, `tcp://[::1]:5025`, `vxi11://host[:pmport]/inst0`,
 //!   `hislip://host[:port]/hislip0`,
 //!   `serial:///dev/ttyUSB0?baud=115200&parity=none&data_bits=8&stop_bits=1&flow=none`.
@@ -162,6 +165,8 @@ pub enum Resource {
         device: String,
         /// TCP port (4880).
         port: u16,
+        /// The mode asked for (URL `?mode=overlapped`, option `hislip_mode`).
+        mode: crate::hislip::HislipMode,
     },
     /// An instrument on a GPIB bus, through a Prologix-compatible adapter.
     Gpib {
@@ -181,6 +186,26 @@ pub enum Resource {
         path: String,
         /// Line settings.
         settings: SerialSettings,
+    },
+    /// A USBTMC device (USB Test & Measurement Class), driven through
+    /// `nusb`, falling back to the Linux `usbtmc` kernel driver.
+    Usbtmc {
+        /// The board number of `USBn` (informational).
+        board: u8,
+        /// idVendor.
+        vendor_id: u16,
+        /// idProduct.
+        product_id: u16,
+        /// The device's serial number string.
+        serial: String,
+        /// The USBTMC interface number (usually 0).
+        interface: u8,
+    },
+    /// A USBTMC device through the Linux kernel driver's character device
+    /// (`/dev/usbtmc0`).
+    UsbtmcDev {
+        /// The device path.
+        path: String,
     },
 }
 
@@ -209,7 +234,7 @@ impl Resource {
                 None => (rest, ""),
             };
             let usage = if hislip {
-                "expected hislip://HOST[:PORT][/hislip0]"
+                "expected hislip://HOST[:PORT][/hislip0][?mode=synchronized|overlapped|server]"
             } else {
                 "expected vxi11://HOST[:PORTMAPPER_PORT][/inst0][?core_port=N]"
             };
@@ -218,8 +243,13 @@ impl Resource {
                 return Err(bad(usage));
             }
             let mut core_port = None;
+            let mut mode = crate::hislip::HislipMode::default();
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 match pair.split_once('=') {
+                    Some(("mode", v)) if hislip => {
+                        mode = crate::hislip::HislipMode::parse(v)
+                            .ok_or_else(|| bad("mode must be synchronized, overlapped or server"))?
+                    }
                     Some(("core_port", v)) if !hislip => {
                         core_port = Some(
                             v.parse::<u16>()
@@ -236,6 +266,7 @@ impl Resource {
                     host,
                     device: if path.is_empty() { "hislip0" } else { path }.to_string(),
                     port: port.unwrap_or(crate::hislip::PORT),
+                    mode,
                 }
             } else {
                 Resource::Vxi11 {
@@ -245,6 +276,17 @@ impl Resource {
                     core_port,
                 }
             });
+        }
+        if let Some(rest) = strip_prefix_ci(s, "usbtmc://") {
+            if !rest.starts_with('/') || rest.len() < 2 {
+                return Err(bad("expected usbtmc:///dev/usbtmcN"));
+            }
+            return Ok(Resource::UsbtmcDev {
+                path: rest.to_string(),
+            });
+        }
+        if lower.starts_with("usb") {
+            return usb_instr(s).map_err(bad);
         }
         if let Some(rest) = strip_prefix_ci(s, "serial://") {
             let (path, query) = match rest.split_once('?') {
@@ -359,21 +401,41 @@ impl Resource {
         }
         Err(bad(
             "expected TCPIP::HOST::PORT::SOCKET, TCPIP::HOST[::DEVICE]::INSTR, \
-             GPIB0::ADDRESS::INSTR, ASRL/dev/DEVICE::INSTR, tcp://HOST:PORT, vxi11://HOST/inst0, \
-             hislip://HOST/hislip0 or serial:///dev/DEVICE?baud=N",
+             GPIB0::ADDRESS::INSTR, USB0::0xVID::0xPID::SERIAL::INSTR, ASRL/dev/DEVICE::INSTR, \
+             tcp://HOST:PORT, vxi11://HOST/inst0, hislip://HOST/hislip0, usbtmc:///dev/usbtmc0 \
+             or serial:///dev/DEVICE?baud=N",
         ))
     }
 
     /// Whether the link is message-based (VXI-11, HiSLIP): the instrument
     /// marks the end of every message, no byte stream.
     pub fn is_message_based(&self) -> bool {
-        matches!(self, Resource::Vxi11 { .. } | Resource::Hislip { .. })
+        matches!(
+            self,
+            Resource::Vxi11 { .. }
+                | Resource::Hislip { .. }
+                | Resource::Usbtmc { .. }
+                | Resource::UsbtmcDev { .. }
+        )
     }
 
     /// Apply serial line options from an instrument's `options` table
     /// (`baud`, `data_bits`, `parity`, `stop_bits`, `flow`); other keys are
     /// ignored here. Does nothing for TCP resources.
     pub fn apply_options(&mut self, options: &Map<String, Value>) -> Result<(), DriverError> {
+        if let Resource::Hislip { mode, .. } = self {
+            if let Some(v) = options.get("hislip_mode") {
+                *mode = v
+                    .as_str()
+                    .and_then(crate::hislip::HislipMode::parse)
+                    .ok_or_else(|| {
+                        DriverError::Config(
+                            "option 'hislip_mode': expected \"synchronized\", \"overlapped\" or \"server\""
+                                .into(),
+                        )
+                    })?;
+            }
+        }
         if let Resource::Gpib { adapter, .. } = self {
             if let Some(v) = options.get("adapter") {
                 *adapter = Some(
@@ -438,8 +500,17 @@ impl fmt::Display for Resource {
                     None => Ok(()),
                 }
             }
-            Resource::Hislip { host, device, port } => {
-                write!(f, "hislip://{}:{port}/{device}", bracket(host))
+            Resource::Hislip {
+                host,
+                device,
+                port,
+                mode,
+            } => {
+                write!(f, "hislip://{}:{port}/{device}", bracket(host))?;
+                if *mode != crate::hislip::HislipMode::default() {
+                    write!(f, "?mode={}", mode.name())?;
+                }
+                Ok(())
             }
             Resource::Gpib {
                 board,
@@ -450,6 +521,23 @@ impl fmt::Display for Resource {
                 Some(sec) => write!(f, "GPIB{board}::{address}::{sec}::INSTR"),
                 None => write!(f, "GPIB{board}::{address}::INSTR"),
             },
+            Resource::Usbtmc {
+                board,
+                vendor_id,
+                product_id,
+                serial,
+                interface,
+            } => {
+                write!(
+                    f,
+                    "USB{board}::0x{vendor_id:04X}::0x{product_id:04X}::{serial}::"
+                )?;
+                if *interface != 0 {
+                    write!(f, "{interface}::")?;
+                }
+                write!(f, "INSTR")
+            }
+            Resource::UsbtmcDev { path } => write!(f, "usbtmc://{path}"),
             Resource::Serial { path, settings } => {
                 let parity = match settings.parity {
                     Parity::None => "none",
@@ -501,6 +589,7 @@ fn lan_instr(host: &str, device: &str) -> Result<Resource, &'static str> {
             host: host.to_string(),
             device: device.to_string(),
             port: p,
+            mode: crate::hislip::HislipMode::default(),
         });
     }
     let (host, core_port) = match host.split_once(',') {
@@ -515,6 +604,43 @@ fn lan_instr(host: &str, device: &str) -> Result<Resource, &'static str> {
         device: device.to_string(),
         portmapper_port: crate::vxi11::PMAP_PORT,
         core_port,
+    })
+}
+
+/// `USB[board]::VID::PID::SERIAL[::INTERFACE]::INSTR`.
+fn usb_instr(s: &str) -> Result<Resource, &'static str> {
+    const USAGE: &str = "expected USB[board]::0xVID::0xPID::SERIAL[::INTERFACE]::INSTR";
+    let parts: Vec<&str> = s.split("::").collect();
+    let board: u8 = match parts.first().and_then(|b| b.get(3..)) {
+        Some("") => 0,
+        Some(b) => b.parse().map_err(|_| USAGE)?,
+        None => return Err(USAGE),
+    };
+    let id = |t: &str| -> Result<u16, &'static str> {
+        let t = t.trim();
+        match t.get(..2) {
+            Some(p) if p.eq_ignore_ascii_case("0x") => {
+                u16::from_str_radix(t.get(2..).unwrap_or(""), 16).map_err(|_| USAGE)
+            }
+            _ => t.parse().map_err(|_| USAGE),
+        }
+    };
+    let (vid, pid, serial, interface) = match parts.as_slice() {
+        [_, v, p, serial, kind] if kind.eq_ignore_ascii_case("INSTR") => (v, p, serial, 0),
+        [_, v, p, serial, i, kind] if kind.eq_ignore_ascii_case("INSTR") => {
+            (v, p, serial, i.parse::<u8>().map_err(|_| USAGE)?)
+        }
+        _ => return Err(USAGE),
+    };
+    if serial.is_empty() {
+        return Err("USB resource needs the device's serial number (see `labmesh scan`)");
+    }
+    Ok(Resource::Usbtmc {
+        board,
+        vendor_id: id(vid)?,
+        product_id: id(pid)?,
+        serial: serial.to_string(),
+        interface,
     })
 }
 
@@ -588,6 +714,7 @@ mod tests {
             host: host.into(),
             device: device.into(),
             port,
+            mode: crate::hislip::HislipMode::Synchronized,
         }
     }
 
@@ -597,6 +724,16 @@ mod tests {
             address,
             secondary,
             adapter: None,
+        }
+    }
+
+    fn usb(vid: u16, pid: u16, serial: &str, interface: u8) -> Resource {
+        Resource::Usbtmc {
+            board: 0,
+            vendor_id: vid,
+            product_id: pid,
+            serial: serial.into(),
+            interface,
         }
     }
 
@@ -633,9 +770,27 @@ mod tests {
             ("TCPIP1::host::HISLIP1,5000::INSTR", hislip("host", "HISLIP1", 5000)),
             ("hislip://host", hislip("host", "hislip0", 4880)),
             ("hislip://127.0.0.1:4881/hislip0", hislip("127.0.0.1", "hislip0", 4881)),
+            (
+                "hislip://h/hislip0?mode=overlapped",
+                Resource::Hislip {
+                    host: "h".into(),
+                    device: "hislip0".into(),
+                    port: 4880,
+                    mode: crate::hislip::HislipMode::Overlapped,
+                },
+            ),
             ("GPIB0::5::INSTR", gpib(0, 5, None)),
             ("gpib1::12::3::instr", gpib(1, 12, Some(3))),
             ("GPIB::30::INSTR", gpib(0, 30, None)),
+            ("USB0::0x1AB1::0x0E11::DP8C123456::INSTR", usb(0x1AB1, 0x0E11, "DP8C123456", 0)),
+            ("usb::0x2a8d::0x1202::MY5900::0::instr", usb(0x2A8D, 0x1202, "MY5900", 0)),
+            ("USB0::6833::3601::SN1::1::INSTR", usb(6833, 3601, "SN1", 1)),
+            (
+                "usbtmc:///dev/usbtmc0",
+                Resource::UsbtmcDev {
+                    path: "/dev/usbtmc0".into(),
+                },
+            ),
             ("ASRL/dev/ttyUSB0::INSTR", serial("/dev/ttyUSB0", |_| {})),
             ("asrl/dev/ttyACM1::instr", serial("/dev/ttyACM1", |_| {})),
             ("serial:///dev/ttyUSB0", serial("/dev/ttyUSB0", |_| {})),
@@ -675,6 +830,8 @@ mod tests {
             ("vxi11://host/a/b", "vxi11://HOST"),
             ("vxi11://host/inst0?core_port=0", "core_port"),
             ("hislip://host:99999", "hislip://HOST"),
+            ("hislip://host/hislip0?mode=fast", "mode must be"),
+            ("hislip://host/hislip0?core_port=1", "hislip://HOST"),
             ("TCPIPx::host::5025::SOCKET", "expected TCPIP"),
             ("tcp://host", "tcp://HOST:PORT"),
             ("tcp://:5025", "tcp://HOST:PORT"),
@@ -690,6 +847,13 @@ mod tests {
             ("GPIB0::31::INSTR", "GPIB[board]"),
             ("GPIB::8::SOCKET", "GPIB[board]"),
             ("GPIBx::8::INSTR", "GPIB[board]"),
+            ("USB0::0x1AB1::0x0E11::INSTR", "USB[board]"),
+            ("USB0::0x1AB1::0x0E11::::INSTR", "serial number"),
+            ("USB0::0xZZ::0x0E11::SN::INSTR", "USB[board]"),
+            ("USB0::0x1AB1::0x10000::SN::INSTR", "USB[board]"),
+            ("USB0::0x1AB1::0x0E11::SN::x::INSTR", "USB[board]"),
+            ("USBx::0x1AB1::0x0E11::SN::INSTR", "USB[board]"),
+            ("usbtmc://dev", "usbtmc:///dev"),
         ];
         for (text, why) in table {
             let e = Resource::parse(text).expect_err(text);

@@ -151,9 +151,33 @@ impl SessionOptions {
     }
 }
 
+/// Opens a session's link in place of [`Link::open`] (see
+/// [`ScpiSession::with_opener`]): called for every (re)connect.
+pub type LinkOpener = std::sync::Arc<
+    dyn Fn()
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Link, DriverError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// An optional [`LinkOpener`] (Debug without showing the closure).
+#[derive(Clone, Default)]
+struct Opener(Option<LinkOpener>);
+
+impl std::fmt::Debug for Opener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Opener(custom)"
+        } else {
+            "Opener(resource)"
+        })
+    }
+}
+
 /// An SCPI conversation with one instrument. Owns its link; connects lazily.
 #[derive(Debug)]
 pub struct ScpiSession {
+    opener: Opener,
     resource: Resource,
     opts: SessionOptions,
     link: Option<Link>,
@@ -177,6 +201,7 @@ impl ScpiSession {
     /// (or [`ScpiSession::connect`]).
     pub fn new(resource: Resource, opts: SessionOptions) -> Self {
         ScpiSession {
+            opener: Opener::default(),
             resource,
             opts,
             link: None,
@@ -187,6 +212,17 @@ impl ScpiSession {
             identity: None,
             idn_unanswered: false,
         }
+    }
+
+    /// A session whose link is opened (and reopened after it is lost) by
+    /// `opener` instead of from the resource: for devices found some other
+    /// way, such as the simulated USBTMC device in tests (each call a
+    /// fresh enumeration, as after a replug). `resource` names it in
+    /// errors and logs.
+    pub fn with_opener(resource: Resource, opts: SessionOptions, opener: LinkOpener) -> Self {
+        let mut s = ScpiSession::new(resource, opts);
+        s.opener = Opener(Some(opener));
+        s
     }
 
     /// A session for an instrument's config: its `resource` (required) with
@@ -282,9 +318,24 @@ impl ScpiSession {
         }
     }
 
+    /// Use `link` (already open to this session's resource, e.g. a
+    /// simulated USBTMC device) instead of opening one, and send the init
+    /// sequence. Once it fails, the next call reopens the resource as usual.
+    pub async fn attach(&mut self, link: Link) -> Result<(), DriverError> {
+        self.link = None;
+        self.install(link).await
+    }
+
     /// Open the link and send the init sequence.
     async fn open(&mut self) -> Result<(), DriverError> {
-        let mut link = Link::open(&self.resource, self.opts.connect_timeout).await?;
+        let link = match &self.opener.0 {
+            Some(open) => open().await?,
+            None => Link::open(&self.resource, self.opts.connect_timeout).await?,
+        };
+        self.install(link).await
+    }
+
+    async fn install(&mut self, mut link: Link) -> Result<(), DriverError> {
         link.discard_input();
         self.link = Some(link);
         self.buf.clear();
@@ -374,6 +425,8 @@ impl ScpiSession {
         if self.out_of_step {
             match &self.link {
                 Some(l) if l.is_serial() => self.drain().await?,
+                // USBTMC aborted the transfer and clears the device before its next one.
+                Some(l) if l.resyncs_itself() => {}
                 Some(_) => {
                     tracing::debug!(resource = %self.resource, "out of step: reconnecting");
                     self.link = None;

@@ -254,6 +254,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     options::STOP_BITS,
     options::FLOW,
     options::ADAPTER,
+    options::HISLIP_MODE,
 ];
 
 /// Register `scpi`.

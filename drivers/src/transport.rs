@@ -1,6 +1,6 @@
 //! Links to instruments: a raw TCP socket or a serial port (byte
-//! streams), or a VXI-11 / HiSLIP link (message-based: the instrument
-//! marks the end of each message).
+//! streams), or a VXI-11 / HiSLIP / USBTMC link (message-based: the
+//! instrument marks the end of each message).
 //!
 //! The SCPI session talks through [`Link::send`] and [`Link::recv`], which
 //! work for every kind; the byte streams also implement `AsyncRead` /
@@ -24,6 +24,7 @@ use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 use crate::gpib::GpibLink;
 use crate::hislip::HislipLink;
 use crate::resource::{FlowControl, Parity, Resource, SerialSettings};
+use crate::usbtmc::{DevUsbtmc, UsbLink, UsbtmcLink};
 use crate::vxi11::Vxi11Link;
 use crate::DriverError;
 
@@ -40,6 +41,10 @@ pub enum Link {
     Hislip(Box<HislipLink>),
     /// An instrument on a Prologix-compatible GPIB adapter.
     Gpib(Box<GpibLink>),
+    /// A USBTMC device (framing done here, through nusb or a simulated device).
+    Usbtmc(Box<UsbtmcLink>),
+    /// A USBTMC device through the Linux kernel driver (`/dev/usbtmcN`).
+    UsbtmcDev(Box<DevUsbtmc>),
 }
 
 /// How a [`Link::send`] or [`Link::recv`] failed.
@@ -124,11 +129,37 @@ impl Link {
                 .await
                 .map(|l| Link::Gpib(Box::new(l)))
             }
-            Resource::Hislip { host, device, port } => {
-                HislipLink::connect(host, *port, device, connect_timeout)
-                    .await
-                    .map(|l| Link::Hislip(Box::new(l)))
+            Resource::Hislip {
+                host,
+                device,
+                port,
+                mode,
+            } => HislipLink::connect_mode(host, *port, device, *mode, connect_timeout)
+                .await
+                .map(|l| Link::Hislip(Box::new(l))),
+            Resource::Usbtmc {
+                vendor_id,
+                product_id,
+                serial,
+                interface,
+                ..
+            } => {
+                let l = crate::usbtmc::open_resource(
+                    *vendor_id,
+                    *product_id,
+                    serial,
+                    *interface,
+                    connect_timeout,
+                )
+                .await?;
+                Ok(match l {
+                    UsbLink::Nusb(l) => Link::Usbtmc(l),
+                    UsbLink::Kernel(d) => Link::UsbtmcDev(d),
+                })
             }
+            Resource::UsbtmcDev { path } => DevUsbtmc::open(path)
+                .await
+                .map(|d| Link::UsbtmcDev(Box::new(d))),
         }
     }
 
@@ -140,9 +171,19 @@ impl Link {
         }
     }
 
-    /// Whether the link is message-based (VXI-11, HiSLIP).
+    /// Whether the link is message-based (VXI-11, HiSLIP, USBTMC).
     pub fn is_message_based(&self) -> bool {
-        matches!(self, Link::Vxi11(_) | Link::Hislip(_))
+        matches!(
+            self,
+            Link::Vxi11(_) | Link::Hislip(_) | Link::Usbtmc(_) | Link::UsbtmcDev(_)
+        )
+    }
+
+    /// Whether the link gets back in step by itself after a timeout or a
+    /// failed transfer (USBTMC aborts the transfer and clears the device
+    /// before the next one), so the session need not reopen it.
+    pub fn resyncs_itself(&self) -> bool {
+        matches!(self, Link::Usbtmc(_))
     }
 
     /// Send one message (`bytes`, already terminated) within `timeout`.
@@ -150,6 +191,8 @@ impl Link {
         match self {
             Link::Vxi11(l) => Ok(l.write(bytes, timeout).await?),
             Link::Hislip(l) => Ok(l.write(bytes, timeout).await?),
+            Link::Usbtmc(l) => Ok(l.write(bytes, timeout).await?),
+            Link::UsbtmcDev(l) => Ok(l.write(bytes, timeout).await?),
             Link::Gpib(l) => {
                 // A failed exchange must not keep the shared adapter.
                 let r = l.send(bytes, timeout).await;
@@ -202,18 +245,37 @@ impl Link {
                 buf.extend_from_slice(&data);
                 Ok(end)
             }
+            Link::Usbtmc(l) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(LinkFailure::TimedOut);
+                }
+                let (data, end) = l.read(max.max(1), left).await?;
+                buf.extend_from_slice(&data);
+                Ok(end)
+            }
+            Link::UsbtmcDev(l) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(LinkFailure::TimedOut);
+                }
+                let (data, end) = l.read(max.max(1), left).await?;
+                buf.extend_from_slice(&data);
+                Ok(end)
+            }
             stream => {
-                let mut chunk = [0u8; 4096];
-                match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+                // Read straight into the buffer, up to 64 KiB (and `max`)
+                // at a time: a 1 MiB block in 4 KiB reads costs 256 wakeups.
+                let want = max.clamp(1, 64 * 1024);
+                buf.reserve(want);
+                let mut limited = AsyncReadExt::take(&mut *stream, want as u64);
+                match tokio::time::timeout_at(deadline, limited.read_buf(buf)).await {
                     Err(_) => Err(LinkFailure::TimedOut),
                     Ok(Ok(0)) => Err(LinkFailure::Io(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "closed by the instrument",
                     ))),
-                    Ok(Ok(n)) => {
-                        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-                        Ok(false)
-                    }
+                    Ok(Ok(_)) => Ok(false),
                     Ok(Err(e)) => Err(LinkFailure::Io(e)),
                 }
             }
@@ -228,6 +290,7 @@ impl Link {
             Link::Vxi11(l) => l.clear(timeout).await.map(|()| true),
             Link::Hislip(l) => l.clear(timeout).await.map(|()| true),
             Link::Gpib(l) => l.clear(timeout).await.map(|()| true),
+            Link::Usbtmc(l) => l.clear(timeout).await.map(|()| true),
             _ => Ok(false),
         }
     }
@@ -239,6 +302,7 @@ impl Link {
             Link::Vxi11(l) => l.close(timeout).await,
             Link::Hislip(l) => l.close(timeout).await,
             Link::Gpib(l) => l.end_exchange(),
+            Link::Usbtmc(_) | Link::UsbtmcDev(_) => {}
             stream => {
                 let _ = tokio::time::timeout(timeout, stream.shutdown()).await;
             }
@@ -323,7 +387,7 @@ impl AsyncRead for Link {
         match self.get_mut() {
             Link::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Link::Serial(s) => Pin::new(s).poll_read(cx, buf),
-            Link::Vxi11(_) | Link::Hislip(_) | Link::Gpib(_) => Poll::Ready(Err(not_a_stream())),
+            _ => Poll::Ready(Err(not_a_stream())),
         }
     }
 }
@@ -337,7 +401,7 @@ impl AsyncWrite for Link {
         match self.get_mut() {
             Link::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Link::Serial(s) => Pin::new(s).poll_write(cx, buf),
-            Link::Vxi11(_) | Link::Hislip(_) | Link::Gpib(_) => Poll::Ready(Err(not_a_stream())),
+            _ => Poll::Ready(Err(not_a_stream())),
         }
     }
 
@@ -345,7 +409,7 @@ impl AsyncWrite for Link {
         match self.get_mut() {
             Link::Tcp(s) => Pin::new(s).poll_flush(cx),
             Link::Serial(s) => Pin::new(s).poll_flush(cx),
-            Link::Vxi11(_) | Link::Hislip(_) | Link::Gpib(_) => Poll::Ready(Err(not_a_stream())),
+            _ => Poll::Ready(Err(not_a_stream())),
         }
     }
 
@@ -353,7 +417,7 @@ impl AsyncWrite for Link {
         match self.get_mut() {
             Link::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Link::Serial(s) => Pin::new(s).poll_shutdown(cx),
-            Link::Vxi11(_) | Link::Hislip(_) | Link::Gpib(_) => Poll::Ready(Err(not_a_stream())),
+            _ => Poll::Ready(Err(not_a_stream())),
         }
     }
 }
@@ -361,6 +425,6 @@ impl AsyncWrite for Link {
 fn not_a_stream() -> io::Error {
     io::Error::new(
         io::ErrorKind::Unsupported,
-        "a message-based link (VXI-11, HiSLIP) is not a byte stream",
+        "a message-based link (VXI-11, HiSLIP, USBTMC, GPIB) is not a byte stream",
     )
 }

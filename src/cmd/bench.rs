@@ -33,6 +33,9 @@ pub enum Args {
     /// Resource-exhaustion cases against broker, bank and relay processes;
     /// RSS and open files of each node before, at peak and after each case.
     Abuse(super::bench_abuse::Args),
+    /// Instrument links to the simulator (raw socket, VXI-11, HiSLIP):
+    /// query round trips and 1 MiB block transfers next to bare TCP.
+    Links(super::bench_links::Args),
     /// Stream rate accuracy and jitter (100 Hz, 1 kHz, 10 kHz) vs a tokio
     /// interval, and samples/s to 10 subscribers vs a bare zmq proxy.
     Streams(super::bench_streams::Args),
@@ -47,6 +50,7 @@ pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
             seconds,
         } => soak(ctx, relays, hz, seconds).await?,
         Args::Abuse(a) => return super::bench_abuse::exec(a, ctx).await,
+        Args::Links(a) => return super::bench_links::exec(a).await,
         Args::Streams(a) => return super::bench_streams::exec(a, ctx).await,
     }
     Ok(ExitCode::SUCCESS)

@@ -9,6 +9,7 @@ use crate::common::Global;
 mod bank;
 mod bench;
 mod bench_abuse;
+mod bench_links;
 mod bench_streams;
 mod broker;
 mod call;
@@ -18,6 +19,7 @@ mod drivers;
 mod get;
 mod ls;
 mod relay;
+mod scan;
 mod sim;
 mod streams;
 mod upload;
@@ -69,6 +71,9 @@ pub enum Command {
     /// Run a simulated instrument (for tests and demos).
     #[command(subcommand)]
     Sim(sim::Args),
+    /// List serial ports and USBTMC devices; with --probe (and --tcp) ask
+    /// them for *IDN? and print ready [[relay.instruments]] blocks.
+    Scan(scan::Args),
 }
 
 impl Cli {
@@ -104,5 +109,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo => demo::exec(&ctx).await,
         Command::Bench(a) => bench::exec(a, &ctx).await,
         Command::Sim(a) => sim::exec(a).await,
+        Command::Scan(a) => scan::exec(a).await,
     }
 }

@@ -18,6 +18,7 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_labmesh");
 mod bank_hardening;
 mod broker_hardening;
 mod relay_hardening;
+mod scan;
 
 /// A `labmesh` child process whose output is drained (and echoed).
 pub(crate) struct Node {

@@ -488,6 +488,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     options::STOP_BITS,
     options::FLOW,
     options::ADAPTER,
+    options::HISLIP_MODE,
 ];
 
 /// Register the three family drivers.

@@ -8,9 +8,12 @@
 //! answered at once with `DataEnd` (split into `Data` fragments over the
 //! client's maximum message size) carrying the request's message id.
 //! `AsyncLock` takes the instrument's one lock (shared with VXI-11 links);
-//! a session's messages wait while another holds it. A client asking for
-//! overlapped mode in `DeviceClearComplete` gets it acknowledged; the
-//! simulator answers in order either way.
+//! a session's messages wait while another holds it. The server prefers
+//! synchronized mode ([`SimPsu::serve_hislip`]) or overlapped mode
+//! ([`SimPsu::serve_hislip_with`]), says so in `InitializeResponse` and
+//! `AsyncDeviceClearAcknowledge`, and grants the mode a client asks for
+//! in `DeviceClearComplete`. Messages are answered in order, each with its
+//! own message id, so several queries may be in flight in overlapped mode.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -43,12 +46,31 @@ struct Session {
 
 type Sessions = Arc<Mutex<HashMap<u16, Arc<Session>>>>;
 
+/// How the simulator's HiSLIP server behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HislipServerOptions {
+    /// Prefer (and start sessions in) overlapped mode.
+    pub prefer_overlap: bool,
+}
+
 impl SimPsu {
-    /// Serve HiSLIP on `listener` until `shutdown`. On shutdown, open
-    /// connections are closed and awaited.
+    /// Serve HiSLIP on `listener` until `shutdown`, preferring
+    /// synchronized mode. On shutdown, open connections are closed and
+    /// awaited.
     pub async fn serve_hislip(
         &self,
         listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        self.serve_hislip_with(listener, HislipServerOptions::default(), shutdown)
+            .await
+    }
+
+    /// [`SimPsu::serve_hislip`] with `options`.
+    pub async fn serve_hislip_with(
+        &self,
+        listener: TcpListener,
+        options: HislipServerOptions,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
         let mut shutdown = pin!(shutdown);
@@ -73,7 +95,7 @@ impl SimPsu {
                     let stop = stop_rx.clone();
                     let sessions = sessions.clone();
                     conns.spawn(async move {
-                        if let Err(e) = serve_connection(&sim, sock, &sessions, stop).await {
+                        if let Err(e) = serve_connection(&sim, sock, &sessions, options, stop).await {
                             tracing::debug!("sim hislip client: {e}");
                         }
                     });
@@ -114,8 +136,10 @@ async fn serve_connection(
     sim: &SimPsu,
     mut sock: TcpStream,
     sessions: &Sessions,
+    options: HislipServerOptions,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
+    let prefer = u8::from(options.prefer_overlap);
     let first = match next(&mut sock, &mut stop, 1024).await {
         Ok(Some(m)) => m,
         Ok(None) => return Ok(()),
@@ -147,7 +171,7 @@ async fn serve_connection(
             sessions_lock(sessions).insert(id, session.clone());
             let param = (u32::from(VERSION) << 16) | u32::from(id);
             let r = async {
-                write_message(&mut sock, msg::INITIALIZE_RESPONSE, 0, param, &[]).await?;
+                write_message(&mut sock, msg::INITIALIZE_RESPONSE, prefer, param, &[]).await?;
                 serve_sync(sim, &mut sock, &session, &mut stop).await
             }
             .await;
@@ -163,7 +187,7 @@ async fn serve_connection(
             };
             let vendor = u32::from(u16::from_be_bytes(*b"LM"));
             write_message(&mut sock, msg::ASYNC_INITIALIZE_RESPONSE, 0, vendor, &[]).await?;
-            let r = serve_async(sim, &mut sock, &session, &mut stop).await;
+            let r = serve_async(sim, &mut sock, &session, prefer, &mut stop).await;
             sim.vxi_unlock(session.lock_id);
             r
         }
@@ -256,6 +280,7 @@ async fn serve_async(
     sim: &SimPsu,
     sock: &mut TcpStream,
     session: &Session,
+    prefer: u8,
     stop: &mut watch::Receiver<bool>,
 ) -> io::Result<()> {
     while let Some(m) = next(sock, stop, 1024).await? {
@@ -318,8 +343,8 @@ async fn serve_async(
                 write_message(sock, msg::ASYNC_STATUS_RESPONSE, stb, 0, &[]).await?;
             }
             msg::ASYNC_DEVICE_CLEAR => {
-                // Feature preference: synchronized mode (bit 0 clear).
-                write_message(sock, msg::ASYNC_DEVICE_CLEAR_ACKNOWLEDGE, 0, 0, &[]).await?;
+                // Feature preference: bit 0 set for overlapped mode.
+                write_message(sock, msg::ASYNC_DEVICE_CLEAR_ACKNOWLEDGE, prefer, 0, &[]).await?;
             }
             msg::ASYNC_REMOTE_LOCAL_CONTROL => {
                 write_message(sock, msg::ASYNC_REMOTE_LOCAL_RESPONSE, 0, 0, &[]).await?;

@@ -26,6 +26,7 @@ pub mod hislip;
 pub mod parser;
 pub mod prologix;
 pub mod psu;
+pub mod usbtmc;
 pub mod vxi11;
 
 use std::future::Future;

@@ -27,6 +27,7 @@ enum Cmd {
     SystVers,
     SystStat,
     Screenshot,
+    Waveform,
 }
 
 fn tree(family: Family) -> &'static [(Pattern, Cmd)] {
@@ -40,6 +41,7 @@ fn tree(family: Family) -> &'static [(Pattern, Cmd)] {
         ("SYSTem:ERRor[:NEXT]", Cmd::SystErr),
         ("SYSTem:VERSion", Cmd::SystVers),
         ("HCOPy:SDUMp:DATA", Cmd::Screenshot),
+        ("WAVeform:DATA", Cmd::Waveform),
     ];
     match family {
         // Keysight E36300 Series Programming Guide (chapter "SCPI Command Reference").
@@ -424,6 +426,12 @@ impl PsuState {
                 }
                 Ok(Some(crate::block::encode(&screenshot())))
             }
+            Cmd::Waveform => {
+                if !u.query {
+                    return Err(-113);
+                }
+                Ok(Some(crate::block::encode(waveform())))
+            }
         }
     }
 
@@ -788,6 +796,16 @@ pub fn sci(v: f64) -> String {
         if exp < 0 { '-' } else { '+' },
         exp.abs()
     )
+}
+
+/// Bytes in the simulator's `WAV:DATA?` block.
+pub const WAVEFORM_LEN: usize = 1 << 20;
+
+/// The simulator's waveform (`WAV:DATA?`): 1 MiB of 8-bit samples of a
+/// sawtooth, the same every time (for link benchmarks and tests).
+pub fn waveform() -> &'static [u8] {
+    static W: OnceLock<Vec<u8>> = OnceLock::new();
+    W.get_or_init(|| (0..WAVEFORM_LEN).map(|i| (i % 251) as u8).collect())
 }
 
 /// A 2x2, 24-bit BMP "screen dump" (contains `\n` bytes on purpose, so
