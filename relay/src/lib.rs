@@ -12,6 +12,7 @@
 //! `state.<relay_id>` messages to the broker's XSUB. Different instruments
 //! never wait for each other.
 
+mod lease;
 mod outbox;
 mod publish;
 mod rpc;
@@ -340,6 +341,7 @@ pub async fn spawn(
                 relay_id: h.relay_id.clone(),
                 description,
                 password: opts.password.clone(),
+                lease: lease::Lease::new(&h.relay_id, state_tx.clone()),
             },
             h.instrument,
             serve::Settings {

@@ -24,6 +24,23 @@ pub(crate) struct Outgoing {
     body: Vec<u8>,
 }
 
+impl Outgoing {
+    /// A message for `topic` (for other families than `state.`: `lock.`).
+    pub(crate) fn new(topic: Vec<u8>, body: Vec<u8>) -> Self {
+        Outgoing { topic, body }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn topic(&self) -> &[u8] {
+        &self.topic
+    }
+
+    #[cfg(test)]
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.body
+    }
+}
+
 /// Builds and queues `state.<relay_id>` messages for one instrument.
 pub(crate) struct StatePublisher {
     relay_id: String,

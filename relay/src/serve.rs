@@ -169,7 +169,7 @@ pub(crate) async fn run(
                         AfterError::Stop => break,
                     },
                 };
-                match rpc::handle(&ctx, frames) {
+                match rpc::handle(&mut ctx, frames) {
                     Handled::Reply(ident, body) => outbox.send(&mut router, &ident, body),
                     Handled::Call(call) if queue.len() >= QUEUE_LIMIT => {
                         tracing::warn!(%relay_id, method = %call.method, "instrument queue full");
@@ -184,6 +184,10 @@ pub(crate) async fn run(
                 }
             }
             _ = retry.tick(), if !outbox.is_empty() => {}
+            // An orphaned lease expires (and is published) on time.
+            _ = tokio::time::sleep_until(ctx.lease.deadline().unwrap_or_else(tokio::time::Instant::now)), if ctx.lease.deadline().is_some() => {
+                ctx.lease.expire_due();
+            }
             _ = ticker.tick() => {
                 if busy.is_none() {
                     poll_due = true;

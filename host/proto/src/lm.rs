@@ -19,6 +19,16 @@ pub const PING: &str = "lm.ping";
 /// [`crate::mesh::RelayInfo`], 404 when not registered).
 pub const RESOLVE: &str = "lm.resolve";
 
+/// Relay (extension): take or renew the instrument's lease
+/// ([`LockParams`] -> [`LockResult`]; 409 when someone else holds it).
+pub const LOCK: &str = "lm.lock";
+/// Relay (extension): give the lease back ([`UnlockParams`] ->
+/// [`UnlockResult`]; 409 with a token that is not the current one).
+pub const UNLOCK: &str = "lm.unlock";
+/// Relay (extension): who holds the lease (`null` or [`LeaseInfo`]). No
+/// params.
+pub const WHO: &str = "lm.who";
+
 /// Broker (labmesh v0): every registered relay, sorted by id
 /// (`[RelayInfo]`). No params.
 pub const LIST_RELAY_IDS: &str = "list_relay_ids";
@@ -40,6 +50,13 @@ pub enum RelayMethod<'a> {
     Describe,
     /// [`PING`]
     Ping,
+    // Leases (one block).
+    /// [`LOCK`]
+    Lock,
+    /// [`UNLOCK`]
+    Unlock,
+    /// [`WHO`]
+    Who,
     /// Another reserved name this relay does not serve (404).
     UnknownReserved(&'a str),
     /// A driver method.
@@ -52,6 +69,9 @@ impl<'a> RelayMethod<'a> {
         match method {
             DESCRIBE => RelayMethod::Describe,
             PING => RelayMethod::Ping,
+            LOCK => RelayMethod::Lock,
+            UNLOCK => RelayMethod::Unlock,
+            WHO => RelayMethod::Who,
             m if is_reserved(m) => RelayMethod::UnknownReserved(m),
             m => RelayMethod::Instrument(m),
         }
@@ -175,6 +195,9 @@ mod tests {
             RelayMethod::parse("set_voltage"),
             RelayMethod::Instrument("set_voltage")
         );
+        assert_eq!(RelayMethod::parse("lm.lock"), RelayMethod::Lock);
+        assert_eq!(RelayMethod::parse("lm.unlock"), RelayMethod::Unlock);
+        assert_eq!(RelayMethod::parse("lm.who"), RelayMethod::Who);
         assert_eq!(BrokerMethod::parse("ping"), BrokerMethod::Ping);
         assert_eq!(
             BrokerMethod::parse("lm.ping"),
