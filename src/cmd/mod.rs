@@ -15,6 +15,7 @@ mod datasets;
 mod demo;
 mod drivers;
 mod get;
+mod lock;
 mod ls;
 mod relay;
 mod sim;
@@ -50,6 +51,12 @@ pub enum Command {
     Call(call::Args),
     /// Print live state messages.
     Watch(watch::Args),
+    /// Take an instrument's lease (print it, or hold it while `-- CMD` runs).
+    Lock(lock::Args),
+    /// Release an instrument's lease (token from --token or LABMESH_LEASE).
+    Unlock(lock::UnlockArgs),
+    /// Who holds the lease of one relay, or of every relay.
+    Who(lock::WhoArgs),
     /// List the drivers (built-in, and declarative ones from `[relay] driver_dirs`).
     Drivers,
     /// Run a whole mesh in one process and show it working.
@@ -88,6 +95,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ls(a) => ls::exec(a, g, &ctx).await,
         Command::Call(a) => call::exec(a, g, &ctx).await,
         Command::Watch(a) => watch::exec(a, g, &ctx).await,
+        Command::Lock(a) => lock::exec(a, g, &ctx).await,
+        Command::Unlock(a) => lock::exec_unlock(a, g, &ctx).await,
+        Command::Who(a) => lock::exec_who(a, g, &ctx).await,
         Command::Drivers => drivers::exec(g).await,
         Command::Demo => demo::exec(&ctx).await,
         Command::Bench(a) => bench::exec(a, &ctx).await,
