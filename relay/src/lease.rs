@@ -27,8 +27,10 @@ struct Held {
     token: u64,
     /// Unix seconds of the grant (kept across renewals).
     since: f64,
-    /// Monotonic expiry.
+    /// Monotonic expiry (what counts).
     expires_at: Instant,
+    /// The same as Unix seconds, fixed when granted or renewed (reported).
+    expires: f64,
 }
 
 /// The lease state of one instrument.
@@ -60,11 +62,11 @@ impl Lease {
         }
     }
 
-    fn info(&self, h: &Held, now: Instant) -> LeaseInfo {
+    fn info(&self, h: &Held) -> LeaseInfo {
         LeaseInfo {
             holder: h.holder.clone(),
             since: h.since,
-            expires: unix_now() + h.expires_at.saturating_duration_since(now).as_secs_f64(),
+            expires: h.expires,
         }
     }
 
@@ -99,7 +101,7 @@ impl Lease {
     pub(crate) fn expire_due(&mut self) {
         let now = Instant::now();
         if let Some(h) = self.current.as_ref().filter(|h| h.expires_at <= now) {
-            let info = self.info(h, now);
+            let info = self.info(h);
             tracing::info!(relay_id = %self.relay_id, holder = %h.holder, token = h.token, "lease expired");
             self.current = None;
             self.publish(LockEventKind::Expired, &info, None);
@@ -109,16 +111,18 @@ impl Lease {
     fn grant(&mut self, holder: &str, ttl: Duration, now: Instant) -> Held {
         let token = self.next_token.max(unix_ms());
         self.next_token = token.saturating_add(1);
+        let since = unix_now();
         Held {
             holder: holder.to_string(),
             token,
-            since: unix_now(),
+            since,
             expires_at: now + ttl,
+            expires: since + ttl.as_secs_f64(),
         }
     }
 
-    fn result(&self, h: &Held, now: Instant) -> LockResult {
-        let info = self.info(h, now);
+    fn result(&self, h: &Held) -> LockResult {
+        let info = self.info(h);
         LockResult {
             holder: info.holder,
             token: h.token,
@@ -137,6 +141,7 @@ impl Lease {
         let (held, event, previous) = match (self.current.take(), p.token) {
             (Some(mut h), Some(t)) if t == h.token => {
                 h.expires_at = now + ttl;
+                h.expires = unix_now() + ttl.as_secs_f64();
                 (h, LockEventKind::Renewed, None)
             }
             (Some(h), _) if p.force => {
@@ -145,7 +150,7 @@ impl Lease {
                 (new, LockEventKind::Forced, Some(h.holder))
             }
             (Some(h), token) => {
-                let info = self.info(&h, now);
+                let info = self.info(&h);
                 self.current = Some(h);
                 return Err(match token {
                     Some(t) => stale_token_error(&self.relay_id, t, Some(&info)),
@@ -161,8 +166,8 @@ impl Lease {
                 (new, LockEventKind::Granted, None)
             }
         };
-        let result = self.result(&held, now);
-        let info = self.info(&held, now);
+        let result = self.result(&held);
+        let info = self.info(&held);
         self.current = Some(held);
         self.publish(event, &info, previous);
         Ok(result)
@@ -171,16 +176,15 @@ impl Lease {
     /// `lm.unlock`: release the lease `token` belongs to.
     pub(crate) fn unlock(&mut self, token: u64) -> Result<(), ErrorBody> {
         self.expire_due();
-        let now = Instant::now();
         match self.current.take() {
             Some(h) if h.token == token => {
-                let info = self.info(&h, now);
+                let info = self.info(&h);
                 tracing::info!(relay_id = %self.relay_id, holder = %h.holder, token, "lease released");
                 self.publish(LockEventKind::Released, &info, None);
                 Ok(())
             }
             other => {
-                let info = other.as_ref().map(|h| self.info(h, now));
+                let info = other.as_ref().map(|h| self.info(h));
                 self.current = other;
                 Err(stale_token_error(&self.relay_id, token, info.as_ref()))
             }
@@ -190,8 +194,7 @@ impl Lease {
     /// `lm.who`: the lease as everyone may see it.
     pub(crate) fn who(&mut self) -> Option<LeaseInfo> {
         self.expire_due();
-        let now = Instant::now();
-        self.current.as_ref().map(|h| self.info(h, now))
+        self.current.as_ref().map(|h| self.info(h))
     }
 
     /// Whether a call may go to the instrument: read-only methods always;
@@ -202,13 +205,12 @@ impl Lease {
             return Ok(());
         }
         self.expire_due();
-        let now = Instant::now();
         match (&self.current, token) {
             (None, None) => Ok(()),
             (Some(h), Some(t)) if h.token == t => Ok(()),
-            (Some(h), None) => Err(leased_error(&self.relay_id, &self.info(h, now), unix_now())),
+            (Some(h), None) => Err(leased_error(&self.relay_id, &self.info(h), unix_now())),
             (held, Some(t)) => {
-                let info = held.as_ref().map(|h| self.info(h, now));
+                let info = held.as_ref().map(|h| self.info(h));
                 Err(stale_token_error(&self.relay_id, t, info.as_ref()))
             }
         }

@@ -7,6 +7,7 @@ mod instruments;
 mod interop;
 mod issue9;
 mod layout;
+mod leases;
 mod lifecycle;
 mod links;
 mod mesh;
