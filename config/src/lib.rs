@@ -125,6 +125,10 @@ pub struct InstrumentSection {
     /// Seconds one call may take before it fails with 408 (default 10).
     #[serde(default)]
     pub call_timeout: Option<Seconds>,
+    /// Streams: `streams = [{ name, method, params, hz, enabled }]`
+    /// (extension; see `labmesh_proto::stream::StreamSpec`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<labmesh_proto::stream::StreamSpec>,
     /// Driver-specific options: every other key of the table.
     #[serde(flatten)]
     pub options: serde_json::Map<String, serde_json::Value>,
@@ -526,6 +530,24 @@ impl Config {
             if let Some(b) = &inst.rpc_bind {
                 endpoint(&key("rpc_bind"), b)?;
             }
+            if inst.streams.len() > labmesh_proto::stream::MAX_STREAMS {
+                return Err(bad(
+                    &key("streams"),
+                    format!(
+                        "at most {} streams per instrument, got {}",
+                        labmesh_proto::stream::MAX_STREAMS,
+                        inst.streams.len()
+                    ),
+                ));
+            }
+            let mut names = std::collections::HashSet::new();
+            for (j, st) in inst.streams.iter().enumerate() {
+                let skey = format!("relay.instruments[{i}].streams[{j}]");
+                st.check().map_err(|why| bad(&skey, why))?;
+                if !names.insert(st.name.as_str()) {
+                    return Err(bad(&skey, format!("duplicate stream name {:?}", st.name)));
+                }
+            }
         }
         endpoint("bank.ingest_bind", &self.bank.ingest_bind)?;
         endpoint("bank.retrieve_bind", &self.bank.retrieve_bind)?;
@@ -737,6 +759,26 @@ model = "E36313A"
             i.options.get("model").and_then(|v| v.as_str()),
             Some("E36313A")
         );
+        let streams = format!(
+            "{text}streams = [{{ name = \"v\", method = \"measure_voltage\", hz = 10 }}, {{ name = \"i\", method = \"measure_current\", params = {{ channel = 2 }}, hz = 0.5, enabled = false }}]\n"
+        );
+        let (c3, w) = Config::parse(&streams, Path::new("x.toml")).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let st = &c3.relay.instruments[0].streams;
+        assert_eq!(st.len(), 2);
+        assert!(st[0].enabled && !st[1].enabled);
+        assert_eq!(st[1].params["channel"], 2);
+        assert!(!c3.relay.instruments[0]
+            .driver_options()
+            .contains_key("streams"));
+        for (bad, why) in [
+            ("streams = [{ name = \"v\", method = \"m\", hz = 0 }]", "hz"),
+            ("streams = [{ name = \"a.b\", method = \"m\", hz = 1 }]", "name"),
+            ("streams = [{ name = \"v\", method = \"m\", hz = 1 }, { name = \"v\", method = \"m\", hz = 2 }]", "duplicate"),
+        ] {
+            let e = Config::parse(&format!("{text}{bad}\n"), Path::new("x.toml")).unwrap_err().to_string();
+            assert!(e.contains("relay.instruments[0].streams") && e.contains(why), "{bad}: {e}");
+        }
         let dup = format!("{text}\n[[relay.instruments]]\nid = \"psu-1\"\ndriver = \"mock-psu\"\n");
         assert!(Config::parse(&dup, Path::new("x.toml"))
             .unwrap_err()

@@ -15,10 +15,9 @@ use labmesh_proto::lease::{
 };
 use labmesh_proto::mesh::encode;
 use labmesh_proto::{codes, topic, unix_now, ErrorBody};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::publish::Outgoing;
+use crate::publish::Bus;
 
 /// A lease as held.
 #[derive(Debug, Clone)]
@@ -40,7 +39,7 @@ pub(crate) struct Lease {
     current: Option<Held>,
     /// The smallest token the next grant may have.
     next_token: u64,
-    events: mpsc::Sender<Outgoing>,
+    events: Bus,
 }
 
 /// Milliseconds since the Unix epoch: tokens start from it, so they keep
@@ -52,7 +51,7 @@ fn unix_ms() -> u64 {
 
 impl Lease {
     /// No lease yet; events go to `events` (the relay's PUB queue).
-    pub(crate) fn new(relay_id: &str, events: mpsc::Sender<Outgoing>) -> Self {
+    pub(crate) fn new(relay_id: &str, events: Bus) -> Self {
         Lease {
             relay_id: relay_id.to_string(),
             topic: topic::lock(relay_id).into_bytes(),
@@ -81,9 +80,7 @@ impl Lease {
             ts: unix_now(),
         });
         // A full queue means the PUB is behind; dropped as PUB would drop.
-        let _ = self
-            .events
-            .try_send(Outgoing::new(self.topic.clone(), body));
+        let _ = self.events.offer(self.topic.clone(), body, None);
     }
 
     /// Whether a lease is held (possibly just expired, not yet noticed).
@@ -221,15 +218,17 @@ impl Lease {
 mod tests {
     use super::*;
 
-    fn lease() -> (Lease, mpsc::Receiver<Outgoing>) {
-        let (tx, rx) = mpsc::channel(16);
+    use crate::publish::{bus, BusRx};
+
+    fn lease() -> (Lease, BusRx) {
+        let (tx, rx) = bus(labmesh_proto::limits::DEFAULT_BUS_MAX_MSG);
         (Lease::new("psu-1", tx), rx)
     }
 
-    fn event(rx: &mut mpsc::Receiver<Outgoing>) -> LockEvent {
-        let m = rx.try_recv().unwrap();
-        assert_eq!(m.topic(), b"lock.psu-1");
-        serde_json::from_slice(m.body()).unwrap()
+    fn event(rx: &mut BusRx) -> LockEvent {
+        let (topic, body) = rx.try_recv().unwrap();
+        assert_eq!(topic, b"lock.psu-1");
+        serde_json::from_slice(&body).unwrap()
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,6 +9,7 @@ use crate::common::Global;
 mod bank;
 mod bench;
 mod bench_abuse;
+mod bench_streams;
 mod broker;
 mod call;
 mod datasets;
@@ -19,6 +20,7 @@ mod lock;
 mod ls;
 mod relay;
 mod sim;
+mod streams;
 mod upload;
 mod watch;
 
@@ -49,7 +51,7 @@ pub enum Command {
     Ls(ls::Args),
     /// Call a method on a relay and print the result as JSON.
     Call(call::Args),
-    /// Print live state messages.
+    /// Print live state messages (or, with --stream, a stream's samples).
     Watch(watch::Args),
     /// Take an instrument's lease (print it, or hold it while `-- CMD` runs).
     Lock(lock::Args),
@@ -57,6 +59,13 @@ pub enum Command {
     Unlock(lock::UnlockArgs),
     /// Who holds the lease of one relay, or of every relay.
     Who(lock::WhoArgs),
+    /// Print a relay's methods (params, units, ranges), streams, driver and identity.
+    Describe(streams::DescribeArgs),
+    /// List a relay's streams with their rate and health.
+    Streams(streams::ListArgs),
+    /// Control a relay's streams: enable, disable, add, remove, rate.
+    #[command(subcommand)]
+    Stream(streams::Control),
     /// List the drivers (built-in, and declarative ones from `[relay] driver_dirs`).
     Drivers,
     /// Run a whole mesh in one process and show it working.
@@ -98,6 +107,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lock(a) => lock::exec(a, g, &ctx).await,
         Command::Unlock(a) => lock::exec_unlock(a, g, &ctx).await,
         Command::Who(a) => lock::exec_who(a, g, &ctx).await,
+        Command::Describe(a) => streams::describe(a, g, &ctx).await,
+        Command::Streams(a) => streams::list(a, g, &ctx).await,
+        Command::Stream(c) => streams::control(c, g, &ctx).await,
         Command::Drivers => drivers::exec(g).await,
         Command::Demo => demo::exec(&ctx).await,
         Command::Bench(a) => bench::exec(a, &ctx).await,

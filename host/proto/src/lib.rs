@@ -14,6 +14,7 @@
 //! * [`lm`]: the reserved `lm.*` methods with typed params and results.
 //! * [`lease`]: instrument leases (`lm.lock`, `lm.unlock`, `lm.who`, the
 //!   `lock.` topic's body, the 409 bodies).
+//! * [`stream`]: stream samples, definitions and their control methods.
 //! * [`codes`]: the one table of error codes.
 //! * [`limits`]: sizes and deadlines every node agrees on.
 //! * [`endpoint`]: `BROKER` substitution and advertised endpoints.
@@ -34,6 +35,7 @@ pub mod lease;
 pub mod limits;
 pub mod lm;
 pub mod mesh;
+pub mod stream;
 pub mod topic;
 
 pub use codes::ErrorBody;

@@ -28,6 +28,30 @@ pub const UNLOCK: &str = "lm.unlock";
 /// Relay (extension): who holds the lease (`null` or [`LeaseInfo`]). No
 /// params.
 pub const WHO: &str = "lm.who";
+// Streams (extension; types in `crate::stream`). Every control method is
+// idempotent: asking for what already holds answers `changed: false`.
+
+/// Relay: every stream with its rate and health
+/// ([`crate::stream::StreamsResult`]). No params.
+pub const STREAMS: &str = "lm.streams";
+/// Relay: start publishing a stream ([`crate::stream::StreamName`] ->
+/// [`crate::stream::StreamChanged`]; 404 for an unknown stream).
+pub const STREAM_ENABLE: &str = "lm.stream_enable";
+/// Relay: stop publishing a stream (as [`STREAM_ENABLE`]).
+pub const STREAM_DISABLE: &str = "lm.stream_disable";
+/// Relay: add a stream, or replace the one of that name
+/// ([`crate::stream::StreamSpec`] -> [`crate::stream::StreamChanged`]).
+pub const STREAM_ADD: &str = "lm.stream_add";
+/// Relay: remove a stream ([`crate::stream::StreamName`] ->
+/// [`crate::stream::StreamChanged`]; removing a missing stream is not an
+/// error: `exists: false, changed: false`).
+pub const STREAM_REMOVE: &str = "lm.stream_remove";
+/// Relay: change a stream's rate ([`crate::stream::SetRate`] ->
+/// [`crate::stream::StreamChanged`]).
+pub const STREAM_SET_RATE: &str = "lm.stream_set_rate";
+/// Relay: a stream's newest sample ([`crate::stream::StreamName`] ->
+/// [`crate::stream::LastResult`]).
+pub const LAST: &str = "lm.last";
 
 /// Broker (labmesh v0): every registered relay, sorted by id
 /// (`[RelayInfo]`). No params.
@@ -57,6 +81,20 @@ pub enum RelayMethod<'a> {
     Unlock,
     /// [`WHO`]
     Who,
+    /// [`STREAMS`]
+    Streams,
+    /// [`STREAM_ENABLE`]
+    StreamEnable,
+    /// [`STREAM_DISABLE`]
+    StreamDisable,
+    /// [`STREAM_ADD`]
+    StreamAdd,
+    /// [`STREAM_REMOVE`]
+    StreamRemove,
+    /// [`STREAM_SET_RATE`]
+    StreamSetRate,
+    /// [`LAST`]
+    Last,
     /// Another reserved name this relay does not serve (404).
     UnknownReserved(&'a str),
     /// A driver method.
@@ -72,6 +110,13 @@ impl<'a> RelayMethod<'a> {
             LOCK => RelayMethod::Lock,
             UNLOCK => RelayMethod::Unlock,
             WHO => RelayMethod::Who,
+            STREAMS => RelayMethod::Streams,
+            STREAM_ENABLE => RelayMethod::StreamEnable,
+            STREAM_DISABLE => RelayMethod::StreamDisable,
+            STREAM_ADD => RelayMethod::StreamAdd,
+            STREAM_REMOVE => RelayMethod::StreamRemove,
+            STREAM_SET_RATE => RelayMethod::StreamSetRate,
+            LAST => RelayMethod::Last,
             m if is_reserved(m) => RelayMethod::UnknownReserved(m),
             m => RelayMethod::Instrument(m),
         }
@@ -115,6 +160,13 @@ pub struct DescribeResult {
     pub description: Description,
     /// The relay answering.
     pub relay_id: String,
+    /// Version of the driver code (extension): the labmesh-drivers release
+    /// for built-in and TOML drivers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_version: Option<String>,
+    /// The instrument's streams (extension; absent when it has none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<crate::stream::StreamSpec>,
 }
 
 /// Result of [`PING`] (relay) and [`BROKER_PING`].
@@ -151,6 +203,8 @@ mod tests {
                 methods: vec![MethodSpec::new("get_state", "state")],
             },
             relay_id: "Inst-0".into(),
+            driver_version: None,
+            streams: vec![],
         };
         assert_eq!(
             serde_json::to_string(&d).unwrap(),
@@ -198,6 +252,12 @@ mod tests {
         assert_eq!(RelayMethod::parse("lm.lock"), RelayMethod::Lock);
         assert_eq!(RelayMethod::parse("lm.unlock"), RelayMethod::Unlock);
         assert_eq!(RelayMethod::parse("lm.who"), RelayMethod::Who);
+        assert_eq!(RelayMethod::parse("lm.streams"), RelayMethod::Streams);
+        assert_eq!(
+            RelayMethod::parse("lm.stream_set_rate"),
+            RelayMethod::StreamSetRate
+        );
+        assert_eq!(RelayMethod::parse("lm.last"), RelayMethod::Last);
         assert_eq!(BrokerMethod::parse("ping"), BrokerMethod::Ping);
         assert_eq!(
             BrokerMethod::parse("lm.ping"),

@@ -99,6 +99,16 @@ async fn second_client_gets_409_naming_holder_and_expiry_and_read_only_still_wor
     );
     bob.call(ID, "lm.ping", json!({})).await?;
     bob.call(ID, "lm.describe", json!({})).await?;
+    // Stream control changes what the instrument runs: holder only.
+    let add = json!({"name": "v", "method": "get_state", "hz": 1.0});
+    let e = bob
+        .call(ID, "lm.stream_add", add.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(409), "{e}");
+    bob.call(ID, "lm.streams", json!({})).await?;
+    alice.call("lm.stream_add", add).await?;
+    alice.call("lm.stream_remove", json!({"name": "v"})).await?;
     // Bob cannot take it without force, nor release it.
     let e = bob
         .relay(ID)

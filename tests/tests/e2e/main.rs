@@ -11,3 +11,4 @@ mod leases;
 mod lifecycle;
 mod links;
 mod mesh;
+mod streams;
