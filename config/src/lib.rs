@@ -85,6 +85,17 @@ pub struct BrokerSection {
     pub bus_max_msg: usize,
     /// Extension: bytes queued at most for one slow bus peer.
     pub bus_budget: usize,
+    /// Extension (cascading): the parent broker's directory endpoint; this
+    /// broker registers its relays and banks there. All three `parent_*`
+    /// keys go together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_rpc: Option<String>,
+    /// Extension (cascading): the parent's bus XSUB endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_xsub: Option<String>,
+    /// Extension (cascading): the parent's bus XPUB endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_xpub: Option<String>,
 }
 
 impl Default for BrokerSection {
@@ -99,6 +110,9 @@ impl Default for BrokerSection {
             max_registrations: limits::DEFAULT_MAX_REGISTRATIONS,
             bus_max_msg: limits::DEFAULT_BUS_MAX_MSG,
             bus_budget: limits::DEFAULT_BUS_BUDGET,
+            parent_rpc: None,
+            parent_xsub: None,
+            parent_xpub: None,
         }
     }
 }
@@ -464,6 +478,31 @@ impl Config {
         endpoint("broker.rpc_bind", &self.broker.rpc_bind)?;
         endpoint("broker.xsub_bind", &self.broker.xsub_bind)?;
         endpoint("broker.xpub_bind", &self.broker.xpub_bind)?;
+        {
+            let b = &self.broker;
+            let parent = [
+                ("broker.parent_rpc", &b.parent_rpc),
+                ("broker.parent_xsub", &b.parent_xsub),
+                ("broker.parent_xpub", &b.parent_xpub),
+            ];
+            let set = parent.iter().filter(|(_, v)| v.is_some()).count();
+            if set != 0 && set != 3 {
+                let missing: Vec<&str> = parent
+                    .iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(k, _)| *k)
+                    .collect();
+                return Err(bad(
+                    missing[0],
+                    format!("a parent broker needs all of parent_rpc, parent_xsub and parent_xpub (missing {})", missing.join(", ")),
+                ));
+            }
+            for (key, v) in parent {
+                if let Some(ep) = v {
+                    endpoint(key, ep)?;
+                }
+            }
+        }
         if self.broker.hwm < 0 {
             return Err(bad("broker.hwm", "must be 0 (unlimited) or more".into()));
         }
