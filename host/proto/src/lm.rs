@@ -20,13 +20,15 @@ pub const PING: &str = "lm.ping";
 pub const RESOLVE: &str = "lm.resolve";
 
 /// Relay (extension): take or renew the instrument's lease
-/// ([`LockParams`] -> [`LockResult`]; 409 when someone else holds it).
+/// ([`crate::lease::LockParams`] -> [`crate::lease::LockResult`]; 409 when
+/// someone else holds it).
 pub const LOCK: &str = "lm.lock";
-/// Relay (extension): give the lease back ([`UnlockParams`] ->
-/// [`UnlockResult`]; 409 with a token that is not the current one).
+/// Relay (extension): give the lease back ([`crate::lease::UnlockParams`]
+/// -> [`crate::lease::UnlockResult`]; 409 with a token that is not the
+/// current one).
 pub const UNLOCK: &str = "lm.unlock";
-/// Relay (extension): who holds the lease (`null` or [`LeaseInfo`]). No
-/// params.
+/// Relay (extension): who holds the lease (`null` or
+/// [`crate::lease::LeaseInfo`]). No params.
 pub const WHO: &str = "lm.who";
 // Streams (extension; types in `crate::stream`). Every control method is
 // idempotent: asking for what already holds answers `changed: false`.
