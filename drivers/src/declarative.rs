@@ -89,6 +89,10 @@ struct MethodDef {
     reply: Option<ReplyFormat>,
     #[serde(default)]
     opc: bool,
+    /// The method only reads (works for everyone while the instrument is
+    /// leased). Only a `query` may say so.
+    #[serde(default)]
+    read_only: bool,
     #[serde(default)]
     params: Vec<ParamDef>,
 }
@@ -343,6 +347,12 @@ impl DriverDef {
                 };
                 spec = spec.param(ParamSpec { default, ..ps });
             }
+            if m.read_only {
+                if m.write.is_some() {
+                    return Err(err(&key, "a 'write' method cannot be read_only".into()));
+                }
+                spec = spec.read_only();
+            }
             let action = match (m.write, m.query) {
                 (Some(w), None) => {
                     if m.reply.is_some() {
@@ -562,7 +572,7 @@ impl Builtin {
             Builtin::Identify => "The *IDN? string",
             Builtin::GetState => "The poll queries' values",
         };
-        MethodSpec::new(self.name(), doc)
+        MethodSpec::new(self.name(), doc).read_only()
     }
 }
 
@@ -624,6 +634,28 @@ impl Instrument for DeclarativeDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_only_queries_are_declared_and_writes_cannot_be() {
+        let file = Path::new("sim.toml");
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../instruments/labmesh-sim-psu.toml"),
+        )
+        .unwrap();
+        let def = DriverDef::parse(file, &text).unwrap();
+        let ro = |name: &str| {
+            def.methods
+                .iter()
+                .find(|m| m.spec.name == name)
+                .map(|m| m.spec.read_only)
+        };
+        assert_eq!(ro("measure_voltage"), Some(true));
+        assert_eq!(ro("set_voltage"), Some(false));
+        let bad =
+            "[driver]\nname = \"x\"\n[[methods]]\nname = \"m\"\nwrite = \"X\"\nread_only = true\n";
+        let e = DriverDef::parse(file, bad).unwrap_err().to_string();
+        assert!(e.contains("cannot be read_only"), "{e}");
+    }
 
     #[test]
     fn templates() {

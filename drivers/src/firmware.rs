@@ -696,7 +696,7 @@ impl Method {
         let m = |doc: &str| MethodSpec::new(self.name(), doc);
         match self {
             Method::Identify => {
-                m("Model, firmware, serial number, link protocol and limits (V, A)")
+                m("Model, firmware, serial number, link protocol and limits (V, A)").read_only()
             }
             Method::SetVoltage => m(&format!(
                 "Set the voltage setpoint (0..{vmax} V, 1 mV steps); returns the state"
@@ -716,8 +716,12 @@ impl Method {
             ),
             Method::SetOutput => m("Switch the output on or off; returns the state")
                 .param(ParamSpec::required("on", ParamType::Bool)),
-            Method::Measure => m("Output voltage (V), current (A) and mode (off, cv, cc)"),
-            Method::GetState => m("Setpoints, output and measurement, read from the device"),
+            Method::Measure => {
+                m("Output voltage (V), current (A) and mode (off, cv, cc)").read_only()
+            }
+            Method::GetState => {
+                m("Setpoints, output and measurement, read from the device").read_only()
+            }
         }
     }
 }

@@ -42,8 +42,8 @@ impl Method {
             Method::SetOutput => {
                 m("Switch the output on or off").param(ParamSpec::required("on", ParamType::Bool))
             }
-            Method::GetState => m("Voltage, current, output and bookkeeping"),
-            Method::Poll => m("Measure (updates current) and return the state"),
+            Method::GetState => m("Voltage, current, output and bookkeeping").read_only(),
+            Method::Poll => m("Measure (updates current) and return the state").read_only(),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! never wait for each other.
 
 mod hrtimer;
+mod lease;
 mod outbox;
 mod publish;
 mod rpc;
@@ -385,6 +386,7 @@ pub async fn spawn(
                 relay_id: h.relay_id.clone(),
                 description,
                 password: opts.password.clone(),
+                lease: lease::Lease::new(&h.relay_id, state_tx.clone()),
             },
             h.instrument,
             serve::Settings {

@@ -95,6 +95,14 @@ impl Bus {
     }
 }
 
+#[cfg(test)]
+impl BusRx {
+    /// The next queued `(topic, body)`, if any (tests of other modules).
+    pub(crate) fn try_recv(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+        self.rx.try_recv().ok().map(|m| (m.topic, m.body))
+    }
+}
+
 /// Builds and queues `state.<relay_id>` messages for one instrument.
 pub(crate) struct StatePublisher {
     relay_id: String,

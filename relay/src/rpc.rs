@@ -2,6 +2,7 @@
 //! methods, and binding parameters to the driver's description.
 
 use labmesh_drivers::{Args, Description, DriverError};
+use labmesh_proto::lease::{LockParams, UnlockParams, UnlockResult};
 use labmesh_proto::lm::{DescribeResult, PingResult, RelayMethod};
 use labmesh_proto::mesh::{self, encode, Reply, Request};
 use labmesh_proto::stream::{SetRate, StreamName, StreamSpec};
@@ -9,6 +10,7 @@ use labmesh_proto::{codes, ErrorBody};
 use labmesh_wire::auth::Password;
 use serde_json::Value;
 
+use crate::lease::Lease;
 use crate::streams::{Control, Streams};
 
 /// A call waiting for the instrument.
@@ -24,6 +26,8 @@ pub(crate) struct RpcContext {
     pub(crate) relay_id: String,
     pub(crate) description: Description,
     pub(crate) password: Password,
+    /// The instrument's lease (`lm.lock`, `lm.unlock`, `lm.who`).
+    pub(crate) lease: Lease,
 }
 
 /// What to do with one request.
@@ -39,7 +43,11 @@ pub(crate) enum Handled {
 /// Handle one request: an immediate reply, or a call for the instrument.
 /// Stream control (`lm.stream_*`, `lm.streams`, `lm.last`) is answered
 /// here, against the instrument's `streams`.
-pub(crate) fn handle(ctx: &RpcContext, streams: &mut Streams, mut frames: Vec<Vec<u8>>) -> Handled {
+pub(crate) fn handle(
+    ctx: &mut RpcContext,
+    streams: &mut Streams,
+    mut frames: Vec<Vec<u8>>,
+) -> Handled {
     if frames.is_empty() {
         return Handled::Nothing;
     }
@@ -110,6 +118,11 @@ pub(crate) fn handle(ctx: &RpcContext, streams: &mut Streams, mut frames: Vec<Ve
         | RelayMethod::StreamEnable
         | RelayMethod::StreamDisable
         | RelayMethod::StreamSetRate => {
+            // Streams call instrument methods: changing them needs the
+            // lease while someone holds it (lm.streams and lm.last do not).
+            if let Err(e) = ctx.lease.admit(false, rpc.lease) {
+                return Handled::Reply(ident, error(e.code, e.message, rpc.rpc_uuid));
+            }
             let m = rpc.method.as_str();
             let name = || params::<StreamName>(m, &rpc.params).map(|p| p.name);
             let control = match RelayMethod::parse(m) {
@@ -135,6 +148,23 @@ pub(crate) fn handle(ctx: &RpcContext, streams: &mut Streams, mut frames: Vec<Ve
             };
             return Handled::Reply(ident, answer(to_value(&p)));
         }
+        RelayMethod::Lock => {
+            let outcome = serde_json::from_value::<LockParams>(rpc.params.clone())
+                .map_err(|e| ErrorBody::new(codes::BAD_REQUEST, format!("lm.lock: {e}")))
+                .and_then(|p| ctx.lease.lock(&p));
+            return Handled::Reply(ident, lease_reply(rpc.rpc_uuid, outcome));
+        }
+        RelayMethod::Unlock => {
+            let outcome = serde_json::from_value::<UnlockParams>(rpc.params.clone())
+                .map_err(|e| ErrorBody::new(codes::BAD_REQUEST, format!("lm.unlock: {e}")))
+                .and_then(|p| ctx.lease.unlock(p.token))
+                .map(|()| UnlockResult { ok: true });
+            return Handled::Reply(ident, lease_reply(rpc.rpc_uuid, outcome));
+        }
+        RelayMethod::Who => {
+            let who = ctx.lease.who();
+            return Handled::Reply(ident, answer(to_value(&who)));
+        }
         RelayMethod::UnknownReserved(_) | RelayMethod::Instrument(_) => {}
     }
     let args = match ctx.description.bind(&rpc.method, &rpc.params) {
@@ -144,6 +174,19 @@ pub(crate) fn handle(ctx: &RpcContext, streams: &mut Streams, mut frames: Vec<Ve
             return Handled::Reply(ident, error(e.code(), e.to_string(), rpc.rpc_uuid));
         }
     };
+    // The lease: checked when the call arrives (a call already queued when
+    // the lease changes hands still runs).
+    if ctx.lease.engaged() || rpc.lease.is_some() {
+        let read_only = ctx
+            .description
+            .methods
+            .iter()
+            .any(|m| m.name == rpc.method && m.read_only);
+        if let Err(e) = ctx.lease.admit(read_only, rpc.lease) {
+            labmesh_wire::warn_throttled!(relay_id = %ctx.relay_id, method = %rpc.method, "call refused: instrument leased");
+            return Handled::Reply(ident, error(e.code, e.message, rpc.rpc_uuid));
+        }
+    }
     let call = Call {
         ident,
         rpc_uuid: rpc.rpc_uuid,
@@ -151,6 +194,16 @@ pub(crate) fn handle(ctx: &RpcContext, streams: &mut Streams, mut frames: Vec<Ve
         args,
     };
     Handled::Call(call)
+}
+
+fn lease_reply<T: serde::Serialize>(rpc_uuid: Value, outcome: Result<T, ErrorBody>) -> Vec<u8> {
+    match outcome {
+        Ok(r) => encode(&Reply::RpcResult {
+            rpc_uuid,
+            result: to_value(&r),
+        }),
+        Err(error) => encode(&Reply::RpcError { rpc_uuid, error }),
+    }
 }
 
 /// Decode the params object of a reserved method.

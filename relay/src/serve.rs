@@ -247,7 +247,7 @@ pub(crate) async fn run(
                         AfterError::Stop => break,
                     },
                 };
-                match rpc::handle(&ctx, &mut streams, frames) {
+                match rpc::handle(&mut ctx, &mut streams, frames) {
                     Handled::Reply(ident, body) => outbox.send(&mut router, &ident, body),
                     Handled::Call(call) if queue.len() >= QUEUE_LIMIT => {
                         tracing::warn!(%relay_id, method = %call.method, "instrument queue full");
@@ -262,6 +262,10 @@ pub(crate) async fn run(
                 }
             }
             _ = retry.tick(), if !outbox.is_empty() => {}
+            // An orphaned lease expires (and is published) on time.
+            _ = tokio::time::sleep_until(ctx.lease.deadline().unwrap_or_else(tokio::time::Instant::now)), if ctx.lease.deadline().is_some() => {
+                ctx.lease.expire_due();
+            }
             _ = ticker.tick() => {
                 if busy.is_none() || last_was_sample {
                     // (A stream sample is short: the poll follows it.)

@@ -131,6 +131,24 @@ async fn mesh_calls(client: &Client, method: &str, n: usize) -> anyhow::Result<V
     Ok(out)
 }
 
+/// Rounds of the lease A/B (alternating, so drift on a noisy machine hits
+/// both sides alike).
+const LEASE_ROUNDS: usize = 10;
+
+/// `method` called without a lease and with one held, alternating in
+/// rounds: (no lease, lease held) round trips in microseconds.
+async fn lease_ab(client: &Client, method: &str, n: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let per = (n / LEASE_ROUNDS).max(10);
+    let (mut free, mut held) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..LEASE_ROUNDS {
+        free.extend(mesh_calls(client, method, per).await?);
+        let lease = client.lock("bench", Duration::from_secs(60)).await?;
+        held.extend(mesh_calls(client, method, per).await?);
+        lease.unlock().await?;
+    }
+    Ok((free, held))
+}
+
 async fn rpc(ctx: &zmq::Context, n: usize) -> anyhow::Result<()> {
     let broker = labmesh_broker::spawn(ctx, labmesh_broker::BrokerOptions::loopback()).await?;
     let relay = labmesh_relay::spawn(
@@ -158,6 +176,8 @@ async fn rpc(ctx: &zmq::Context, n: usize) -> anyhow::Result<()> {
     let ping = mesh_calls(&client, "lm.ping", n).await?;
     let set = mesh_calls(&client, "set_voltage", n).await?;
     let get = mesh_calls(&client, "get_state", n).await?;
+    let (set_free, set_leased) = lease_ab(&client, "set_voltage", n).await?;
+    let (get_free, get_leased) = lease_ab(&client, "get_state", n).await?;
     relay.shutdown().await;
     broker.shutdown().await;
 
@@ -174,19 +194,18 @@ async fn rpc(ctx: &zmq::Context, n: usize) -> anyhow::Result<()> {
         "{:<44} {:>9.1} {:>9.1} {:>9.1} {:>10}",
         "raw zmq DEALER->ROUTER echo (baseline)", raw.p50, raw.p99, raw.mean, "1.00x"
     );
+    let (set, get) = (summarise(set), summarise(get));
+    let leased = [
+        (summarise(set_free), summarise(set_leased), "set_voltage"),
+        (summarise(get_free), summarise(get_leased), "get_state"),
+    ];
     for (name, s) in [
         (
             "labmesh client -> relay lm.ping (no driver)",
             summarise(ping),
         ),
-        (
-            "labmesh client -> relay -> mock-psu set_voltage",
-            summarise(set),
-        ),
-        (
-            "labmesh client -> relay -> mock-psu get_state",
-            summarise(get),
-        ),
+        ("labmesh client -> relay -> mock-psu set_voltage", set),
+        ("labmesh client -> relay -> mock-psu get_state", get),
     ] {
         println!(
             "{:<44} {:>9.1} {:>9.1} {:>9.1} {:>9.2}x",
@@ -195,6 +214,32 @@ async fn rpc(ctx: &zmq::Context, n: usize) -> anyhow::Result<()> {
             s.p99,
             s.mean,
             s.p50 / raw.p50
+        );
+    }
+    println!(
+        "Leases: no lease vs a lease held (every call carries the token, the relay checks it), {LEASE_ROUNDS} alternating rounds of {} calls each",
+        n / LEASE_ROUNDS
+    );
+    for (free, held, method) in leased {
+        println!(
+            "{:<44} {:>9.1} {:>9.1} {:>9.1} {:>9.2}x",
+            format!("  {method}, no lease"),
+            free.p50,
+            free.p99,
+            free.mean,
+            free.p50 / raw.p50
+        );
+        println!(
+            "{:<44} {:>9.1} {:>9.1} {:>9.1} {:>9.2}x",
+            format!("  {method}, lease held"),
+            held.p50,
+            held.p99,
+            held.mean,
+            held.p50 / raw.p50
+        );
+        println!(
+            "  {method}: lease held / no lease p50 = {:.2}x",
+            held.p50 / free.p50
         );
     }
     Ok(())

@@ -35,7 +35,14 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
         Some(j) => serde_json::from_str(&j).context("--json is not valid JSON")?,
         None => Value::Object(parse_kv(&a.params)?),
     };
+    let lease = super::lock::env_lease(&a.relay)?;
     let client = connect_with(&cfg, ctx).await?;
+    if lease.is_some() {
+        // Held by `labmesh lock RELAY -- ...` around this command.
+        if let Ok(r) = client.relay(&a.relay).await {
+            r.use_lease(lease);
+        }
+    }
     match client.call(&a.relay, &a.method, params).await {
         Ok(v) => {
             println!("{}", serde_json::to_string_pretty(&v)?);

@@ -17,6 +17,7 @@ mod datasets;
 mod demo;
 mod drivers;
 mod get;
+mod lock;
 mod ls;
 mod relay;
 mod scan;
@@ -54,6 +55,12 @@ pub enum Command {
     Call(call::Args),
     /// Print live state messages (or, with --stream, a stream's samples).
     Watch(watch::Args),
+    /// Take an instrument's lease (print it, or hold it while `-- CMD` runs).
+    Lock(lock::Args),
+    /// Release an instrument's lease (token from --token or LABMESH_LEASE).
+    Unlock(lock::UnlockArgs),
+    /// Who holds the lease of one relay, or of every relay.
+    Who(lock::WhoArgs),
     /// Print a relay's methods (params, units, ranges), streams, driver and identity.
     Describe(streams::DescribeArgs),
     /// List a relay's streams with their rate and health.
@@ -102,6 +109,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ls(a) => ls::exec(a, g, &ctx).await,
         Command::Call(a) => call::exec(a, g, &ctx).await,
         Command::Watch(a) => watch::exec(a, g, &ctx).await,
+        Command::Lock(a) => lock::exec(a, g, &ctx).await,
+        Command::Unlock(a) => lock::exec_unlock(a, g, &ctx).await,
+        Command::Who(a) => lock::exec_who(a, g, &ctx).await,
         Command::Describe(a) => streams::describe(a, g, &ctx).await,
         Command::Streams(a) => streams::list(a, g, &ctx).await,
         Command::Stream(c) => streams::control(c, g, &ctx).await,

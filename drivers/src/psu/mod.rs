@@ -130,17 +130,18 @@ impl PsuMethod {
             PsuMethod::SetOutput => MethodSpec::new(self.name(), "Switch an output on or off")
                 .param(ParamSpec::required("on", ParamType::Bool))
                 .param(channel()),
-            PsuMethod::MeasureVoltage => {
-                MethodSpec::new(self.name(), "Measured output voltage, V").param(channel())
-            }
-            PsuMethod::MeasureCurrent => {
-                MethodSpec::new(self.name(), "Measured output current, A").param(channel())
-            }
+            PsuMethod::MeasureVoltage => MethodSpec::new(self.name(), "Measured output voltage, V")
+                .param(channel())
+                .read_only(),
+            PsuMethod::MeasureCurrent => MethodSpec::new(self.name(), "Measured output current, A")
+                .param(channel())
+                .read_only(),
             PsuMethod::GetState => MethodSpec::new(
                 self.name(),
                 "Every channel's settings, output state and measurements",
-            ),
-            PsuMethod::Identify => MethodSpec::new(self.name(), "The *IDN? string"),
+            )
+            .read_only(),
+            PsuMethod::Identify => MethodSpec::new(self.name(), "The *IDN? string").read_only(),
         }
     }
 }

@@ -26,6 +26,11 @@ pub mod subscribe;
 
 pub use subscribe::{Receive, RecvError, Sample, Subscription, SubscriptionStats};
 
+mod lease;
+
+pub use labmesh_proto::lease::{LeaseInfo, LockEvent, LockEventKind};
+pub use lease::{default_holder, Lease, LockOptions};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -206,6 +211,8 @@ pub enum Event {
     Dataset(DatasetAnnounce),
     /// `presence.<id>` (ext): a relay or bank came online or went offline.
     Presence(Presence),
+    /// `lock.<relay_id>` (ext): an instrument lease changed.
+    Lock(LockEvent),
 }
 
 /// A connection to the mesh: the broker directory plus the state bus.
@@ -283,6 +290,7 @@ impl Client {
                 topic::STATE_PREFIX,
                 topic::DATASET_PREFIX,
                 topic::PRESENCE_PREFIX,
+                topic::LOCK_PREFIX,
             ] {
                 sub.raw()
                     .set_subscribe(prefix.as_bytes())
@@ -721,6 +729,7 @@ async fn listen(
                 serde_json::from_slice::<DatasetAnnounce>(body).map(Event::Dataset)
             }
             TopicFamily::Presence => serde_json::from_slice::<Presence>(body).map(Event::Presence),
+            TopicFamily::Lock => serde_json::from_slice::<LockEvent>(body).map(Event::Lock),
             TopicFamily::Stream => continue,
         };
         let ev = match ev {
@@ -849,8 +858,25 @@ async fn rpc(
     params: Value,
     opts: &ClientOptions,
 ) -> Result<Value, ClientError> {
+    rpc_leased(conn, target, method, params, None, opts).await
+}
+
+async fn rpc_leased(
+    conn: &DealerConn,
+    target: &str,
+    method: &str,
+    params: Value,
+    lease: Option<u64>,
+    opts: &ClientOptions,
+) -> Result<Value, ClientError> {
     match conn
-        .rpc(method, params, opts.password.to_field(), opts.timeout)
+        .rpc_leased(
+            method,
+            params,
+            opts.password.to_field(),
+            lease,
+            opts.timeout,
+        )
         .await
     {
         Ok(Ok(v)) => Ok(v),
@@ -970,6 +996,9 @@ pub struct RelayClient {
     relay_id: String,
     conn: DealerConn,
     opts: ClientOptions,
+    /// The lease token attached to every call (shared by clones; set by a
+    /// [`Lease`] or [`RelayClient::use_lease`]).
+    lease: Arc<Mutex<Option<u64>>>,
 }
 
 impl RelayClient {
@@ -985,6 +1014,7 @@ impl RelayClient {
             relay_id: relay_id.to_string(),
             conn,
             opts,
+            lease: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -1001,7 +1031,16 @@ impl RelayClient {
     /// Call `method`; `params` is an object (named), array (positional),
     /// scalar (single) or null.
     pub async fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
-        rpc(&self.conn, &self.relay_id, method, params, &self.opts).await
+        let lease = self.lease.lock().ok().and_then(|g| *g);
+        rpc_leased(
+            &self.conn,
+            &self.relay_id,
+            method,
+            params,
+            lease,
+            &self.opts,
+        )
+        .await
     }
 
     /// The relay's methods and parameters (`lm.describe`).

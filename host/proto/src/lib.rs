@@ -12,6 +12,8 @@
 //! * [`describe`]: the method-description schema (methods, parameters with
 //!   type, unit and range) and binding call parameters to it.
 //! * [`lm`]: the reserved `lm.*` methods with typed params and results.
+//! * [`lease`]: instrument leases (`lm.lock`, `lm.unlock`, `lm.who`, the
+//!   `lock.` topic's body, the 409 bodies).
 //! * [`stream`]: stream samples, definitions and their control methods.
 //! * [`codes`]: the one table of error codes.
 //! * [`limits`]: sizes and deadlines every node agrees on.
@@ -29,6 +31,7 @@ pub mod bank;
 pub mod codes;
 pub mod describe;
 pub mod endpoint;
+pub mod lease;
 pub mod limits;
 pub mod lm;
 pub mod mesh;

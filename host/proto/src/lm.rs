@@ -19,6 +19,17 @@ pub const PING: &str = "lm.ping";
 /// [`crate::mesh::RelayInfo`], 404 when not registered).
 pub const RESOLVE: &str = "lm.resolve";
 
+/// Relay (extension): take or renew the instrument's lease
+/// ([`crate::lease::LockParams`] -> [`crate::lease::LockResult`]; 409 when
+/// someone else holds it).
+pub const LOCK: &str = "lm.lock";
+/// Relay (extension): give the lease back ([`crate::lease::UnlockParams`]
+/// -> [`crate::lease::UnlockResult`]; 409 with a token that is not the
+/// current one).
+pub const UNLOCK: &str = "lm.unlock";
+/// Relay (extension): who holds the lease (`null` or
+/// [`crate::lease::LeaseInfo`]). No params.
+pub const WHO: &str = "lm.who";
 // Streams (extension; types in `crate::stream`). Every control method is
 // idempotent: asking for what already holds answers `changed: false`.
 
@@ -65,6 +76,13 @@ pub enum RelayMethod<'a> {
     Describe,
     /// [`PING`]
     Ping,
+    // Leases (one block).
+    /// [`LOCK`]
+    Lock,
+    /// [`UNLOCK`]
+    Unlock,
+    /// [`WHO`]
+    Who,
     /// [`STREAMS`]
     Streams,
     /// [`STREAM_ENABLE`]
@@ -91,6 +109,9 @@ impl<'a> RelayMethod<'a> {
         match method {
             DESCRIBE => RelayMethod::Describe,
             PING => RelayMethod::Ping,
+            LOCK => RelayMethod::Lock,
+            UNLOCK => RelayMethod::Unlock,
+            WHO => RelayMethod::Who,
             STREAMS => RelayMethod::Streams,
             STREAM_ENABLE => RelayMethod::StreamEnable,
             STREAM_DISABLE => RelayMethod::StreamDisable,
@@ -230,6 +251,9 @@ mod tests {
             RelayMethod::parse("set_voltage"),
             RelayMethod::Instrument("set_voltage")
         );
+        assert_eq!(RelayMethod::parse("lm.lock"), RelayMethod::Lock);
+        assert_eq!(RelayMethod::parse("lm.unlock"), RelayMethod::Unlock);
+        assert_eq!(RelayMethod::parse("lm.who"), RelayMethod::Who);
         assert_eq!(RelayMethod::parse("lm.streams"), RelayMethod::Streams);
         assert_eq!(
             RelayMethod::parse("lm.stream_set_rate"),

@@ -96,6 +96,11 @@ pub struct RpcRequest {
     /// Shared network password, when the network has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Value>,
+    /// Extension: the token of the instrument lease this caller holds
+    /// ([`crate::lease`]); a relay refuses state-changing calls without it
+    /// while the instrument is leased. labmesh v0 peers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
 }
 
 /// A sign of life from a relay or bank (labmesh brokers ignore it).
@@ -532,6 +537,19 @@ mod tests {
                 ..
             }))
         ));
+        let leased = Request::Rpc(RpcRequest {
+            rpc_uuid: Value::String("u".into()),
+            method: "set_voltage".into(),
+            params: serde_json::json!({"value": 1.0}),
+            password: None,
+            lease: Some(42),
+        });
+        let bytes = encode(&leased);
+        assert_eq!(
+            bytes,
+            br#"{"type":"rpc","rpc_uuid":"u","method":"set_voltage","params":{"value":1.0},"lease":42}"#
+        );
+        assert_eq!(decode_request(&bytes), Ok(leased));
         let hello = decode_request(br#"{"type":"hello","role":"client"}"#);
         assert!(matches!(hello, Ok(Request::Hello(_))));
     }

@@ -13,6 +13,9 @@ pub const DATASET_PREFIX: &str = "dataset.";
 /// [`crate::mesh::Presence`].
 pub const PRESENCE_PREFIX: &str = "presence.";
 
+/// Extension: lease changes: `lock.<relay_id>`, body
+/// [`crate::lease::LockEvent`].
+pub const LOCK_PREFIX: &str = "lock.";
 /// Extension: stream samples: `stream.<relay_id>.<name>` and a NUL byte,
 /// body [`crate::stream::StreamSample`] (and a raw third frame for binary
 /// values).
@@ -63,6 +66,11 @@ pub fn presence(id: &str) -> String {
     format!("{PRESENCE_PREFIX}{id}")
 }
 
+/// The topic of `relay_id`'s lease changes.
+pub fn lock(relay_id: &str) -> String {
+    format!("{LOCK_PREFIX}{relay_id}")
+}
+
 /// The families of topics a node may receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicFamily {
@@ -72,6 +80,8 @@ pub enum TopicFamily {
     Dataset,
     /// `presence.`
     Presence,
+    /// `lock.`
+    Lock,
     /// `stream.` (the id part is `<relay_id>.<name>` and the terminator:
     /// see [`split_stream`])
     Stream,
@@ -83,6 +93,7 @@ pub fn parse(topic: &[u8]) -> Option<(TopicFamily, &[u8])> {
         (STATE_PREFIX, TopicFamily::State),
         (DATASET_PREFIX, TopicFamily::Dataset),
         (PRESENCE_PREFIX, TopicFamily::Presence),
+        (LOCK_PREFIX, TopicFamily::Lock),
         (STREAM_PREFIX, TopicFamily::Stream),
     ]
     .into_iter()
@@ -110,5 +121,14 @@ mod tests {
         assert_eq!(split_stream(rest), Some(("lab.psu", "v")));
         assert_eq!(split_stream(b"psu.v"), None, "no terminator");
         assert_eq!(split_stream(b"psu\0"), None, "no name");
+        assert_eq!(lock("psu-1"), "lock.psu-1");
+        assert_eq!(
+            parse(b"lock.psu-1"),
+            Some((TopicFamily::Lock, &b"psu-1"[..]))
+        );
+        // What Python labmesh clients subscribe to never matches it.
+        for p in [STATE_PREFIX, DATASET_PREFIX] {
+            assert!(!lock("state.x").starts_with(p));
+        }
     }
 }

@@ -131,12 +131,27 @@ impl DealerConn {
         password: Option<Value>,
         timeout: Duration,
     ) -> Result<RpcOutcome, WireError> {
+        self.rpc_leased(method, params, password, None, timeout)
+            .await
+    }
+
+    /// [`DealerConn::rpc`] carrying an instrument lease token (the rpc
+    /// request's `lease` field) when `lease` is set.
+    pub async fn rpc_leased(
+        &self,
+        method: &str,
+        params: Value,
+        password: Option<Value>,
+        lease: Option<u64>,
+        timeout: Duration,
+    ) -> Result<RpcOutcome, WireError> {
         let id = new_rpc_uuid();
         let req = Request::Rpc(RpcRequest {
             rpc_uuid: Value::String(id.clone()),
             method: method.to_string(),
             params,
             password,
+            lease,
         });
         match self.request(encode(&req), Some(id), timeout).await? {
             Reply::RpcResult { result, .. } => Ok(Ok(result)),

@@ -8,6 +8,7 @@ mod instruments;
 mod interop;
 mod issue9;
 mod layout;
+mod leases;
 mod lifecycle;
 mod links;
 mod mesh;
