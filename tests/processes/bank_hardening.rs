@@ -444,14 +444,18 @@ async fn interrupted_or_failed_cli_upload_frees_its_partial_and_a_rerun_resumes(
     }
 
     // Uninterrupted: the quota stops it with a clear error, and frees it.
+    // (Filling the quota takes a while on a loaded machine: a wider bound.)
     let up = spawn_upload(&cfg, &["/dev/zero", "--dataset-id", "zeros"])?;
-    let (refused, stderr) = match tokio::time::timeout(WAIT, up.wait_with_output()).await {
+    let (refused, stderr) = match tokio::time::timeout(WAIT * 4, up.wait_with_output()).await {
         Ok(out) => {
             let out = out?;
             let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
             (!out.status.success(), stderr)
         }
-        Err(_) => (false, format!("still running after {WAIT:?} (killed)")),
+        Err(_) => (
+            false,
+            format!("still running after {:?} (killed)", WAIT * 4),
+        ),
     };
     eprintln!("/dev/zero against a {quota}-byte quota: refused {refused}; {stderr}");
     let freed = eventually(Duration::from_secs(5), || dir_usage(&partial).0 == 0).await;

@@ -188,13 +188,45 @@ struct Monitored {
 impl Drop for Monitored {
     fn drop(&mut self) {
         let (sock, monitor, linger) = (self.sock.take(), self.monitor.take(), self.linger);
-        // Waiting for the monitor must not hold up an async task: it runs
-        // on the blocking pool when there is a runtime.
+        // Waiting for the monitor must not hold up the caller: with a
+        // runtime it is a task of its own (no thread).
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn_blocking(move || close_monitored(sock, monitor, linger));
+                rt.spawn(close_monitored_async(sock, monitor, linger));
             }
             Err(_) => close_monitored(sock, monitor, linger),
+        }
+    }
+}
+
+fn is_monitor_stopped(frames: &[Vec<u8>]) -> bool {
+    frames
+        .first()
+        .and_then(|b| b.get(0..2))
+        .map(|e| u16::from_ne_bytes([e[0], e[1]]))
+        == Some(zmq::SocketEvent::MONITOR_STOPPED.to_raw())
+}
+
+/// As [`close_monitored`], awaiting the monitor instead of blocking.
+async fn close_monitored_async(
+    sock: Option<AsyncSocket>,
+    monitor: Option<AsyncSocket>,
+    linger: Duration,
+) {
+    drop(sock);
+    let Some(mut monitor) = monitor else {
+        return;
+    };
+    let until = tokio::time::Instant::now() + linger + Duration::from_secs(2);
+    loop {
+        match tokio::time::timeout_at(until, monitor.recv_multipart()).await {
+            Ok(Ok(f)) if is_monitor_stopped(&f) => return,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::warn!("dealer monitor did not stop in time");
+                return;
+            }
         }
     }
 }
@@ -213,15 +245,8 @@ fn close_monitored(sock: Option<AsyncSocket>, monitor: Option<AsyncSocket>, ling
     let until = std::time::Instant::now() + linger + Duration::from_secs(2);
     while std::time::Instant::now() < until {
         match raw.recv_multipart(0) {
-            Ok(f) => {
-                let event = f
-                    .first()
-                    .and_then(|b| b.get(0..2))
-                    .map(|e| u16::from_ne_bytes([e[0], e[1]]));
-                if event == Some(zmq::SocketEvent::MONITOR_STOPPED.to_raw()) {
-                    return;
-                }
-            }
+            Ok(f) if is_monitor_stopped(&f) => return,
+            Ok(_) => {}
             Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {}
             Err(_) => return,
         }
