@@ -383,10 +383,14 @@ pub fn check_endpoint(v: &str) -> Result<(), String> {
     }
     if let Some(rest) = v.strip_prefix("tcp://") {
         let Some((host, port)) = rest.rsplit_once(':') else {
-            return Err(format!("{v:?}: a tcp endpoint needs a port (tcp://host:port)"));
+            return Err(format!(
+                "{v:?}: a tcp endpoint needs a port (tcp://host:port)"
+            ));
         };
         if host.is_empty() {
-            return Err(format!("{v:?}: no host (use tcp://*:{port} to bind every interface)"));
+            return Err(format!(
+                "{v:?}: no host (use tcp://*:{port} to bind every interface)"
+            ));
         }
         if port != "*" && port.parse::<u16>().is_err() {
             return Err(format!(
@@ -687,20 +691,26 @@ mod tests {
         )
         .unwrap_err();
         let s = e.to_string();
-        assert!(s.contains("relay.default_rpc_bind") && s.contains("65535"), "{s}");
+        assert!(
+            s.contains("relay.default_rpc_bind") && s.contains("65535"),
+            "{s}"
+        );
     }
 
     #[test]
     fn state_intervals_below_10ms_are_refused() {
-        let e = Config::parse("[relay]\nstate_interval = 1e-9\n", Path::new("lab.toml"))
-            .unwrap_err();
+        let e =
+            Config::parse("[relay]\nstate_interval = 1e-9\n", Path::new("lab.toml")).unwrap_err();
         assert!(e.to_string().contains("relay.state_interval"), "{e}");
         let e = Config::parse(
             "[[relay.instruments]]\nid = \"a\"\ndriver = \"mock-psu\"\npoll_interval = 0.001\n",
             Path::new("lab.toml"),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("relay.instruments[0].poll_interval"), "{e}");
+        assert!(
+            e.to_string().contains("relay.instruments[0].poll_interval"),
+            "{e}"
+        );
         assert!(Config::parse("[relay]\nstate_interval = 0.01\n", Path::new("l")).is_ok());
     }
 

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::common::Global;
+use crate::common::{BrokerFlag, Global};
 
 mod bank;
 mod bench;
@@ -30,26 +30,36 @@ pub struct Cli {
     pub cmd: Command,
 }
 
+/// A subcommand's arguments plus `--broker`, for the commands that reach a
+/// broker (the others do not offer the flag).
+#[derive(Debug, clap::Args)]
+pub struct Net<A: clap::Args> {
+    #[command(flatten)]
+    pub args: A,
+    #[command(flatten)]
+    pub broker: BrokerFlag,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the broker (directory + state bus).
     Broker(broker::Args),
     /// Run a relay hosting one instrument (flags) or the `[[relay.instruments]]`.
-    Relay(relay::Args),
+    Relay(Net<relay::Args>),
     /// Run a databank (dataset ingest, storage, retrieve).
-    Bank(bank::Args),
+    Bank(Net<bank::Args>),
     /// Upload a file to a bank as a dataset (resumable; verified).
-    Upload(upload::Args),
+    Upload(Net<upload::Args>),
     /// List datasets in the banks' catalogues, newest first.
-    Datasets(datasets::Args),
+    Datasets(Net<datasets::Args>),
     /// Download a dataset (verified size and SHA-256).
-    Get(get::Args),
+    Get(Net<get::Args>),
     /// List relays and banks.
-    Ls(ls::Args),
+    Ls(Net<ls::Args>),
     /// Call a method on a relay and print the result as JSON.
-    Call(call::Args),
+    Call(Net<call::Args>),
     /// Print live state messages.
-    Watch(watch::Args),
+    Watch(Net<watch::Args>),
     /// List the drivers (built-in, and declarative ones from `[relay] driver_dirs`).
     Drivers,
     /// Run a whole mesh in one process and show it working.
@@ -80,14 +90,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match cli.cmd {
         Command::Broker(a) => broker::exec(a, g, &ctx).await,
-        Command::Relay(a) => relay::exec(a, g, &ctx).await,
-        Command::Bank(a) => bank::exec(a, g, &ctx).await,
-        Command::Upload(a) => upload::exec(a, g, &ctx).await,
-        Command::Datasets(a) => datasets::exec(a, g, &ctx).await,
-        Command::Get(a) => get::exec(a, g, &ctx).await,
-        Command::Ls(a) => ls::exec(a, g, &ctx).await,
-        Command::Call(a) => call::exec(a, g, &ctx).await,
-        Command::Watch(a) => watch::exec(a, g, &ctx).await,
+        Command::Relay(a) => relay::exec(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Bank(a) => bank::exec(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Upload(a) => upload::exec(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Datasets(a) => datasets::exec(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Get(a) => get::exec(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Ls(a) => ls::exec(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Call(a) => call::exec(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Watch(a) => watch::exec(a.args, &g.with_broker(a.broker), &ctx).await,
         Command::Drivers => drivers::exec(g).await,
         Command::Demo => demo::exec(&ctx).await,
         Command::Bench(a) => bench::exec(a, &ctx).await,

@@ -6,12 +6,12 @@ use anyhow::bail;
 use labmesh_config::InstrumentSection;
 use labmesh_relay::RelayError;
 
-use crate::common::{driver_registry, load_with, parse_kv, seconds_flag, serve, Global};
+use crate::common::{driver_registry, load_with, parse_kv, serve, Global};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Relay id of the single instrument.
-    #[arg(long)]
+    /// Relay id of the single instrument (1..=128 of letters, digits, `.`, `_`, `-`).
+    #[arg(long, value_parser = crate::cli_args::node_id)]
     relay_id: Option<String>,
     /// Driver of the single instrument (see `labmesh drivers`).
     #[arg(long)]
@@ -20,14 +20,16 @@ pub struct Args {
     /// `ASRL/dev/ttyUSB0::INSTR`, `serial:///dev/ttyUSB0?baud=9600`).
     #[arg(long)]
     resource: Option<String>,
-    /// RPC bind, overriding `[relay] default_rpc_bind` (`tcp://*:*` for any port).
-    #[arg(long)]
+    /// RPC bind, overriding `[relay] default_rpc_bind`: tcp://HOST:PORT with
+    /// PORT 0..=65535, or `*` for any free port (`tcp://*:*`), advertised.
+    #[arg(long, value_name = "ENDPOINT", value_parser = crate::cli_args::endpoint)]
     rpc: Option<String>,
-    /// Seconds between state messages, overriding `[relay] state_interval`.
-    #[arg(long)]
-    state_interval: Option<f64>,
+    /// Seconds between state messages, overriding `[relay] state_interval`
+    /// (at least 0.01, below 10^9).
+    #[arg(long, value_name = "SECONDS", value_parser = crate::cli_args::interval)]
+    state_interval: Option<labmesh_config::Seconds>,
     /// Driver option `key=value` (repeatable).
-    #[arg(long = "option", value_name = "KEY=VALUE")]
+    #[arg(long = "option", value_name = "KEY=VALUE", value_parser = crate::cli_args::key_value)]
     options: Vec<String>,
 }
 
@@ -41,7 +43,7 @@ const FLAGS: &[crate::common::Override] = &[
 pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
     let cfg = load_with(global, FLAGS, |cfg| {
         if let Some(s) = a.state_interval {
-            cfg.relay.state_interval = seconds_flag("--state-interval", s)?;
+            cfg.relay.state_interval = s;
         }
         match (a.relay_id, a.driver) {
             // One instrument from the flags, in place of the file's
