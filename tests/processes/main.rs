@@ -17,6 +17,7 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_labmesh");
 
 mod bank_hardening;
 mod broker_hardening;
+mod readme_tour;
 mod relay_hardening;
 
 /// A `labmesh` child process whose output is drained (and echoed).
