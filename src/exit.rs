@@ -71,27 +71,42 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
         if let Some(f) = cause.downcast_ref::<Failure>() {
             return f.code;
         }
-        if let Some(c) = cause.downcast_ref::<ClientError>() {
-            match c {
+        // (`#[error(transparent)]` variants hide the inner error from the
+        // chain, so they are looked into here.)
+        let (client, transfer, wire) = (
+            cause.downcast_ref::<ClientError>(),
+            cause.downcast_ref::<TransferError>(),
+            cause.downcast_ref::<WireError>(),
+        );
+        let transfer = match client {
+            Some(ClientError::Transfer(t)) => Some(t),
+            _ => transfer,
+        };
+        let wire = match (client, transfer) {
+            (Some(ClientError::Wire(w)), _) | (_, Some(TransferError::Wire(w))) => Some(w),
+            _ => wire,
+        };
+        match client {
+            Some(
                 ClientError::Remote { .. }
                 | ClientError::NotFound(_)
                 | ClientError::Refused(_)
-                | ClientError::Unexpected { .. } => return REMOTE,
-                ClientError::Timeout { .. } => return UNREACHABLE,
-                _ => {}
-            }
+                | ClientError::Unexpected { .. },
+            ) => return REMOTE,
+            Some(ClientError::Timeout { .. }) => return UNREACHABLE,
+            _ => {}
         }
-        if let Some(t) = cause.downcast_ref::<TransferError>() {
-            match t {
+        match transfer {
+            Some(
                 TransferError::Remote(_)
                 | TransferError::Integrity(_)
                 | TransferError::Protocol(_)
-                | TransferError::CannotResume(_) => return REMOTE,
-                TransferError::Timeout(_) => return UNREACHABLE,
-                _ => {}
-            }
+                | TransferError::CannotResume(_),
+            ) => return REMOTE,
+            Some(TransferError::Timeout(_)) => return UNREACHABLE,
+            _ => {}
         }
-        if let Some(WireError::Timeout(_)) = cause.downcast_ref::<WireError>() {
+        if let Some(WireError::Timeout(_)) = wire {
             return UNREACHABLE;
         }
     }
@@ -165,5 +180,10 @@ mod tests {
         assert_eq!(code_of(&timeout), UNREACHABLE);
         assert_eq!(code_of(&anyhow::anyhow!("no such file")), LOCAL);
         assert_eq!(code_of(&unreachable("x").context("y")), UNREACHABLE);
+        let t = anyhow::Error::new(ClientError::Transfer(TransferError::Timeout(
+            std::time::Duration::from_secs(1),
+        )))
+        .context("bank b");
+        assert_eq!(code_of(&t), UNREACHABLE);
     }
 }

@@ -17,6 +17,7 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_labmesh");
 
 mod bank_hardening;
 mod broker_hardening;
+mod cli_findings;
 mod readme_tour;
 mod relay_hardening;
 

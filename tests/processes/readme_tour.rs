@@ -464,10 +464,9 @@ async fn run_tour(dir: &Path, lines: &[TourLine]) -> anyhow::Result<()> {
                 );
                 anyhow::ensure!(!stdout.trim().is_empty(), "`{command}` printed nothing");
                 if command.split_whitespace().nth(1) == Some("upload") {
-                    let v: serde_json::Value = serde_json::from_str(
-                        stdout.lines().last().unwrap_or_default(),
-                    )
-                    .with_context(|| format!("upload printed {stdout:?}"))?;
+                    let v: serde_json::Value =
+                        serde_json::from_str(stdout.lines().last().unwrap_or_default())
+                            .with_context(|| format!("upload printed {stdout:?}"))?;
                     dataset_id = v["dataset_id"].as_str().map(str::to_string);
                 }
                 if command.split_whitespace().nth(1) == Some("get") {

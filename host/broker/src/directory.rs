@@ -336,7 +336,7 @@ impl Directory {
         };
         let changed = self.banks.get(&bank_id).is_none_or(|e| e.info != info);
         if changed {
-            tracing::info!(%bank_id, ingest = h.ingest.as_deref().unwrap_or("-"), retrieve = h.retrieve.as_deref().unwrap_or("-"), "bank online");
+            tracing::info!(%bank_id, ingest = %h.ingest.as_deref().unwrap_or("-"), retrieve = %h.retrieve.as_deref().unwrap_or("-"), "bank online");
             self.publish_presence(
                 &bank_id,
                 Role::Bank,
@@ -597,7 +597,7 @@ impl Directory {
                         .get(&bid)
                         .and_then(|e| e.info.retrieve.clone())
                         .unwrap_or_default();
-                    tracing::warn!(bank_id = %bid, existing = %old, refused = hello.retrieve.as_deref().unwrap_or("-"), "duplicate bank id refused");
+                    tracing::warn!(bank_id = %bid, existing = %old, refused = %hello.retrieve.as_deref().unwrap_or("-"), "duplicate bank id refused");
                     let reply = encode(&Reply::Error {
                         error: ErrorBody::new(
                             codes::CONFLICT,
@@ -636,7 +636,7 @@ impl Directory {
                         .get(&rid)
                         .map(|e| e.info.rpc_endpoint.clone())
                         .unwrap_or_default();
-                    tracing::warn!(relay_id = %rid, existing = %old, refused = hello.rpc_endpoint.as_deref().unwrap_or("-"), "duplicate relay id refused");
+                    tracing::warn!(relay_id = %rid, existing = %old, refused = %hello.rpc_endpoint.as_deref().unwrap_or("-"), "duplicate relay id refused");
                     let reply = encode(&Reply::Error {
                         error: ErrorBody::new(
                             codes::CONFLICT,
