@@ -14,6 +14,7 @@
 
 mod outbox;
 mod publish;
+pub mod reload;
 mod rpc;
 mod serve;
 

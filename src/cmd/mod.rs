@@ -17,6 +17,7 @@ mod drivers;
 mod get;
 mod ls;
 mod relay;
+mod relay_reload;
 mod sim;
 mod upload;
 mod watch;

@@ -41,6 +41,10 @@ const FLAGS: &[crate::common::Override] = &[
 ];
 
 pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
+    // The file's instruments (no --relay-id) are reloaded on SIGHUP, with
+    // the same flag overrides.
+    let from_file = a.relay_id.is_none() && a.driver.is_none();
+    let (interval_flag, rpc_flag) = (a.state_interval, a.rpc.clone());
     let cfg = load_with(global, FLAGS, |cfg| {
         if let Some(s) = a.state_interval {
             cfg.relay.state_interval = s;
@@ -75,6 +79,20 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
         );
     }
     let registry = driver_registry(&cfg)?;
+    if from_file {
+        let reload = move || {
+            load_with(global, FLAGS, |cfg| {
+                if let Some(s) = interval_flag {
+                    cfg.relay.state_interval = s;
+                }
+                if let Some(r) = &rpc_flag {
+                    cfg.relay.default_rpc_bind = r.clone();
+                }
+                Ok(())
+            })
+        };
+        return super::relay_reload::serve_reloading(ctx, &cfg, &registry, reload).await;
+    }
     let hosted = labmesh_relay::hosted_from_config(&cfg, &registry)
         .await
         .map_err(|e| match e {

@@ -20,6 +20,7 @@ mod broker_hardening;
 mod cli_findings;
 mod readme_tour;
 mod relay_hardening;
+mod reload;
 
 /// A `labmesh` child process whose output is drained (and echoed).
 pub(crate) struct Node {
