@@ -15,6 +15,7 @@ mod datasets;
 mod demo;
 mod drivers;
 mod get;
+mod install_service;
 mod ls;
 mod relay;
 mod relay_reload;
@@ -68,6 +69,8 @@ pub enum Command {
     /// Measure the mesh next to a raw baseline from the same run.
     #[command(subcommand)]
     Bench(bench::Args),
+    /// Write the systemd units (broker, bank, relay@) for this binary.
+    InstallService(install_service::Args),
     /// Run a simulated instrument (for tests and demos).
     #[command(subcommand)]
     Sim(sim::Args),
@@ -103,5 +106,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo => demo::exec(&ctx).await,
         Command::Bench(a) => bench::exec(a, &ctx).await,
         Command::Sim(a) => sim::exec(a).await,
+        Command::InstallService(a) => install_service::exec(a).await,
     }
 }

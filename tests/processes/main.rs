@@ -18,6 +18,7 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_labmesh");
 mod bank_hardening;
 mod broker_hardening;
 mod cli_findings;
+mod deploy;
 mod readme_tour;
 mod relay_hardening;
 mod reload;
