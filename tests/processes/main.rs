@@ -19,6 +19,7 @@ mod bank_hardening;
 mod broker_hardening;
 mod cli_findings;
 mod deploy;
+mod qemu_relay;
 mod readme_tour;
 mod relay_hardening;
 mod reload;
