@@ -72,6 +72,11 @@ pub fn key_value(s: &str) -> Result<String, String> {
     }
 }
 
+/// A JSON value (`call --json`).
+pub fn json(s: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("not valid JSON: {e}"))
+}
+
 /// A dataset's SHA-256 (64 hex digits), normalised to lower case as the
 /// banks write it.
 #[allow(dead_code)]

@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use serde_json::Value;
 
 use crate::common::{connect_with, load_with, parse_kv, Global};
@@ -14,10 +13,11 @@ pub struct Args {
     /// Method name (`lm.describe` lists them).
     method: String,
     /// Named parameters `key=value`; values are JSON when they parse as JSON.
+    #[arg(value_parser = crate::cli_args::key_value)]
     params: Vec<String>,
     /// All parameters as one JSON value (object, array or scalar).
-    #[arg(long, conflicts_with = "params")]
-    json: Option<String>,
+    #[arg(long, conflicts_with = "params", value_parser = crate::cli_args::json)]
+    json: Option<Value>,
     /// Seconds to wait for the reply (overrides `[client] timeout_seconds`;
     /// above 0, below 10^9).
     #[arg(long, value_name = "SECONDS", value_parser = crate::cli_args::seconds)]
@@ -32,7 +32,7 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
         Ok(())
     })?;
     let params = match a.json {
-        Some(j) => serde_json::from_str(&j).context("--json is not valid JSON")?,
+        Some(j) => j,
         None => Value::Object(parse_kv(&a.params)?),
     };
     let client = connect_with(&cfg, ctx).await?;

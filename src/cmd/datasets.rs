@@ -16,11 +16,11 @@ pub struct Args {
     #[arg(long)]
     relay: Option<String>,
     /// Created at or after: Unix seconds, or 30s / 10m / 2h / 7d ago.
-    #[arg(long)]
-    since: Option<String>,
+    #[arg(long, value_parser = parse_time_arg)]
+    since: Option<f64>,
     /// Created before: Unix seconds, or a duration ago.
-    #[arg(long)]
-    until: Option<String>,
+    #[arg(long, value_parser = parse_time_arg)]
+    until: Option<f64>,
     /// Metadata filter `key=value` (repeatable; all must match; the key not empty).
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = crate::cli_args::key_value)]
     meta: Vec<String>,
@@ -52,6 +52,15 @@ fn local_time(unix: f64) -> String {
             .format("%Y-%m-%d %H:%M:%S")
             .to_string(),
         None => format!("{unix}"),
+    }
+}
+
+/// [`parse_time`] as a clap value parser.
+fn parse_time_arg(s: &str) -> Result<f64, String> {
+    match parse_time(s) {
+        Ok(t) if t.is_finite() => Ok(t),
+        Ok(_) => Err(format!("{s:?} is not a time")),
+        Err(e) => Err(format!("{e:#}")),
     }
 }
 
@@ -96,8 +105,8 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
     }
     let query = Query {
         relay_id: a.relay.clone(),
-        since: a.since.as_deref().map(parse_time).transpose()?,
-        until: a.until.as_deref().map(parse_time).transpose()?,
+        since: a.since,
+        until: a.until,
         meta,
         limit: a.limit,
         ..Query::default()

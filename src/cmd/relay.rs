@@ -11,10 +11,10 @@ use crate::common::{driver_registry, load_with, parse_kv, serve, Global};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Relay id of the single instrument (1..=128 of letters, digits, `.`, `_`, `-`).
-    #[arg(long, value_parser = crate::cli_args::node_id)]
+    #[arg(long, value_parser = crate::cli_args::node_id, requires = "driver")]
     relay_id: Option<String>,
     /// Driver of the single instrument (see `labmesh drivers`).
-    #[arg(long)]
+    #[arg(long, requires = "relay_id")]
     driver: Option<String>,
     /// Resource string (`TCPIP::host::5025::SOCKET`, `tcp://host:5025`,
     /// `ASRL/dev/ttyUSB0::INSTR`, `serial:///dev/ttyUSB0?baud=9600`).

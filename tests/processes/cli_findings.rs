@@ -66,12 +66,22 @@ async fn out_of_range_flags_are_usage_errors_naming_the_flag() -> anyhow::Result
         (&["upload", "f", "--meta", "=x"], "--meta"),
         (&["get", "x", "--timeout", "0"], "--timeout"),
         (&["datasets", "--timeout=-1"], "--timeout"),
+        (&["datasets", "--since", "yesterday"], "--since"),
+        (&["call", "psu", "m", "--json", "{bad"], "--json"),
+        (&["call", "psu", "m", "=2"], "[PARAMS]..."),
+        (&["relay", "--relay-id", "a"], "--driver <DRIVER>"),
     ];
     for (args, flag) in cases {
         let out = run_cli_within(Some(&cfg.path), args, SHORT).await?;
         assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        // `'--flag <VALUE>'`, or a fragment given as is.
+        let want = if flag.starts_with("--") && !flag.contains(' ') {
+            format!("'{flag} <")
+        } else {
+            flag.to_string()
+        };
         assert!(
-            out.stderr.contains(&format!("'{flag} <")),
+            out.stderr.contains(&want),
             "{args:?}: names the flag: {}",
             out.stderr
         );
