@@ -40,6 +40,33 @@ const FLAGS: &[crate::common::Override] = &[
     ("--relay-id", "relay.instruments[0].id"),
 ];
 
+/// A bind that failed because the port is taken says what to do.
+pub fn bind_hint(e: anyhow::Error) -> anyhow::Error {
+    let taken = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<RelayError>(),
+            Some(RelayError::Wire(labmesh_wire::WireError::Bind {
+                source: zmq::Error::EADDRINUSE,
+                ..
+            }))
+        ) || matches!(
+            c.downcast_ref::<labmesh_wire::WireError>(),
+            Some(labmesh_wire::WireError::Bind {
+                source: zmq::Error::EADDRINUSE,
+                ..
+            })
+        )
+    });
+    if taken {
+        e.context(
+            "the RPC port is taken (another relay there? --rpc 'tcp://*:*' or \
+             rpc_bind = \"tcp://*:*\" picks a free port)",
+        )
+    } else {
+        e
+    }
+}
+
 pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
     // The file's instruments (no --relay-id) are reloaded on SIGHUP, with
     // the same flag overrides.
@@ -103,8 +130,9 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
             }
             e => e.into(),
         })?;
-    let relay =
-        labmesh_relay::spawn(ctx, labmesh_relay::RelayOptions::from_config(&cfg), hosted).await?;
+    let relay = labmesh_relay::spawn(ctx, labmesh_relay::RelayOptions::from_config(&cfg), hosted)
+        .await
+        .map_err(|e| bind_hint(e.into()))?;
     let banner = relay
         .served()
         .iter()

@@ -29,7 +29,7 @@ pub async fn serve_reloading(
             RelayError::Driver { id, source } => {
                 anyhow::Error::new(source).context(format!("instrument {id}"))
             }
-            e => e.into(),
+            e => super::relay::bind_hint(e.into()),
         })?;
     crate::memory::keep_trimmed();
     for s in set.served() {

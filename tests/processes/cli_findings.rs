@@ -477,6 +477,7 @@ async fn errors_print_their_source_once() -> anyhow::Result<()> {
         1,
         "{last}"
     );
+    assert!(last.contains("--rpc 'tcp://*:*'"), "a hint: {last}");
     // A missing driver directory: the io error once.
     let missing = cfg.path.with_file_name("drv.toml");
     std::fs::write(
