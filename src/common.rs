@@ -35,7 +35,7 @@ pub struct BrokerFlag {
     /// Broker host (replaces `BROKER` in the file's endpoints, i.e.
     /// `[broker] address`), or its directory endpoint `tcp://HOST:PORT`
     /// (`HOST:PORT` works too), used as is by this node or client.
-    #[arg(long, value_name = "HOST|tcp://HOST:PORT", value_parser = crate::cli_args::broker)]
+    #[arg(long, global = true, value_name = "HOST|tcp://HOST:PORT", value_parser = crate::cli_args::broker)]
     pub broker: Option<BrokerArg>,
 }
 

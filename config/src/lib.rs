@@ -85,6 +85,17 @@ pub struct BrokerSection {
     pub bus_max_msg: usize,
     /// Extension: bytes queued at most for one slow bus peer.
     pub bus_budget: usize,
+    /// Extension (cascading): the parent broker's directory endpoint; this
+    /// broker registers its relays and banks there. All three `parent_*`
+    /// keys go together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_rpc: Option<String>,
+    /// Extension (cascading): the parent's bus XSUB endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_xsub: Option<String>,
+    /// Extension (cascading): the parent's bus XPUB endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_xpub: Option<String>,
 }
 
 impl Default for BrokerSection {
@@ -99,6 +110,9 @@ impl Default for BrokerSection {
             max_registrations: limits::DEFAULT_MAX_REGISTRATIONS,
             bus_max_msg: limits::DEFAULT_BUS_MAX_MSG,
             bus_budget: limits::DEFAULT_BUS_BUDGET,
+            parent_rpc: None,
+            parent_xsub: None,
+            parent_xpub: None,
         }
     }
 }
@@ -125,6 +139,10 @@ pub struct InstrumentSection {
     /// Seconds one call may take before it fails with 408 (default 10).
     #[serde(default)]
     pub call_timeout: Option<Seconds>,
+    /// Streams: `streams = [{ name, method, params, hz, enabled }]`
+    /// (extension; see `labmesh_proto::stream::StreamSpec`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<labmesh_proto::stream::StreamSpec>,
     /// Driver-specific options: every other key of the table.
     #[serde(flatten)]
     pub options: serde_json::Map<String, serde_json::Value>,
@@ -504,6 +522,31 @@ impl Config {
         endpoint("broker.rpc_bind", &self.broker.rpc_bind)?;
         endpoint("broker.xsub_bind", &self.broker.xsub_bind)?;
         endpoint("broker.xpub_bind", &self.broker.xpub_bind)?;
+        {
+            let b = &self.broker;
+            let parent = [
+                ("broker.parent_rpc", &b.parent_rpc),
+                ("broker.parent_xsub", &b.parent_xsub),
+                ("broker.parent_xpub", &b.parent_xpub),
+            ];
+            let set = parent.iter().filter(|(_, v)| v.is_some()).count();
+            if set != 0 && set != 3 {
+                let missing: Vec<&str> = parent
+                    .iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(k, _)| *k)
+                    .collect();
+                return Err(bad(
+                    missing[0],
+                    format!("a parent broker needs all of parent_rpc, parent_xsub and parent_xpub (missing {})", missing.join(", ")),
+                ));
+            }
+            for (key, v) in parent {
+                if let Some(ep) = v {
+                    endpoint(key, ep)?;
+                }
+            }
+        }
         if self.broker.hwm < 0 {
             return Err(bad("broker.hwm", "must be 0 (unlimited) or more".into()));
         }
@@ -574,6 +617,24 @@ impl Config {
             }
             if let Some(p) = inst.poll_interval {
                 check_interval(p).map_err(|why| bad(&key("poll_interval"), why))?;
+            }
+            if inst.streams.len() > labmesh_proto::stream::MAX_STREAMS {
+                return Err(bad(
+                    &key("streams"),
+                    format!(
+                        "at most {} streams per instrument, got {}",
+                        labmesh_proto::stream::MAX_STREAMS,
+                        inst.streams.len()
+                    ),
+                ));
+            }
+            let mut names = std::collections::HashSet::new();
+            for (j, st) in inst.streams.iter().enumerate() {
+                let skey = format!("relay.instruments[{i}].streams[{j}]");
+                st.check().map_err(|why| bad(&skey, why))?;
+                if !names.insert(st.name.as_str()) {
+                    return Err(bad(&skey, format!("duplicate stream name {:?}", st.name)));
+                }
             }
         }
         endpoint("bank.ingest_bind", &self.bank.ingest_bind)?;
@@ -841,6 +902,26 @@ model = "E36313A"
             i.options.get("model").and_then(|v| v.as_str()),
             Some("E36313A")
         );
+        let streams = format!(
+            "{text}streams = [{{ name = \"v\", method = \"measure_voltage\", hz = 10 }}, {{ name = \"i\", method = \"measure_current\", params = {{ channel = 2 }}, hz = 0.5, enabled = false }}]\n"
+        );
+        let (c3, w) = Config::parse(&streams, Path::new("x.toml")).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let st = &c3.relay.instruments[0].streams;
+        assert_eq!(st.len(), 2);
+        assert!(st[0].enabled && !st[1].enabled);
+        assert_eq!(st[1].params["channel"], 2);
+        assert!(!c3.relay.instruments[0]
+            .driver_options()
+            .contains_key("streams"));
+        for (bad, why) in [
+            ("streams = [{ name = \"v\", method = \"m\", hz = 0 }]", "hz"),
+            ("streams = [{ name = \"a.b\", method = \"m\", hz = 1 }]", "name"),
+            ("streams = [{ name = \"v\", method = \"m\", hz = 1 }, { name = \"v\", method = \"m\", hz = 2 }]", "duplicate"),
+        ] {
+            let e = Config::parse(&format!("{text}{bad}\n"), Path::new("x.toml")).unwrap_err().to_string();
+            assert!(e.contains("relay.instruments[0].streams") && e.contains(why), "{bad}: {e}");
+        }
         let dup = format!("{text}\n[[relay.instruments]]\nid = \"psu-1\"\ndriver = \"mock-psu\"\n");
         assert!(Config::parse(&dup, Path::new("x.toml"))
             .unwrap_err()

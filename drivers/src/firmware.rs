@@ -183,6 +183,26 @@ pub struct FirmwareDriver {
     settling: bool,
     identity: Option<Identity>,
     known: Option<Known>,
+    /// The `telemetry` push stream, once the relay took it (shared with
+    /// the telemetry watcher of the link open now and of later ones).
+    push: PushSlot,
+}
+
+type PushSlot = std::sync::Arc<std::sync::OnceLock<mpsc::Sender<Result<Value, DriverError>>>>;
+
+/// Telemetry events that may wait for the relay before new ones are
+/// dropped (the device sends a few per second).
+const PUSH_QUEUE: usize = 256;
+
+/// A telemetry event as the `telemetry` push stream publishes it: volts,
+/// amps, mode and the device's uptime.
+fn telemetry_json(t: &Telemetry) -> Value {
+    serde_json::json!({
+        "voltage": f64::from(t.measured.mv) / 1000.0,
+        "current": f64::from(t.measured.ma) / 1000.0,
+        "mode": format!("{:?}", t.measured.mode).to_lowercase(),
+        "uptime_ms": t.uptime_ms,
+    })
 }
 
 impl std::fmt::Debug for FirmwareDriver {
@@ -282,6 +302,7 @@ pub fn endpoint_error(e: EndpointError, endpoint: &str, param: Option<&str>) -> 
 async fn watch_telemetry(
     mut events: broadcast::Receiver<DeviceEvent>,
     tx: watch::Sender<Option<Seen>>,
+    push: PushSlot,
 ) {
     let mut restarts = 0u64;
     let mut last_uptime: Option<u32> = None;
@@ -300,6 +321,11 @@ async fn watch_telemetry(
                     restarts += 1;
                 }
                 last_uptime = Some(t.uptime_ms);
+                if let Some(p) = push.get() {
+                    if p.try_send(Ok(telemetry_json(&t))).is_err() {
+                        tracing::debug!("telemetry push stream full: event dropped");
+                    }
+                }
                 tx.send_replace(Some(Seen {
                     at: Instant::now(),
                     telemetry: t,
@@ -333,6 +359,7 @@ impl FirmwareDriver {
             settling: false,
             identity: None,
             known: None,
+            push: PushSlot::default(),
         }
     }
 
@@ -411,7 +438,7 @@ impl FirmwareDriver {
             },
         );
         let (tx, rx) = watch::channel(None);
-        let watcher = tokio::spawn(watch_telemetry(client.subscribe(), tx));
+        let watcher = tokio::spawn(watch_telemetry(client.subscribe(), tx, self.push.clone()));
         self.conn = Some(Conn {
             client,
             telemetry: rx,
@@ -767,6 +794,20 @@ impl Instrument for FirmwareDriver {
         }
         let st = self.device_state().await?;
         Ok(self.state_json(&st, Source::Device, None))
+    }
+
+    /// `telemetry`: every telemetry event the device sends while the link
+    /// is open, as `{voltage, current, mode, uptime_ms}`.
+    fn push_streams(&mut self) -> Vec<crate::PushStream> {
+        let (tx, rx) = mpsc::channel(PUSH_QUEUE);
+        if self.push.set(tx).is_err() {
+            return Vec::new();
+        }
+        vec![crate::PushStream {
+            name: "telemetry".into(),
+            event: "telemetry".into(),
+            events: rx,
+        }]
     }
 
     async fn shutdown(&mut self) {

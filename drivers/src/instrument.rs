@@ -171,8 +171,45 @@ pub trait Instrument: Send {
         self.describe().identity
     }
 
+    /// Run `method` for a stream sample. The default is [`Instrument::call`]
+    /// with its JSON result; a driver whose method returns bytes (a waveform
+    /// from an IEEE 488.2 block) answers [`Sampled::Binary`], which travels
+    /// as a raw frame instead of base64.
+    async fn sample(&mut self, method: &str, args: Args) -> Result<Sampled, DriverError> {
+        self.call(method, args).await.map(Sampled::Json)
+    }
+
+    /// Push streams: events the driver publishes by itself (telemetry a
+    /// device sends unasked). Taken once, when the relay starts hosting
+    /// the instrument. Default: none.
+    fn push_streams(&mut self) -> Vec<PushStream> {
+        Vec::new()
+    }
+
     /// Release the instrument (close links). Default: nothing.
     async fn shutdown(&mut self) {}
+}
+
+/// A stream sample's value, as a driver produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sampled {
+    /// A JSON value.
+    Json(Value),
+    /// Bytes (published as a raw frame).
+    Binary(Vec<u8>),
+}
+
+/// Events a driver publishes by itself, as a stream named `name`. The
+/// channel is bounded by the driver (which drops events when it is full,
+/// and says so in its log); the relay publishes every event it receives.
+#[derive(Debug)]
+pub struct PushStream {
+    /// Stream name (see `labmesh_proto::stream::valid_name`).
+    pub name: String,
+    /// What the events are (shown as the stream's method).
+    pub event: String,
+    /// The events.
+    pub events: tokio::sync::mpsc::Receiver<Result<Value, DriverError>>,
 }
 
 impl From<BindError> for DriverError {

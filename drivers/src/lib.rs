@@ -36,8 +36,12 @@ pub mod vxi11;
 
 pub use instrument::{
     Args, BindError, Description, DriverError, DriverErrorKind, Instrument, MethodSpec, ParamSpec,
-    ParamType,
+    ParamType, PushStream, Sampled,
 };
+
+/// The labmesh-drivers release, reported by `lm.describe` as the driver
+/// version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use methods::MethodTable;
 pub use options::{OptionSpec, OptionType};
 pub use registry::{BoxInstrument, DriverRegistry, InstrumentConfig};

@@ -16,7 +16,7 @@ use crate::options::{self, OptionSpec, OptionType};
 use crate::scpi::{ScpiSession, SessionOptions};
 use crate::{
     Args, BoxInstrument, Description, DriverError, Instrument, InstrumentConfig, MethodSpec,
-    MethodTable, ParamSpec, ParamType,
+    MethodTable, ParamSpec, ParamType, Sampled,
 };
 
 /// The `scpi` driver's methods: one table for `describe()` and `call()`.
@@ -194,6 +194,18 @@ impl Instrument for ScpiDriver {
                 self.pair(r)
             }
         }
+    }
+
+    /// `query_binary` samples as bytes (a raw frame on the bus); a failed
+    /// block read is an error sample (not `[false, why]`); every other
+    /// method as [`Instrument::call`].
+    async fn sample(&mut self, method: &str, args: Args) -> Result<Sampled, DriverError> {
+        if Method::from_name(method) == Some(Method::QueryBinary) {
+            let cmd = args.str("cmd")?.to_string();
+            self.closed = false;
+            return self.session.query_binary(&cmd).await.map(Sampled::Binary);
+        }
+        self.call(method, args).await.map(Sampled::Json)
     }
 
     /// Cheap: opens the link if it is not open (learning the identity; not

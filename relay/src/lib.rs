@@ -9,14 +9,17 @@
 //! every interval, and keeps answering `lm.ping` while a call runs.
 //!
 //! One PUB socket per relay process carries every instrument's
-//! `state.<relay_id>` messages to the broker's XSUB. Different instruments
+//! `state.<relay_id>` messages and stream samples
+//! (`stream.<relay_id>.<name>`) to the broker's XSUB. Different instruments
 //! never wait for each other.
 
+mod hrtimer;
 mod outbox;
 mod publish;
 pub mod reload;
 mod rpc;
 mod serve;
+mod streams;
 
 use std::time::Duration;
 
@@ -25,7 +28,7 @@ use labmesh_proto::endpoint::{public_endpoint, resolve_broker};
 use labmesh_wire::auth::Password;
 use labmesh_wire::register::{keep_registered, Registrant};
 use labmesh_wire::{AsyncSocket, SocketOptions, WireError};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Dataset upload from a relay to a bank (see [`upload_options`]).
@@ -75,6 +78,15 @@ pub enum RelayError {
     /// Two instruments share a relay id.
     #[error("duplicate relay id {0:?}")]
     DuplicateId(String),
+    /// A configured stream does not fit the instrument (unknown method,
+    /// bad params).
+    #[error("instrument {id}: {why}")]
+    Stream {
+        /// The instrument's relay id.
+        id: String,
+        /// What is wrong with the stream.
+        why: String,
+    },
 }
 
 /// Process-wide relay settings.
@@ -92,6 +104,10 @@ pub struct RelayOptions {
     pub password: Password,
     /// Largest accepted RPC request, bytes.
     pub max_msg_size: i64,
+    /// The broker's bus maximum (`[broker] bus_max_msg`): larger state
+    /// messages and stream samples are not published (a stream publishes an
+    /// error sample saying so).
+    pub bus_max_msg: usize,
 }
 
 impl RelayOptions {
@@ -104,6 +120,7 @@ impl RelayOptions {
             heartbeat: labmesh_proto::limits::DEFAULT_HEARTBEAT,
             password: Password::none(),
             max_msg_size: labmesh_proto::limits::MAX_RPC_MSG as i64,
+            bus_max_msg: labmesh_proto::limits::DEFAULT_BUS_MAX_MSG,
         }
     }
 
@@ -125,6 +142,7 @@ impl RelayOptions {
             heartbeat: cfg.relay.heartbeat_seconds.duration(),
             password: Password::from_env(),
             max_msg_size: labmesh_proto::limits::MAX_RPC_MSG as i64,
+            bus_max_msg: cfg.broker.bus_max_msg,
         }
     }
 }
@@ -139,6 +157,8 @@ pub struct Hosted {
     pub poll_interval: Duration,
     /// Deadline for one call or poll.
     pub call_timeout: Duration,
+    /// Streams it starts with (more can be added at runtime).
+    pub streams: Vec<labmesh_proto::stream::StreamSpec>,
     /// The driver.
     pub instrument: BoxInstrument,
 }
@@ -161,8 +181,15 @@ impl Hosted {
             rpc_bind: "tcp://127.0.0.1:*".into(),
             poll_interval: Duration::from_secs(1),
             call_timeout: labmesh_proto::limits::DEFAULT_CALL_DEADLINE,
+            streams: Vec::new(),
             instrument,
         }
+    }
+
+    /// Add a stream it starts with.
+    pub fn stream(mut self, spec: labmesh_proto::stream::StreamSpec) -> Self {
+        self.streams.push(spec);
+        self
     }
 
     /// Set the RPC bind.
@@ -234,6 +261,7 @@ pub async fn hosted_from_config(
                 .map_or(labmesh_proto::limits::DEFAULT_CALL_DEADLINE, |t| {
                     t.duration()
                 }),
+            streams: inst.streams.clone(),
             instrument,
         });
     }
@@ -306,7 +334,7 @@ pub async fn spawn(
     let mut tasks = Vec::new();
 
     // One PUB for the process.
-    let (state_tx, state_rx) = mpsc::channel::<publish::Outgoing>(publish::QUEUE);
+    let (state_tx, state_rx) = publish::bus(opts.bus_max_msg);
     if let Some(xsub) = &opts.broker_xsub {
         let mut pub_sock = AsyncSocket::new(ctx, zmq::PUB, SocketOptions::default())?;
         pub_sock.connect(xsub)?;
@@ -316,7 +344,25 @@ pub async fn spawn(
     }
 
     let mut served = Vec::new();
-    for h in hosted {
+    // t_mono of every stream sample counts from here.
+    let epoch = std::time::Instant::now();
+    for mut h in hosted {
+        let description = h.instrument.describe();
+        let mut streams = streams::Streams::new(&h.relay_id, epoch, state_tx.clone());
+        for spec in std::mem::take(&mut h.streams) {
+            streams
+                .add(spec, &description, epoch)
+                .map_err(|(_, why)| RelayError::Stream {
+                    id: h.relay_id.clone(),
+                    why,
+                })?;
+        }
+        let push = h.instrument.push_streams();
+        for p in &push {
+            if !streams.add_push(p) {
+                tracing::warn!(relay_id = %h.relay_id, stream = %p.name, "driver push stream with a bad or duplicate name not published");
+            }
+        }
         let mut router = AsyncSocket::new(
             ctx,
             zmq::ROUTER,
@@ -334,7 +380,6 @@ pub async fn spawn(
         let bound = router.bind(&h.rpc_bind)?;
         let endpoint = public_endpoint(&bound, &opts.advertise_host);
         tracing::info!(relay_id = %h.relay_id, %endpoint, "instrument serving");
-        let description = h.instrument.describe();
         tasks.push(tokio::spawn(serve::run(
             router,
             rpc::RpcContext {
@@ -347,6 +392,8 @@ pub async fn spawn(
                 poll_interval: h.poll_interval,
                 call_timeout: h.call_timeout,
             },
+            streams,
+            push,
             state_tx.clone(),
             stop_rx.clone(),
         )));

@@ -4,9 +4,12 @@
 use labmesh_drivers::{Args, Description, DriverError};
 use labmesh_proto::lm::{DescribeResult, PingResult, RelayMethod};
 use labmesh_proto::mesh::{self, encode, Reply, Request};
+use labmesh_proto::stream::{SetRate, StreamName, StreamSpec};
 use labmesh_proto::{codes, ErrorBody};
 use labmesh_wire::auth::Password;
 use serde_json::Value;
+
+use crate::streams::{Control, Streams};
 
 /// A call waiting for the instrument.
 pub(crate) struct Call {
@@ -34,7 +37,9 @@ pub(crate) enum Handled {
 }
 
 /// Handle one request: an immediate reply, or a call for the instrument.
-pub(crate) fn handle(ctx: &RpcContext, mut frames: Vec<Vec<u8>>) -> Handled {
+/// Stream control (`lm.stream_*`, `lm.streams`, `lm.last`) is answered
+/// here, against the instrument's `streams`.
+pub(crate) fn handle(ctx: &RpcContext, streams: &mut Streams, mut frames: Vec<Vec<u8>>) -> Handled {
     if frames.is_empty() {
         return Handled::Nothing;
     }
@@ -87,8 +92,41 @@ pub(crate) fn handle(ctx: &RpcContext, mut frames: Vec<Vec<u8>>) -> Handled {
             let d = DescribeResult {
                 description: ctx.description.clone(),
                 relay_id: ctx.relay_id.clone(),
+                driver_version: Some(labmesh_drivers::VERSION.to_string()),
+                streams: streams.specs(),
             };
             return Handled::Reply(ident, answer(to_value(&d)));
+        }
+        RelayMethod::Streams => return Handled::Reply(ident, answer(to_value(&streams.status()))),
+        RelayMethod::Last => {
+            let body = params::<StreamName>(&rpc.method, &rpc.params)
+                .and_then(|p| streams.last(&p.name))
+                .map(|r| answer(to_value(&r)))
+                .unwrap_or_else(|(code, m)| error(code, m, rpc.rpc_uuid.clone()));
+            return Handled::Reply(ident, body);
+        }
+        RelayMethod::StreamAdd
+        | RelayMethod::StreamRemove
+        | RelayMethod::StreamEnable
+        | RelayMethod::StreamDisable
+        | RelayMethod::StreamSetRate => {
+            let m = rpc.method.as_str();
+            let name = || params::<StreamName>(m, &rpc.params).map(|p| p.name);
+            let control = match RelayMethod::parse(m) {
+                RelayMethod::StreamAdd => params::<StreamSpec>(m, &rpc.params).map(Control::Add),
+                RelayMethod::StreamRemove => name().map(Control::Remove),
+                RelayMethod::StreamEnable => name().map(Control::Enable),
+                RelayMethod::StreamDisable => name().map(Control::Disable),
+                _ => params::<SetRate>(m, &rpc.params).map(|p| Control::SetRate(p.name, p.hz)),
+            };
+            let body = control
+                .and_then(|c| {
+                    tracing::info!(relay_id = %ctx.relay_id, method = %rpc.method, params = %rpc.params, "stream control");
+                    streams.control(c, &ctx.description, std::time::Instant::now())
+                })
+                .map(|r| answer(to_value(&r)))
+                .unwrap_or_else(|(code, m)| error(code, m, rpc.rpc_uuid.clone()));
+            return Handled::Reply(ident, body);
         }
         RelayMethod::Ping => {
             let p = PingResult {
@@ -113,6 +151,15 @@ pub(crate) fn handle(ctx: &RpcContext, mut frames: Vec<Vec<u8>>) -> Handled {
         args,
     };
     Handled::Call(call)
+}
+
+/// Decode the params object of a reserved method.
+fn params<T: serde::de::DeserializeOwned>(
+    method: &str,
+    params: &Value,
+) -> Result<T, (i64, String)> {
+    serde_json::from_value(params.clone())
+        .map_err(|e| (codes::BAD_REQUEST, format!("{method}: bad params: {e}")))
 }
 
 fn to_value<T: serde::Serialize>(v: &T) -> Value {

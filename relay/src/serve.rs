@@ -7,24 +7,32 @@
 //! finishes. Requests that arrive meanwhile are decoded and checked at once
 //! (bad ones are answered immediately), and valid calls wait in a bounded
 //! queue, in arrival order.
+//!
+//! Stream samples are the third kind of work (see `streams`). When calls
+//! wait and a sample is due, they alternate: streams never starve RPC
+//! calls, and a flood of calls cannot silence a stream (its missed
+//! deadlines are counted).
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::OptionFuture;
-use labmesh_drivers::{BoxInstrument, DriverError};
+use futures::stream::{BoxStream, SelectAll, StreamExt};
+use labmesh_drivers::{BoxInstrument, DriverError, PushStream};
 use labmesh_proto::mesh::{encode, Reply};
 use labmesh_proto::{codes, ErrorBody};
 use labmesh_wire::socket::{AfterError, RecvErrors};
 use labmesh_wire::AsyncSocket;
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
+use crate::hrtimer::HrTimer;
 use crate::outbox::Outbox;
-use crate::publish::{Outgoing, StatePublisher};
+use crate::publish::{Bus, StatePublisher};
 use crate::rpc::{self, Call, Handled, RpcContext};
+use crate::streams::{Due, Streams, Taken};
 
 /// Calls that may wait for a busy instrument before new ones get 503.
 const QUEUE_LIMIT: usize = 256;
@@ -43,6 +51,7 @@ enum Work {
         outcome: Result<Value, DriverError>,
     },
     Poll(Result<Value, DriverError>),
+    Stream(Taken),
 }
 
 type Busy = Pin<Box<dyn Future<Output = (BoxInstrument, Work)> + Send>>;
@@ -81,22 +90,65 @@ fn start_poll(mut inst: BoxInstrument, deadline: Duration) -> Busy {
     })
 }
 
+fn start_sample(mut inst: BoxInstrument, due: Due, deadline: Duration) -> Busy {
+    Box::pin(async move {
+        let started = Instant::now();
+        let t_wall = labmesh_proto::unix_now();
+        let outcome = match tokio::time::timeout(deadline, inst.sample(&due.method, due.args)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(DriverError::Timeout(deadline)),
+        };
+        (
+            inst,
+            Work::Stream(Taken {
+                id: due.id,
+                deadline: due.deadline,
+                started,
+                t_wall,
+                outcome,
+            }),
+        )
+    })
+}
+
+type Pushed = BoxStream<'static, (String, Result<Value, DriverError>)>;
+
+/// One stream of `(name, event)` over every push stream of the driver.
+fn push_events(push: Vec<PushStream>) -> SelectAll<Pushed> {
+    futures::stream::select_all(push.into_iter().map(|p| {
+        let name = p.name;
+        futures::stream::unfold(p.events, move |mut rx| {
+            let name = name.clone();
+            async move { rx.recv().await.map(|ev| ((name, ev), rx)) }
+        })
+        .boxed()
+    }))
+}
+
 /// Settings of one instrument's task.
 pub(crate) struct Settings {
     pub(crate) poll_interval: Duration,
     pub(crate) call_timeout: Duration,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     mut router: AsyncSocket,
     mut ctx: RpcContext,
     inst: BoxInstrument,
     settings: Settings,
-    state: mpsc::Sender<Outgoing>,
+    mut streams: Streams,
+    push: Vec<PushStream>,
+    state: Bus,
     mut stop: watch::Receiver<bool>,
 ) {
     let relay_id = ctx.relay_id.clone();
     let mut publisher = StatePublisher::new(&relay_id, settings.poll_interval, state);
+    let mut pushed = push_events(push);
+    let mut timer = HrTimer::new();
+    // Whether the last work was a stream sample (calls go next if waiting).
+    let mut last_was_sample = false;
     // `interval(ZERO)` panics: a zero period (`Hosted::poll_every(ZERO)`)
     // polls every millisecond at most instead.
     let mut ticker = tokio::time::interval(settings.poll_interval.max(Duration::from_millis(1)));
@@ -116,13 +168,27 @@ pub(crate) async fn run(
             outbox.flush(&mut router);
         }
         if let Some(inst) = idle.take() {
-            if let Some(call) = queue.pop_front() {
+            let now = Instant::now();
+            let sample_due = !stopping && streams.is_due(now);
+            let others_wait = !queue.is_empty() || (poll_due && !stopping);
+            let due = if sample_due && (!others_wait || !last_was_sample) {
+                streams.take_due(now)
+            } else {
+                None
+            };
+            if let Some(due) = due {
+                busy = Some(start_sample(inst, due, settings.call_timeout));
+                busy_with_call = false;
+                last_was_sample = true;
+            } else if let Some(call) = queue.pop_front() {
                 busy = Some(start_call(inst, call, settings.call_timeout));
                 busy_with_call = true;
+                last_was_sample = false;
             } else if poll_due && !stopping {
                 poll_due = false;
                 busy = Some(start_poll(inst, settings.call_timeout));
                 busy_with_call = false;
+                last_was_sample = false;
             } else {
                 idle = Some(inst);
             }
@@ -132,6 +198,13 @@ pub(crate) async fn run(
             // the socket's linger gives up what it holds.
             break;
         }
+        // The next stream deadline, while the instrument is idle (a busy
+        // instrument looks again when it is done).
+        let wake = if idle.is_some() && !stopping {
+            streams.next_deadline()
+        } else {
+            None
+        };
         tokio::select! {
             biased;
             Some((inst, work)) = OptionFuture::from(busy.as_mut()), if busy.is_some() => {
@@ -150,7 +223,12 @@ pub(crate) async fn run(
                     }
                     Work::Poll(Ok(v)) => publisher.publish(v),
                     Work::Poll(Err(e)) => tracing::warn!(%relay_id, error = %e, "poll failed"),
+                    Work::Stream(taken) => streams.finish(taken),
                 }
+            }
+            _ = timer.sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
+            Some((name, event)) = pushed.next(), if !pushed.is_empty() => {
+                streams.pushed(&name, event);
             }
             _ = stop.changed(), if !stopping => {
                 // Stop taking requests; queued calls finish and are answered.
@@ -169,7 +247,7 @@ pub(crate) async fn run(
                         AfterError::Stop => break,
                     },
                 };
-                match rpc::handle(&ctx, frames) {
+                match rpc::handle(&ctx, &mut streams, frames) {
                     Handled::Reply(ident, body) => outbox.send(&mut router, &ident, body),
                     Handled::Call(call) if queue.len() >= QUEUE_LIMIT => {
                         tracing::warn!(%relay_id, method = %call.method, "instrument queue full");
@@ -185,7 +263,8 @@ pub(crate) async fn run(
             }
             _ = retry.tick(), if !outbox.is_empty() => {}
             _ = ticker.tick() => {
-                if busy.is_none() {
+                if busy.is_none() || last_was_sample {
+                    // (A stream sample is short: the poll follows it.)
                     poll_due = true;
                 } else if busy_with_call {
                     publisher.republish_stale();

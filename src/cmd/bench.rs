@@ -34,6 +34,9 @@ pub enum Args {
     /// Resource-exhaustion cases against broker, bank and relay processes;
     /// RSS and open files of each node before, at peak and after each case.
     Abuse(super::bench_abuse::Args),
+    /// Stream rate accuracy and jitter (100 Hz, 1 kHz, 10 kHz) vs a tokio
+    /// interval, and samples/s to 10 subscribers vs a bare zmq proxy.
+    Streams(super::bench_streams::Args),
 }
 
 pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
@@ -45,6 +48,7 @@ pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
             seconds,
         } => soak(ctx, usize::try_from(relays)?, hz, seconds).await?,
         Args::Abuse(a) => return super::bench_abuse::exec(a, ctx).await,
+        Args::Streams(a) => return super::bench_streams::exec(a, ctx).await,
     }
     Ok(ExitCode::SUCCESS)
 }

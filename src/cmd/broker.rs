@@ -16,12 +16,24 @@ pub struct Args {
     /// XPUB bind, overriding `[broker] xpub_bind`.
     #[arg(long, value_name = "ENDPOINT", value_parser = crate::cli_args::endpoint)]
     xpub_bind: Option<String>,
+    /// Join a parent broker: its directory (`[broker] parent_rpc`).
+    #[arg(long, requires_all = ["parent_xsub", "parent_xpub"])]
+    parent_rpc: Option<String>,
+    /// The parent's bus XSUB (`[broker] parent_xsub`).
+    #[arg(long, requires = "parent_rpc")]
+    parent_xsub: Option<String>,
+    /// The parent's bus XPUB (`[broker] parent_xpub`).
+    #[arg(long, requires = "parent_rpc")]
+    parent_xpub: Option<String>,
 }
 
 const FLAGS: &[crate::common::Override] = &[
     ("--rpc-bind", "broker.rpc_bind"),
     ("--xsub-bind", "broker.xsub_bind"),
     ("--xpub-bind", "broker.xpub_bind"),
+    ("--parent-rpc", "broker.parent_rpc"),
+    ("--parent-xsub", "broker.parent_xsub"),
+    ("--parent-xpub", "broker.parent_xpub"),
 ];
 
 pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
@@ -34,6 +46,15 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
         ] {
             if let Some(v) = flag {
                 *key = v;
+            }
+        }
+        for (flag, key) in [
+            (a.parent_rpc, &mut b.parent_rpc),
+            (a.parent_xsub, &mut b.parent_xsub),
+            (a.parent_xpub, &mut b.parent_xpub),
+        ] {
+            if flag.is_some() {
+                *key = flag;
             }
         }
         Ok(())

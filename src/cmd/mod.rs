@@ -9,6 +9,7 @@ use crate::common::{BrokerFlag, Global};
 mod bank;
 mod bench;
 mod bench_abuse;
+mod bench_streams;
 mod broker;
 mod call;
 mod datasets;
@@ -20,6 +21,7 @@ mod ls;
 mod relay;
 mod relay_reload;
 mod sim;
+mod streams;
 mod upload;
 mod watch;
 
@@ -42,6 +44,16 @@ pub struct Net<A: clap::Args> {
     pub broker: BrokerFlag,
 }
 
+/// [`Net`] for a command with subcommands: `--broker` is taken before or
+/// after the subcommand.
+#[derive(Debug, clap::Args)]
+pub struct NetSub<C: clap::Subcommand> {
+    #[command(subcommand)]
+    pub cmd: C,
+    #[command(flatten)]
+    pub broker: BrokerFlag,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the broker (directory + state bus).
@@ -60,8 +72,14 @@ pub enum Command {
     Ls(Net<ls::Args>),
     /// Call a method on a relay and print the result as JSON.
     Call(Net<call::Args>),
-    /// Print live state messages.
+    /// Print live state messages (or, with --stream, a stream's samples).
     Watch(Net<watch::Args>),
+    /// Print a relay's methods (params, units, ranges), streams, driver and identity.
+    Describe(Net<streams::DescribeArgs>),
+    /// List a relay's streams with their rate and health.
+    Streams(Net<streams::ListArgs>),
+    /// Control a relay's streams: enable, disable, add, remove, rate.
+    Stream(NetSub<streams::Control>),
     /// List the drivers (built-in, and declarative ones from `[relay] driver_dirs`).
     Drivers,
     /// Run a whole mesh in one process and show it working.
@@ -102,6 +120,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ls(a) => ls::exec(a.args, &g.with_broker(a.broker), &ctx).await,
         Command::Call(a) => call::exec(a.args, &g.with_broker(a.broker), &ctx).await,
         Command::Watch(a) => watch::exec(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Describe(a) => streams::describe(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Streams(a) => streams::list(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Stream(c) => streams::control(c.cmd, &g.with_broker(c.broker), &ctx).await,
         Command::Drivers => drivers::exec(g).await,
         Command::Demo => demo::exec(&ctx).await,
         Command::Bench(a) => bench::exec(a, &ctx).await,

@@ -87,6 +87,7 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
                     poll_interval: None,
                     rpc_bind: a.rpc,
                     call_timeout: None,
+                    streams: Vec::new(),
                     options: parse_kv(&a.options)?,
                 }];
             }

@@ -24,10 +24,27 @@ pub struct Args {
     /// Also print presence (online/offline) and dataset announcements.
     #[arg(long)]
     all: bool,
+    /// Print this stream's samples instead of states (needs RELAY).
+    #[arg(long, requires = "relay")]
+    stream: Option<String>,
+    /// With --stream: show only the newest sample when the terminal lags.
+    #[arg(long, requires = "stream", conflicts_with = "queue")]
+    cache: bool,
+    /// With --stream: keep up to N unread samples, dropping the oldest
+    /// (counted) when full (default 1000).
+    #[arg(long, requires = "stream", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    queue: Option<u64>,
 }
 
 pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
     let client = connect_bus(global, ctx).await?;
+    if let (Some(stream), Some(relay)) = (&a.stream, &a.relay) {
+        let mode = match (a.cache, a.queue) {
+            (true, _) => labmesh_client::Receive::Cache,
+            (false, q) => labmesh_client::Receive::Queue(q.unwrap_or(1000) as usize),
+        };
+        return super::streams::watch(&client, relay, stream, mode, a.count, a.json).await;
+    }
     let mut rx = client.events();
     if let Some(r) = &a.relay {
         if !client.list_relays().await?.iter().any(|x| &x.relay_id == r) {

@@ -58,6 +58,25 @@ impl Mesh {
             .iter()
             .map(|id| Hosted::new(id, Box::new(MockPsu::new(id))).poll_every(interval))
             .collect();
+        Mesh::start_hosted_with_password(&ctx, broker, hosted, password).await
+    }
+
+    /// A mesh hosting `hosted` (any drivers, streams) on a new broker.
+    pub async fn start_hosted(hosted: Vec<Hosted>) -> anyhow::Result<Mesh> {
+        init_logging();
+        let ctx = zmq::Context::new();
+        let broker = labmesh_broker::spawn(&ctx, BrokerOptions::loopback()).await?;
+        Mesh::start_hosted_with_password(&ctx, broker, hosted, Password::none()).await
+    }
+
+    async fn start_hosted_with_password(
+        ctx: &zmq::Context,
+        broker: BrokerHandle,
+        hosted: Vec<Hosted>,
+        password: Password,
+    ) -> anyhow::Result<Mesh> {
+        let ctx = ctx.clone();
+        let ids: Vec<String> = hosted.iter().map(|h| h.relay_id.clone()).collect();
         let relay = labmesh_relay::spawn(
             &ctx,
             RelayOptions {
@@ -76,7 +95,7 @@ impl Mesh {
             },
         )
         .await?;
-        for id in ids {
+        for id in &ids {
             client.wait_for_relay(id, WAIT).await?;
         }
         Ok(Mesh {

@@ -91,6 +91,9 @@ struct Directory {
     probes: HashMap<String, DealerConn>,
     internal: mpsc::Sender<Internal>,
     presence: Option<AsyncSocket>,
+    /// Ids registered here right now (relays and banks), shared with the
+    /// cascade's bus loop (which must not send our own messages back to us).
+    local: crate::cascade::LocalIds,
 }
 
 /// What to do after handling a request.
@@ -104,6 +107,7 @@ pub(crate) async fn run(
     opts: BrokerOptions,
     ctx: zmq::Context,
     presence: Option<AsyncSocket>,
+    local: crate::cascade::LocalIds,
     mut stop: watch::Receiver<bool>,
 ) {
     let (internal, mut internal_rx) = mpsc::channel(256);
@@ -116,6 +120,7 @@ pub(crate) async fn run(
         probes: HashMap::new(),
         internal,
         presence,
+        local,
     };
     let mut errors = RecvErrors::new("broker directory");
     let mut sweep = tokio::time::interval(sweep_every);
@@ -770,6 +775,18 @@ impl Directory {
         reason: PresenceReason,
         endpoint: Option<String>,
     ) {
+        // Every registration and removal passes here: keep the shared set
+        // of our ids exact.
+        if let Ok(mut ids) = self.local.write() {
+            match status {
+                PresenceStatus::Online => {
+                    ids.insert(id.to_string());
+                }
+                _ => {
+                    ids.remove(id);
+                }
+            }
+        }
         let Some(sock) = self.presence.as_mut() else {
             return;
         };

@@ -14,7 +14,10 @@
 //! # Ok(()) }
 //! ```
 
+mod cascade;
 mod directory;
+
+pub use cascade::ParentOptions;
 
 use std::time::Duration;
 
@@ -62,6 +65,10 @@ pub struct BrokerOptions {
     pub bus_max_msg: usize,
     /// Bytes queued at most for one bus peer (sets the high-water marks).
     pub bus_budget: usize,
+    /// A parent broker to join (cascading): this broker's relays and banks
+    /// are registered there and the bus is bridged both ways, driven by
+    /// subscriptions (see `cascade`).
+    pub parent: Option<ParentOptions>,
 }
 
 impl BrokerOptions {
@@ -79,6 +86,7 @@ impl BrokerOptions {
             max_registrations: labmesh_proto::limits::DEFAULT_MAX_REGISTRATIONS,
             bus_max_msg: labmesh_proto::limits::DEFAULT_BUS_MAX_MSG,
             bus_budget: labmesh_proto::limits::DEFAULT_BUS_BUDGET,
+            parent: None,
         }
     }
 
@@ -108,6 +116,11 @@ impl BrokerOptions {
             max_registrations: cfg.broker.max_registrations,
             bus_max_msg: cfg.broker.bus_max_msg,
             bus_budget: cfg.broker.bus_budget,
+            parent: cfg.broker.parent_rpc.as_ref().map(|rpc| ParentOptions {
+                rpc: rpc.clone(),
+                xsub: cfg.broker.parent_xsub.clone().unwrap_or_default(),
+                xpub: cfg.broker.parent_xpub.clone().unwrap_or_default(),
+            }),
         }
     }
 }
@@ -120,6 +133,7 @@ pub struct BrokerHandle {
     xpub: String,
     stop: watch::Sender<bool>,
     directory: tokio::task::JoinHandle<()>,
+    mirror: Option<tokio::task::JoinHandle<()>>,
     proxy_ctl: zmq::Socket,
     proxy: Option<std::thread::JoinHandle<()>>,
 }
@@ -155,6 +169,10 @@ impl BrokerHandle {
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         let _ = (&mut self.directory).await;
+        if let Some(m) = self.mirror.take() {
+            // Its registrations in the parent say goodbye.
+            let _ = m.await;
+        }
         if let Err(e) = self.proxy_ctl.send("TERMINATE", 0) {
             tracing::warn!(error = %e, "cannot stop the bus proxy");
         }
@@ -196,12 +214,36 @@ pub async fn spawn(ctx: &zmq::Context, opts: BrokerOptions) -> Result<BrokerHand
     proxy_ctl.bind(&ctl_addr)?;
     let ctl_peer = ctx.socket(zmq::PAIR)?;
     ctl_peer.connect(&ctl_addr)?;
+    let local: cascade::LocalIds = Default::default();
+    let parent_sockets = match &opts.parent {
+        Some(p) => Some(cascade::parent_sockets(
+            ctx,
+            p,
+            hwm,
+            i64::try_from(opts.bus_max_msg).unwrap_or(i64::MAX),
+        )?),
+        None => None,
+    };
+    let bus_local = local.clone();
     let proxy = std::thread::Builder::new()
         .name("labmesh-bus".into())
-        .spawn(move || {
-            let (mut xsub, mut xpub, mut ctl) = (xsub, xpub, ctl_peer);
-            if let Err(e) = zmq::proxy_steerable(&mut xsub, &mut xpub, &mut ctl) {
-                tracing::error!(error = %e, "bus proxy stopped");
+        .spawn(move || match parent_sockets {
+            // With a parent: the loop that knows where messages come from.
+            Some((up, down)) => cascade::bus_loop(
+                cascade::BusSockets {
+                    xsub,
+                    xpub,
+                    up,
+                    down,
+                    ctl: ctl_peer,
+                },
+                bus_local,
+            ),
+            None => {
+                let (mut xsub, mut xpub, mut ctl) = (xsub, xpub, ctl_peer);
+                if let Err(e) = zmq::proxy_steerable(&mut xsub, &mut xpub, &mut ctl) {
+                    tracing::error!(error = %e, "bus proxy stopped");
+                }
             }
         })
         .map_err(BrokerError::Thread)?;
@@ -222,11 +264,24 @@ pub async fn spawn(ctx: &zmq::Context, opts: BrokerOptions) -> Result<BrokerHand
     presence.connect(&xsub_ep)?;
 
     let (stop, stop_rx) = watch::channel(false);
+    let mirror = opts.parent.clone().map(|parent| {
+        tracing::info!(parent = %parent.rpc, "joining a parent broker");
+        tokio::spawn(cascade::mirror_directory(
+            ctx.clone(),
+            rpc_ep.clone(),
+            parent,
+            opts.password.clone(),
+            labmesh_proto::limits::DEFAULT_HEARTBEAT.min(opts.ttl / 3),
+            std::time::Duration::from_millis(500),
+            stop_rx.clone(),
+        ))
+    });
     let directory = tokio::spawn(directory::run(
         router,
         opts,
         ctx.clone(),
         Some(presence),
+        local,
         stop_rx,
     ));
     Ok(BrokerHandle {
@@ -235,6 +290,7 @@ pub async fn spawn(ctx: &zmq::Context, opts: BrokerOptions) -> Result<BrokerHand
         xpub: xpub_ep,
         stop,
         directory,
+        mirror,
         proxy_ctl,
         proxy: Some(proxy),
     })

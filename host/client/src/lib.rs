@@ -18,6 +18,13 @@
 //! Receiving: [`Client::events`] is a *queue* (every state and dataset
 //! message, in order; a slow reader is told how many it missed), and
 //! [`Client::latest_state`] is a *cache* (the newest state of each relay).
+//! [`Client::subscribe_stream`] and [`Client::subscribe_state`] give one
+//! relay's stream samples or states with a receive mode of their own
+//! ([`Receive::Cache`] or [`Receive::Queue`], see [`subscribe`]).
+
+pub mod subscribe;
+
+pub use subscribe::{Receive, RecvError, Sample, Subscription, SubscriptionStats};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -76,6 +83,10 @@ pub enum ClientError {
     /// A dataset transfer or catalogue query failed.
     #[error(transparent)]
     Transfer(#[from] labmesh_transfer::TransferError),
+    /// A subscription was asked of a client made without the bus
+    /// ([`ClientOptions::without_bus`]).
+    #[error("this client was connected without the bus: it cannot subscribe")]
+    NoBus,
     /// A reply had an unexpected shape.
     #[error("unexpected reply from {target}: {detail}")]
     Unexpected {
@@ -214,6 +225,8 @@ pub struct Client {
     stop: Arc<watch::Sender<bool>>,
     /// Whether the broker serves `lm.resolve` (None: not asked yet).
     resolves: Arc<Mutex<Option<bool>>>,
+    /// Stream and state subscriptions with a receive mode.
+    subs: Arc<Mutex<subscribe::Registry>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -263,6 +276,7 @@ impl Client {
         let latest = Arc::new(Mutex::new(HashMap::new()));
         let relays = Arc::new(Mutex::new(HashMap::new()));
         let (stop, stop_rx) = watch::channel(false);
+        let subs = Arc::new(Mutex::new(subscribe::Registry::new()));
         if opts.subscribe {
             let mut sub = AsyncSocket::new(ctx, zmq::SUB, SocketOptions::default())?;
             for prefix in [
@@ -280,6 +294,7 @@ impl Client {
                 events.clone(),
                 latest.clone(),
                 Arc::downgrade(&relays),
+                subs.clone(),
                 stop_rx,
             ));
         }
@@ -292,7 +307,61 @@ impl Client {
             relays,
             stop: Arc::new(stop),
             resolves: Arc::new(Mutex::new(None)),
+            subs,
         })
+    }
+
+    /// Subscribe to `relay_id`'s stream `stream` (exactly that stream: not
+    /// `stream2`). The newest sample so far is delivered at once (from
+    /// `lm.last`; a relay that cannot be asked is no error, the bus still
+    /// delivers), then every sample as the mode keeps it.
+    pub async fn subscribe_stream(
+        &self,
+        relay_id: &str,
+        stream: &str,
+        mode: Receive,
+    ) -> Result<Subscription<Sample>, ClientError> {
+        if !self.opts.subscribe {
+            return Err(ClientError::NoBus);
+        }
+        let sub = subscribe::add_stream(&self.subs, relay_id, stream, mode);
+        match self.relay(relay_id).await {
+            Ok(r) => match r.last(stream).await {
+                Ok(Some(s)) => {
+                    let seq = s.header.seq;
+                    sub.inbox().seed(s, seq);
+                }
+                Ok(None) => {}
+                Err(e @ ClientError::Remote { code: 404, .. }) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(%relay_id, %stream, error = %e, "lm.last failed; waiting for the bus")
+                }
+            },
+            Err(e) => {
+                tracing::debug!(%relay_id, error = %e, "relay not resolved; waiting for the bus")
+            }
+        }
+        Ok(sub)
+    }
+
+    /// Subscribe to `relay_id`'s state messages with a receive mode of
+    /// their own; the newest state already received is delivered at once.
+    pub fn subscribe_state(
+        &self,
+        relay_id: &str,
+        mode: Receive,
+    ) -> Result<Subscription<StateUpdate>, ClientError> {
+        if !self.opts.subscribe {
+            return Err(ClientError::NoBus);
+        }
+        let sub = subscribe::add_state(&self.subs, relay_id, mode);
+        if let Some(h) = self.state_health(relay_id) {
+            match h.last.seq {
+                Some(seq) => sub.inbox().seed(h.last, seq),
+                None => sub.inbox().deliver(h.last, None),
+            }
+        }
+        Ok(sub)
     }
 
     /// Stop the bus listener and close every cached relay connection now
@@ -594,14 +663,21 @@ async fn listen(
     events: broadcast::Sender<Event>,
     latest: Arc<Mutex<HashMap<String, Tracked>>>,
     relays: std::sync::Weak<Mutex<HashMap<String, RelayClient>>>,
+    subs: Arc<Mutex<subscribe::Registry>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut errors = RecvErrors::new("client bus listener");
+    let changed = subs.lock().map(|r| r.changed.clone()).ok();
+    let mut subscribed: std::collections::HashSet<(String, String)> = Default::default();
     loop {
         let frames = tokio::select! {
             biased;
             // The last Client clone dropped its sender, or close() was called.
             _ = stop.changed() => break,
+            _ = async { match &changed { Some(c) => c.notified().await, None => std::future::pending().await } } => {
+                reconcile(&mut sub, &subs, &mut subscribed);
+                continue;
+            }
             f = sub.recv_multipart() => f,
         };
         let frames = match frames {
@@ -614,14 +690,19 @@ async fn listen(
                 AfterError::Stop => break,
             },
         };
-        let [topic, body] = frames.as_slice() else {
+        let Some(t) = frames.first() else { continue };
+        let Some((family, _)) = topic::parse(t) else {
+            continue;
+        };
+        if family == TopicFamily::Stream {
+            deliver_sample(&subs, frames);
+            continue;
+        }
+        let [_, body] = frames.as_slice() else {
             labmesh_wire::warn_throttled!(
                 frames = frames.len(),
                 "bus message without exactly [topic, body]"
             );
-            continue;
-        };
-        let Some((family, _)) = topic::parse(topic) else {
             continue;
         };
         // Decoded once, straight into the typed body.
@@ -640,6 +721,7 @@ async fn listen(
                 serde_json::from_slice::<DatasetAnnounce>(body).map(Event::Dataset)
             }
             TopicFamily::Presence => serde_json::from_slice::<Presence>(body).map(Event::Presence),
+            TopicFamily::Stream => continue,
         };
         let ev = match ev {
             Ok(ev) => ev,
@@ -649,7 +731,12 @@ async fn listen(
             }
         };
         match &ev {
-            Event::State(s) => track(&latest, s),
+            Event::State(s) => {
+                track(&latest, s);
+                if let Ok(mut r) = subs.lock() {
+                    r.deliver_state(s);
+                }
+            }
             Event::Presence(p) if p.role == Role::Relay => {
                 // A relay that went offline or came back elsewhere: resolve
                 // it again on the next call.
@@ -668,7 +755,61 @@ async fn listen(
         // No receivers is fine: cache mode only.
         let _ = events.send(ev);
     }
+    if let Ok(mut r) = subs.lock() {
+        r.close_all();
+    }
     tracing::debug!("client bus listener stopped");
+}
+
+/// Make the SUB socket's stream subscriptions those someone listens to.
+fn reconcile(
+    sub: &mut AsyncSocket,
+    subs: &Mutex<subscribe::Registry>,
+    subscribed: &mut std::collections::HashSet<(String, String)>,
+) {
+    let wanted: std::collections::HashSet<(String, String)> = match subs.lock() {
+        Ok(mut r) => r.wanted_streams().into_iter().collect(),
+        Err(_) => return,
+    };
+    for k in wanted.difference(subscribed) {
+        if let Err(e) = sub.raw().set_subscribe(&topic::stream(&k.0, &k.1)) {
+            tracing::warn!(relay_id = %k.0, stream = %k.1, error = %e, "cannot subscribe to a stream");
+        }
+    }
+    for k in subscribed.difference(&wanted) {
+        let _ = sub.raw().set_unsubscribe(&topic::stream(&k.0, &k.1));
+    }
+    *subscribed = wanted;
+}
+
+/// `[topic, header]` or `[topic, header, bytes]`: decode once, deliver to
+/// the subscriptions of exactly that relay and stream.
+fn deliver_sample(subs: &Mutex<subscribe::Registry>, mut frames: Vec<Vec<u8>>) {
+    let binary = match frames.len() {
+        2 => None,
+        3 => frames.pop(),
+        n => {
+            labmesh_wire::warn_throttled!(
+                frames = n,
+                "stream message without [topic, header(, bytes)]"
+            );
+            return;
+        }
+    };
+    let header: labmesh_proto::stream::StreamSample = match serde_json::from_slice(&frames[1]) {
+        Ok(h) => h,
+        Err(e) => {
+            labmesh_wire::warn_throttled!(error = %e, "malformed stream sample");
+            return;
+        }
+    };
+    if header.binary.map(|n| n as usize) != binary.as_ref().map(Vec::len) {
+        labmesh_wire::warn_throttled!(relay_id = %header.relay_id, stream = %header.stream, "stream sample whose binary length does not match its frame");
+        return;
+    }
+    if let Ok(mut r) = subs.lock() {
+        r.deliver_sample(Sample { header, binary });
+    }
 }
 
 /// Record a state in the cache, counting sequence gaps.
@@ -725,6 +866,12 @@ async fn rpc(
             after,
         }),
         Err(e) => Err(e.into()),
+    }
+}
+
+fn stream_name(name: &str) -> labmesh_proto::stream::StreamName {
+    labmesh_proto::stream::StreamName {
+        name: name.to_string(),
     }
 }
 
@@ -860,5 +1007,87 @@ impl RelayClient {
     /// The relay's methods and parameters (`lm.describe`).
     pub async fn describe(&self) -> Result<Value, ClientError> {
         self.call("lm.describe", Value::Null).await
+    }
+
+    async fn typed<P: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        params: &P,
+    ) -> Result<R, ClientError> {
+        let v = self
+            .call(method, serde_json::to_value(params).unwrap_or(Value::Null))
+            .await?;
+        serde_json::from_value(v).map_err(|e| ClientError::Unexpected {
+            target: self.relay_id.clone(),
+            detail: format!("{method}: {e}"),
+        })
+    }
+
+    /// Every stream of the relay with its rate and health (`lm.streams`).
+    pub async fn streams(&self) -> Result<labmesh_proto::stream::StreamsResult, ClientError> {
+        self.typed(lm::STREAMS, &Value::Null).await
+    }
+
+    /// Add a stream, or replace the one of that name (`lm.stream_add`).
+    pub async fn stream_add(
+        &self,
+        spec: &labmesh_proto::stream::StreamSpec,
+    ) -> Result<labmesh_proto::stream::StreamChanged, ClientError> {
+        self.typed(lm::STREAM_ADD, spec).await
+    }
+
+    /// Remove a stream (`lm.stream_remove`; removing a missing one is fine).
+    pub async fn stream_remove(
+        &self,
+        name: &str,
+    ) -> Result<labmesh_proto::stream::StreamChanged, ClientError> {
+        self.typed(lm::STREAM_REMOVE, &stream_name(name)).await
+    }
+
+    /// Enable or disable a stream (`lm.stream_enable` / `lm.stream_disable`).
+    pub async fn stream_enable(
+        &self,
+        name: &str,
+        enabled: bool,
+    ) -> Result<labmesh_proto::stream::StreamChanged, ClientError> {
+        let m = if enabled {
+            lm::STREAM_ENABLE
+        } else {
+            lm::STREAM_DISABLE
+        };
+        self.typed(m, &stream_name(name)).await
+    }
+
+    /// Change a stream's rate (`lm.stream_set_rate`).
+    pub async fn stream_set_rate(
+        &self,
+        name: &str,
+        hz: f64,
+    ) -> Result<labmesh_proto::stream::StreamChanged, ClientError> {
+        let p = labmesh_proto::stream::SetRate {
+            name: name.to_string(),
+            hz,
+        };
+        self.typed(lm::STREAM_SET_RATE, &p).await
+    }
+
+    /// A stream's newest sample (`lm.last`), if it published one.
+    pub async fn last(&self, name: &str) -> Result<Option<Sample>, ClientError> {
+        let r: labmesh_proto::stream::LastResult = self.typed(lm::LAST, &stream_name(name)).await?;
+        let Some(header) = r.sample else {
+            return Ok(None);
+        };
+        let binary = match r.binary_base64 {
+            Some(b) => Some(
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).map_err(
+                    |e| ClientError::Unexpected {
+                        target: self.relay_id.clone(),
+                        detail: format!("lm.last: binary_base64: {e}"),
+                    },
+                )?,
+            ),
+            None => None,
+        };
+        Ok(Some(Sample { header, binary }))
     }
 }

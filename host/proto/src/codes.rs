@@ -17,6 +17,9 @@ pub const NOT_FOUND: i64 = 404;
 pub const TIMEOUT: i64 = 408;
 /// Conflict: duplicate id, locked resource, missing session.
 pub const CONFLICT: i64 = 409;
+/// Too large for where it was going (a stream sample above the bus
+/// maximum).
+pub const TOO_LARGE: i64 = 413;
 /// Checksum or size mismatch.
 pub const UNPROCESSABLE: i64 = 422;
 /// The driver or instrument failed.
@@ -32,6 +35,7 @@ pub const TABLE: &[(i64, &str)] = &[
     (NOT_FOUND, "not found"),
     (TIMEOUT, "timeout"),
     (CONFLICT, "conflict"),
+    (TOO_LARGE, "too large"),
     (UNPROCESSABLE, "unprocessable"),
     (DRIVER, "driver error"),
     (UNAVAILABLE, "unavailable"),

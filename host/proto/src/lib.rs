@@ -12,6 +12,7 @@
 //! * [`describe`]: the method-description schema (methods, parameters with
 //!   type, unit and range) and binding call parameters to it.
 //! * [`lm`]: the reserved `lm.*` methods with typed params and results.
+//! * [`stream`]: stream samples, definitions and their control methods.
 //! * [`codes`]: the one table of error codes.
 //! * [`limits`]: sizes and deadlines every node agrees on.
 //! * [`endpoint`]: `BROKER` substitution and advertised endpoints.
@@ -31,6 +32,7 @@ pub mod endpoint;
 pub mod limits;
 pub mod lm;
 pub mod mesh;
+pub mod stream;
 pub mod topic;
 
 pub use codes::ErrorBody;

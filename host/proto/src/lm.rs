@@ -19,6 +19,31 @@ pub const PING: &str = "lm.ping";
 /// [`crate::mesh::RelayInfo`], 404 when not registered).
 pub const RESOLVE: &str = "lm.resolve";
 
+// Streams (extension; types in `crate::stream`). Every control method is
+// idempotent: asking for what already holds answers `changed: false`.
+
+/// Relay: every stream with its rate and health
+/// ([`crate::stream::StreamsResult`]). No params.
+pub const STREAMS: &str = "lm.streams";
+/// Relay: start publishing a stream ([`crate::stream::StreamName`] ->
+/// [`crate::stream::StreamChanged`]; 404 for an unknown stream).
+pub const STREAM_ENABLE: &str = "lm.stream_enable";
+/// Relay: stop publishing a stream (as [`STREAM_ENABLE`]).
+pub const STREAM_DISABLE: &str = "lm.stream_disable";
+/// Relay: add a stream, or replace the one of that name
+/// ([`crate::stream::StreamSpec`] -> [`crate::stream::StreamChanged`]).
+pub const STREAM_ADD: &str = "lm.stream_add";
+/// Relay: remove a stream ([`crate::stream::StreamName`] ->
+/// [`crate::stream::StreamChanged`]; removing a missing stream is not an
+/// error: `exists: false, changed: false`).
+pub const STREAM_REMOVE: &str = "lm.stream_remove";
+/// Relay: change a stream's rate ([`crate::stream::SetRate`] ->
+/// [`crate::stream::StreamChanged`]).
+pub const STREAM_SET_RATE: &str = "lm.stream_set_rate";
+/// Relay: a stream's newest sample ([`crate::stream::StreamName`] ->
+/// [`crate::stream::LastResult`]).
+pub const LAST: &str = "lm.last";
+
 /// Broker (labmesh v0): every registered relay, sorted by id
 /// (`[RelayInfo]`). No params.
 pub const LIST_RELAY_IDS: &str = "list_relay_ids";
@@ -40,6 +65,20 @@ pub enum RelayMethod<'a> {
     Describe,
     /// [`PING`]
     Ping,
+    /// [`STREAMS`]
+    Streams,
+    /// [`STREAM_ENABLE`]
+    StreamEnable,
+    /// [`STREAM_DISABLE`]
+    StreamDisable,
+    /// [`STREAM_ADD`]
+    StreamAdd,
+    /// [`STREAM_REMOVE`]
+    StreamRemove,
+    /// [`STREAM_SET_RATE`]
+    StreamSetRate,
+    /// [`LAST`]
+    Last,
     /// Another reserved name this relay does not serve (404).
     UnknownReserved(&'a str),
     /// A driver method.
@@ -52,6 +91,13 @@ impl<'a> RelayMethod<'a> {
         match method {
             DESCRIBE => RelayMethod::Describe,
             PING => RelayMethod::Ping,
+            STREAMS => RelayMethod::Streams,
+            STREAM_ENABLE => RelayMethod::StreamEnable,
+            STREAM_DISABLE => RelayMethod::StreamDisable,
+            STREAM_ADD => RelayMethod::StreamAdd,
+            STREAM_REMOVE => RelayMethod::StreamRemove,
+            STREAM_SET_RATE => RelayMethod::StreamSetRate,
+            LAST => RelayMethod::Last,
             m if is_reserved(m) => RelayMethod::UnknownReserved(m),
             m => RelayMethod::Instrument(m),
         }
@@ -95,6 +141,13 @@ pub struct DescribeResult {
     pub description: Description,
     /// The relay answering.
     pub relay_id: String,
+    /// Version of the driver code (extension): the labmesh-drivers release
+    /// for built-in and TOML drivers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_version: Option<String>,
+    /// The instrument's streams (extension; absent when it has none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<crate::stream::StreamSpec>,
 }
 
 /// Result of [`PING`] (relay) and [`BROKER_PING`].
@@ -131,6 +184,8 @@ mod tests {
                 methods: vec![MethodSpec::new("get_state", "state")],
             },
             relay_id: "Inst-0".into(),
+            driver_version: None,
+            streams: vec![],
         };
         assert_eq!(
             serde_json::to_string(&d).unwrap(),
@@ -175,6 +230,12 @@ mod tests {
             RelayMethod::parse("set_voltage"),
             RelayMethod::Instrument("set_voltage")
         );
+        assert_eq!(RelayMethod::parse("lm.streams"), RelayMethod::Streams);
+        assert_eq!(
+            RelayMethod::parse("lm.stream_set_rate"),
+            RelayMethod::StreamSetRate
+        );
+        assert_eq!(RelayMethod::parse("lm.last"), RelayMethod::Last);
         assert_eq!(BrokerMethod::parse("ping"), BrokerMethod::Ping);
         assert_eq!(
             BrokerMethod::parse("lm.ping"),

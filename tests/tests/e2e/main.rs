@@ -2,6 +2,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_input;
+mod cascade;
 mod firmware;
 mod instruments;
 mod interop;
@@ -10,3 +11,4 @@ mod layout;
 mod lifecycle;
 mod links;
 mod mesh;
+mod streams;
