@@ -54,7 +54,9 @@ impl DealerConn {
         // Watch the connection: every (re)connect is counted, so owners can
         // re-register after the peer restarts.
         let monitor_addr = format!("inproc://labmesh-monitor-{}", new_rpc_uuid());
-        let events = zmq::SocketEvent::CONNECTED.to_raw() | zmq::SocketEvent::DISCONNECTED.to_raw();
+        let events = zmq::SocketEvent::CONNECTED.to_raw()
+            | zmq::SocketEvent::DISCONNECTED.to_raw()
+            | zmq::SocketEvent::MONITOR_STOPPED.to_raw();
         sock.raw().monitor(&monitor_addr, i32::from(events))?;
         let mut monitor = AsyncSocket::new(ctx, zmq::PAIR, SocketOptions::default())?;
         monitor.connect(&monitor_addr)?;
@@ -62,7 +64,17 @@ impl DealerConn {
         let (tx, rx) = mpsc::channel(1024);
         let (connected_tx, connections) = watch::channel(0);
         let ep = endpoint.to_string();
-        tokio::spawn(run(sock, monitor, rx, ep, connected_tx));
+        let linger = Duration::from_millis(u64::try_from(opts.linger_ms.max(0)).unwrap_or(0));
+        tokio::spawn(run(
+            Monitored {
+                sock: Some(sock),
+                monitor: Some(monitor),
+                linger,
+            },
+            rx,
+            ep,
+            connected_tx,
+        ));
         Ok(DealerConn {
             tx,
             endpoint: endpoint.to_string(),
@@ -142,13 +154,62 @@ pub fn new_rpc_uuid() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// A DEALER and the PAIR that receives its monitor events.
+///
+/// libzmq 4.3 sends monitor events from its I/O thread with a *blocking*
+/// send on an internal PAIR. If nobody reads that PAIR any more while the
+/// monitored socket still lives (its close is asynchronous, in the reaper
+/// thread), the next event, such as the disconnect of a peer that shut
+/// down, blocks the context's I/O thread for ever: every socket of the
+/// process stops moving (seen: a new broker in the same process that never
+/// received a hello). So the DEALER is closed first, and the monitor is read
+/// until libzmq says monitoring stopped.
+struct Monitored {
+    sock: Option<AsyncSocket>,
+    monitor: Option<AsyncSocket>,
+    linger: Duration,
+}
+
+impl Drop for Monitored {
+    fn drop(&mut self) {
+        drop(self.sock.take());
+        let Some(monitor) = self.monitor.take() else {
+            return;
+        };
+        let raw = monitor.raw();
+        if raw.set_rcvtimeo(20).is_err() {
+            return;
+        }
+        // The socket is destroyed at the latest when its linger ends.
+        let until = std::time::Instant::now() + self.linger + Duration::from_secs(2);
+        while std::time::Instant::now() < until {
+            match raw.recv_multipart(0) {
+                Ok(f) => {
+                    let event = f
+                        .first()
+                        .and_then(|b| b.get(0..2))
+                        .map(|e| u16::from_ne_bytes([e[0], e[1]]));
+                    if event == Some(zmq::SocketEvent::MONITOR_STOPPED.to_raw()) {
+                        return;
+                    }
+                }
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {}
+                Err(_) => return,
+            }
+        }
+        tracing::warn!("dealer monitor did not stop in time");
+    }
+}
+
 async fn run(
-    mut sock: AsyncSocket,
-    mut monitor: AsyncSocket,
+    mut watched: Monitored,
     mut rx: mpsc::Receiver<Cmd>,
     endpoint: String,
     connected: watch::Sender<u64>,
 ) {
+    let (Some(sock), Some(monitor)) = (watched.sock.as_mut(), watched.monitor.as_mut()) else {
+        return;
+    };
     let mut keyed: HashMap<String, oneshot::Sender<Answer>> = HashMap::new();
     let mut unkeyed: VecDeque<oneshot::Sender<Answer>> = VecDeque::new();
     let mut errors = RecvErrors::new("dealer");

@@ -207,3 +207,50 @@ async fn one_oversize_state_cost_every_instrument_of_the_relay_its_states() -> a
     mesh.stop().await;
     Ok(())
 }
+
+/// Meshes started and stopped one after the other in one process and one
+/// ZeroMQ context (a reloading relay, `labmesh up`, benchmarks). Before the
+/// DEALER monitor was drained on close, a disconnect event for a dropped
+/// connection blocked libzmq's I/O thread and a later broker never received
+/// a hello (round 1 to 6 here, every run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_meshes_share_one_context() -> anyhow::Result<()> {
+    labmesh_tests::init_logging();
+    let ctx = zmq::Context::new();
+    for round in 0..12 {
+        let broker = labmesh_broker::spawn(&ctx, labmesh_broker::BrokerOptions::loopback()).await?;
+        let relay = labmesh_relay::spawn(
+            &ctx,
+            labmesh_relay::RelayOptions::with_broker(broker.rpc_endpoint(), broker.xsub_endpoint()),
+            vec![labmesh_relay::Hosted::new(
+                "seq",
+                Box::new(labmesh_drivers::mock_psu::MockPsu::new("seq")),
+            )],
+        )
+        .await?;
+        let mut clients = Vec::new();
+        for _ in 0..5 {
+            let c = tokio::time::timeout(
+                Duration::from_secs(10),
+                labmesh_client::Client::connect(
+                    &ctx,
+                    labmesh_client::ClientOptions::new(
+                        broker.rpc_endpoint(),
+                        broker.xpub_endpoint(),
+                    ),
+                ),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("round {round}: connect hung"))??;
+            c.wait_for_relay("seq", WAIT)
+                .await
+                .map_err(|e| anyhow::anyhow!("round {round}: {e}"))?;
+            c.call("seq", "get_state", serde_json::json!({})).await?;
+            clients.push(c);
+        }
+        drop(clients);
+        relay.shutdown().await;
+        broker.shutdown().await;
+    }
+    Ok(())
+}
