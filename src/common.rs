@@ -8,21 +8,45 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
+
+use crate::cli_args::BrokerArg;
 use labmesh_client::{Client, ClientOptions};
 use labmesh_config::{Config, ConfigError, Seconds};
 use labmesh_drivers::DriverRegistry;
 use serde_json::{Map, Value};
 
 /// Flags every subcommand takes.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct Global {
     /// Configuration file (labmesh TOML); the labmesh defaults are used when
     /// the default file does not exist.
     #[arg(long, global = true, default_value = "labmesh.toml")]
     pub config: PathBuf,
-    /// Broker host, overriding `[broker] address`.
-    #[arg(long, global = true)]
-    pub broker: Option<String>,
+    /// `--broker`, for the commands that reach a broker (see [`BrokerFlag`]).
+    #[arg(skip)]
+    pub broker: Option<BrokerArg>,
+}
+
+/// `--broker`, taken by the commands that reach a broker (relay, bank,
+/// client commands); not by those that never do (drivers, sim, demo,
+/// bench, broker).
+#[derive(Debug, Clone, Args)]
+pub struct BrokerFlag {
+    /// Broker host (replaces `BROKER` in the file's endpoints, i.e.
+    /// `[broker] address`), or its directory endpoint `tcp://HOST:PORT`
+    /// (`HOST:PORT` works too), used as is by this node or client.
+    #[arg(long, global = true, value_name = "HOST|tcp://HOST:PORT", value_parser = crate::cli_args::broker)]
+    pub broker: Option<BrokerArg>,
+}
+
+impl Global {
+    /// These flags with a subcommand's `--broker`.
+    pub fn with_broker(&self, b: BrokerFlag) -> Global {
+        Global {
+            broker: b.broker,
+            ..self.clone()
+        }
+    }
 }
 
 /// A flag that overrides a configuration key: (flag, dotted key).
@@ -54,7 +78,12 @@ pub fn load_with(
         None => tracing::debug!("no labmesh.toml here; using the labmesh defaults"),
     }
     if let Some(b) = &global.broker {
-        cfg.broker.address = b.clone();
+        cfg.broker.address = b.host.clone();
+        if let Some(ep) = &b.endpoint {
+            cfg.client.broker_rpc = ep.clone();
+            cfg.relay.broker_rpc = ep.clone();
+            cfg.bank.broker_rpc = ep.clone();
+        }
     }
     apply(&mut cfg)?;
     let Err(e) = cfg.validate(&global.config) else {
@@ -69,14 +98,26 @@ pub fn load_with(
     Err(e.into())
 }
 
-/// A flag's seconds, refused (naming the flag) unless usable as a period.
+/// A flag's seconds, refused (naming the flag) unless usable as a period
+/// (flags now use `crate::cli_args::seconds` as their clap parser).
+#[allow(dead_code)]
 pub fn seconds_flag(flag: &str, v: f64) -> anyhow::Result<Seconds> {
     Seconds::new(v).map_err(|e| anyhow::anyhow!("{flag} {v}: {e}"))
 }
 
 /// A client for the mesh `cfg` describes.
 pub async fn connect_with(cfg: &Config, ctx: &zmq::Context) -> anyhow::Result<Client> {
-    Ok(Client::connect(ctx, ClientOptions::from_config(cfg).without_bus()).await?)
+    connect_opts(ctx, ClientOptions::from_config(cfg).without_bus()).await
+}
+
+/// Connect, failing fast when nothing listens at the broker's endpoint,
+/// and naming that endpoint in every failure.
+async fn connect_opts(ctx: &zmq::Context, opts: ClientOptions) -> anyhow::Result<Client> {
+    let ep = opts.broker_rpc.clone();
+    crate::probe::broker_listening(&ep).await?;
+    Client::connect(ctx, opts)
+        .await
+        .with_context(|| format!("broker at {ep}"))
 }
 
 /// A client for the mesh the configuration describes, for one-shot
@@ -88,7 +129,7 @@ pub async fn connect(global: &Global, ctx: &zmq::Context) -> anyhow::Result<Clie
 
 /// A client that also subscribes to the bus (`watch`).
 pub async fn connect_bus(global: &Global, ctx: &zmq::Context) -> anyhow::Result<Client> {
-    Ok(Client::connect(ctx, ClientOptions::from_config(&load(global)?)).await?)
+    connect_opts(ctx, ClientOptions::from_config(&load(global)?)).await
 }
 
 /// The built-in drivers and the declarative ones from `[relay] driver_dirs`.
@@ -98,7 +139,7 @@ pub fn driver_registry(cfg: &Config) -> anyhow::Result<DriverRegistry> {
         let names = registry
             .load_dir(dir)
             .with_context(|| format!("driver directory {}", dir.display()))?;
-        tracing::info!(dir = %dir.display(), ?names, "declarative drivers loaded");
+        tracing::info!(dir = %dir.display(), names = %names.join(", "), "declarative drivers loaded");
     }
     Ok(registry)
 }
@@ -168,6 +209,9 @@ pub fn parse_kv(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
         let Some((k, v)) = p.split_once('=') else {
             bail!("expected key=value, got {p:?}");
         };
+        if k.trim().is_empty() {
+            bail!("{p:?}: the key before '=' is empty");
+        }
         let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
         map.insert(k.to_string(), value);
     }

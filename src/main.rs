@@ -1,10 +1,14 @@
 //! `labmesh`: run mesh nodes and talk to them.
 
+mod cli_args;
 mod cmd;
 mod common;
+mod exit;
 mod memory;
+mod probe;
 mod progress;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -13,10 +17,19 @@ fn main() -> ExitCode {
     let cli = cmd::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.default_log_level()));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        // Colour only for a person at a terminal: journald and log files
+        // get plain text.
+        .with_ansi(std::io::stderr().is_terminal());
+    // Under systemd (stderr connected to the journal) journald stamps each
+    // line itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        fmt.without_time().init();
+    } else {
+        fmt.init();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -29,9 +42,6 @@ fn main() -> ExitCode {
     };
     match rt.block_on(cmd::run(cli)) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("labmesh: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => exit::report(&e),
     }
 }

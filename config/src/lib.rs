@@ -371,6 +371,62 @@ impl std::fmt::Display for Seconds {
     }
 }
 
+/// The shortest period between state messages (`[relay] state_interval`,
+/// an instrument's `poll_interval`, `labmesh relay --state-interval`):
+/// 10 ms, i.e. at most 100 state messages a second per relay. Faster data
+/// belongs on a stream.
+pub const MIN_STATE_INTERVAL: f64 = 0.01;
+
+/// Whether `s` is a usable period between state messages: at least
+/// [`MIN_STATE_INTERVAL`] (it is already a valid [`Seconds`]).
+pub fn check_interval(s: Seconds) -> Result<(), String> {
+    if s.get() >= MIN_STATE_INTERVAL {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be at least {MIN_STATE_INTERVAL} s (100 state messages a second), got {s}"
+        ))
+    }
+}
+
+/// Whether `v` is a ZeroMQ endpoint a node can bind or connect:
+/// `ipc://PATH`, `inproc://NAME`, or `tcp://HOST:PORT` where PORT is
+/// 0..=65535 or `*` (any free port, binds only) and HOST is not empty
+/// (`*`, a name, an address, `[v6]`, or `BROKER`). The one check behind
+/// every endpoint key of the file and every endpoint flag of the CLI.
+pub fn check_endpoint(v: &str) -> Result<(), String> {
+    let not = || format!("{v:?} is not a ZeroMQ endpoint (tcp://host:port, ipc://path)");
+    if v.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(not());
+    }
+    if let Some(rest) = v.strip_prefix("tcp://") {
+        let Some((host, port)) = rest.rsplit_once(':') else {
+            return Err(format!(
+                "{v:?}: a tcp endpoint needs a port (tcp://host:port)"
+            ));
+        };
+        if host.is_empty() {
+            return Err(format!(
+                "{v:?}: no host (use tcp://*:{port} to bind every interface)"
+            ));
+        }
+        if port != "*" && port.parse::<u16>().is_err() {
+            return Err(format!(
+                "{v:?}: port {port:?} is not 0..=65535 or * (any free port)"
+            ));
+        }
+        return Ok(());
+    }
+    let ok = ["ipc://", "inproc://"]
+        .iter()
+        .any(|p| v.starts_with(p) && v.len() > p.len());
+    if ok {
+        Ok(())
+    } else {
+        Err(not())
+    }
+}
+
 /// The dotted key whose value starts at byte `at` of `text`
 /// (`relay.state_interval`, `relay.instruments[1].poll_interval`), for
 /// messages; `None` when the line does not look like `key = value`.
@@ -462,19 +518,7 @@ impl Config {
             key: key.to_string(),
             why,
         };
-        let endpoint = |key: &str, v: &str| {
-            let ok = ["tcp://", "ipc://", "inproc://"]
-                .iter()
-                .any(|p| v.starts_with(p) && v.len() > p.len());
-            if ok {
-                Ok(())
-            } else {
-                Err(bad(
-                    key,
-                    format!("{v:?} is not a ZeroMQ endpoint (tcp://host:port, ipc://path)"),
-                ))
-            }
-        };
+        let endpoint = |key: &str, v: &str| check_endpoint(v).map_err(|why| bad(key, why));
         endpoint("broker.rpc_bind", &self.broker.rpc_bind)?;
         endpoint("broker.xsub_bind", &self.broker.xsub_bind)?;
         endpoint("broker.xpub_bind", &self.broker.xpub_bind)?;
@@ -534,6 +578,8 @@ impl Config {
                 ),
             ));
         }
+        check_interval(self.relay.state_interval)
+            .map_err(|why| bad("relay.state_interval", why))?;
         endpoint("relay.default_rpc_bind", &self.relay.default_rpc_bind)?;
         endpoint("relay.broker_rpc", &self.relay.broker_rpc)?;
         endpoint("relay.broker_xsub", &self.relay.broker_xsub)?;
@@ -568,6 +614,9 @@ impl Config {
             }
             if let Some(b) = &inst.rpc_bind {
                 endpoint(&key("rpc_bind"), b)?;
+            }
+            if let Some(p) = inst.poll_interval {
+                check_interval(p).map_err(|why| bad(&key("poll_interval"), why))?;
             }
             if inst.streams.len() > labmesh_proto::stream::MAX_STREAMS {
                 return Err(bad(
@@ -669,6 +718,61 @@ mod tests {
         assert!(keys.contains(&"relay.state_intervall"), "{keys:?}");
         assert!(keys.contains(&"bogus"), "{keys:?}");
         assert!(w[0].to_string().starts_with("lab.toml: "));
+    }
+
+    #[test]
+    fn endpoints_need_a_port_in_range_or_star() {
+        for ok in [
+            "tcp://*:*",
+            "tcp://127.0.0.1:0",
+            "tcp://127.0.0.1:65535",
+            "tcp://BROKER:5750",
+            "tcp://[::1]:5750",
+            "ipc:///tmp/x",
+            "inproc://a",
+        ] {
+            assert_eq!(check_endpoint(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "tcp://127.0.0.1:99999",
+            "tcp://127.0.0.1:65536",
+            "tcp://127.0.0.1:-1",
+            "tcp://127.0.0.1",
+            "tcp://:5750",
+            "tcp://h:",
+            "localhost:1",
+            "ipc://",
+            "tcp://a b:1",
+        ] {
+            assert!(check_endpoint(bad).is_err(), "{bad} accepted");
+        }
+        let e = Config::parse(
+            "[relay]\ndefault_rpc_bind = \"tcp://127.0.0.1:99999\"\n",
+            Path::new("lab.toml"),
+        )
+        .unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains("relay.default_rpc_bind") && s.contains("65535"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn state_intervals_below_10ms_are_refused() {
+        let e =
+            Config::parse("[relay]\nstate_interval = 1e-9\n", Path::new("lab.toml")).unwrap_err();
+        assert!(e.to_string().contains("relay.state_interval"), "{e}");
+        let e = Config::parse(
+            "[[relay.instruments]]\nid = \"a\"\ndriver = \"mock-psu\"\npoll_interval = 0.001\n",
+            Path::new("lab.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("relay.instruments[0].poll_interval"),
+            "{e}"
+        );
+        assert!(Config::parse("[relay]\nstate_interval = 0.01\n", Path::new("l")).is_ok());
     }
 
     #[test]

@@ -332,6 +332,7 @@ impl DriverDef {
                     min: p.min,
                     max: p.max,
                     default: None,
+                    range_by: None,
                 };
                 let default = match p.default {
                     None => None,

@@ -37,8 +37,11 @@ impl Method {
     fn spec(self) -> MethodSpec {
         let m = |doc: &str| MethodSpec::new(self.name(), doc);
         match self {
-            Method::SetVoltage => m("Set the output voltage")
-                .param(ParamSpec::required("value", ParamType::Float).unit("V")),
+            Method::SetVoltage => m("Set the output voltage (0 to 30 V)").param(
+                ParamSpec::required("value", ParamType::Float)
+                    .unit("V")
+                    .range(0.0, MAX_VOLTAGE),
+            ),
             Method::SetOutput => {
                 m("Switch the output on or off").param(ParamSpec::required("on", ParamType::Bool))
             }
@@ -47,6 +50,10 @@ impl Method {
         }
     }
 }
+
+/// The mock supply's highest setting, volts (its range in `describe()`, so
+/// -5 V or 1000 V is a 400 before the driver sees it).
+pub const MAX_VOLTAGE: f64 = 30.0;
 
 /// The seed's dummy power supply: remembers voltage and output; `poll`
 /// makes the current follow the voltage with ±10 % noise.
@@ -160,5 +167,11 @@ mod tests {
         assert_eq!((i * 10_000.0).round() / 10_000.0, i);
         assert_eq!(s["relay_id"], "Inst-0");
         assert!(d.bind("nope", &Value::Null).is_err());
+        // Regression (issue 17): -5 V was accepted.
+        for bad in [-5.0, 30.5] {
+            let e = d.bind("set_voltage", &json!({"value": bad})).unwrap_err();
+            assert_eq!(e.code(), 400, "{bad}");
+        }
+        assert!(d.bind("set_voltage", &json!({"value": 30.0})).is_ok());
     }
 }

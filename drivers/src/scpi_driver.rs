@@ -5,7 +5,9 @@
 //!
 //! Failures come back in constellation's shape (`false` / `[false, "<why>"]`)
 //! unless the option `raise_errors = true` is set, in which case they are
-//! RPC errors (408 timeout, 503 link, 500 instrument).
+//! RPC errors (503 link, 500 instrument). An instrument that does not
+//! answer in time is always an RPC error, 408, so a caller (and the CLI's
+//! exit code) can tell "no answer" from an answer.
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -132,10 +134,7 @@ impl ScpiDriver {
 fn is_instrument_side(e: &DriverError) -> bool {
     matches!(
         e,
-        DriverError::Timeout(_)
-            | DriverError::Link { .. }
-            | DriverError::Instrument(_)
-            | DriverError::Busy(_)
+        DriverError::Link { .. } | DriverError::Instrument(_) | DriverError::Busy(_)
     )
 }
 

@@ -255,6 +255,28 @@ async fn generic_scpi_write_read_query_binary() -> Result<()> {
     .await?
 }
 
+/// Regression (issue 17): a query the instrument never answers came back
+/// as `[false, "instrument timeout"]`, a success; it is a 408 error.
+#[tokio::test]
+async fn generic_scpi_query_timeout_is_a_408_error() -> Result<()> {
+    tokio::time::timeout(LIMIT, async {
+        let sim = TcpSim::start(Family::KeysightE36xx).await?;
+        let mut inst = create("scpi", &sim.resource, json!({"timeout_ms": 300})).await?;
+        // `VOLT 1` is a setting: the instrument sends nothing back.
+        let e = call(&mut inst, "query", json!({"cmd": "VOLT 1"}))
+            .await
+            .expect_err("no reply is not a success");
+        assert_eq!(e.code(), 408, "{e}");
+        // Back in step afterwards.
+        assert_eq!(
+            call(&mut inst, "query", json!({"cmd": "*OPC?"})).await?,
+            json!([true, "1"])
+        );
+        sim.shutdown().await
+    })
+    .await?
+}
+
 #[tokio::test]
 async fn tcp_clients_share_one_instrument() -> Result<()> {
     tokio::time::timeout(LIMIT, async {
@@ -1011,5 +1033,51 @@ fn drivers_md_lists_every_drivers_options() -> Result<()> {
             "docs/DRIVERS.md lacks {driver}'s option table:\n{table}"
         );
     }
+    Ok(())
+}
+
+/// Regression (issue 17): the E36313A's description gave every channel
+/// 25 V, though CH1 is a 6 V output. Each channel's range is in
+/// `range_by`, and binding 7 V on channel 1 fails before the instrument is
+/// asked.
+#[tokio::test]
+async fn e36313a_description_gives_each_channel_its_own_range() -> Result<()> {
+    // No simulator: describe() and bind() need no link.
+    let psu = create(
+        "keysight-e36xx",
+        "tcp://127.0.0.1:9",
+        json!({"model": "E36313A"}),
+    )
+    .await?;
+    let d = psu.describe();
+    let sv = d
+        .method("set_voltage")
+        .ok_or_else(|| anyhow!("no set_voltage"))?;
+    let by = sv.params[0]
+        .range_by
+        .as_ref()
+        .ok_or_else(|| anyhow!("no range_by: {:?}", sv.params[0]))?;
+    assert_eq!(by.param, "channel");
+    let maxes: Vec<(Value, f64)> = by.ranges.iter().map(|r| (r.when.clone(), r.max)).collect();
+    assert_eq!(
+        maxes,
+        vec![(json!(1), 6.0), (json!(2), 25.0), (json!(3), 25.0)]
+    );
+    assert_eq!(sv.params[0].max, Some(25.0), "the envelope stays");
+    let e = d
+        .bind("set_voltage", &json!({"value": 7.0, "channel": 1}))
+        .expect_err("CH1 is 6 V");
+    assert_eq!(e.code(), 400);
+    assert!(d
+        .bind("set_voltage", &json!({"value": 7.0, "channel": 2}))
+        .is_ok());
+    let sc = d
+        .method("set_current")
+        .ok_or_else(|| anyhow!("no set_current"))?;
+    let by = sc.params[0]
+        .range_by
+        .as_ref()
+        .ok_or_else(|| anyhow!("{sc:?}"))?;
+    assert_eq!(by.ranges[0].max, 10.0);
     Ok(())
 }

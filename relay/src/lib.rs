@@ -17,6 +17,7 @@ mod hrtimer;
 mod lease;
 mod outbox;
 mod publish;
+pub mod reload;
 mod rpc;
 mod serve;
 mod streams;

@@ -72,7 +72,7 @@ pub(crate) fn handle(
             return Handled::Reply(ident, encode(&e));
         }
         Err(failure) => {
-            labmesh_wire::warn_throttled!(relay_id = %ctx.relay_id, ?failure, "bad request");
+            labmesh_wire::warn_throttled!(relay_id = %ctx.relay_id, %failure, "bad request");
             return Handled::Reply(ident, encode(&failure.reply()));
         }
     };

@@ -7,17 +7,17 @@ use crate::common::{load_with, serve, Global};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Bank id on the mesh.
-    #[arg(long, default_value = "bank-0")]
+    /// Bank id on the mesh (1..=128 of letters, digits, `.`, `_`, `-`).
+    #[arg(long, default_value = "bank-0", value_parser = crate::cli_args::node_id)]
     bank_id: String,
     /// Where datasets are stored, overriding `[bank] default_data_dir`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Ingest bind, overriding `[bank] ingest_bind`.
-    #[arg(long)]
+    #[arg(long, value_name = "ENDPOINT", value_parser = crate::cli_args::endpoint)]
     ingest_bind: Option<String>,
     /// Retrieve bind, overriding `[bank] retrieve_bind`.
-    #[arg(long)]
+    #[arg(long, value_name = "ENDPOINT", value_parser = crate::cli_args::endpoint)]
     retrieve_bind: Option<String>,
 }
 

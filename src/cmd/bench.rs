@@ -13,21 +13,22 @@ use serde_json::json;
 pub enum Args {
     /// RPC round trips (client -> relay -> mock PSU) vs a raw zmq echo.
     Rpc {
-        /// Calls per measurement.
-        #[arg(long, default_value_t = 5000)]
-        n: usize,
+        /// Calls per measurement (1..=10000000).
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        n: u64,
     },
     /// Many relays publishing state through one broker process; counts
     /// sequence gaps at a client, reports broker CPU and RSS.
     Soak {
-        /// Relay ids (mock PSUs, hosted by one relay).
-        #[arg(long, default_value_t = 100)]
-        relays: usize,
-        /// State messages per second per relay.
-        #[arg(long, default_value_t = 10.0)]
+        /// Relay ids (mock PSUs, hosted by one relay; 1..=10000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        relays: u64,
+        /// State messages per second per relay (above 0, at most 100: the
+        /// 10 ms state-interval floor).
+        #[arg(long, default_value_t = 10.0, value_parser = crate::cli_args::rate)]
         hz: f64,
-        /// Duration of the measurement.
-        #[arg(long, default_value_t = 600)]
+        /// Duration of the measurement, seconds (1..=86400).
+        #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         seconds: u64,
     },
     /// Resource-exhaustion cases against broker, bank and relay processes;
@@ -43,12 +44,12 @@ pub enum Args {
 
 pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
     match a {
-        Args::Rpc { n } => rpc(ctx, n).await?,
+        Args::Rpc { n } => rpc(ctx, usize::try_from(n)?).await?,
         Args::Soak {
             relays,
             hz,
             seconds,
-        } => soak(ctx, relays, hz, seconds).await?,
+        } => soak(ctx, usize::try_from(relays)?, hz, seconds).await?,
         Args::Abuse(a) => return super::bench_abuse::exec(a, ctx).await,
         Args::Links(a) => return super::bench_links::exec(a).await,
         Args::Streams(a) => return super::bench_streams::exec(a, ctx).await,

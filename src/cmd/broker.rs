@@ -6,14 +6,15 @@ use crate::common::{load_with, serve, Global};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Directory bind, overriding `[broker] rpc_bind`.
-    #[arg(long)]
+    /// Directory bind, overriding `[broker] rpc_bind` (tcp://HOST:PORT, PORT
+    /// 0..=65535 or `*`).
+    #[arg(long, value_name = "ENDPOINT", value_parser = crate::cli_args::endpoint)]
     rpc_bind: Option<String>,
     /// XSUB bind, overriding `[broker] xsub_bind`.
-    #[arg(long)]
+    #[arg(long, value_name = "ENDPOINT", value_parser = crate::cli_args::endpoint)]
     xsub_bind: Option<String>,
     /// XPUB bind, overriding `[broker] xpub_bind`.
-    #[arg(long)]
+    #[arg(long, value_name = "ENDPOINT", value_parser = crate::cli_args::endpoint)]
     xpub_bind: Option<String>,
     /// Join a parent broker: its directory (`[broker] parent_rpc`).
     #[arg(long, requires_all = ["parent_xsub", "parent_xpub"])]

@@ -2,11 +2,9 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-use labmesh_client::ClientError;
 use serde_json::Value;
 
-use crate::common::{connect_with, load_with, parse_kv, seconds_flag, Global};
+use crate::common::{connect_with, load_with, parse_kv, Global};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -15,24 +13,26 @@ pub struct Args {
     /// Method name (`lm.describe` lists them).
     method: String,
     /// Named parameters `key=value`; values are JSON when they parse as JSON.
+    #[arg(value_parser = crate::cli_args::key_value)]
     params: Vec<String>,
     /// All parameters as one JSON value (object, array or scalar).
-    #[arg(long, conflicts_with = "params")]
-    json: Option<String>,
-    /// Seconds to wait for the reply (overrides `[client] timeout_seconds`).
-    #[arg(long)]
-    timeout: Option<f64>,
+    #[arg(long, conflicts_with = "params", value_parser = crate::cli_args::json)]
+    json: Option<Value>,
+    /// Seconds to wait for the reply (overrides `[client] timeout_seconds`;
+    /// above 0, below 10^9).
+    #[arg(long, value_name = "SECONDS", value_parser = crate::cli_args::seconds)]
+    timeout: Option<labmesh_config::Seconds>,
 }
 
 pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
     let cfg = load_with(global, &[], |cfg| {
         if let Some(t) = a.timeout {
-            cfg.client.timeout_seconds = seconds_flag("--timeout", t)?;
+            cfg.client.timeout_seconds = t;
         }
         Ok(())
     })?;
     let params = match a.json {
-        Some(j) => serde_json::from_str(&j).context("--json is not valid JSON")?,
+        Some(j) => j,
         None => Value::Object(parse_kv(&a.params)?),
     };
     let lease = super::lock::env_lease(&a.relay)?;
@@ -48,12 +48,7 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)
         }
-        Err(e @ ClientError::Remote { .. })
-        | Err(e @ ClientError::Timeout { .. })
-        | Err(e @ ClientError::NotFound(_)) => {
-            eprintln!("labmesh: {e}");
-            Ok(ExitCode::from(2))
-        }
+        // Exit 3 for an error answer, 4 for no answer (crate::exit).
         Err(e) => Err(e.into()),
     }
 }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::common::Global;
+use crate::common::{BrokerFlag, Global};
 
 mod bank;
 mod bench;
@@ -17,9 +17,11 @@ mod datasets;
 mod demo;
 mod drivers;
 mod get;
+mod install_service;
 mod lock;
 mod ls;
 mod relay;
+mod relay_reload;
 mod scan;
 mod sim;
 mod streams;
@@ -35,39 +37,58 @@ pub struct Cli {
     pub cmd: Command,
 }
 
+/// A subcommand's arguments plus `--broker`, for the commands that reach a
+/// broker (the others do not offer the flag).
+#[derive(Debug, clap::Args)]
+pub struct Net<A: clap::Args> {
+    #[command(flatten)]
+    pub args: A,
+    #[command(flatten)]
+    pub broker: BrokerFlag,
+}
+
+/// [`Net`] for a command with subcommands: `--broker` is taken before or
+/// after the subcommand.
+#[derive(Debug, clap::Args)]
+pub struct NetSub<C: clap::Subcommand> {
+    #[command(subcommand)]
+    pub cmd: C,
+    #[command(flatten)]
+    pub broker: BrokerFlag,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the broker (directory + state bus).
     Broker(broker::Args),
     /// Run a relay hosting one instrument (flags) or the `[[relay.instruments]]`.
-    Relay(relay::Args),
+    Relay(Net<relay::Args>),
     /// Run a databank (dataset ingest, storage, retrieve).
-    Bank(bank::Args),
+    Bank(Net<bank::Args>),
     /// Upload a file to a bank as a dataset (resumable; verified).
-    Upload(upload::Args),
+    Upload(Net<upload::Args>),
     /// List datasets in the banks' catalogues, newest first.
-    Datasets(datasets::Args),
+    Datasets(Net<datasets::Args>),
     /// Download a dataset (verified size and SHA-256).
-    Get(get::Args),
+    Get(Net<get::Args>),
     /// List relays and banks.
-    Ls(ls::Args),
+    Ls(Net<ls::Args>),
     /// Call a method on a relay and print the result as JSON.
-    Call(call::Args),
+    Call(Net<call::Args>),
     /// Print live state messages (or, with --stream, a stream's samples).
-    Watch(watch::Args),
+    Watch(Net<watch::Args>),
     /// Take an instrument's lease (print it, or hold it while `-- CMD` runs).
-    Lock(lock::Args),
+    Lock(Net<lock::Args>),
     /// Release an instrument's lease (token from --token or LABMESH_LEASE).
-    Unlock(lock::UnlockArgs),
+    Unlock(Net<lock::UnlockArgs>),
     /// Who holds the lease of one relay, or of every relay.
-    Who(lock::WhoArgs),
+    Who(Net<lock::WhoArgs>),
     /// Print a relay's methods (params, units, ranges), streams, driver and identity.
-    Describe(streams::DescribeArgs),
+    Describe(Net<streams::DescribeArgs>),
     /// List a relay's streams with their rate and health.
-    Streams(streams::ListArgs),
+    Streams(Net<streams::ListArgs>),
     /// Control a relay's streams: enable, disable, add, remove, rate.
-    #[command(subcommand)]
-    Stream(streams::Control),
+    Stream(NetSub<streams::Control>),
     /// List the drivers (built-in, and declarative ones from `[relay] driver_dirs`).
     Drivers,
     /// Run a whole mesh in one process and show it working.
@@ -75,6 +96,8 @@ pub enum Command {
     /// Measure the mesh next to a raw baseline from the same run.
     #[command(subcommand)]
     Bench(bench::Args),
+    /// Write the systemd units (broker, bank, relay@) for this binary.
+    InstallService(install_service::Args),
     /// Run a simulated instrument (for tests and demos).
     #[command(subcommand)]
     Sim(sim::Args),
@@ -101,24 +124,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match cli.cmd {
         Command::Broker(a) => broker::exec(a, g, &ctx).await,
-        Command::Relay(a) => relay::exec(a, g, &ctx).await,
-        Command::Bank(a) => bank::exec(a, g, &ctx).await,
-        Command::Upload(a) => upload::exec(a, g, &ctx).await,
-        Command::Datasets(a) => datasets::exec(a, g, &ctx).await,
-        Command::Get(a) => get::exec(a, g, &ctx).await,
-        Command::Ls(a) => ls::exec(a, g, &ctx).await,
-        Command::Call(a) => call::exec(a, g, &ctx).await,
-        Command::Watch(a) => watch::exec(a, g, &ctx).await,
-        Command::Lock(a) => lock::exec(a, g, &ctx).await,
-        Command::Unlock(a) => lock::exec_unlock(a, g, &ctx).await,
-        Command::Who(a) => lock::exec_who(a, g, &ctx).await,
-        Command::Describe(a) => streams::describe(a, g, &ctx).await,
-        Command::Streams(a) => streams::list(a, g, &ctx).await,
-        Command::Stream(c) => streams::control(c, g, &ctx).await,
+        Command::Relay(a) => relay::exec(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Bank(a) => bank::exec(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Upload(a) => upload::exec(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Datasets(a) => datasets::exec(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Get(a) => get::exec(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Ls(a) => ls::exec(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Call(a) => call::exec(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Watch(a) => watch::exec(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Lock(a) => lock::exec(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Unlock(a) => lock::exec_unlock(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Who(a) => lock::exec_who(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Describe(a) => streams::describe(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Streams(a) => streams::list(a.args, &g.with_broker(a.broker), &ctx).await,
+        Command::Stream(c) => streams::control(c.cmd, &g.with_broker(c.broker), &ctx).await,
         Command::Drivers => drivers::exec(g).await,
         Command::Demo => demo::exec(&ctx).await,
         Command::Bench(a) => bench::exec(a, &ctx).await,
         Command::Sim(a) => sim::exec(a).await,
         Command::Scan(a) => scan::exec(a).await,
+        Command::InstallService(a) => install_service::exec(a).await,
     }
 }

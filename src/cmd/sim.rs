@@ -49,13 +49,13 @@ pub struct Psu {
     #[arg(long, requires = "pty")]
     firmware: bool,
     /// With --firmware: milliseconds between telemetry events (0: none).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     telemetry_ms: u64,
-    /// Resistive load on each output, ohms.
-    #[arg(long, default_value_t = 10.0)]
+    /// Resistive load on each output, ohms (finite, above 0).
+    #[arg(long, default_value_t = 10.0, value_parser = crate::cli_args::positive)]
     load_ohms: f64,
-    /// Delay before every reply, milliseconds.
-    #[arg(long, default_value_t = 0)]
+    /// Delay before every reply, milliseconds (0..=60000).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     latency_ms: u64,
 }
 

@@ -22,14 +22,14 @@ pub struct Args {
     /// The file.
     file: PathBuf,
     /// Relay id recorded as the dataset's source.
-    #[arg(long, default_value = "cli")]
+    #[arg(long, default_value = "cli", value_parser = crate::cli_args::node_id)]
     relay_id: String,
     /// Dataset id (default: derived from the file's path, size and mtime,
     /// so a rerun resumes; a new uuid for a pipe or device).
     #[arg(long)]
     dataset_id: Option<String>,
-    /// Metadata `key=value` (repeatable).
-    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    /// Metadata `key=value` (repeatable; the key not empty).
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = crate::cli_args::key_value)]
     meta: Vec<String>,
     /// Bank id (default: the first registered bank).
     #[arg(long)]

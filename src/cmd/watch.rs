@@ -9,12 +9,16 @@ use crate::common::{connect_bus, shutdown_signal, Global};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only this relay.
+    /// Only this relay (it must be listed by the broker, unless --wait).
     relay: Option<String>,
-    /// Stop after N messages.
+    /// With a relay id the broker does not list (yet): wait for it instead
+    /// of failing.
     #[arg(long)]
+    wait: bool,
+    /// Stop after N messages (1 or more; without --count, until Ctrl-C).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
-    /// Print the raw JSON of each message.
+    /// Print each message as the JSON body it came in (one line each).
     #[arg(long)]
     json: bool,
     /// Also print presence (online/offline) and dataset announcements.
@@ -42,6 +46,16 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
         return super::streams::watch(&client, relay, stream, mode, a.count, a.json).await;
     }
     let mut rx = client.events();
+    if let Some(r) = &a.relay {
+        if !client.list_relays().await?.iter().any(|x| &x.relay_id == r) {
+            if !a.wait {
+                return Err(crate::exit::remote(format!(
+                    "relay {r:?} is not listed by the broker (`labmesh ls` lists them; --wait waits for it)"
+                )));
+            }
+            eprintln!("labmesh: relay {r:?} is not listed yet; waiting for its state");
+        }
+    }
     let mut seen = 0u64;
     let stop = shutdown_signal();
     tokio::pin!(stop);
@@ -60,6 +74,14 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
         };
         let s = match ev {
             Event::State(s) => s,
+            Event::Presence(p) if a.all && a.json => {
+                println!("{}", serde_json::to_string(&p)?);
+                continue;
+            }
+            Event::Dataset(d) if a.all && a.json => {
+                println!("{}", serde_json::to_string(&d)?);
+                continue;
+            }
             Event::Presence(p) if a.all => {
                 println!("[presence] {} {} {}: {}", p.role, p.id, p.status, p.reason);
                 continue;
@@ -77,10 +99,16 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
             continue;
         }
         if a.json {
-            println!(
-                "{}",
-                serde_json::json!({"relay_id": s.relay_id, "state": s.state, "seq": s.seq, "ts": s.ts})
-            );
+            // The message as the relay sent it (fields it left out stay out).
+            let raw = labmesh_proto::mesh::StateMsg {
+                relay_id: s.relay_id,
+                state: s.state,
+                seq: s.seq,
+                ts: s.ts,
+                stale: s.stale.then_some(true),
+                interval: s.interval,
+            };
+            println!("{}", serde_json::to_string(&raw)?);
         } else {
             println!("[state] {}: {}", s.relay_id, s.state);
         }

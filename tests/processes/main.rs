@@ -17,8 +17,13 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_labmesh");
 
 mod bank_hardening;
 mod broker_hardening;
+mod cli_findings;
+mod deploy;
 mod leases;
+mod qemu_relay;
+mod readme_tour;
 mod relay_hardening;
+mod reload;
 mod scan;
 
 /// A `labmesh` child process whose output is drained (and echoed).
@@ -349,7 +354,7 @@ async fn cli_ls_call_upload_datasets_get() -> anyhow::Result<()> {
         json!({"ok": true, "voltage": 2.5})
     );
     let (code, _) = run_cli(cfgp, &["call", "psu", "nope"]).await?;
-    assert_eq!(code, 2, "an rpc_error exits non-zero");
+    assert_eq!(code, 3, "an rpc_error exits 3 (remote error)");
 
     let src = cfg.path.with_file_name("data.bin");
     let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -395,10 +400,16 @@ async fn cli_ls_call_upload_datasets_get() -> anyhow::Result<()> {
     assert_eq!(std::fs::read(&dest)?, payload);
     let (code, _) = run_cli(
         cfgp,
-        &["get", "no-such-dataset", "-o", &dest.to_string_lossy()],
+        &[
+            "get",
+            "no-such-dataset",
+            "-o",
+            &dest.to_string_lossy(),
+            "--force",
+        ],
     )
     .await?;
-    assert_eq!(code, 2);
+    assert_eq!(code, 3, "not found on any bank: remote error");
 
     r.kill().await?;
     bank.kill().await?;
@@ -1065,7 +1076,7 @@ async fn call_timeout_zero_became_an_instant_timeout() -> anyhow::Result<()> {
             Duration::from_secs(5),
         )
         .await?;
-        assert_eq!(out.code, 1, "{bad}: {}", out.stderr);
+        assert_eq!(out.code, 2, "{bad}: {}", out.stderr);
         assert!(
             out.stderr.contains("--timeout") && out.stderr.contains("positive"),
             "{bad}: {}",
@@ -1182,13 +1193,14 @@ async fn bad_bind_flags_are_refused_naming_the_flag() -> anyhow::Result<()> {
             ],
             "--rpc",
         ),
-        (&["--broker", "", "ls"], "--broker"),
+        (&["ls", "--broker", ""], "--broker"),
     ];
+    // Usage errors (clap value parsers with the file's rules): exit 2.
     for (args, flag) in cases {
         let out = run_cli_within(Some(&cfg.path), args, Duration::from_secs(5)).await?;
-        assert_eq!(out.code, 1, "{args:?}: {}", out.stdout);
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stdout);
         assert!(
-            out.stderr.contains(&format!("labmesh: {flag}: ")),
+            out.stderr.contains(&format!("for '{flag} <")),
             "{args:?}: {}",
             out.stderr
         );

@@ -113,15 +113,21 @@ impl PsuMethod {
         let channel = || ParamSpec::optional("channel", ParamType::Int, json!(1)).range(1.0, n);
         let level = |q: Quantity, what: &str| {
             let max = model.channels.iter().map(|c| q.max(c)).fold(0.0, f64::max);
+            // The envelope for clients that read only min/max; each
+            // channel's own range in `range_by` (E36313A: CH1 is 6 V).
+            let mut value = ParamSpec::required("value", ParamType::Float)
+                .unit(q.unit())
+                .range(0.0, max);
+            if model.channels.len() > 1 {
+                for (i, c) in model.channels.iter().enumerate() {
+                    value = value.range_when("channel", json!(i + 1), 0.0, q.max(c));
+                }
+            }
             MethodSpec::new(
                 self.name(),
                 &format!("Set the {what} ({})", limits_doc(model, q)),
             )
-            .param(
-                ParamSpec::required("value", ParamType::Float)
-                    .unit(q.unit())
-                    .range(0.0, max),
-            )
+            .param(value)
             .param(channel())
         };
         match self {

@@ -399,7 +399,7 @@ impl Ingest {
                     let sha_differs = cp
                         .expected_sha
                         .as_ref()
-                        .is_some_and(|h| *h != existing.sha256);
+                        .is_some_and(|h| !h.eq_ignore_ascii_case(&existing.sha256));
                     if size_differs || sha_differs {
                         return Ok(Err(existing));
                     }
@@ -535,7 +535,10 @@ impl Ingest {
                     ))
                 }
                 Ok(Ok((None, Some(rec), r)))
-                    if Some(rec.size) == r.size && Some(&rec.sha256) == r.sha256.as_ref() =>
+                    if Some(rec.size) == r.size
+                        && r.sha256
+                            .as_ref()
+                            .is_some_and(|h| h.eq_ignore_ascii_case(&rec.sha256)) =>
                 {
                     // Committed, but the uploader never saw ingest_done.
                     IngestReply::IngestDone(IngestDone {
@@ -780,7 +783,11 @@ impl Writer {
                 if let Some(n) = want_size.filter(|n| *n != done.size) {
                     err = Some(format!("size mismatch: got {}, expected {n}", done.size));
                 }
-                if let Some(h) = want_sha.filter(|h| !h.is_empty() && *h != done.sha256) {
+                // Hex digits in either case (a SHA-256 printed by another
+                // tool may be upper case); the bank records lower case.
+                if let Some(h) =
+                    want_sha.filter(|h| !h.is_empty() && !h.eq_ignore_ascii_case(&done.sha256))
+                {
                     err = Some(format!("sha mismatch: got {}, expected {h}", done.sha256));
                 }
             }

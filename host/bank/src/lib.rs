@@ -245,7 +245,10 @@ impl Bank {
         let retrieve = retrieve_sock.bind(&opts.retrieve_bind)?;
         let ingest_pub = public_endpoint(&ingest, &opts.advertise_host);
         let retrieve_pub = public_endpoint(&retrieve, &opts.advertise_host);
-        tracing::info!(bank_id = %opts.bank_id, ingest = %ingest_pub, retrieve = %retrieve_pub, ?recovery, "bank started");
+        tracing::info!(bank_id = %opts.bank_id, ingest = %ingest_pub, retrieve = %retrieve_pub,
+            orphan_objects = recovery.orphan_objects, broken_rows = recovery.broken_rows,
+            dropped_partials = recovery.dropped_partials, resumable = recovery.resumable,
+            "bank started");
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (announce_tx, announce_rx) = mpsc::unbounded_channel();

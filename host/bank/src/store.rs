@@ -338,7 +338,13 @@ impl Store {
             }
         }
         if rec != Recovery::default() {
-            tracing::info!(?rec, "storage recovered");
+            tracing::info!(
+                orphan_objects = rec.orphan_objects,
+                broken_rows = rec.broken_rows,
+                dropped_partials = rec.dropped_partials,
+                resumable = rec.resumable,
+                "storage recovered"
+            );
         }
         Ok(rec)
     }

@@ -220,7 +220,7 @@ impl Directory {
         let req = match mesh::decode_request(payload) {
             Ok(r) => r,
             Err(failure) => {
-                labmesh_wire::warn_throttled!(?failure, "bad directory request");
+                labmesh_wire::warn_throttled!(%failure, "bad directory request");
                 return Action::Reply(encode(&failure.reply()));
             }
         };
@@ -237,7 +237,7 @@ impl Directory {
 
     fn hello(&mut self, ident: Vec<u8>, h: Hello) -> Action {
         if !self.opts.password.accepts(h.password.as_ref()) {
-            labmesh_wire::warn_throttled!(role = ?h.role, "hello with a wrong password refused");
+            labmesh_wire::warn_throttled!(role = %h.role.as_ref().map_or_else(|| "-".to_string(), |r| r.to_string()), "hello with a wrong password refused");
             return Action::Reply(encode(&Reply::Hello(HelloAck::refused("invalid password"))));
         }
         match h.role {
@@ -341,7 +341,7 @@ impl Directory {
         };
         let changed = self.banks.get(&bank_id).is_none_or(|e| e.info != info);
         if changed {
-            tracing::info!(%bank_id, ingest = ?h.ingest, retrieve = ?h.retrieve, "bank online");
+            tracing::info!(%bank_id, ingest = %h.ingest.as_deref().unwrap_or("-"), retrieve = %h.retrieve.as_deref().unwrap_or("-"), "bank online");
             self.publish_presence(
                 &bank_id,
                 Role::Bank,
@@ -602,7 +602,7 @@ impl Directory {
                         .get(&bid)
                         .and_then(|e| e.info.retrieve.clone())
                         .unwrap_or_default();
-                    tracing::warn!(bank_id = %bid, existing = %old, refused = ?hello.retrieve, "duplicate bank id refused");
+                    tracing::warn!(bank_id = %bid, existing = %old, refused = %hello.retrieve.as_deref().unwrap_or("-"), "duplicate bank id refused");
                     let reply = encode(&Reply::Error {
                         error: ErrorBody::new(
                             codes::CONFLICT,
@@ -641,7 +641,7 @@ impl Directory {
                         .get(&rid)
                         .map(|e| e.info.rpc_endpoint.clone())
                         .unwrap_or_default();
-                    tracing::warn!(relay_id = %rid, existing = %old, refused = ?hello.rpc_endpoint, "duplicate relay id refused");
+                    tracing::warn!(relay_id = %rid, existing = %old, refused = %hello.rpc_endpoint.as_deref().unwrap_or("-"), "duplicate relay id refused");
                     let reply = encode(&Reply::Error {
                         error: ErrorBody::new(
                             codes::CONFLICT,

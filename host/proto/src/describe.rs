@@ -81,6 +81,33 @@ pub struct ParamSpec {
     /// Value used when the caller omits it; `None` makes it required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<Value>,
+    /// Extension: a narrower range while another parameter has a given
+    /// value (a supply's voltage per channel). `min`/`max` stay the
+    /// envelope over every case, for clients that do not know this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range_by: Option<RangeBy>,
+}
+
+/// A parameter's range keyed by another parameter's value:
+/// `{"param":"channel","ranges":[{"when":1,"min":0.0,"max":6.0},...]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RangeBy {
+    /// The parameter whose (bound) value selects the range.
+    pub param: String,
+    /// One range per value of `param`; a value not listed keeps the
+    /// envelope `min`/`max`.
+    pub ranges: Vec<KeyedRange>,
+}
+
+/// One case of [`RangeBy`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyedRange {
+    /// The other parameter's value.
+    pub when: Value,
+    /// Inclusive lower bound.
+    pub min: f64,
+    /// Inclusive upper bound.
+    pub max: f64,
 }
 
 impl ParamSpec {
@@ -93,6 +120,7 @@ impl ParamSpec {
             min: None,
             max: None,
             default: None,
+            range_by: None,
         }
     }
 
@@ -115,6 +143,45 @@ impl ParamSpec {
         self.min = Some(min);
         self.max = Some(max);
         self
+    }
+
+    /// A narrower range while parameter `param` is `when` (repeat per case;
+    /// see [`RangeBy`]).
+    pub fn range_when(mut self, param: &str, when: Value, min: f64, max: f64) -> Self {
+        let by = self.range_by.get_or_insert_with(|| RangeBy {
+            param: param.to_string(),
+            ranges: Vec::new(),
+        });
+        by.ranges.push(KeyedRange { when, min, max });
+        self
+    }
+
+    /// Check a bound value against its [`RangeBy`] case, given every bound
+    /// argument.
+    fn check_keyed(&self, v: &Value, args: &Map<String, Value>) -> Result<(), BindError> {
+        let (Some(by), Some(x)) = (&self.range_by, v.as_f64()) else {
+            return Ok(());
+        };
+        let Some(key) = args.get(&by.param) else {
+            return Ok(());
+        };
+        let Some(r) = by.ranges.iter().find(|r| &r.when == key) else {
+            return Ok(());
+        };
+        let bad = |why: String| Err(BindError::bad_param(&self.name, why));
+        if x < r.min {
+            return bad(format!(
+                "{x} is below the minimum {} for {} {key}",
+                r.min, by.param
+            ));
+        }
+        if x > r.max {
+            return bad(format!(
+                "{x} is above the maximum {} for {} {key}",
+                r.max, by.param
+            ));
+        }
+        Ok(())
     }
 
     /// Check and normalise one value for this parameter.
@@ -264,6 +331,11 @@ impl MethodSpec {
             };
             out.insert(p.name.clone(), v);
         }
+        for p in &self.params {
+            if let Some(v) = out.get(&p.name) {
+                p.check_keyed(v, &out)?;
+            }
+        }
         Ok(Args(out))
     }
 }
@@ -397,6 +469,26 @@ mod tests {
         let back: Description = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
         assert_eq!(back, d);
         assert_eq!(d.bind("nope", &Value::Null).unwrap_err().code(), 404);
+    }
+
+    #[test]
+    fn ranges_by_another_parameter_bytes_and_binding() {
+        let s = MethodSpec::new("set_voltage", "").param(
+            ParamSpec::required("value", ParamType::Float)
+                .range(0.0, 25.0)
+                .range_when("channel", json!(1), 0.0, 6.0),
+        );
+        let s = s.param(ParamSpec::optional("channel", ParamType::Int, json!(1)));
+        assert_eq!(
+            serde_json::to_string(&s.params[0]).unwrap(),
+            r#"{"name":"value","type":"float","min":0.0,"max":25.0,"range_by":{"param":"channel","ranges":[{"when":1,"min":0.0,"max":6.0}]}}"#
+        );
+        let e = s.bind(&json!({"value": 7.0})).unwrap_err();
+        assert!(e.to_string().contains("maximum 6 for channel 1"), "{e}");
+        assert_eq!(e.code(), 400);
+        assert!(s.bind(&json!({"value": 7.0, "channel": 2})).is_ok());
+        assert!(s.bind(&json!({"value": 6.0, "channel": 1})).is_ok());
+        assert!(s.bind(&json!({"value": 26.0, "channel": 2})).is_err());
     }
 
     #[test]

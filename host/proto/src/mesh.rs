@@ -406,6 +406,19 @@ impl DecodeFailure {
     }
 }
 
+/// The failure as its error reply says it (`unknown message type "x"`,
+/// `bad rpc: missing field method`), for logs.
+impl std::fmt::Display for DecodeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.reply() {
+            Reply::Error { error } | Reply::RpcError { error, .. } => {
+                write!(f, "{}", error.message)
+            }
+            _ => write!(f, "undecodable frame"),
+        }
+    }
+}
+
 /// Decode one request frame, telling exactly what was wrong with it.
 ///
 /// A well-formed request is parsed once, straight into its type; only a

@@ -330,14 +330,14 @@ async fn run(
                 let (key, answer) = match decode_reply(first) {
                     Ok(r) => (r.rpc_uuid().map(str::to_string), Ok(r)),
                     Err(failure) => {
-                        crate::warn_throttled!(%endpoint, ?failure, "a frame that is not a reply");
+                        crate::warn_throttled!(%endpoint, %failure, "a frame that is not a reply");
                         // Only the failure path looks again, for the id of
                         // the caller to tell.
                         match serde_json::from_slice::<Value>(first)
                             .ok()
                             .and_then(|v| v.get("rpc_uuid").and_then(Value::as_str).map(str::to_string))
                         {
-                            Some(k) => (Some(k), Err(format!("{failure:?}"))),
+                            Some(k) => (Some(k), Err(failure.to_string())),
                             None => continue,
                         }
                     }
