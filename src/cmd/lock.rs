@@ -104,10 +104,7 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
     let client = connect(global, ctx).await?;
     let relay = match client.relay(&a.relay).await {
         Ok(r) => r,
-        Err(e) if remote_failure(&e) => {
-            eprintln!("labmesh: {e}");
-            return Ok(ExitCode::from(2));
-        }
+        // Remote errors and timeouts: the exit-code table (crate::exit).
         Err(e) => return Err(e.into()),
     };
     let ttl = Duration::from_secs_f64(a.ttl);
@@ -121,10 +118,7 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
         .await
     {
         Ok(l) => l,
-        Err(e) if remote_failure(&e) => {
-            eprintln!("labmesh: {e}");
-            return Ok(ExitCode::from(2));
-        }
+        // Remote errors and timeouts: the exit-code table (crate::exit).
         Err(e) => return Err(e.into()),
     };
     let Some((prog, args)) = a.cmd.split_first() else {
@@ -191,10 +185,6 @@ pub async fn exec_unlock(
             println!("{}", serde_json::json!({"ok": true}));
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) if remote_failure(&e) => {
-            eprintln!("labmesh: {e}");
-            Ok(ExitCode::from(2))
-        }
         Err(e) => Err(e.into()),
     }
 }
@@ -250,7 +240,7 @@ pub async fn exec_who(a: WhoArgs, global: &Global, ctx: &zmq::Context) -> anyhow
         }
     }
     Ok(if failed {
-        ExitCode::from(2)
+        ExitCode::from(crate::exit::REMOTE)
     } else {
         ExitCode::SUCCESS
     })

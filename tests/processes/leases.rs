@@ -50,7 +50,7 @@ async fn lock_runs_a_command_holding_the_lease_and_call_uses_it() -> anyhow::Res
     )
     .await?;
     assert_eq!(out.code, 7, "{}{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("unleased=2"), "{}", out.stdout);
+    assert!(out.stdout.contains("unleased=3"), "remote errors exit 3: {}", out.stdout);
     assert!(out.stdout.contains("lease=r1:"), "{}", out.stdout);
     assert!(out.stderr.contains("leased by ci@runner"), "{}", out.stderr);
     assert_eq!(
@@ -78,9 +78,9 @@ async fn lock_runs_a_command_holding_the_lease_and_call_uses_it() -> anyhow::Res
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some(409), "{e}");
-    // Someone else's lock fails with 2 and says who holds it.
+    // Someone else's lock fails with 3 (remote error) and says who holds it.
     let busy = run_cli_within(Some(&cfg.path), &["lock", "r1", "--", "true"], limit).await?;
-    assert_eq!(busy.code, 2, "{}", busy.stderr);
+    assert_eq!(busy.code, 3, "{}", busy.stderr);
     assert!(busy.stderr.contains("leased by script"), "{}", busy.stderr);
     let all = run_cli_within(Some(&cfg.path), &["who", "--json"], limit).await?;
     let all: serde_json::Value = serde_json::from_str(all.stdout.trim())?;
