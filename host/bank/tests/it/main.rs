@@ -5,4 +5,5 @@ mod crash;
 mod protocol;
 mod python;
 mod roundtrip;
+mod s3;
 mod support;
