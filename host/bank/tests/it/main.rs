@@ -7,3 +7,4 @@ mod python;
 mod roundtrip;
 mod s3;
 mod support;
+mod weed;
