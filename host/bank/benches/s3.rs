@@ -161,7 +161,10 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     rt.block_on(async {
-        let weed = weed::Weed::start("bench").await;
+        // Room for every run's objects and the 1 GiB one (SeaweedFS answers
+        // 500 when its volumes are full: the bank reports that as a 503).
+        let volumes = (2 * runs * mb + rss_mb) / 128 + 8;
+        let weed = weed::Weed::start_with("bench", volumes).await;
         let store = weed.client("bench", weed::SECRET);
         let ctx = zmq::Context::new();
         let file_bank = Bank::start(&ctx, BankOptions::new("bench-file", tmp.path().join("fb")))

@@ -55,6 +55,11 @@ impl Weed {
     /// Start it and wait (bounded) until the S3 gateway stores an object
     /// for the admin identity (which also creates `bucket`).
     pub async fn start(bucket: &str) -> Weed {
+        Weed::start_with(bucket, 8).await
+    }
+
+    /// As [`Weed::start`], with room for `volumes` volumes of 128 MiB.
+    pub async fn start_with(bucket: &str, volumes: usize) -> Weed {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("s3.json");
         std::fs::write(
@@ -88,7 +93,8 @@ impl Weed {
             .arg(format!("-s3.port.grpc={}", p[7]))
             .arg(format!("-s3.config={}", cfg.display()))
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
-            .args(["-volume.max=8", "-master.volumeSizeLimitMB=128"])
+            .arg(format!("-volume.max={volumes}"))
+            .arg("-master.volumeSizeLimitMB=128")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
