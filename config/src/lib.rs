@@ -236,6 +236,54 @@ pub struct BankSection {
     pub max_downloads_per_peer: usize,
     /// Bytes read ahead for one credit-mode download.
     pub download_buffer_bytes: usize,
+    /// Extension: where dataset content lives (`"file"`, the default, or
+    /// `"s3"` with a `[bank.s3]` table).
+    pub storage: StorageKind,
+    /// Extension: `[bank.s3]`, the bucket for `storage = "s3"`.
+    pub s3: S3Section,
+}
+
+/// `[bank] storage`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// `data_dir/objects/<id>.bin`.
+    #[default]
+    File,
+    /// An S3-compatible bucket.
+    S3,
+}
+
+/// `[bank.s3]`: an S3-compatible bucket. Credentials are not configured
+/// here: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` in the environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct S3Section {
+    /// `http://127.0.0.1:8333`; empty = AWS (or `AWS_ENDPOINT`).
+    pub endpoint: String,
+    /// Bucket name (required with `storage = "s3"`).
+    pub bucket: String,
+    /// Key prefix; banks sharing a prefix serve each other's datasets.
+    pub prefix: String,
+    /// Region.
+    pub region: String,
+    /// Multipart part size, bytes (at least 5 MiB).
+    pub part_size: usize,
+    /// Seconds between re-listings of the bucket (0 = never).
+    pub relist_seconds: f64,
+}
+
+impl Default for S3Section {
+    fn default() -> Self {
+        S3Section {
+            endpoint: String::new(),
+            bucket: String::new(),
+            prefix: String::new(),
+            region: "us-east-1".into(),
+            part_size: 8 * 1024 * 1024,
+            relist_seconds: 30.0,
+        }
+    }
 }
 
 impl Default for BankSection {
@@ -254,6 +302,8 @@ impl Default for BankSection {
             max_downloads: limits::DEFAULT_MAX_DOWNLOADS,
             max_downloads_per_peer: limits::DEFAULT_MAX_DOWNLOADS_PER_PEER,
             download_buffer_bytes: limits::DEFAULT_DOWNLOAD_BUFFER,
+            storage: StorageKind::File,
+            s3: S3Section::default(),
         }
     }
 }
@@ -676,6 +726,27 @@ impl Config {
                 format!("must not exceed bank.max_downloads ({})", b.max_downloads),
             ));
         }
+        if b.storage == StorageKind::S3 && b.s3.bucket.is_empty() {
+            return Err(bad(
+                "bank.s3.bucket",
+                "storage = \"s3\" needs a bucket".into(),
+            ));
+        }
+        if b.s3.part_size < 5 * 1024 * 1024 {
+            return Err(bad(
+                "bank.s3.part_size",
+                format!(
+                    "must be at least 5 MiB (5242880), the S3 minimum, got {}",
+                    b.s3.part_size
+                ),
+            ));
+        }
+        if !(b.s3.relist_seconds >= 0.0 && b.s3.relist_seconds.is_finite()) {
+            return Err(bad(
+                "bank.s3.relist_seconds",
+                "must be 0 or more seconds".into(),
+            ));
+        }
         endpoint("client.broker_rpc", &self.client.broker_rpc)?;
         endpoint("client.broker_xpub", &self.client.broker_xpub)?;
         Ok(())
@@ -795,6 +866,30 @@ mod tests {
             e.to_string().contains("lab.toml") && e.to_string().contains("ttl_seconds"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn bank_s3_storage_parses_and_needs_a_bucket() {
+        let (c, w) = Config::parse(
+            "[bank]\nstorage = \"s3\"\n[bank.s3]\nendpoint = \"http://127.0.0.1:8333\"\nbucket = \"lab\"\nprefix = \"banks/a\"\n",
+            Path::new("l"),
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.bank.storage, StorageKind::S3);
+        assert_eq!(c.bank.s3.bucket, "lab");
+        assert_eq!(c.bank.s3.prefix, "banks/a");
+        assert_eq!(c.bank.s3.region, "us-east-1");
+        let (d, _) = Config::parse("", Path::new("l")).unwrap();
+        assert_eq!(d.bank.storage, StorageKind::File);
+        for (text, key) in [
+            ("[bank]\nstorage = \"s3\"\n", "bank.s3.bucket"),
+            ("[bank.s3]\npart_size = 1024\n", "bank.s3.part_size"),
+        ] {
+            let e = Config::parse(text, Path::new("l")).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert!(Config::parse("[bank]\nstorage = \"tape\"\n", Path::new("l")).is_err());
     }
 
     #[test]

@@ -40,6 +40,25 @@ async fn main() -> anyhow::Result<()> {
             "--broker-rpc" => opts.broker_rpc = Some(value),
             "--broker-xsub" => opts.broker_xsub = Some(value),
             "--heartbeat-ms" => opts.heartbeat = Duration::from_millis(value.parse()?),
+            // S3 storage: --s3 ENDPOINT/BUCKET[/PREFIX]
+            "--s3" => {
+                let (endpoint, rest) = value
+                    .rsplit_once("//")
+                    .and_then(|(scheme, r)| {
+                        let (host, path) = r.split_once('/')?;
+                        Some((format!("{scheme}//{host}"), path.to_string()))
+                    })
+                    .context("--s3 http://HOST:PORT/BUCKET[/PREFIX]")?;
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
+                let mut o = labmesh_bank::S3Options::new(&endpoint, bucket);
+                o.prefix = prefix.to_string();
+                o.part_size = labmesh_bank::s3::MIN_PART_SIZE;
+                o.request_timeout = Duration::from_secs(5);
+                o.max_retries = 1;
+                o.retry_timeout = Duration::from_secs(5);
+                opts.storage = labmesh_bank::Storage::S3(o);
+            }
+            "--reindex" => opts.reindex = value == "1",
             other => bail!("unknown option {other}"),
         }
     }

@@ -28,6 +28,7 @@
 
 mod ingest;
 mod retrieve;
+pub mod s3;
 pub mod store;
 
 use std::path::PathBuf;
@@ -46,6 +47,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use retrieve::MAX_CREDIT;
+pub use s3::{S3Options, Storage};
 pub use store::{Recovery, StoreError};
 
 /// Everything a bank needs. [`BankOptions::new`] gives labmesh's defaults
@@ -96,6 +98,11 @@ pub struct BankOptions {
     /// Bytes read ahead for one credit-mode download (credit is capped at
     /// this divided by the chunk size; a larger chunk size is lowered to it).
     pub download_buffer_bytes: usize,
+    /// Where dataset content lives: `data_dir/objects` or an S3 bucket
+    /// (the catalogue is in `data_dir` either way).
+    pub storage: Storage,
+    /// S3 backend: rebuild the catalogue from the bucket before serving.
+    pub reindex: bool,
 }
 
 impl BankOptions {
@@ -116,6 +123,18 @@ impl BankOptions {
             max_downloads: cfg.bank.max_downloads,
             max_downloads_per_peer: cfg.bank.max_downloads_per_peer,
             download_buffer_bytes: cfg.bank.download_buffer_bytes,
+            storage: match cfg.bank.storage {
+                labmesh_config::StorageKind::File => Storage::File,
+                labmesh_config::StorageKind::S3 => {
+                    let c = &cfg.bank.s3;
+                    let mut o = S3Options::new(&c.endpoint, &c.bucket);
+                    o.prefix = c.prefix.clone();
+                    o.region = c.region.clone();
+                    o.part_size = c.part_size;
+                    o.relist = Duration::from_secs_f64(c.relist_seconds.max(0.0));
+                    Storage::S3(o)
+                }
+            },
             ..BankOptions::new(bank_id, cfg.bank.default_data_dir.clone())
         }
     }
@@ -145,6 +164,8 @@ impl BankOptions {
             max_downloads: limits::DEFAULT_MAX_DOWNLOADS,
             max_downloads_per_peer: limits::DEFAULT_MAX_DOWNLOADS_PER_PEER,
             download_buffer_bytes: limits::DEFAULT_DOWNLOAD_BUFFER,
+            storage: Storage::File,
+            reindex: false,
         }
     }
 }
@@ -205,10 +226,30 @@ impl Bank {
             ));
         }
         let (dir, id, ttl) = (opts.data_dir.clone(), opts.bank_id.clone(), opts.resume_ttl);
-        let (store, recovery) =
-            tokio::task::spawn_blocking(move || store::Store::open(&dir, &id, ttl))
+        let (store, recovery) = match &opts.storage {
+            Storage::File => {
+                tokio::task::spawn_blocking(move || store::Store::open(&dir, &id, ttl))
+                    .await
+                    .map_err(|e| BankError::Task(e.to_string()))??
+            }
+            Storage::S3(o) => {
+                if o.bucket.is_empty() {
+                    return Err(BankError::InvalidOption(
+                        "storage s3 needs a bucket ([bank.s3] bucket, --s3-bucket)".to_string(),
+                    ));
+                }
+                let backend = store::S3Backend {
+                    objs: Arc::new(s3::S3Objects::new(o).map_err(StoreError::from)?),
+                    rt: tokio::runtime::Handle::current(),
+                };
+                let reindex = opts.reindex;
+                tokio::task::spawn_blocking(move || {
+                    store::Store::open_s3(&dir, &id, ttl, backend, reindex)
+                })
                 .await
-                .map_err(|e| BankError::Task(e.to_string()))??;
+                .map_err(|e| BankError::Task(e.to_string()))??
+            }
+        };
         store.set_partial_quota(opts.partial_quota_bytes);
         let store = Arc::new(store);
 
@@ -282,6 +323,15 @@ impl Bank {
             },
             shutdown_rx.clone(),
         )));
+        if let Some(s3) = store.s3() {
+            if !s3.objs.relist.is_zero() {
+                tasks.push(tokio::spawn(relist(
+                    store.clone(),
+                    s3.objs.relist,
+                    shutdown_rx.clone(),
+                )));
+            }
+        }
         let publisher = match &opts.broker_xsub {
             Some(xsub) => {
                 let mut s = AsyncSocket::new(ctx, zmq::PUB, SocketOptions::default())?;
@@ -340,6 +390,15 @@ impl BankHandle {
         &self.recovery
     }
 
+    /// S3 backend: re-list the bucket now (what the schedule does); the
+    /// number of rows added. File backend: 0.
+    pub async fn reindex(&self) -> Result<usize, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.reindex())
+            .await
+            .map_err(|_| StoreError::Poisoned)?
+    }
+
     /// Query the catalogue directly (same semantics as `list_datasets`).
     pub async fn list(&self, q: Query) -> Result<Vec<DatasetInfo>, StoreError> {
         let store = self.store.clone();
@@ -354,6 +413,28 @@ impl BankHandle {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+    }
+}
+
+/// S3 backend: re-list the bucket on a schedule, so datasets other banks
+/// wrote under the same prefix show in `list_datasets` (a `get` finds them
+/// at once anyway: a catalogue miss asks the bucket).
+async fn relist(store: Arc<store::Store>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {
+                let s = store.clone();
+                match tokio::task::spawn_blocking(move || s.reindex()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "re-listing the bucket failed; serving the catalogue as it is"),
+                    Err(e) => tracing::warn!(error = %e, "re-list task failed"),
+                }
+            }
         }
     }
 }

@@ -16,7 +16,6 @@
 //! and is retried a few milliseconds later; other downloads keep flowing.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +30,7 @@ use labmesh_wire::{AsyncSocket, WireError};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::store::Store;
+use crate::store::{Source, Store};
 
 /// Largest credit a client may hold at once (chunks).
 pub const MAX_CREDIT: u32 = 64;
@@ -99,7 +98,7 @@ enum Internal {
     Start {
         ident: Ident,
         meta: MetaMsg,
-        path: PathBuf,
+        source: Source,
         offset: u64,
         chunk: usize,
         credit: Option<u32>,
@@ -339,7 +338,7 @@ impl Retrieve {
                 tokio::task::spawn_blocking(move || store.lookup(&id).map(|r| (r, store))).await;
             let msg = match found {
                 Ok(Ok((Some(rec), store))) if offset <= rec.size => Internal::Start {
-                    path: store.object_path(&rec.dataset_id),
+                    source: store.source(&rec.dataset_id),
                     meta: MetaMsg {
                         dataset_id: rec.dataset_id,
                         size: rec.size,
@@ -428,7 +427,7 @@ impl Retrieve {
             Internal::Start {
                 ident,
                 meta,
-                path,
+                source,
                 offset,
                 chunk,
                 credit,
@@ -443,6 +442,7 @@ impl Retrieve {
                 let sem = Arc::new(Semaphore::new(credit.unwrap_or(2) as usize));
                 let pipe = Arc::new(Semaphore::new(PIPE_AHEAD));
                 let extended = meta.offset.is_some();
+                let meta_size = meta.size;
                 let dataset_id = meta.dataset_id.clone();
                 self.downloads.insert(
                     id,
@@ -467,7 +467,8 @@ impl Retrieve {
                     id,
                     ident,
                     dataset_id,
-                    path,
+                    source,
+                    size: meta_size,
                     offset,
                     chunk,
                     extended,
@@ -563,11 +564,65 @@ fn release_freed_memory() {
     }
 }
 
+/// What a reader reads from.
+enum Input {
+    File(tokio::fs::File),
+    S3 {
+        stream: futures::stream::BoxStream<'static, Result<bytes::Bytes, crate::s3::ObjectError>>,
+        /// Bytes received but not yet put in a chunk.
+        left: bytes::Bytes,
+    },
+    Empty,
+}
+
+impl Input {
+    /// Up to `size` bytes (fewer only at the end; empty at the end).
+    async fn read_chunk(&mut self, size: usize) -> Result<Vec<u8>, String> {
+        let mut buf = Vec::with_capacity(size);
+        match self {
+            Input::File(f) => {
+                buf.resize(size, 0);
+                let mut filled = 0;
+                while filled < buf.len() {
+                    let n = f
+                        .read(buf.get_mut(filled..).unwrap_or_default())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                buf.truncate(filled);
+            }
+            Input::S3 { stream, left } => {
+                use futures::StreamExt;
+                while buf.len() < size {
+                    if left.is_empty() {
+                        match stream.next().await {
+                            Some(Ok(b)) => *left = b,
+                            Some(Err(e)) => return Err(e.to_string()),
+                            None => break,
+                        }
+                        continue;
+                    }
+                    let take = left.len().min(size - buf.len());
+                    buf.extend_from_slice(&left.split_to(take));
+                }
+            }
+            Input::Empty => {}
+        }
+        Ok(buf)
+    }
+}
+
 struct Reader {
     id: u64,
     ident: Ident,
     dataset_id: String,
-    path: PathBuf,
+    source: Source,
+    /// The dataset's size (S3: no range request past the end).
+    size: u64,
     offset: u64,
     chunk: usize,
     extended: bool,
@@ -597,9 +652,29 @@ impl Reader {
         }
     }
 
-    async fn stream(&self) -> std::io::Result<()> {
-        let mut f = tokio::fs::File::open(&self.path).await?;
-        f.seek(std::io::SeekFrom::Start(self.offset)).await?;
+    async fn stream(&self) -> Result<(), String> {
+        tracing::trace!(dataset_id = %self.dataset_id, offset = self.offset, "reader starts");
+        let mut input = match &self.source {
+            Source::File(path) => {
+                let mut f = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                f.seek(std::io::SeekFrom::Start(self.offset))
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                Input::File(f)
+            }
+            // Nothing left to read: no range request (S3 refuses an empty
+            // range with 416).
+            Source::S3(..) if self.offset >= self.size => Input::Empty,
+            Source::S3(objs, id) => Input::S3 {
+                stream: objs
+                    .read_from(id, self.offset)
+                    .await
+                    .map_err(|e| e.to_string())?,
+                left: bytes::Bytes::new(),
+            },
+        };
         let mut seq = 0u64;
         let mut pos = self.offset;
         loop {
@@ -613,16 +688,8 @@ impl Reader {
                     Err(_) => return Ok(()), // cancelled
                 }
             }
-            let mut buf = vec![0u8; self.chunk];
-            let mut filled = 0;
-            while filled < buf.len() {
-                let n = f.read(buf.get_mut(filled..).unwrap_or_default()).await?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
-            buf.truncate(filled);
+            let buf = input.read_chunk(self.chunk).await?;
+            tracing::trace!(dataset_id = %self.dataset_id, seq, len = buf.len(), "chunk read");
             let eof = buf.is_empty();
             let head = ChunkMsg {
                 dataset_id: self.dataset_id.clone(),

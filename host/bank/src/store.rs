@@ -34,6 +34,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::s3::{ObjectError, S3Objects, Sidecar};
+
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -51,6 +53,12 @@ pub enum StoreError {
     /// The catalogue lock was poisoned by a panic elsewhere.
     #[error("catalogue lock poisoned")]
     Poisoned,
+    /// The object store (S3 backend) failed or refused; its reason is kept.
+    #[error(transparent)]
+    Object(Box<ObjectError>),
+    /// The store acknowledged an upload but does not hold what was sent.
+    #[error("object store verification failed: {0}")]
+    Verify(String),
     /// Partial uploads would use more than `partial_quota_bytes`.
     #[error(
         "partial upload quota exceeded: {used} bytes held by unfinished uploads, \
@@ -64,6 +72,12 @@ pub enum StoreError {
         /// The quota.
         quota: u64,
     },
+}
+
+impl From<ObjectError> for StoreError {
+    fn from(e: ObjectError) -> Self {
+        StoreError::Object(Box::new(e))
+    }
 }
 
 /// Bytes of partial uploads on disk, shared by the store and every open
@@ -132,6 +146,11 @@ pub struct Recovery {
     pub dropped_partials: usize,
     /// Resumable uploads kept.
     pub resumable: usize,
+    /// S3 backend: multipart uploads a crash left open, aborted.
+    pub aborted_uploads: usize,
+    /// S3 backend with reindex: datasets found in the bucket and now in
+    /// the catalogue (`None`: no reindex ran).
+    pub reindexed: Option<usize>,
 }
 
 /// A committed dataset's row.
@@ -182,6 +201,31 @@ pub struct Store {
     /// one's object, and its failed insert delete it).
     commit_lock: Mutex<()>,
     usage: Arc<Usage>,
+    /// The S3 backend: content lives in the bucket, the catalogue here.
+    s3: Option<S3Backend>,
+}
+
+/// The bucket and the runtime its async client runs on (the store's
+/// methods block: they run on the blocking pool and wait on the runtime).
+#[derive(Debug, Clone)]
+pub(crate) struct S3Backend {
+    pub(crate) objs: Arc<S3Objects>,
+    pub(crate) rt: tokio::runtime::Handle,
+}
+
+impl S3Backend {
+    fn run<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.rt.block_on(f)
+    }
+}
+
+/// Where a committed dataset's bytes are read from.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    /// A local file.
+    File(PathBuf),
+    /// An object in the bucket.
+    S3(Arc<S3Objects>, String),
 }
 
 impl Store {
@@ -190,6 +234,36 @@ impl Store {
         data_dir: &Path,
         bank_id: &str,
         resume_ttl: Duration,
+    ) -> Result<(Store, Recovery), StoreError> {
+        Store::open_with(data_dir, bank_id, resume_ttl, None)
+    }
+
+    /// Open a store whose datasets live in `objs` (the catalogue and the
+    /// records of open multipart uploads stay in `data_dir`). Probes the
+    /// bucket first (a bad credential fails here), aborts multipart uploads
+    /// a crash left behind, and with `reindex` rebuilds the catalogue from
+    /// the bucket's sidecars. Must run on a thread that may block on `rt`
+    /// (the blocking pool).
+    pub(crate) fn open_s3(
+        data_dir: &Path,
+        bank_id: &str,
+        resume_ttl: Duration,
+        backend: S3Backend,
+        reindex: bool,
+    ) -> Result<(Store, Recovery), StoreError> {
+        backend.run(backend.objs.probe(bank_id))?;
+        let (store, mut rec) = Store::open_with(data_dir, bank_id, resume_ttl, Some(backend))?;
+        if reindex {
+            rec.reindexed = Some(store.reindex()?);
+        }
+        Ok((store, rec))
+    }
+
+    fn open_with(
+        data_dir: &Path,
+        bank_id: &str,
+        resume_ttl: Duration,
+        s3: Option<S3Backend>,
     ) -> Result<(Store, Recovery), StoreError> {
         let objects = data_dir.join("objects");
         let partial = data_dir.join("partial");
@@ -222,8 +296,13 @@ impl Store {
                 bytes: AtomicU64::new(0),
                 quota: AtomicU64::new(u64::MAX),
             }),
+            s3,
         };
-        let rec = store.recover(resume_ttl)?;
+        let rec = if store.s3.is_some() {
+            store.recover_s3()?
+        } else {
+            store.recover(resume_ttl)?
+        };
         Ok((store, rec))
     }
 
@@ -349,6 +428,125 @@ impl Store {
         Ok(rec)
     }
 
+    /// S3 backend start-up: abort the multipart uploads a crash left open
+    /// (their records are in `partial/*.mpu`) and delete everything else in
+    /// `partial/` (S3 uploads do not survive a bank restart: see
+    /// docs/BANK.md). Catalogue rows are not checked against the bucket
+    /// here; reindex does that.
+    fn recover_s3(&self) -> Result<Recovery, StoreError> {
+        let mut rec = Recovery::default();
+        let Some(s3) = &self.s3 else {
+            return Ok(rec);
+        };
+        for entry in fs::read_dir(&self.partial).map_err(io_err(&self.partial))? {
+            let entry = entry.map_err(io_err(&self.partial))?;
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "mpu") {
+                let Some(r) = fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<MpuRecord>(&b).ok())
+                else {
+                    let _ = fs::remove_file(&path);
+                    continue;
+                };
+                match s3.run(s3.objs.abort(&r.key, &r.upload)) {
+                    Ok(()) => {
+                        tracing::info!(key = %r.key, "aborted a multipart upload left by a crash");
+                        rec.aborted_uploads += 1;
+                        let _ = fs::remove_file(&path);
+                    }
+                    // Gone already (completed or aborted by the store).
+                    Err(e) if e.not_found() => {
+                        let _ = fs::remove_file(&path);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot abort a multipart upload left by a crash; retried at the next start")
+                    }
+                }
+            } else {
+                let _ = fs::remove_file(&path);
+                rec.dropped_partials += 1;
+            }
+        }
+        if rec != Recovery::default() {
+            tracing::info!(?rec, "storage recovered");
+        }
+        Ok(rec)
+    }
+
+    /// S3 backend: bring the catalogue in line with the bucket's sidecars
+    /// (rows for datasets found there are added, rows whose sidecar is gone
+    /// are dropped). Returns how many rows were added. File backend: 0.
+    pub fn reindex(&self) -> Result<usize, StoreError> {
+        let Some(s3) = &self.s3 else {
+            return Ok(0);
+        };
+        // Commits put the sidecar before the row: hold them off so a
+        // commit's row is neither doubled nor dropped by a stale listing.
+        let _one = self.commit_lock.lock().map_err(|_| StoreError::Poisoned)?;
+        let listed: std::collections::HashSet<String> =
+            s3.run(s3.objs.list_ids())?.into_iter().collect();
+        let known: std::collections::HashSet<String> = {
+            let db = self.db()?;
+            let mut st = db.prepare("SELECT dataset_id FROM datasets")?;
+            let it = st.query_map([], |r| r.get::<_, String>(0))?;
+            it.collect::<Result<_, _>>()?
+        };
+        for gone in known.difference(&listed) {
+            tracing::info!(dataset_id = %gone, "dataset no longer in the bucket; dropping its row");
+            self.db()?
+                .execute("DELETE FROM datasets WHERE dataset_id = ?1", [gone])?;
+        }
+        let mut added = 0;
+        for id in listed.difference(&known) {
+            if let Some(side) = s3.run(s3.objs.sidecar(id))? {
+                self.insert_row(&side.record(&self.bank_id), true)?;
+                added += 1;
+            }
+        }
+        if added > 0 {
+            tracing::info!(added, store = %s3.objs.url(), "catalogue updated from the bucket");
+        }
+        Ok(added)
+    }
+
+    fn insert_row(&self, rec: &Record, or_replace: bool) -> Result<(), StoreError> {
+        let verb = if or_replace {
+            "INSERT OR REPLACE"
+        } else {
+            "INSERT"
+        };
+        self.db()?.execute(
+            &format!(
+                "{verb} INTO datasets (dataset_id, bank_id, relay_id, size, sha256, created, meta)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ),
+            params![
+                rec.dataset_id,
+                rec.bank_id,
+                rec.relay_id,
+                rec.size,
+                rec.sha256,
+                rec.created,
+                rec.meta.to_string()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The S3 backend, if that is where datasets live.
+    pub(crate) fn s3(&self) -> Option<&S3Backend> {
+        self.s3.as_ref()
+    }
+
+    /// Where a committed dataset's bytes are read from.
+    pub(crate) fn source(&self, dataset_id: &str) -> Source {
+        match &self.s3 {
+            Some(s3) => Source::S3(s3.objs.clone(), dataset_id.to_string()),
+            None => Source::File(self.object_path(dataset_id)),
+        }
+    }
+
     fn part_path(&self, token: &str) -> PathBuf {
         self.partial.join(format!("{token}.part"))
     }
@@ -366,8 +564,26 @@ impl Store {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Look a dataset up.
+    /// Look a dataset up. With the S3 backend a dataset missing from the
+    /// catalogue is looked for in the bucket too (another bank on the same
+    /// prefix may have written it) and added when found.
     pub fn lookup(&self, dataset_id: &str) -> Result<Option<Record>, StoreError> {
+        let r = self.lookup_local(dataset_id)?;
+        if r.is_some() {
+            return Ok(r);
+        }
+        let Some(s3) = &self.s3 else {
+            return Ok(None);
+        };
+        let Some(side) = s3.run(s3.objs.sidecar(dataset_id))? else {
+            return Ok(None);
+        };
+        let rec = side.record(&self.bank_id);
+        self.insert_row(&rec, true)?;
+        Ok(Some(rec))
+    }
+
+    fn lookup_local(&self, dataset_id: &str) -> Result<Option<Record>, StoreError> {
         let db = self.db()?;
         let r = db
             .query_row(
@@ -454,7 +670,20 @@ impl Store {
             partial_dir: self.partial.clone(),
             counted: 0,
             usage: self.usage.clone(),
+            s3: self.s3.as_ref().map(|b| S3Part {
+                backend: b.clone(),
+                dataset_id: String::new(),
+                buf: Vec::new(),
+                upload: None,
+                parts: Vec::new(),
+                record: self
+                    .partial
+                    .join(format!("{}.mpu", uuid::Uuid::new_v4().simple())),
+            }),
         };
+        if let Some(s3) = p.s3.as_mut() {
+            s3.dataset_id = p.cp.dataset_id.clone();
+        }
         if let Err(e) = p.checkpoint() {
             p.discard();
             return Err(e);
@@ -490,6 +719,7 @@ impl Store {
                     partial_dir: self.partial.clone(),
                     counted: 0,
                     usage: self.usage.clone(),
+                    s3: None,
                 }));
             }
             Err(_) => return Ok(None),
@@ -529,6 +759,7 @@ impl Store {
             partial_dir: self.partial.clone(),
             counted: cp_offset,
             usage: self.usage.clone(),
+            s3: None,
         }))
     }
 
@@ -552,7 +783,12 @@ impl Store {
     /// Make a finished partial upload a dataset (see the module docs for the
     /// crash-safe order). The partial's files are gone afterwards whatever
     /// the outcome.
-    pub fn commit(&self, done: Finished) -> Result<Commit, StoreError> {
+    pub fn commit(&self, mut done: Finished) -> Result<Commit, StoreError> {
+        if let Some(part) = done.s3.take() {
+            let r = self.commit_s3(&done, part);
+            done.usage.release(done.counted);
+            return r;
+        }
         let id = done.cp.dataset_id.clone();
         let result = (|| {
             // One commit at a time: check, rename and insert are one step
@@ -611,6 +847,152 @@ impl Store {
     }
 }
 
+impl Store {
+    /// S3 commit: check the id (catalogue and bucket), complete the
+    /// multipart upload (or put the small object), check its size, write
+    /// the sidecar, insert the row. The object appears only at completion,
+    /// so an existing dataset is never overwritten by a conflicting one.
+    fn commit_s3(&self, done: &Finished, mut part: S3Part) -> Result<Commit, StoreError> {
+        let id = done.cp.dataset_id.clone();
+        let _one = self.commit_lock.lock().map_err(|_| StoreError::Poisoned)?;
+        let existing = match self.lookup(&id) {
+            Ok(e) => e,
+            Err(e) => {
+                part.abort();
+                return Err(e);
+            }
+        };
+        if let Some(existing) = existing {
+            part.abort();
+            return Ok(
+                if existing.size == done.size && existing.sha256 == done.sha256 {
+                    Commit::Identical(existing)
+                } else {
+                    Commit::Conflict(existing)
+                },
+            );
+        }
+        let s3 = part.backend.clone();
+        let written = match &part.upload {
+            Some(upload) => s3.run(s3.objs.complete(&id, upload, part.parts.clone())),
+            None => s3.run(
+                s3.objs
+                    .put_object(&id, bytes::Bytes::from(std::mem::take(&mut part.buf))),
+            ),
+        };
+        if let Err(e) = written {
+            part.abort();
+            return Err(e.into());
+        }
+        part.forget();
+        let undo = |e: StoreError| {
+            let _ = s3.run(s3.objs.delete_object(&id));
+            Err(e)
+        };
+        match s3.run(s3.objs.size(&id)) {
+            Ok(Some(n)) if n == done.size => {}
+            Ok(n) => {
+                return undo(StoreError::Verify(format!(
+                    "{} holds {} bytes after the upload, {} were sent",
+                    s3.objs.object_key(&id),
+                    n.map(|n| n.to_string()).unwrap_or_else(|| "no".into()),
+                    done.size
+                )))
+            }
+            Err(e) => return undo(e.into()),
+        }
+        let side = Sidecar {
+            dataset_id: id.clone(),
+            relay_id: done.cp.relay_id.clone(),
+            size: done.size,
+            sha256: done.sha256.clone(),
+            created: labmesh_proto::unix_now(),
+            meta: done.cp.meta.clone(),
+            written_by: self.bank_id.clone(),
+        };
+        if let Err(e) = s3.run(s3.objs.put_sidecar(&side)) {
+            return undo(e.into());
+        }
+        let rec = side.record(&self.bank_id);
+        if let Err(e) = self.insert_row(&rec, true) {
+            let _ = s3.run(s3.objs.delete_sidecar(&id));
+            return undo(e);
+        }
+        Ok(Commit::Stored(rec))
+    }
+}
+
+/// A multipart upload in progress, recorded in `partial/<uuid>.mpu` so a
+/// crash's leftovers are aborted at the next start.
+#[derive(Debug, Serialize, Deserialize)]
+struct MpuRecord {
+    key: String,
+    upload: String,
+}
+
+/// The S3 side of an upload: bytes not yet sent as a part, and the parts.
+#[derive(Debug)]
+struct S3Part {
+    backend: S3Backend,
+    dataset_id: String,
+    buf: Vec<u8>,
+    upload: Option<String>,
+    parts: Vec<object_store::multipart::PartId>,
+    record: PathBuf,
+}
+
+impl S3Part {
+    /// Send the buffer as the next part (starting the multipart upload
+    /// and recording it first).
+    fn flush(&mut self) -> Result<(), StoreError> {
+        let s3 = self.backend.clone();
+        let upload = match &self.upload {
+            Some(u) => u.clone(),
+            None => {
+                let u = s3.run(s3.objs.create_multipart(&self.dataset_id))?;
+                self.upload = Some(u.clone());
+                let r = MpuRecord {
+                    key: s3.objs.object_key(&self.dataset_id).to_string(),
+                    upload: u.clone(),
+                };
+                let body = serde_json::to_vec(&r).unwrap_or_default();
+                let written = File::create(&self.record)
+                    .and_then(|mut f| f.write_all(&body).and_then(|_| f.sync_all()));
+                written.map_err(io_err(&self.record))?;
+                u
+            }
+        };
+        let data = bytes::Bytes::from(std::mem::take(&mut self.buf));
+        let id = s3.run(
+            s3.objs
+                .put_part(&self.dataset_id, &upload, self.parts.len(), data),
+        )?;
+        self.parts.push(id);
+        Ok(())
+    }
+
+    /// Abort the multipart upload (if any); keep its record when the store
+    /// cannot be told, so the next start retries.
+    fn abort(self) {
+        if let Some(u) = &self.upload {
+            let key = self.backend.objs.object_key(&self.dataset_id).to_string();
+            match self.backend.run(self.backend.objs.abort(&key, u)) {
+                Ok(()) => {
+                    let _ = fs::remove_file(&self.record);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "multipart upload not aborted; retried at the next start")
+                }
+            }
+        }
+    }
+
+    /// The upload completed: its record goes.
+    fn forget(self) {
+        let _ = fs::remove_file(&self.record);
+    }
+}
+
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
     let meta: String = r.get(6)?;
     Ok(Record {
@@ -647,6 +1029,8 @@ pub struct Partial {
     /// Bytes this upload counts in `usage` (its part file's length).
     counted: u64,
     usage: Arc<Usage>,
+    /// S3 backend: the part buffer and the multipart upload.
+    s3: Option<S3Part>,
 }
 
 /// A finished, fsynced upload awaiting commit.
@@ -656,6 +1040,7 @@ pub struct Finished {
     sidecar: Option<PathBuf>,
     counted: u64,
     usage: Arc<Usage>,
+    s3: Option<S3Part>,
     /// Session facts.
     pub cp: Checkpoint,
     /// Final size.
@@ -667,6 +1052,9 @@ pub struct Finished {
 impl Finished {
     /// Delete the files (verification failed).
     pub fn discard(self) {
+        if let Some(p) = self.s3 {
+            p.abort();
+        }
         let _ = fs::remove_file(&self.path);
         if let Some(s) = &self.sidecar {
             let _ = fs::remove_file(s);
@@ -729,6 +1117,20 @@ impl Partial {
     pub fn append(&mut self, data: &[u8]) -> Result<(), StoreError> {
         self.usage.reserve(data.len() as u64)?;
         self.counted += data.len() as u64;
+        if let Some(s3) = self.s3.as_mut() {
+            // Parts end at chunk boundaries, so what the store holds is
+            // always a whole number of chunks (durable_seq).
+            s3.buf.extend_from_slice(data);
+            self.hasher.update(data);
+            self.offset += data.len() as u64;
+            self.next_seq += 1;
+            if s3.buf.len() >= s3.backend.objs.part_size {
+                s3.flush()?;
+                self.cp.next_seq = self.next_seq;
+                self.cp.offset = self.offset;
+            }
+            return Ok(());
+        }
         self.open()?.write_all(data).map_err(io_err(&self.path))?;
         self.hasher.update(data);
         self.offset += data.len() as u64;
@@ -745,6 +1147,9 @@ impl Partial {
         let Some(sidecar) = self.sidecar.clone() else {
             return Ok(());
         };
+        if self.s3.is_some() {
+            return Ok(()); // S3: a part in the store is the checkpoint
+        }
         if let Some(f) = &self.file {
             f.sync_data().map_err(io_err(&self.path))?;
         }
@@ -767,6 +1172,28 @@ impl Partial {
     /// Flush and fsync; the content is ready for verification and commit.
     /// On failure the upload is deleted.
     pub fn finish(mut self) -> Result<Finished, StoreError> {
+        if let Some(mut s3) = self.s3.take() {
+            // A multipart upload gets the rest as its last part (any size);
+            // a small upload stays in memory until the commit's single PUT.
+            if s3.upload.is_some() && !s3.buf.is_empty() {
+                if let Err(e) = s3.flush() {
+                    s3.abort();
+                    self.discard();
+                    return Err(e);
+                }
+            }
+            let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+            return Ok(Finished {
+                path: self.path,
+                sidecar: self.sidecar,
+                counted: self.counted,
+                usage: self.usage,
+                s3: Some(s3),
+                cp: self.cp,
+                size: self.offset,
+                sha256,
+            });
+        }
         let path = self.path.clone();
         let synced = self
             .open()
@@ -781,6 +1208,7 @@ impl Partial {
             sidecar: self.sidecar,
             counted: self.counted,
             usage: self.usage,
+            s3: None,
             cp: self.cp,
             size: self.offset,
             sha256,
@@ -790,6 +1218,12 @@ impl Partial {
     /// Stop: a resumable upload is checkpointed and kept; a legacy one is
     /// deleted.
     pub fn suspend(mut self) {
+        if self.s3.is_some() {
+            // An S3 upload's hash state lives only in this process: it
+            // cannot be picked up again, so it is aborted (docs/BANK.md).
+            self.discard();
+            return;
+        }
         if self.sidecar.is_some() {
             if self.since_checkpoint == 0 && self.cp.next_seq == self.next_seq {
                 return; // the checkpoint on disk is current
@@ -804,7 +1238,10 @@ impl Partial {
     }
 
     /// Delete the upload (aborted, or failed: its space is free at once).
-    pub fn discard(self) {
+    pub fn discard(mut self) {
+        if let Some(p) = self.s3.take() {
+            p.abort();
+        }
         let _ = fs::remove_file(&self.path);
         if let Some(s) = &self.sidecar {
             let _ = fs::remove_file(s);

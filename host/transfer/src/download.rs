@@ -322,7 +322,14 @@ impl Stream<'_> {
             .await
             .map_err(io)?;
         let credit_mode = credit_mode && extended;
-        let grant_every = (self.opts.credit / 2).max(1);
+        // Grant against the credit the bank actually gave (it caps what we
+        // ask for at its read-ahead buffer): waiting for half of what we
+        // asked would wait forever once the cap is below that.
+        let granted = meta
+            .credit
+            .unwrap_or(self.opts.credit)
+            .min(self.opts.credit);
+        let grant_every = (granted / 2).max(1);
         let mut consumed = 0u32;
         let mut seq = 0u64;
         loop {

@@ -5,4 +5,6 @@ mod crash;
 mod protocol;
 mod python;
 mod roundtrip;
+mod s3;
 mod support;
+mod weed;

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::support::*;
 
-fn python_ready() -> bool {
+pub(crate) fn python_ready() -> bool {
     let ok = Command::new("python3")
         .args(["-c", "import labmesh, zmq"])
         .stderr(Stdio::null())
@@ -36,13 +36,13 @@ fn python_ready() -> bool {
     ok
 }
 
-fn script(name: &str) -> PathBuf {
+pub(crate) fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/python")
         .join(name)
 }
 
-struct Py(Child);
+pub(crate) struct Py(pub(crate) Child);
 
 impl Drop for Py {
     fn drop(&mut self) {
@@ -52,7 +52,7 @@ impl Drop for Py {
 }
 
 /// Read one stdout line of a child, bounded in time.
-fn line_within(out: ChildStdout, timeout: Duration) -> (String, ChildStdout) {
+pub(crate) fn line_within(out: ChildStdout, timeout: Duration) -> (String, ChildStdout) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut r = BufReader::new(out);

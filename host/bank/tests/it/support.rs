@@ -103,7 +103,7 @@ impl BankProc {
             "{} missing: build it with `cargo build -p labmesh-bank --examples`",
             path.display()
         );
-        let mut child = Command::new(path)
+        let child = Command::new(path)
             .arg(data_dir)
             .args(extra)
             .stdin(Stdio::piped())
@@ -111,6 +111,11 @@ impl BankProc {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn bank_node");
+        BankProc::from_child(child)
+    }
+
+    /// Wait for a spawned bank_node's READY line.
+    pub fn from_child(mut child: Child) -> BankProc {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
