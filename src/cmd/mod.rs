@@ -22,6 +22,7 @@ mod sim;
 mod streams;
 mod upload;
 mod watch;
+mod web;
 
 #[derive(Debug, Parser)]
 #[command(name = "labmesh", version, about = "Lab-instrument mesh over ZeroMQ")]
@@ -66,6 +67,8 @@ pub enum Command {
     /// Measure the mesh next to a raw baseline from the same run.
     #[command(subcommand)]
     Bench(bench::Args),
+    /// Serve the live web dashboard (HTTP, WebSocket, /metrics).
+    Web(web::Args),
     /// Run a simulated instrument (for tests and demos).
     #[command(subcommand)]
     Sim(sim::Args),
@@ -76,7 +79,11 @@ impl Cli {
     /// output stays readable. RUST_LOG overrides both.
     pub fn default_log_level(&self) -> &'static str {
         match self.cmd {
-            Command::Broker(_) | Command::Relay(_) | Command::Bank(_) | Command::Sim(_) => "info",
+            Command::Broker(_)
+            | Command::Relay(_)
+            | Command::Bank(_)
+            | Command::Sim(_)
+            | Command::Web(_) => "info",
             Command::Demo => "error",
             _ => "warn",
         }
@@ -103,6 +110,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Drivers => drivers::exec(g).await,
         Command::Demo => demo::exec(&ctx).await,
         Command::Bench(a) => bench::exec(a, &ctx).await,
+        Command::Web(a) => web::exec(a, g, &ctx).await,
         Command::Sim(a) => sim::exec(a).await,
     }
 }
