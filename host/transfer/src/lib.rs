@@ -22,8 +22,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use download::{download_to_file, list_datasets, DownloadOptions, DownloadReceipt, Downloader};
-pub use stream::DownloadStream;
 pub use labmesh_proto::bank::{valid_dataset_id, DatasetInfo, Query};
+pub use stream::DownloadStream;
 pub use upload::{
     abort_upload, file_token, upload_file, upload_reader, UploadOptions, UploadReceipt, Uploader,
 };

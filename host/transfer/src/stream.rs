@@ -71,7 +71,11 @@ impl DownloadStream {
         let meta = match decode(&frames)? {
             RetrieveReply::Meta(m) => m,
             RetrieveReply::Error(e) => return Err(TransferError::Remote(e.error)),
-            other => return Err(TransferError::Protocol(format!("expected meta, got {other:?}"))),
+            other => {
+                return Err(TransferError::Protocol(format!(
+                    "expected meta, got {other:?}"
+                )))
+            }
         };
         if meta.dataset_id != dataset_id {
             return Err(TransferError::Protocol(format!(
