@@ -328,7 +328,7 @@ pub fn render_description(d: &labmesh_proto::lm::DescribeResult) -> String {
                 let mut s = format!(
                     "{}: {}",
                     p.name,
-                    serde_json::to_value(&p.ty)
+                    serde_json::to_value(p.ty)
                         .ok()
                         .and_then(|v| v.as_str().map(str::to_string))
                         .unwrap_or_default()
