@@ -134,6 +134,7 @@ async function meshPage() {
       relays.replaceChildren(...m.relays.map((n) => row(n, 'relay')));
       banks.replaceChildren(...m.banks.map((n) => row(n, 'bank')));
       tl.replaceChildren(...m.timeline.slice().reverse().slice(0, 50).map(tlItem));
+      if (!m.timeline.length) tl.replaceChildren(h('li', { class: 'mute' }, 'no presence events since this web node started'));
     } catch (e) { relays.replaceChildren(h('tr', {}, h('td', { class: 'err' }, e.message))); }
   }
   listeners.add((m) => {
