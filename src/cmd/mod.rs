@@ -10,6 +10,7 @@ mod bank;
 mod bench;
 mod bench_abuse;
 mod bench_streams;
+mod bench_web;
 mod broker;
 mod call;
 mod datasets;
