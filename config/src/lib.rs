@@ -336,6 +336,37 @@ impl Default for ClientSection {
     }
 }
 
+/// `[web]` (extension): the dashboard node, `labmesh web`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebSection {
+    /// HTTP listen address, `host:port` (loopback by default: on any other
+    /// address state-changing actions need the operator token).
+    pub listen: String,
+    /// The operator token (prefer `token_file`, kept out of the config).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A file holding the operator token (surrounding whitespace trimmed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Bytes queued per browser before the oldest messages are dropped.
+    pub ws_queue_bytes: usize,
+    /// At most this many browsers connected at once.
+    pub max_clients: usize,
+}
+
+impl Default for WebSection {
+    fn default() -> Self {
+        WebSection {
+            listen: "127.0.0.1:8080".into(),
+            token: None,
+            token_file: None,
+            ws_queue_bytes: 256 * 1024,
+            max_clients: 256,
+        }
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -348,6 +379,8 @@ pub struct Config {
     pub bank: BankSection,
     /// `[client]`
     pub client: ClientSection,
+    /// `[web]` (extension)
+    pub web: WebSection,
     /// The file this configuration was read from (set by [`Config::load`]
     /// and [`Config::parse`]; `None` for the built-in defaults), for
     /// messages about its values that other crates check.
@@ -749,6 +782,29 @@ impl Config {
         }
         endpoint("client.broker_rpc", &self.client.broker_rpc)?;
         endpoint("client.broker_xpub", &self.client.broker_xpub)?;
+        if self.web.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad(
+                "web.listen",
+                format!(
+                    "{:?} is not an address (ip:port, e.g. 127.0.0.1:8080)",
+                    self.web.listen
+                ),
+            ));
+        }
+        if self
+            .web
+            .token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(bad("web.token", "must not be empty".into()));
+        }
+        if self.web.ws_queue_bytes < 1024 {
+            return Err(bad("web.ws_queue_bytes", "must be at least 1024".into()));
+        }
+        if self.web.max_clients == 0 {
+            return Err(bad("web.max_clients", "must be at least 1".into()));
+        }
         Ok(())
     }
 
@@ -761,6 +817,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn web_section_parses_and_validates() {
+        let (c, w) = Config::parse(
+            "[web]\nlisten = \"0.0.0.0:9000\"\ntoken_file = \"/etc/labmesh/token\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.web.listen, "0.0.0.0:9000");
+        assert_eq!(
+            c.web.token_file.as_deref(),
+            Some(Path::new("/etc/labmesh/token"))
+        );
+        assert_eq!(Config::default().web.listen, "127.0.0.1:8080");
+        let e = Config::parse("[web]\nlisten = \"localhost\"\n", Path::new("t.toml")).unwrap_err();
+        assert!(e.to_string().contains("web.listen"), "{e}");
+    }
 
     fn shipped() -> String {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../labmesh.toml")).unwrap()

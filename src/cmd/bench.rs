@@ -40,6 +40,9 @@ pub enum Args {
     /// Stream rate accuracy and jitter (100 Hz, 1 kHz, 10 kHz) vs a tokio
     /// interval, and samples/s to 10 subscribers vs a bare zmq proxy.
     Streams(super::bench_streams::Args),
+    /// The web node: state publish -> WebSocket latency and fan-out to 50
+    /// WebSockets, each next to bare zmq SUB sockets.
+    Web(super::bench_web::Args),
 }
 
 pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
@@ -53,6 +56,7 @@ pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
         Args::Abuse(a) => return super::bench_abuse::exec(a, ctx).await,
         Args::Links(a) => return super::bench_links::exec(a).await,
         Args::Streams(a) => return super::bench_streams::exec(a, ctx).await,
+        Args::Web(a) => return super::bench_web::exec(a, ctx).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ mod bench;
 mod bench_abuse;
 mod bench_links;
 mod bench_streams;
+mod bench_web;
 mod broker;
 mod call;
 mod datasets;
@@ -27,6 +28,7 @@ mod sim;
 mod streams;
 mod upload;
 mod watch;
+mod web;
 
 #[derive(Debug, Parser)]
 #[command(name = "labmesh", version, about = "Lab-instrument mesh over ZeroMQ")]
@@ -98,6 +100,8 @@ pub enum Command {
     Bench(bench::Args),
     /// Write the systemd units (broker, bank, relay@) for this binary.
     InstallService(install_service::Args),
+    /// Serve the live web dashboard (HTTP, WebSocket, /metrics).
+    Web(web::Args),
     /// Run a simulated instrument (for tests and demos).
     #[command(subcommand)]
     Sim(sim::Args),
@@ -111,7 +115,11 @@ impl Cli {
     /// output stays readable. RUST_LOG overrides both.
     pub fn default_log_level(&self) -> &'static str {
         match self.cmd {
-            Command::Broker(_) | Command::Relay(_) | Command::Bank(_) | Command::Sim(_) => "info",
+            Command::Broker(_)
+            | Command::Relay(_)
+            | Command::Bank(_)
+            | Command::Sim(_)
+            | Command::Web(_) => "info",
             Command::Demo => "error",
             _ => "warn",
         }
@@ -141,6 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Drivers => drivers::exec(g).await,
         Command::Demo => demo::exec(&ctx).await,
         Command::Bench(a) => bench::exec(a, &ctx).await,
+        Command::Web(a) => web::exec(a, g, &ctx).await,
         Command::Sim(a) => sim::exec(a).await,
         Command::Scan(a) => scan::exec(a).await,
         Command::InstallService(a) => install_service::exec(a).await,

@@ -50,7 +50,11 @@ async fn lock_runs_a_command_holding_the_lease_and_call_uses_it() -> anyhow::Res
     )
     .await?;
     assert_eq!(out.code, 7, "{}{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("unleased=3"), "remote errors exit 3: {}", out.stdout);
+    assert!(
+        out.stdout.contains("unleased=3"),
+        "remote errors exit 3: {}",
+        out.stdout
+    );
     assert!(out.stdout.contains("lease=r1:"), "{}", out.stdout);
     assert!(out.stderr.contains("leased by ci@runner"), "{}", out.stderr);
     assert_eq!(

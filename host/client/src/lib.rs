@@ -965,6 +965,23 @@ impl BankClient {
         )
     }
 
+    /// Open `dataset_id` as a stream of chunks (verified as they pass; see
+    /// [`labmesh_transfer::DownloadStream`]), to forward it without a local
+    /// copy.
+    pub async fn download_stream(
+        &self,
+        dataset_id: &str,
+        mut opts: DownloadOptions,
+    ) -> Result<labmesh_transfer::DownloadStream, ClientError> {
+        if !opts.password.is_set() {
+            opts.password = self.password.clone();
+        }
+        Ok(
+            labmesh_transfer::DownloadStream::open(&self.ctx, self.retrieve()?, dataset_id, opts)
+                .await?,
+        )
+    }
+
     /// The bank's catalogue, newest first (extension; a labmesh v0 bank
     /// answers 400).
     pub async fn list_datasets(&self, mut query: Query) -> Result<Vec<DatasetInfo>, ClientError> {

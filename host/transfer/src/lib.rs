@@ -9,10 +9,13 @@
 //! * [`Downloader`] / [`download_to_file`] / [`list_datasets`]: fetch a
 //!   dataset with credit-based flow control into a temp file that is renamed
 //!   only once size and SHA-256 match; query a bank's catalogue.
+//! * [`DownloadStream`]: the same download chunk by chunk, to forward it
+//!   without a local copy (credit-bounded, verified at the end).
 //!
 //! The byte-exact protocol is in `docs/PROTOCOL.md` (bank section).
 
 mod download;
+mod stream;
 mod upload;
 
 use std::path::PathBuf;
@@ -20,6 +23,7 @@ use std::time::Duration;
 
 pub use download::{download_to_file, list_datasets, DownloadOptions, DownloadReceipt, Downloader};
 pub use labmesh_proto::bank::{valid_dataset_id, DatasetInfo, Query};
+pub use stream::DownloadStream;
 pub use upload::{
     abort_upload, file_token, upload_file, upload_reader, UploadOptions, UploadReceipt, Uploader,
 };

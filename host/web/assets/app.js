@@ -1,0 +1,318 @@
+// labmesh web dashboard: one page, hash routes, live data over /ws.
+// No build step and no dependencies: plain DOM and a small canvas plot.
+
+const $ = (sel, el = document) => el.querySelector(sel);
+const main = $('#main');
+const WINDOW = 600; // points kept per plot
+
+// ---------- helpers ----------
+function h(tag, attrs = {}, ...kids) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'class') el.className = v;
+    else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null) el.setAttribute(k, v);
+  }
+  for (const k of kids.flat()) el.append(k instanceof Node ? k : document.createTextNode(String(k)));
+  return el;
+}
+const fmtTime = (ts) => ts ? new Date(ts * 1000).toLocaleTimeString() : '—';
+const ago = (ts) => ts ? `${Math.max(0, (Date.now() / 1000 - ts)).toFixed(1)} s ago` : '—';
+
+function headers() {
+  const t = localStorage.getItem('labmesh-token') || '';
+  const hd = { 'content-type': 'application/json' };
+  if (t) hd.authorization = 'Bearer ' + t;
+  return hd;
+}
+async function api(path, opts = {}) {
+  const r = await fetch(path, { headers: headers(), ...opts });
+  let body = null;
+  try { body = await r.json(); } catch (_) { body = null; }
+  if (!r.ok) {
+    const e = new Error(body?.error?.message || `${r.status} ${r.statusText}`);
+    e.status = r.status;
+    throw e;
+  }
+  return body;
+}
+const post = (path, body) => api(path, { method: 'POST', body: JSON.stringify(body) });
+
+// ---------- live connection ----------
+const listeners = new Set();
+let ws = null, watching = null;
+function connect() {
+  const proto = location.protocol === 'https:' ? 'wss' : 'ws';
+  ws = new WebSocket(`${proto}://${location.host}/ws`);
+  const st = $('#ws-status');
+  ws.onopen = () => {
+    st.textContent = 'live'; st.className = 'pill on';
+    if (watching) ws.send(JSON.stringify({ type: 'watch', relay_id: watching }));
+  };
+  ws.onclose = () => { st.textContent = 'offline'; st.className = 'pill off'; setTimeout(connect, 1000); };
+  ws.onmessage = (ev) => {
+    let m;
+    try { m = JSON.parse(ev.data); } catch (_) { return; }
+    if (m.type === 'drops') { $('#drops').textContent = `drops ${m.dropped}`; return; }
+    for (const f of listeners) f(m);
+  };
+}
+function watch(relay) {
+  watching = relay;
+  if (ws && ws.readyState === 1) ws.send(JSON.stringify(relay ? { type: 'watch', relay_id: relay } : { type: 'unwatch' }));
+}
+
+// ---------- plot ----------
+class Plot {
+  constructor(key, title, unit) {
+    this.key = key; this.title = title; this.unit = unit || '';
+    this.pts = []; this.paused = false; this.total = 0;
+    this.canvas = h('canvas', { 'data-plot': key, 'data-points': '0', width: 800, height: 140 });
+    this.label = h('span', { class: 'mono' }, '');
+    const pause = h('button', { onclick: () => { this.paused = !this.paused; pause.textContent = this.paused ? 'resume' : 'pause'; } }, 'pause');
+    const csv = h('button', { onclick: () => this.csv() }, 'CSV');
+    this.el = h('div', { class: 'plot' }, h('div', { class: 'bar' }, h('strong', {}, title), this.label, h('span', { class: 'spacer' }), pause, csv), this.canvas);
+  }
+  add(t, v) {
+    if (typeof v !== 'number' || !isFinite(v)) return;
+    this.total++;
+    if (this.paused) return;
+    this.pts.push([t, v]);
+    if (this.pts.length > WINDOW) this.pts.shift();
+    this.canvas.dataset.points = String(this.pts.length);
+    this.label.textContent = `${v.toPrecision(6)} ${this.unit}`;
+    this.dirty = true;
+  }
+  draw() {
+    if (!this.dirty) return; this.dirty = false;
+    const c = this.canvas, g = c.getContext('2d'), W = c.width, H = c.height, p = this.pts;
+    g.clearRect(0, 0, W, H);
+    if (p.length < 1) return;
+    let lo = Infinity, hi = -Infinity;
+    for (const [, v] of p) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    if (hi - lo < 1e-12) { hi += 0.5; lo -= 0.5; }
+    const t0 = p[0][0], t1 = Math.max(p[p.length - 1][0], t0 + 1e-6);
+    const x = (t) => 40 + (W - 50) * (t - t0) / (t1 - t0), y = (v) => H - 14 - (H - 24) * (v - lo) / (hi - lo);
+    g.strokeStyle = '#dde1e7'; g.fillStyle = '#6b7585'; g.font = '11px sans-serif';
+    for (const v of [lo, (lo + hi) / 2, hi]) { g.beginPath(); g.moveTo(40, y(v)); g.lineTo(W - 10, y(v)); g.stroke(); g.fillText(v.toPrecision(4), 2, y(v) + 4); }
+    g.strokeStyle = '#2563eb'; g.lineWidth = 1.5; g.beginPath();
+    p.forEach(([t, v], i) => (i ? g.lineTo(x(t), y(v)) : g.moveTo(x(t), y(v))));
+    g.stroke();
+  }
+  csv() {
+    const rows = ['time_unix_s,' + this.key.replace(/[^\w.:-]/g, '_'), ...this.pts.map(([t, v]) => `${t},${v}`)];
+    const a = h('a', { href: URL.createObjectURL(new Blob([rows.join('\n') + '\n'], { type: 'text/csv' })), download: this.key.replace(/[^\w.-]/g, '_') + '.csv' });
+    document.body.append(a); a.click(); a.remove();
+  }
+}
+const plots = new Map();
+(function frame() { for (const p of plots.values()) p.draw(); requestAnimationFrame(frame); })();
+
+// ---------- pages ----------
+let cleanup = () => {};
+function page(fn) { cleanup(); cleanup = () => {}; listeners.clear(); plots.clear(); main.replaceChildren(); return fn(); }
+
+async function meshPage() {
+  watch(null);
+  const relays = h('tbody', { id: 'relays' }), banks = h('tbody', { id: 'banks' }), tl = h('ul', { class: 'timeline', id: 'timeline' });
+  const head = (...c) => h('thead', {}, h('tr', {}, c.map((x) => h('th', {}, x))));
+  main.append(
+    h('div', { class: 'grid2' },
+      h('div', { class: 'card' }, h('h2', {}, 'Relays'), h('table', {}, head('relay', 'status', 'last seen', 'endpoint'), relays)),
+      h('div', { class: 'card' }, h('h2', {}, 'Banks'), h('table', {}, head('bank', 'status', 'last seen', 'retrieve'), banks))),
+    h('div', { class: 'card' }, h('h2', {}, 'Presence timeline'), tl));
+  const seen = {};
+  const row = (n, kind) => h('tr', { 'data-relay': kind === 'relay' ? n.id : undefined, 'data-bank': kind === 'bank' ? n.id : undefined },
+    h('td', {}, kind === 'relay' ? h('a', { href: `#/relay/${encodeURIComponent(n.id)}` }, n.id) : n.id),
+    h('td', {}, h('span', { class: `badge st-${n.status}`, 'data-status': n.status }, n.status)),
+    h('td', { class: 'mono', 'data-last-seen': n.id }, ago(seen[n.id] || n.last_seen)),
+    h('td', { class: 'mono mute' }, n.endpoint || ''));
+  const tlItem = (p) => h('li', {}, h('span', { class: 'mono' }, fmtTime(p.ts)), ' ', h('strong', {}, p.id), ` (${p.role}) `, h('span', { class: `badge st-${p.status}` }, p.status), ` — ${p.reason}`);
+  async function refresh() {
+    try {
+      const m = await api('/api/mesh');
+      relays.replaceChildren(...m.relays.map((n) => row(n, 'relay')));
+      banks.replaceChildren(...m.banks.map((n) => row(n, 'bank')));
+      tl.replaceChildren(...m.timeline.slice().reverse().slice(0, 50).map(tlItem));
+      if (!m.timeline.length) tl.replaceChildren(h('li', { class: 'mute' }, 'no presence events since this web node started'));
+    } catch (e) { relays.replaceChildren(h('tr', {}, h('td', { class: 'err' }, e.message))); }
+  }
+  listeners.add((m) => {
+    if (m.type === 'state') { seen[m.relay_id] = m.ts || Date.now() / 1000; const c = $(`[data-last-seen="${CSS.escape(m.relay_id)}"]`); if (c) c.textContent = ago(seen[m.relay_id]); }
+    if (m.type === 'presence') { tl.prepend(tlItem(m.presence)); refresh(); }
+  });
+  await refresh();
+  const t = setInterval(refresh, 3000);
+  cleanup = () => clearInterval(t);
+}
+
+function paramInput(p) {
+  const attrs = { name: p.name, title: `${p.type}${p.unit ? ' [' + p.unit + ']' : ''}${p.min !== undefined ? ' min ' + p.min : ''}${p.max !== undefined ? ' max ' + p.max : ''}` };
+  if (p.type === 'bool') return h('select', attrs, h('option', { value: 'true' }, 'on'), h('option', { value: 'false' }, 'off'));
+  if (p.type === 'float' || p.type === 'int') {
+    Object.assign(attrs, { type: 'number', step: p.type === 'int' ? '1' : 'any' });
+    if (p.min !== undefined) attrs.min = p.min;
+    if (p.max !== undefined) attrs.max = p.max;
+  }
+  if (p.default !== undefined) attrs.placeholder = String(p.default);
+  return h('input', attrs);
+}
+// The browser's check; the web node and the relay check again.
+function readParams(form, m) {
+  const params = {};
+  for (const p of m.params || []) {
+    const el = form.elements[p.name];
+    el.classList.remove('bad');
+    const raw = el.value;
+    if (raw === '') { if (p.default === undefined) { el.classList.add('bad'); throw new Error(`${p.name} is required`); } continue; }
+    let v = raw;
+    if (p.type === 'float' || p.type === 'int') {
+      v = Number(raw);
+      const bad = !isFinite(v) || (p.type === 'int' && !Number.isInteger(v)) ? 'is not a number' : p.min !== undefined && v < p.min ? `is below the minimum ${p.min}` : p.max !== undefined && v > p.max ? `is above the maximum ${p.max}` : null;
+      if (bad) { el.classList.add('bad'); throw new Error(`${p.name} ${bad}`); }
+    } else if (p.type === 'bool') v = raw === 'true';
+    else if (p.type === 'any') { try { v = JSON.parse(raw); } catch (_) { v = raw; } }
+    params[p.name] = v;
+  }
+  return params;
+}
+
+async function relayPage(id) {
+  watch(id);
+  const d = await api(`/api/relays/${encodeURIComponent(id)}`);
+  const stateBody = h('tbody', { id: 'state' });
+  const result = h('div', { id: 'call-result', class: 'mute' }, 'no call yet');
+  const statePlots = h('div', { id: 'state-plots' }), streamPlots = h('div', { id: 'stream-plots' });
+  const lease = h('div', { id: 'lease' }, '…');
+  const streamsTbl = h('tbody', { id: 'streams' });
+  const units = {};
+  for (const m of d.methods) for (const p of m.params || []) if (p.unit) units[p.name] = p.unit;
+  const forms = d.methods.map((m) => {
+    const f = h('form', { class: 'call', 'data-method': m.name },
+      h('span', { class: 'm' }, m.name), ...(m.params || []).map((p) => h('label', {}, `${p.name}${p.unit ? ' [' + p.unit + ']' : ''}${p.min !== undefined || p.max !== undefined ? ` (${p.min ?? '−∞'}…${p.max ?? '∞'})` : ''} `, paramInput(p))),
+      h('button', { class: m.read_only ? '' : 'primary', type: 'submit' }, m.read_only ? 'read' : 'call'), h('span', { class: 'mute' }, m.doc || ''));
+    f.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      try {
+        const params = readParams(f, m);
+        result.className = 'mute'; result.textContent = `calling ${m.name}…`;
+        const r = await post(`/api/relays/${encodeURIComponent(id)}/call`, { method: m.name, params });
+        result.className = ''; result.dataset.method = m.name; result.textContent = JSON.stringify(r.result, null, 1);
+      } catch (e) { result.className = 'err'; result.textContent = e.message; }
+    });
+    return f;
+  });
+  main.append(
+    h('div', { class: 'card' }, h('h2', {}, id, ' ', h('span', { class: 'mute' }, `${d.driver}${d.identity ? ' — ' + d.identity : ''}`))),
+    h('div', { class: 'grid2' },
+      h('div', { class: 'card' }, h('h2', {}, 'Live state ', h('span', { id: 'state-meta', class: 'mute mono' }, '')), h('table', {}, stateBody)),
+      h('div', { class: 'card' }, h('h2', {}, 'Call'), ...forms, result)),
+    h('div', { class: 'grid2' },
+      h('div', { class: 'card' }, h('h2', {}, 'State plots'), statePlots),
+      h('div', { class: 'card' }, h('h2', {}, 'Stream plots'), streamPlots)),
+    h('div', { class: 'grid2' },
+      h('div', { class: 'card' }, h('h2', {}, 'Streams'), h('table', {}, h('thead', {}, h('tr', {}, ['stream', 'method', 'Hz', 'actual', 'samples', ''].map((x) => h('th', {}, x)))), streamsTbl)),
+      h('div', { class: 'card' }, h('h2', {}, 'Lease'), lease)));
+
+  function showState(s) {
+    if (!s || typeof s.state !== 'object' || s.state === null) return;
+    $('#state-meta').textContent = `seq ${s.seq ?? '—'} · ${fmtTime(s.ts)}${s.stale ? ' · stale' : ''}`;
+    const rows = [];
+    for (const [k, v] of Object.entries(s.state)) {
+      rows.push(h('tr', {}, h('th', {}, k), h('td', { class: 'num', 'data-field': k }, typeof v === 'object' ? JSON.stringify(v) : String(v)), h('td', { class: 'mute' }, units[k === 'voltage' ? 'value' : k] || '')));
+      if (typeof v === 'number' && !['ts', 'last_updated', 'runs', 'seq'].includes(k)) {
+        const key = 'state:' + k;
+        if (!plots.has(key)) { const p = new Plot(key, k, units[k === 'voltage' ? 'value' : k]); plots.set(key, p); statePlots.append(p.el); }
+        plots.get(key).add(s.ts || Date.now() / 1000, v);
+      }
+    }
+    stateBody.replaceChildren(...rows);
+  }
+  showState(d.state);
+  listeners.add((m) => {
+    if (m.type === 'state' && m.relay_id === id) showState(m);
+    if (m.type === 'sample' && m.relay_id === id && m.ok) {
+      const key = 'stream:' + m.stream;
+      if (!plots.has(key)) { const p = new Plot(key, m.stream, ''); plots.set(key, p); streamPlots.append(p.el); }
+      const v = typeof m.value === 'number' ? m.value : (m.value && typeof m.value === 'object' ? Object.values(m.value).find((x) => typeof x === 'number') : undefined);
+      plots.get(key).add(m.t_wall, v);
+    }
+  });
+
+  async function loadStreams() {
+    try {
+      const s = await api(`/api/relays/${encodeURIComponent(id)}/streams`);
+      streamsTbl.replaceChildren(...s.streams.map((st) => {
+        const hz = h('input', { type: 'number', step: 'any', min: '0', value: st.spec.hz, style: 'width:70px' });
+        const ctl = (body) => post(`/api/relays/${encodeURIComponent(id)}/streams/${encodeURIComponent(st.spec.name)}`, body).then(loadStreams, (e) => { result.className = 'err'; result.textContent = e.message; });
+        return h('tr', { 'data-stream': st.spec.name }, h('td', {}, st.spec.name), h('td', { class: 'mono' }, st.spec.method), h('td', {}, hz),
+          h('td', { class: 'num' }, st.actual_hz.toFixed(1)), h('td', { class: 'num' }, st.samples),
+          h('td', {}, h('button', { onclick: () => ctl({ hz: Number(hz.value) }) }, 'set Hz'), ' ',
+            h('button', { 'data-action': st.spec.enabled === false ? 'enable' : 'disable', onclick: () => ctl({ enabled: st.spec.enabled === false }) }, st.spec.enabled === false ? 'enable' : 'disable')));
+      }));
+      if (!s.streams.length) streamsTbl.replaceChildren(h('tr', {}, h('td', { class: 'mute' }, 'no streams')));
+    } catch (e) { streamsTbl.replaceChildren(h('tr', {}, h('td', { class: 'err' }, e.message))); }
+  }
+  let leaseToken = null;
+  async function loadLease() {
+    try {
+      const l = await api(`/api/relays/${encodeURIComponent(id)}/lease`);
+      if (!l.supported) { lease.replaceChildren(h('span', { class: 'mute', 'data-lease': 'unsupported' }, 'leases not supported by this relay')); return; }
+      const who = l.lease ? `held by ${l.lease.holder ?? '?'}${l.lease.expires_in_s !== undefined ? `, ${Number(l.lease.expires_in_s).toFixed(0)} s left` : ''}` : 'free';
+      const ttl = h('input', { type: 'number', value: '60', min: '1', style: 'width:60px' });
+      lease.replaceChildren(h('div', { 'data-lease': l.lease ? 'held' : 'free' }, who), h('div', {},
+        'ttl s ', ttl, ' ',
+        h('button', { onclick: async () => { try { const r = await post(`/api/relays/${encodeURIComponent(id)}/lease`, { action: 'lock', params: { ttl_s: Number(ttl.value) } }); leaseToken = r.result?.token ?? null; } catch (e) { result.className = 'err'; result.textContent = e.message; } loadLease(); } }, 'take'), ' ',
+        h('button', { onclick: async () => { try { await post(`/api/relays/${encodeURIComponent(id)}/lease`, { action: 'unlock', params: { token: leaseToken } }); } catch (e) { result.className = 'err'; result.textContent = e.message; } loadLease(); } }, 'release')));
+    } catch (e) { lease.replaceChildren(h('span', { class: 'err' }, e.message)); }
+  }
+  loadStreams(); loadLease();
+  const t = setInterval(() => { loadStreams(); loadLease(); }, 5000);
+  cleanup = () => clearInterval(t);
+}
+
+async function datasetsPage() {
+  watch(null);
+  const body = h('tbody', { id: 'datasets' });
+  const f = h('form', { class: 'filters' },
+    h('label', {}, 'relay ', h('input', { name: 'relay_id', size: 12 })),
+    h('label', {}, 'since ', h('input', { name: 'since', type: 'datetime-local' })),
+    h('label', {}, 'until ', h('input', { name: 'until', type: 'datetime-local' })),
+    h('label', {}, 'meta ', h('input', { name: 'meta', placeholder: 'key=value', size: 14 })),
+    h('button', { type: 'submit', class: 'primary' }, 'filter'));
+  main.append(h('div', { class: 'card' }, h('h2', {}, 'Datasets'), f,
+    h('table', {}, h('thead', {}, h('tr', {}, ['dataset', 'relay', 'bank', 'created', 'size', 'sha256', ''].map((x) => h('th', {}, x)))), body)));
+  async function load() {
+    const q = new URLSearchParams();
+    const v = (n) => f.elements[n].value;
+    if (v('relay_id')) q.set('relay_id', v('relay_id'));
+    for (const k of ['since', 'until']) if (v(k)) q.set(k, String(new Date(v(k)).getTime() / 1000));
+    if (v('meta').includes('=')) { const [k, ...rest] = v('meta').split('='); q.set('meta.' + k.trim(), rest.join('=').trim()); }
+    try {
+      const r = await api('/api/datasets?' + q);
+      body.replaceChildren(...r.datasets.map((d) => h('tr', { 'data-dataset': d.dataset_id },
+        h('td', { class: 'mono' }, d.dataset_id), h('td', {}, d.relay_id), h('td', {}, d.bank_id), h('td', {}, new Date(d.created * 1000).toLocaleString()),
+        h('td', { class: 'num' }, d.size.toLocaleString()), h('td', { class: 'mono', title: d.sha256 }, d.sha256.slice(0, 16) + '…'),
+        h('td', {}, h('a', { href: `/api/datasets/${encodeURIComponent(d.bank_id)}/${encodeURIComponent(d.dataset_id)}`, download: d.dataset_id, 'data-download': d.dataset_id }, 'download')))));
+      if (!r.datasets.length) body.replaceChildren(h('tr', {}, h('td', { class: 'mute' }, 'no datasets')));
+    } catch (e) { body.replaceChildren(h('tr', {}, h('td', { class: 'err' }, e.message))); }
+  }
+  f.addEventListener('submit', (ev) => { ev.preventDefault(); load(); });
+  listeners.add((m) => { if (m.type === 'dataset') load(); });
+  await load();
+}
+
+function route() {
+  const hash = location.hash || '#/mesh';
+  for (const a of document.querySelectorAll('nav a')) a.classList.toggle('active', hash.startsWith(a.getAttribute('href')));
+  const m = hash.match(/^#\/relay\/(.+)$/);
+  const run = m ? () => relayPage(decodeURIComponent(m[1])) : hash.startsWith('#/datasets') ? datasetsPage : meshPage;
+  page(run)?.catch?.((e) => main.replaceChildren(h('div', { class: 'card err' }, e.message)));
+}
+
+const tok = $('#token');
+tok.value = localStorage.getItem('labmesh-token') || '';
+tok.addEventListener('change', () => localStorage.setItem('labmesh-token', tok.value));
+window.addEventListener('hashchange', route);
+connect();
+route();
