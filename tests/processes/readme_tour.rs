@@ -15,8 +15,8 @@
 //! * `<dataset_id>` is the id the previous `labmesh upload` printed, and
 //!   `run42.h5` exists before the tour starts.
 //!
-//! How a line runs follows from its subcommand: `broker`, `relay`, `bank`
-//! and `sim` are nodes (started, ready once they print their banner, and
+//! How a line runs follows from its subcommand: `broker`, `relay`, `bank`,
+//! `sim` and `web` are nodes (started, ready once they print their banner, and
 //! for relays and banks once the broker lists them; stopped with SIGTERM at
 //! the end, which must exit 0); `watch` without `--count` streams (its
 //! first line is awaited, then Ctrl-C, exit 0); everything else runs to
@@ -119,7 +119,7 @@ enum Kind {
 fn kind(command: &str) -> Kind {
     let words: Vec<&str> = command.split_whitespace().collect();
     match words.get(1).copied() {
-        Some("broker" | "relay" | "bank" | "sim") => Kind::Node,
+        Some("broker" | "relay" | "bank" | "sim" | "web") => Kind::Node,
         Some("watch") if !words.contains(&"--count") => Kind::Stream,
         _ => Kind::OneShot,
     }
@@ -281,6 +281,7 @@ const FILE_INSTRUMENTS: [&str; 2] = ["lab-psu-a", "lab-psu-b"];
 fn write_tour_config(dir: &Path) -> anyhow::Result<(String, String)> {
     let (p1, p2, p3) = (free_port()?, free_port()?, free_port()?);
     let (relay, ingest, retrieve) = (free_port()?, free_port()?, free_port()?);
+    let web = free_port()?;
     let instruments: String = FILE_INSTRUMENTS
         .iter()
         .map(|id| format!("\n[[relay.instruments]]\nid = \"{id}\"\ndriver = \"mock-psu\"\nrpc_bind = \"tcp://127.0.0.1:*\"\n"))
@@ -309,6 +310,9 @@ default_address = "127.0.0.1"
 [client]
 broker_rpc = "tcp://BROKER:{p1}"
 broker_xpub = "tcp://BROKER:{p3}"
+
+[web]
+listen = "127.0.0.1:{web}"
 {instruments}"#
     );
     std::fs::write(dir.join("labmesh.toml"), text)?;
