@@ -43,6 +43,23 @@ pub enum Args {
     /// The web node: state publish -> WebSocket latency and fan-out to 50
     /// WebSockets, each next to bare zmq SUB sockets.
     Web(super::bench_web::Args),
+    /// The bank on the Python client's path vs the Python bank and
+    /// `dd conv=fsync`; the Rust uploader/downloader; the bank's peak RSS.
+    Bank(super::bench_bank::Args),
+    /// The broker's state bus, 1 publisher and 10 subscribers, vs a bare
+    /// `zmq::proxy` (small, 1 kB and 64 kB messages).
+    Bus(super::bench_bus::Args),
+    /// A broker with 10 000 relays heart-beating: CPU, RSS, lookup and
+    /// list latency and reply size.
+    Directory(super::bench_directory::Args),
+    /// RPC, bus, directory and bank in one run (under 5 minutes), one table.
+    All(super::bench_all::Args),
+    /// A blocking zmq ROUTER echo process (the CPU baseline of `bench rpc`).
+    #[command(hide = true)]
+    EchoServer {
+        #[arg(long, default_value = "tcp://127.0.0.1:*")]
+        bind: String,
+    },
 }
 
 pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
@@ -57,6 +74,13 @@ pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
         Args::Links(a) => return super::bench_links::exec(a).await,
         Args::Streams(a) => return super::bench_streams::exec(a, ctx).await,
         Args::Web(a) => return super::bench_web::exec(a, ctx).await,
+        Args::Bank(a) => return super::bench_bank::exec(a, ctx).await,
+        Args::Bus(a) => return super::bench_bus::exec(a, ctx).await,
+        Args::Directory(a) => return super::bench_directory::exec(a, ctx).await,
+        Args::All(a) => return super::bench_all::exec(a, ctx).await,
+        Args::EchoServer { bind } => {
+            tokio::task::spawn_blocking(move || super::bench_rpc_cpu::echo_server(&bind)).await??
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -247,7 +271,69 @@ async fn rpc(ctx: &zmq::Context, n: usize) -> anyhow::Result<()> {
             held.p50 / free.p50
         );
     }
+    let rows = super::bench_rpc_cpu::run(ctx, 3000, 2.0).await?;
+    super::bench_all::print_table("rpc: CPU and concurrency", &rows);
     Ok(())
+}
+
+/// Rounds of the latency comparison in `bench all` (alternating).
+const ROUNDS: usize = 5;
+
+/// `bench all`'s RPC rows: `lm.ping` p50/p99 against the raw echo
+/// (alternating rounds), then CPU per call and 8-client calls/s.
+pub async fn rpc_rows(ctx: &zmq::Context, n: usize) -> anyhow::Result<Vec<super::bench_all::Row>> {
+    let broker = labmesh_broker::spawn(ctx, labmesh_broker::BrokerOptions::loopback()).await?;
+    let relay = labmesh_relay::spawn(
+        ctx,
+        labmesh_relay::RelayOptions::with_broker(broker.rpc_endpoint(), broker.xsub_endpoint()),
+        vec![
+            labmesh_relay::Hosted::new("bench", Box::new(MockPsu::new("bench")))
+                .poll_every(Duration::from_secs(1)),
+        ],
+    )
+    .await?;
+    let client = Client::connect(
+        ctx,
+        ClientOptions::new(broker.rpc_endpoint(), broker.xpub_endpoint()).without_bus(),
+    )
+    .await?;
+    client
+        .wait_for_relay("bench", Duration::from_secs(10))
+        .await?;
+    let request = br#"{"type":"rpc","rpc_uuid":"0123456789abcdef0123456789abcdef","method":"lm.ping","params":null}"#;
+    let per = (n / ROUNDS).max(10);
+    let (mut raw, mut ping) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let ctx2 = ctx.clone();
+        raw.extend(tokio::task::spawn_blocking(move || raw_echo(&ctx2, per, request)).await??);
+        ping.extend(mesh_calls(&client, "lm.ping", per).await?);
+    }
+    client.close();
+    relay.shutdown().await;
+    broker.shutdown().await;
+    let (raw, ping) = (summarise(raw), summarise(ping));
+    println!(
+        "rpc: lm.ping vs raw zmq echo of the same bytes, {ROUNDS} alternating rounds of {per}: p50 {:.1} / {:.1} us, p99 {:.1} / {:.1} us",
+        ping.p50, raw.p50, ping.p99, raw.p99
+    );
+    let mut rows = vec![
+        super::bench_all::Row::new(
+            "rpc: lm.ping p50 vs raw zmq DEALER->ROUTER echo".into(),
+            format!("{:.1} us", ping.p50),
+            format!("{:.1} us", raw.p50),
+            ping.p50 / raw.p50,
+            "<= 1.1x",
+        ),
+        super::bench_all::Row::new(
+            "rpc: lm.ping p99 vs raw zmq DEALER->ROUTER echo".into(),
+            format!("{:.1} us", ping.p99),
+            format!("{:.1} us", raw.p99),
+            ping.p99 / raw.p99,
+            "<= 1.5x",
+        ),
+    ];
+    rows.extend(super::bench_rpc_cpu::run(ctx, n, 2.0).await?);
+    Ok(rows)
 }
 
 /// CPU seconds (user + system) and RSS in KiB of process `pid` (Linux).

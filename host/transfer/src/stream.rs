@@ -91,6 +91,13 @@ impl DownloadStream {
         }
         // A legacy bank ignores credit and streams everything at once.
         let credit_mode = credit_mode && meta.offset.is_some();
+        // Grant against the credit the bank actually gave (it caps ours to
+        // its buffer): waiting for half of what we asked would wait for
+        // chunks the bank may never send.
+        let mut opts = opts;
+        if credit_mode {
+            opts.credit = meta.credit.unwrap_or(opts.credit).clamp(1, opts.credit);
+        }
         Ok(DownloadStream {
             sock,
             opts,

@@ -65,6 +65,50 @@ async fn upload_then_download_both_modes_identical_bytes() {
     bank.shutdown().await;
 }
 
+/// Regression: a `DownloadStream` asking for more credit than the bank
+/// grants (32 x 1 MiB against the default 8 MiB download buffer: the bank
+/// caps it at 8) waited for 16 chunks before granting more, while the bank
+/// had sent its 8: the download stalled until the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_stream_grants_the_credit_the_bank_gave() {
+    let ctx = zmq::Context::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let bank = start_bank(&ctx, &tmp.path().join("bank")).await;
+    let bytes = data(20 << 20, 7);
+    let src = write_file(tmp.path(), "src.bin", &bytes);
+    let opts = UploadOptions {
+        dataset_id: Some("big".into()),
+        chunk_size: 1 << 20,
+        ..Default::default()
+    };
+    tokio::time::timeout(T, upload_file(&ctx, bank.ingest_endpoint(), &src, opts))
+        .await
+        .unwrap()
+        .unwrap();
+    let opts = DownloadOptions {
+        credit: 32,
+        chunk_size: Some(1 << 20),
+        timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let got = tokio::time::timeout(T, async {
+        let mut s =
+            labmesh_transfer::DownloadStream::open(&ctx, bank.retrieve_endpoint(), "big", opts)
+                .await
+                .unwrap();
+        assert_eq!(s.meta().credit, Some(8), "the bank caps the credit");
+        let mut got = Vec::new();
+        while let Some(c) = s.next_chunk().await.unwrap() {
+            got.extend_from_slice(&c);
+        }
+        got
+    })
+    .await
+    .expect("the stream finishes");
+    assert!(got == bytes, "same bytes");
+    bank.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reupload_is_idempotent_and_different_content_conflicts() {
     let ctx = zmq::Context::new();
