@@ -13,7 +13,9 @@
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use labmesh_proto::mesh::{decode_reply, encode, Heartbeat, Hello, Reply, Role, RpcRequest};
+use labmesh_proto::mesh::{
+    decode_reply, encode, Heartbeat, Hello, Reply, Request, Role, RpcRequest,
+};
 use serde_json::{json, Value};
 
 use super::bench_all::Row;
@@ -73,13 +75,13 @@ fn pct(v: &[f64], q: f64) -> f64 {
 }
 
 fn rpc(method: &str, params: Value) -> Vec<u8> {
-    encode(&RpcRequest {
+    encode(&Request::Rpc(RpcRequest {
         rpc_uuid: json!("0123456789abcdef0123456789abcdef"),
         method: method.to_string(),
         params,
         password: None,
         lease: None,
-    })
+    }))
 }
 
 struct Lookups {
@@ -201,7 +203,7 @@ fn load(ep: &str, pid: u32, relays: usize, seconds: u64) -> anyhow::Result<Vec<R
             password: None,
         };
         if let Some(s) = senders.get(i % SENDERS) {
-            s.send(encode(&hello), 0)?;
+            s.send(encode(&Request::Hello(hello)), 0)?;
         }
     }
     let mut tokens = vec![String::new(); relays];
@@ -224,7 +226,7 @@ fn load(ep: &str, pid: u32, relays: usize, seconds: u64) -> anyhow::Result<Vec<R
         .iter()
         .enumerate()
         .map(|(i, id)| {
-            encode(&Heartbeat {
+            encode(&Request::Heartbeat(Heartbeat {
                 role: Some(Role::Relay),
                 relay_id: Some(id.clone()),
                 bank_id: None,
@@ -232,7 +234,7 @@ fn load(ep: &str, pid: u32, relays: usize, seconds: u64) -> anyhow::Result<Vec<R
                 rpc_uuid: None,
                 token: tokens.get(i).cloned(),
                 rpc_endpoint: Some(endpoint(i)),
-            })
+            }))
         })
         .collect();
 

@@ -157,7 +157,7 @@ pub async fn run(ctx: &zmq::Context, n: usize, secs: f64) -> anyhow::Result<Vec<
         .arg("--config")
         .arg(&cfg)
         .arg("relay")
-        .args(["--relay-id", "cpu", "--driver", "mock-psu", "--rpc-bind"])
+        .args(["--relay-id", "cpu", "--driver", "mock-psu", "--rpc"])
         .arg(format!("tcp://127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
