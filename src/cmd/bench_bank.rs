@@ -171,8 +171,7 @@ struct PyRun {
 
 async fn python_client(
     script: &Path,
-    ingest: &str,
-    retrieve: &str,
+    (ingest, retrieve): (&str, &str),
     xpub: &str,
     src: &Path,
     did: &str,
@@ -474,8 +473,7 @@ async fn run_in(
         if python.is_ok() {
             let r = python_client(
                 &client_script,
-                &rust_ingest,
-                &rust_retrieve,
+                (&rust_ingest, &rust_retrieve),
                 &xpub,
                 &src,
                 &format!("py-to-rs-{i}"),
@@ -489,8 +487,7 @@ async fn run_in(
             }
             let r = python_client(
                 &client_script,
-                &py_ingest,
-                &py_retrieve,
+                (&py_ingest, &py_retrieve),
                 &xpub,
                 &src,
                 &format!("py-to-py-{i}"),
@@ -504,8 +501,7 @@ async fn run_in(
             }
             let r = python_client(
                 &client_script,
-                &sink.ingest,
-                &sink.retrieve,
+                (&sink.ingest, &sink.retrieve),
                 &xpub,
                 &src,
                 &format!("py-to-sink-{i}"),
