@@ -111,6 +111,20 @@ pub enum Command {
 }
 
 impl Cli {
+    /// Whether the subcommand reads the configuration file. The others
+    /// (sim, scan, demo, bench, install-service) refuse an explicit
+    /// `--config` rather than ignore it.
+    pub fn reads_config(&self) -> bool {
+        !matches!(
+            self.cmd,
+            Command::Sim(_)
+                | Command::Scan(_)
+                | Command::Demo
+                | Command::Bench(_)
+                | Command::InstallService(_)
+        )
+    }
+
     /// Nodes log at info; client commands and the demo at warn, so their
     /// output stays readable. RUST_LOG overrides both.
     pub fn default_log_level(&self) -> &'static str {
