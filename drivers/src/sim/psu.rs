@@ -1778,7 +1778,8 @@ pub fn screenshot() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::psu::models::{DP832, E36313A, SPD3303X};
+    use crate::psu::models::{PsuModel, DP832, E36103B, E36312A, E36313A, SPD3303X};
+    use std::time::Duration;
 
     fn run(s: &mut PsuState, line: &str) -> String {
         s.execute(line)
@@ -1821,5 +1822,256 @@ mod tests {
         assert_eq!(run(&mut g, "MEAS:CURR? CH1"), "0.330");
         assert_eq!(run(&mut g, "CH1:VOLT?"), "3.300");
         assert_eq!(run(&mut g, "SYST:STAT?"), "0x0014");
+    }
+
+    /// Run `steps` on a fresh `model` (10 Ω load): each line's reply must
+    /// be the expected bytes (`None`: no reply); the error queue must be
+    /// empty at the end (errors are checked with `SYST:ERR?` steps).
+    fn script(model: &'static PsuModel, steps: &[(&str, Option<&str>)]) {
+        let mut s = PsuState::new(model, "SN1", 10.0);
+        for (line, want) in steps {
+            let got = s.execute(line);
+            assert_eq!(
+                got.as_deref(),
+                want.map(str::as_bytes),
+                "{}: {line:?} answered {:?}",
+                model.model,
+                got.as_deref().map(String::from_utf8_lossy)
+            );
+        }
+        assert_eq!(s.error_count(), 0, "{}: errors left", model.model);
+    }
+
+    #[test]
+    fn keysight_e36300_guide() {
+        script(
+            &E36313A,
+            &[
+                (
+                    "*IDN?",
+                    Some("Keysight Technologies,E36313A,SN1,2.1.0-1.0.4-1.12"),
+                ),
+                ("*OPT?", Some("0")),
+                ("SYST:VERS?", Some("1999.0")),
+                ("SYST:ERR?", Some("+0,\"No error\"")),
+                // Output on/off, CV and CC in the operation register.
+                ("VOLT 5,(@2);CURR 0.2,(@2);OUTP ON,(@2)", None),
+                ("OUTP? (@1:3)", Some("0,1,0")),
+                ("STAT:OPER:COND? (@2)", Some("1024")),
+                ("CURR 1,(@2)", None),
+                ("STAT:OPER:COND? (@2)", Some("256")),
+                ("MEAS:CURR? (@2)", Some("+5.00000000E-01")),
+                // OVP: level (MIN/MAX), trip, latch, clear restores the output.
+                ("VOLT:PROT? MAX,(@1)", Some("+6.60000000E+00")),
+                ("VOLT:PROT? (@2)", Some("+2.75000000E+01")),
+                ("VOLT:PROT 4,(@2)", None),
+                ("VOLT:PROT:TRIP? (@2)", Some("1")),
+                ("OUTP? (@2)", Some("0")),
+                ("STAT:QUES:COND? (@2)", Some("1")),
+                ("STAT:QUES? (@2)", Some("1")),
+                ("STAT:QUES? (@2)", Some("0")),
+                ("OUTP ON,(@2)", None),
+                ("OUTP? (@2)", Some("0")),
+                ("VOLT 3,(@2);:OUTP:PROT:CLE (@2)", None),
+                ("VOLT:PROT:TRIP? (@2)", Some("0")),
+                ("OUTP? (@2)", Some("1")),
+                // OCP trips when the output goes CC.
+                ("CURR:PROT:STAT? (@2)", Some("0")),
+                ("CURR:PROT:STAT ON,(@2)", None),
+                ("CURR 0.1,(@2)", None),
+                ("CURR:PROT:TRIP? (@2)", Some("1")),
+                ("STAT:QUES:COND? (@2)", Some("2")),
+                ("CURR 1,(@2);:CURR:PROT:CLE (@2);:OUTP? (@2)", Some("1")),
+                // Status byte: QUES summary (bit 3) through its enable.
+                ("STAT:QUES:ENAB 3,(@2);:STAT:QUES:ENAB? (@2)", Some("3")),
+                ("VOLT:PROT 1,(@2);*STB?", Some("8")),
+                ("*SRE 8;*STB?", Some("72")),
+                ("*CLS;*STB?", Some("0")),
+                (
+                    "STAT:PRES;*SRE 0;:VOLT:PROT 27,(@2);:OUTP:PROT:CLE (@2)",
+                    None,
+                ),
+                // Pairing and tracking (CH3 follows CH2).
+                ("OUTP:PAIR?", Some("OFF")),
+                ("OUTP:PAIR SER;:VOLT 7,(@2)", None),
+                ("OUTP:PAIR?;:VOLT? (@3)", Some("SER;+7.00000000E+00")),
+                ("OUTP:PAIR OFF;:OUTP:TRAC?", Some("0")),
+                // *SAV/*RCL (0..9); the error queue and *ESR.
+                (
+                    "*SAV 0;:VOLT 1,(@2);*RCL 0;:VOLT? (@2)",
+                    Some("+7.00000000E+00"),
+                ),
+                ("*SAV 10", None),
+                ("SYST:ERR?", Some("-222,\"Data out of range\"")),
+                ("*ESR?", Some("16")),
+                ("*ESR?", Some("0")),
+                ("VOLT:PROT:STAT ON", None),
+                ("SYST:ERR?", Some("-113,\"Undefined header\"")),
+                ("VOLT 7,(@1)", None),
+                ("SYST:ERR?", Some("-222,\"Data out of range\"")),
+                ("CURR:PROT:TRIP", None),
+                ("SYST:ERR?", Some("-113,\"Undefined header\"")),
+                (
+                    "*RST;:VOLT:PROT? (@2);:OUTP? (@2)",
+                    Some("+2.75000000E+01;0"),
+                ),
+            ],
+        );
+        // Single-output models have no pairing or tracking.
+        script(
+            &E36103B,
+            &[
+                ("OUTP:PAIR?", None),
+                ("SYST:ERR?", Some("-113,\"Undefined header\"")),
+            ],
+        );
+        script(
+            &E36312A,
+            &[
+                ("VOLT 5, (@1);CURR 1, (@1);OUTPut 1, (@1)", None),
+                ("MEASure:VOLTage? (@1)", Some("+5.00000000E+00")),
+                ("CURR 5.1, (@1)", None),
+                ("SYST:ERR?", Some("-222,\"Data out of range\"")),
+            ],
+        );
+    }
+
+    #[test]
+    fn rigol_dp800_guide() {
+        script(
+            &DP832,
+            &[
+                ("*IDN?", Some("RIGOL TECHNOLOGIES,DP832,SN1,00.01.14")),
+                ("*OPT?", Some("0,0,0,0")),
+                (":SYST:VERS?", Some("1999.0")),
+                (":SYST:ERR?", Some("0,\"No error\"")),
+                // qcodes' spelling: select, then absolute headers.
+                (
+                    ":INSTrument:NSELect 1; :SOURce:VOLTage:LEVel:IMMediate:AMPLitude 5",
+                    None,
+                ),
+                (":INST:NSEL 1; :SOUR:CURR 0.2; :OUTP:STAT ON", None),
+                (":OUTP:MODE? CH1", Some("CC")),
+                (":OUTP:CVCC?", Some("CC")),
+                (":MEAS:ALL? CH1", Some("2.000,0.200,0.400")),
+                (":SOUR1:CURR 1;:OUTP:MODE?", Some("CV")),
+                (":OUTP:MODE? CH2", Some("CV")),
+                // OVP through :OUTP:OVP and [:SOURn]:VOLT:PROT.
+                (":OUTP:OVP:VAL? CH1", Some("33.000")),
+                (":OUTP:OVP? CH1", Some("OFF")),
+                (":OUTP:OVP:VAL CH1,4", None),
+                (":SOUR1:VOLT:PROT?", Some("4.000")),
+                (":OUTP:OVP:QUES? CH1", Some("NO")),
+                (":OUTP:OVP CH1,ON", None),
+                (":OUTP:OVP:QUES? CH1", Some("YES")),
+                (":SOUR1:VOLT:PROT:TRIP?", Some("YES")),
+                (":OUTP? CH1", Some("OFF")),
+                (":OUTP:OVP:VAL CH1,6;:OUTP:OVP:CLEAR CH1", None),
+                (":OUTP:OVP:QUES? CH1;:OUTP? CH1", Some("NO;OFF")),
+                (":OUTP CH1,ON;:MEAS:VOLT? CH1", Some("5.000")),
+                // OCP trips when the current reaches the OCP value.
+                (":SOUR1:CURR:PROT 0.4;:SOUR1:CURR:PROT:STAT ON", None),
+                (":SOUR1:CURR:PROT:TRIP?", Some("YES")),
+                (":SOUR1:CURR:PROT:CLE;:OUTP:OCP:QUES? CH1", Some("NO")),
+                (":OUTP:OCP:VAL CH3,3.4", None),
+                (":SYST:ERR?", Some("-222,\"Data out of range\"")),
+                (":OUTP:OVP:VAL CH3,5.5;:OUTP:OVP:VAL? CH3", Some("5.500")),
+                // CH3 is 5 V / 3 A.
+                (":SOUR3:VOLT 5.1", None),
+                (":SYST:ERR?", Some("-222,\"Data out of range\"")),
+                (":APPL? CH3", Some("CH3:5V/3A,0.000,3.000")),
+                // Track: CH2's voltage follows CH1's.
+                (":OUTP:TRAC? CH1", Some("OFF")),
+                (
+                    ":OUTP:TRAC CH1,ON;:SOUR1:VOLT 12;:SOUR2:VOLT?",
+                    Some("12.000"),
+                ),
+                (":OUTP:TRAC CH3,ON", None),
+                (":SYST:ERR?", Some("-221,\"Settings conflict\"")),
+                // *SAV/*RCL 1..10.
+                ("*SAV 10;*RST;:SOUR1:VOLT?", Some("0.000")),
+                ("*RCL 10;:SOUR1:VOLT?;:OUTP:TRAC? CH1", Some("12.000;ON")),
+                ("*SAV 0", None),
+                (":SYST:ERR?", Some("-222,\"Data out of range\"")),
+                (":OUTP:OVP CH9,ON", None),
+                (":SYST:ERR?", Some("-224,\"Illegal parameter value\"")),
+                (":OUTP:MODE CH1", None),
+                (":SYST:ERR?", Some("-113,\"Undefined header\"")),
+                ("*ESR?", Some("48")),
+            ],
+        );
+    }
+
+    #[test]
+    fn siglent_spd3303x_manual() {
+        script(
+            &SPD3303X,
+            &[
+                (
+                    "*IDN?",
+                    Some("Siglent Technologies,SPD3303X,SN1,1.01.01.02.05,V3.0"),
+                ),
+                ("SYST:ERR?", Some("0 No Error")),
+                ("SYST:VERS?", Some("1.01.01.02.05")),
+                ("SYST:STAT?", Some("0x0004")),
+                // [{CH1|CH2}:]VOLTage: without the prefix, the INSTrument channel.
+                ("INST CH2;VOLT 2.5;CURR 0.1", None),
+                ("INST?;CH2:VOLT?;CH2:CURR?", Some("CH2;2.500;0.100")),
+                (
+                    "OUTP CH2,ON;MEAS:CURR? CH2;MEAS:POWE? CH2",
+                    Some("0.100;0.100"),
+                ),
+                // bits: CH2 CC (1), independent (2), CH2 on (5).
+                ("SYST:STAT?", Some("0x0026")),
+                ("OUTP:WAVE CH2,ON;SYST:STAT?", Some("0x0226")),
+                // Series (1) and parallel (2): CH2 follows CH1.
+                ("OUTP:TRACK 1;CH1:VOLT 10;CH2:VOLT?", Some("10.000")),
+                ("SYST:STAT?", Some("0x022C")),
+                ("OUTP:TRACK 2;SYST:STAT?", Some("0x0228")),
+                ("OUTP:TRACK 3", None),
+                ("SYST:ERR?", Some("-224 Illegal parameter value")),
+                ("OUTP:TRACK 0;OUTP CH2,OFF;OUTP:WAVE CH2,OFF", None),
+                // Timer groups.
+                ("TIMEr:SET CH1,2,3,0.5,2", None),
+                ("TIMEr:SET? CH1,2", Some("3,0.5,2")),
+                ("TIMEr:SET? CH1,1", Some("0,0,0")),
+                ("TIMEr:SET CH1,6,1,1,1", None),
+                ("SYST:ERR?", Some("-222 Data out of range")),
+                ("TIMEr:SET CH1,1,33,1,1", None),
+                ("SYST:ERR?", Some("-222 Data out of range")),
+                // CH3: on/off only.
+                ("OUTP CH3,ON", None),
+                ("CH3:VOLT 3.3", None),
+                ("SYST:ERR?", Some("-224 Illegal parameter value")),
+                // *SAV/*RCL 1..5; no *OPT? and no OVP/OCP in the manual.
+                ("*SAV 5;CH1:VOLT 1;*RCL 5;CH1:VOLT?", Some("10.000")),
+                ("*SAV 6", None),
+                ("SYST:ERR?", Some("-222 Data out of range")),
+                ("*OPT?", None),
+                ("SYST:ERR?", Some("-113 Undefined header")),
+                ("VOLT:PROT 5", None),
+                ("SYST:ERR?", Some("-113 Undefined header")),
+            ],
+        );
+    }
+
+    #[test]
+    fn siglent_timer_runs_its_groups_then_stops() {
+        let mut s = PsuState::new(&SPD3303X, "SN1", 10.0);
+        run(&mut s, "TIMEr:SET CH1,1,1,1,2;TIMEr:SET CH1,2,3,0.5,2");
+        run(&mut s, "OUTP CH1,ON;TIMEr CH1,ON");
+        assert_eq!(run(&mut s, "SYST:STAT?"), "0x0054");
+        assert_eq!(run(&mut s, "CH1:VOLT?"), "1.000");
+        s.advance_timers(Duration::from_secs(3));
+        assert_eq!(run(&mut s, "CH1:VOLT?;CH1:CURR?"), "3.000;0.500");
+        s.advance_timers(Duration::from_secs(2));
+        // Past the last group: stopped, its settings kept.
+        assert_eq!(run(&mut s, "SYST:STAT?;CH1:VOLT?"), "0x0014;3.000");
+        assert!(s.fixed_output().is_some_and(|f| !f.on && f.voltage == 3.3));
+        assert!(s.set_fixed_voltage(5.0));
+        assert!(!s.set_fixed_voltage(4.0));
+        run(&mut s, "OUTP CH3,ON");
+        assert!(s.fixed_output().is_some_and(|f| f.on && f.voltage == 5.0));
+        assert!(PsuState::new(&DP832, "x", 10.0).fixed_output().is_none());
     }
 }
