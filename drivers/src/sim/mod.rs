@@ -7,8 +7,11 @@
 //! which prints like a serial port at a `/dev/pts/N` path).
 //!
 //! It speaks the Keysight E36xx, Rigol DP800 or Siglent SPD3303X dialect
-//! ([`Dialect`]), with a real error queue, short and long forms,
-//! `;`-separated commands, per-channel limits and a resistive load model.
+//! ([`Dialect`]) as its programming guide documents it (docs/DRIVERS.md,
+//! "What each dialect models"), with a real error queue, short and long
+//! forms, `;`-separated commands, per-channel limits, a resistive load
+//! model, over-voltage/over-current protection with trip and clear, saved
+//! states and status registers.
 //! [`SimPsu::set_muted`] makes it stop answering (it stops reading commands
 //! until unmuted, like a hung instrument; queued commands are then executed
 //! and answered late); [`SimPsu::set_latency`] delays every reply.
