@@ -163,6 +163,24 @@ impl SimPsu {
         self.state().error_count()
     }
 
+    /// The SPD3303X's fixed CH3 (switch position and on/off); `None` on
+    /// other models.
+    pub fn fixed_output(&self) -> Option<psu::FixedOutput> {
+        self.state().fixed_output()
+    }
+
+    /// Move the SPD3303X's CH3 switch to 2.5, 3.3 or 5 V (false: no such
+    /// output, or not a switch position).
+    pub fn set_fixed_voltage(&self, volts: f64) -> bool {
+        self.state().set_fixed_voltage(volts)
+    }
+
+    /// Run the Siglent timers `by` ahead (tests that do not want to wait
+    /// for the groups' seconds).
+    pub fn advance_timers(&self, by: Duration) {
+        self.state().advance_timers(by)
+    }
+
     /// Execute one program message directly (no I/O, no mute, no latency).
     pub fn execute(&self, line: &str) -> Option<Vec<u8>> {
         self.state().execute(line)
