@@ -68,8 +68,8 @@ async fn drive(py: &PathBuf, dialect: &str, model: &str, driver: &str) -> anyhow
         py,
         "third_party_psu.py",
         &[driver, &resource],
-        // QCoDeS writes its config and logs under the home directory.
-        &[("HOME", &dir.to_string_lossy())],
+        // QCoDeS writes its logs under QCODES_USER_PATH (default ~/.qcodes).
+        &[("QCODES_USER_PATH", &dir.to_string_lossy())],
         Duration::from_secs(120),
     )
     .await;
