@@ -707,7 +707,8 @@ impl ScpiSession {
         }
     }
 
-    /// Read the whole error queue (`SYST:ERR?` until `0,"No error"`, at most 64 entries).
+    /// Read the whole error queue (`SYST:ERR?` until `0,"No error"` or
+    /// Siglent's `0 No Error`, at most 64 entries).
     pub async fn errors(&mut self) -> Result<Vec<(i32, String)>, DriverError> {
         let mut out = Vec::new();
         for _ in 0..64 {
@@ -752,9 +753,12 @@ fn closed(why: &'static str) -> std::io::Error {
 
 /// Parse an error-queue entry `-222,"Data out of range"` into its code and text.
 pub fn parse_error_entry(s: &str) -> Option<(i32, String)> {
-    let (code, text) = match s.trim().split_once(',') {
+    // `-222,"Data out of range"` (SCPI-99); Siglent's SPD3303X answers
+    // `0 No Error` (space, no quotes).
+    let s = s.trim();
+    let (code, text) = match s.split_once(',') {
         Some((c, t)) => (c, t),
-        None => (s.trim(), ""),
+        None => s.split_once(char::is_whitespace).unwrap_or((s, "")),
     };
     let code: i32 = code.trim().trim_start_matches('+').parse().ok()?;
     let text = text.trim().trim_matches('"').to_string();
@@ -788,6 +792,14 @@ mod tests {
             Some((0, "No error".into()))
         );
         assert_eq!(parse_error_entry("-113"), Some((-113, String::new())));
+        assert_eq!(
+            parse_error_entry("0 No Error"),
+            Some((0, "No Error".into()))
+        );
+        assert_eq!(
+            parse_error_entry("-222 Data out of range"),
+            Some((-222, "Data out of range".into()))
+        );
         assert_eq!(parse_error_entry("garbage"), None);
         assert_eq!(parse_error_entry(""), None);
     }

@@ -7,8 +7,11 @@
 //! which prints like a serial port at a `/dev/pts/N` path).
 //!
 //! It speaks the Keysight E36xx, Rigol DP800 or Siglent SPD3303X dialect
-//! ([`Dialect`]), with a real error queue, short and long forms,
-//! `;`-separated commands, per-channel limits and a resistive load model.
+//! ([`Dialect`]) as its programming guide documents it (docs/DRIVERS.md,
+//! "What each dialect models"), with a real error queue, short and long
+//! forms, `;`-separated commands, per-channel limits, a resistive load
+//! model, over-voltage/over-current protection with trip and clear, saved
+//! states and status registers.
 //! [`SimPsu::set_muted`] makes it stop answering (it stops reading commands
 //! until unmuted, like a hung instrument; queued commands are then executed
 //! and answered late); [`SimPsu::set_latency`] delays every reply.
@@ -158,6 +161,24 @@ impl SimPsu {
     /// Number of entries in the error queue.
     pub fn error_count(&self) -> usize {
         self.state().error_count()
+    }
+
+    /// The SPD3303X's fixed CH3 (switch position and on/off); `None` on
+    /// other models.
+    pub fn fixed_output(&self) -> Option<psu::FixedOutput> {
+        self.state().fixed_output()
+    }
+
+    /// Move the SPD3303X's CH3 switch to 2.5, 3.3 or 5 V (false: no such
+    /// output, or not a switch position).
+    pub fn set_fixed_voltage(&self, volts: f64) -> bool {
+        self.state().set_fixed_voltage(volts)
+    }
+
+    /// Run the Siglent timers `by` ahead (tests that do not want to wait
+    /// for the groups' seconds).
+    pub fn advance_timers(&self, by: Duration) {
+        self.state().advance_timers(by)
     }
 
     /// Execute one program message directly (no I/O, no mute, no latency).
