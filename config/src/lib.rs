@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 pub use labmesh_proto::endpoint::{public_endpoint, resolve_broker};
 use labmesh_proto::limits;
 
+pub mod lan;
+pub use lan::LanSection;
+
 /// A configuration problem that stops a node from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -143,6 +146,11 @@ pub struct InstrumentSection {
     /// (extension; see `labmesh_proto::stream::StreamSpec`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub streams: Vec<labmesh_proto::stream::StreamSpec>,
+    /// The relay's LAN-instrument gateway for this instrument:
+    /// `lan = { raw = "0.0.0.0:5025", vxi11 = true, hislip = true }`
+    /// (extension; see [`LanSection`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lan: Option<LanSection>,
     /// Driver-specific options: every other key of the table.
     #[serde(flatten)]
     pub options: serde_json::Map<String, serde_json::Value>,
@@ -710,6 +718,9 @@ impl Config {
                         inst.streams.len()
                     ),
                 ));
+            }
+            if let Some(lan) = &inst.lan {
+                lan.check().map_err(|why| bad(&key("lan"), why))?;
             }
             let mut names = std::collections::HashSet::new();
             for (j, st) in inst.streams.iter().enumerate() {

@@ -25,6 +25,7 @@ mod relay;
 mod relay_reload;
 mod scan;
 mod sim;
+mod sim_toml;
 mod streams;
 mod upload;
 mod watch;
