@@ -25,6 +25,7 @@ mod readme_tour;
 mod relay_hardening;
 mod reload;
 mod scan;
+mod sim_toml;
 
 /// A `labmesh` child process whose output is drained (and echoed).
 pub(crate) struct Node {
