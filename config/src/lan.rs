@@ -72,7 +72,9 @@ impl LanSection {
 
     /// The portmapper's address, if on.
     pub fn vxi11_addr(&self) -> Option<String> {
-        self.vxi11.as_ref().and_then(|l| l.address(ports::PORTMAPPER))
+        self.vxi11
+            .as_ref()
+            .and_then(|l| l.address(ports::PORTMAPPER))
     }
 
     /// The HiSLIP server's address, if on.

@@ -687,7 +687,11 @@ impl ScpiSession {
     }
 
     /// Read an IEEE 488.2 block reply (the command was sent).
-    async fn recv_block(&mut self, deadline: Instant, timeout: Duration) -> Result<Vec<u8>, DriverError> {
+    async fn recv_block(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, DriverError> {
         let term = self.opts.read_termination.clone().into_bytes();
         loop {
             if self.skip_terminator {

@@ -114,17 +114,18 @@ impl Port {
                     .locks
                     .get(&session)
                     .is_some_and(|t| lease.current().is_some_and(|(c, _)| c == *t));
-                let got = held || {
-                    let holder = format!("LAN session {session}");
-                    match lease.lock(&LockParams::new(MAX_TTL_S, &holder)) {
-                        Ok(r) => {
-                            tracing::info!(%relay_id, session, token = r.token, "LAN lock: lease granted");
-                            self.locks.insert(session, r.token);
-                            true
+                let got = held
+                    || {
+                        let holder = format!("LAN session {session}");
+                        match lease.lock(&LockParams::new(MAX_TTL_S, &holder)) {
+                            Ok(r) => {
+                                tracing::info!(%relay_id, session, token = r.token, "LAN lock: lease granted");
+                                self.locks.insert(session, r.token);
+                                true
+                            }
+                            Err(_) => false,
                         }
-                        Err(_) => false,
-                    }
-                };
+                    };
                 let _ = reply.send(got);
             }
             Op::Unlock { session, reply } => {

@@ -401,12 +401,13 @@ pub async fn spawn(
             .map_err(WireError::from)?;
         let (lan_port, lan_servers) = match &h.lan {
             Some(lan) => {
-                let listeners = gateway::bind(lan, &opts.advertise_host)
-                    .await
-                    .map_err(|source| RelayError::Lan {
-                        id: h.relay_id.clone(),
-                        source,
-                    })?;
+                let listeners =
+                    gateway::bind(lan, &opts.advertise_host)
+                        .await
+                        .map_err(|source| RelayError::Lan {
+                            id: h.relay_id.clone(),
+                            source,
+                        })?;
                 let servers = listeners.servers.clone();
                 for s in &servers {
                     tracing::info!(relay_id = %h.relay_id, protocol = s.protocol, addr = %s.addr, visa = %s.visa, "LAN gateway serving");

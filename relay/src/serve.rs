@@ -181,10 +181,8 @@ pub(crate) async fn run(
         if let Some(inst) = idle.take() {
             let now = Instant::now();
             let sample_due = !stopping && streams.is_due(now);
-            let others_wait =
-                !queue.is_empty() || Port::has_jobs(&lan) || (poll_due && !stopping);
-            let lan_next =
-                Port::has_jobs(&lan) && (queue.is_empty() || !last_was_lan);
+            let others_wait = !queue.is_empty() || Port::has_jobs(&lan) || (poll_due && !stopping);
+            let lan_next = Port::has_jobs(&lan) && (queue.is_empty() || !last_was_lan);
             let due = if sample_due && (!others_wait || !last_was_sample) {
                 streams.take_due(now)
             } else {

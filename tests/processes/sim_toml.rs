@@ -26,7 +26,10 @@ async fn sim_toml_on_a_pty_driven_through_a_relay_with_the_same_driver() -> anyh
         let base = std::fs::read_to_string(&cfg.path)?;
         let text = base.replacen(
             "[relay]\n",
-            &format!("[relay]\ndriver_dirs = [{:?}]\n", instruments.to_string_lossy()),
+            &format!(
+                "[relay]\ndriver_dirs = [{:?}]\n",
+                instruments.to_string_lossy()
+            ),
             1,
         ) + &format!(
             "\n[[relay.instruments]]\nid = \"toml-psu\"\ndriver = \"labmesh-sim-psu\"\n\
@@ -43,10 +46,18 @@ async fn sim_toml_on_a_pty_driven_through_a_relay_with_the_same_driver() -> anyh
         assert_eq!(idn, json!("labmesh,labmesh-sim-psu,SIM000001,1.0"));
         // Two channels, two setpoints: the simulator keeps them apart
         // (INST:NSEL is a selector in the file's templates).
-        c.call("toml-psu", "set_voltage", json!({"value": 5.0, "channel": 2}))
-            .await?;
-        c.call("toml-psu", "set_voltage", json!({"value": 3.25, "channel": 1}))
-            .await?;
+        c.call(
+            "toml-psu",
+            "set_voltage",
+            json!({"value": 5.0, "channel": 2}),
+        )
+        .await?;
+        c.call(
+            "toml-psu",
+            "set_voltage",
+            json!({"value": 3.25, "channel": 1}),
+        )
+        .await?;
         let v2 = c
             .call("toml-psu", "measure_voltage", json!({"channel": 2}))
             .await?;

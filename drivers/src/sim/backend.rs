@@ -108,6 +108,20 @@ pub trait ScpiBackend: Send + Sync + 'static {
 /// A shared backend.
 pub type Backend = Arc<dyn ScpiBackend>;
 
+/// Connections one server keeps open at once; more are closed at once
+/// (each connection's buffers are bounded, so this bounds a server).
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Whether a server with `open` connections may take one more (logs a
+/// refusal).
+pub(crate) fn room_for(open: usize, what: &str) -> bool {
+    if open >= MAX_CONNECTIONS {
+        tracing::warn!("{what}: {MAX_CONNECTIONS} connections open, refusing another");
+        return false;
+    }
+    true
+}
+
 /// The one lock of a simulated instrument: the holder's session id.
 #[derive(Debug)]
 pub struct SimLock(watch::Sender<Option<u32>>);
@@ -283,6 +297,9 @@ pub async fn serve_tcp(
                         continue;
                     }
                 };
+                if !room_for(conns.len(), "raw socket") {
+                    continue;
+                }
                 let _ = sock.set_nodelay(true);
                 let backend = backend.clone();
                 let mut stop = stop_rx.clone();

@@ -103,6 +103,9 @@ pub async fn serve(
                         continue;
                     }
                 };
+                if !super::backend::room_for(conns.len(), "HiSLIP") {
+                    continue;
+                }
                 let _ = sock.set_nodelay(true);
                 let sim = backend.clone();
                 let stop = stop_rx.clone();
@@ -254,8 +257,14 @@ async fn serve_sync(
                     Err(e) => {
                         // Non-fatal: the message is dropped, the session goes on.
                         let why = e.to_string();
-                        write_message(sock, msg::ERROR, code::ERROR_UNIDENTIFIED, 0, why.as_bytes())
-                            .await?;
+                        write_message(
+                            sock,
+                            msg::ERROR,
+                            code::ERROR_UNIDENTIFIED,
+                            0,
+                            why.as_bytes(),
+                        )
+                        .await?;
                         continue;
                     }
                 };

@@ -452,7 +452,12 @@ impl TomlSim {
         let value = match values.as_slice() {
             [] => return None,
             [one] => one.clone(),
-            many => Setting::Text(many.iter().map(Setting::reply).collect::<Vec<_>>().join(",")),
+            many => Setting::Text(
+                many.iter()
+                    .map(Setting::reply)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
         };
         if m.selectors.iter().any(|s| s == header) {
             st.context.insert(header.to_string(), value);
@@ -481,7 +486,9 @@ impl TomlSim {
                         let num = g.get(..end).unwrap_or_default().trim();
                         let suffix = g.get(end..).unwrap_or_default().trim();
                         let unit_ok = suffix.is_empty()
-                            || p.unit.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(suffix));
+                            || p.unit
+                                .as_deref()
+                                .is_some_and(|u| u.eq_ignore_ascii_case(suffix));
                         match num.parse::<f64>() {
                             Ok(v) if v.is_finite() && unit_ok => v,
                             _ => return Err(-104),
@@ -541,7 +548,10 @@ impl TomlSim {
             [] => None,
             [one] => Some(one.clone()),
             many => Some(Setting::Text(
-                many.iter().map(Setting::reply).collect::<Vec<_>>().join(","),
+                many.iter()
+                    .map(Setting::reply)
+                    .collect::<Vec<_>>()
+                    .join(","),
             )),
         }
     }
@@ -555,9 +565,7 @@ impl TomlSim {
         if let Some(model) = m.sim.measure.get(header) {
             let v = match model {
                 Measure::Fixed(v) => *v,
-                Measure::Setting(s) => self
-                    .setting(st, &normalise(s))
-                    .map_or(0.0, |v| v.number()),
+                Measure::Setting(s) => self.setting(st, &normalise(s)).map_or(0.0, |v| v.number()),
                 Measure::Scaled { setting, scale } => {
                     self.setting(st, &normalise(setting))
                         .map_or(0.0, |v| v.number())

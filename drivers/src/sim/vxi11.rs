@@ -44,7 +44,13 @@ impl SimPsu {
         core: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
-        serve(std::sync::Arc::new(self.clone()), portmapper, core, shutdown).await
+        serve(
+            std::sync::Arc::new(self.clone()),
+            portmapper,
+            core,
+            shutdown,
+        )
+        .await
     }
 }
 
@@ -71,6 +77,9 @@ pub async fn serve(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = core.accept() => {
                 let Some(sock) = accepted_or_pause(accepted).await else { continue };
+                if !super::backend::room_for(conns.len(), "VXI-11") {
+                    continue;
+                }
                 let sim = backend.clone();
                 let stop = stop_rx.clone();
                 conns.spawn(async move {
@@ -81,6 +90,9 @@ pub async fn serve(
             }
             accepted = pm_accept(&portmapper) => {
                 let Some(sock) = accepted_or_pause(accepted).await else { continue };
+                if !super::backend::room_for(conns.len(), "VXI-11") {
+                    continue;
+                }
                 let stop = stop_rx.clone();
                 conns.spawn(async move {
                     if let Err(e) = serve_portmapper(sock, core_port, stop).await {
@@ -489,11 +501,7 @@ impl Core<'_> {
 
 /// Execute the link's queued messages, queueing their replies. A refused
 /// message is dropped with the ones queued after it (the client is told).
-async fn run_pending(
-    sim: &dyn ScpiBackend,
-    lid: u32,
-    link: &mut LinkState,
-) -> Result<(), Refused> {
+async fn run_pending(sim: &dyn ScpiBackend, lid: u32, link: &mut LinkState) -> Result<(), Refused> {
     while let Some(text) = link.pending.pop_front() {
         match sim.execute(lid, &text).await {
             Ok(Some(mut reply)) => {

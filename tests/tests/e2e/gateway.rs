@@ -79,11 +79,17 @@ async fn lan_gateway_serves_a_serial_psu_to_pyvisa_and_maps_locks_to_the_lease(
         let resources = [
             ("raw", format!("TCPIP::127.0.0.1::{}::SOCKET", raw.port())),
             ("vxi11", format!("TCPIP::127.0.0.1,{}::INSTR", vxi.port())),
-            ("hislip", format!("TCPIP::127.0.0.1::hislip0,{}::INSTR", hs.port())),
+            (
+                "hislip",
+                format!("TCPIP::127.0.0.1::hislip0,{}::INSTR", hs.port()),
+            ),
         ];
         // The relay prints what it serves as VISA resources.
         for (p, r) in &resources {
-            assert!(servers.iter().any(|s| &s.visa == r), "{p}: {r} not in {servers:?}");
+            assert!(
+                servers.iter().any(|s| &s.visa == r),
+                "{p}: {r} not in {servers:?}"
+            );
         }
 
         if let Some(py) = python_pyvisa() {
@@ -108,14 +114,21 @@ async fn lan_gateway_serves_a_serial_psu_to_pyvisa_and_maps_locks_to_the_lease(
                         assert_eq!(v["lock"], "ok", "{proto}: {v}");
                     }
                     if v["lock"] == "ok" {
-                        let locked: f64 =
-                            v["locked_volt"].as_str().unwrap_or_default().trim().parse()?;
+                        let locked: f64 = v["locked_volt"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .trim()
+                            .parse()?;
                         assert!((locked - volts).abs() < 1e-9, "{proto}: {v}");
                     }
                 }
                 // The mesh drives the same serial instrument.
                 let st = mesh.client.call("psu-lan", "get_state", json!({})).await?;
-                assert_eq!(st["channels"][0]["voltage_set"], json!(volts), "{proto}: {st}");
+                assert_eq!(
+                    st["channels"][0]["voltage_set"],
+                    json!(volts),
+                    "{proto}: {st}"
+                );
             }
 
             // A mesh lease: LAN clients get the protocol's lock error, and
@@ -172,8 +185,15 @@ async fn lan_gateway_serves_a_serial_psu_to_pyvisa_and_maps_locks_to_the_lease(
         let lease = mesh.client.lock("psu-lan", Duration::from_secs(30)).await?;
         let started = tokio::time::Instant::now();
         assert!(h.lock(Duration::from_secs(3)).await.is_err());
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
-        let e = v.write(b"VOLT 1\n", t).await.expect_err("VXI-11 write under a mesh lease");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let e = v
+            .write(b"VOLT 1\n", t)
+            .await
+            .expect_err("VXI-11 write under a mesh lease");
         assert!(e.to_string().contains("locked"), "{e}");
         lease.unlock().await?;
         h.lock(Duration::from_secs(1)).await?;
