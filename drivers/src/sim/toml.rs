@@ -694,27 +694,43 @@ mod tests {
 
     #[test]
     fn sim_section_fixed_replies_and_models() {
-        let text = format!(
-            "{DMM}\n[sim]\nidn = \"Keysight Technologies,34461A,MY1,A.03\"\n\
-             [sim.replies]\n\"CONF?\" = '\"VOLT +1.0E+01\"'\n\
-             [sim.measure]\n\"READ?\" = 1.5\n\"MEAS:VOLT:DC?\" = {{ setting = \"CONF:VOLT:DC\", scale = 0.5 }}\n"
-        );
-        let s = sim(&text);
-        assert_eq!(ask(&s, "*IDN?"), "Keysight Technologies,34461A,MY1,A.03");
-        assert_eq!(ask(&s, "CONF?"), "\"VOLT +1.0E+01\"");
-        assert_eq!(ask(&s, "READ?"), "+1.500000E+00");
-        s.execute("CONF:VOLT:DC 100");
-        assert_eq!(ask(&s, "MEAS:VOLT:DC?"), "+5.000000E+01");
+        // The shipped DMM file's own [sim] section.
+        let s = sim(DMM);
+        assert!(ask(&s, "*IDN?").starts_with("Keysight Technologies,34461A,SIM34461A,"));
+        assert_eq!(ask(&s, "CONF?"), "\"VOLT +1.000000E+01,+3.000000E-06\"");
+        assert_eq!(ask(&s, "READ?"), "+1.234500E+00");
+        assert_eq!(ask(&s, "MEAS:RES?"), "+4.700000E+03");
         // Defaults before a set; a range below min is refused.
         assert_eq!(ask(&s, "SAMP:COUN?"), "+0.000000E+00");
         s.execute("CONF:VOLT:DC 0.01");
         assert_eq!(ask(&s, "SYST:ERR?"), "-222,\"Data out of range\"");
+        assert_eq!(ask(&s, "CONF:VOLT:DC?"), "+1.000000E+01");
         s.execute("DISP:TEXT \"hello\"");
         assert_eq!(ask(&s, "DISP:TEXT?"), "\"hello\"");
         s.execute("DISP:TEXT:CLE 5");
         assert_eq!(ask(&s, "SYST:ERR?"), "-108,\"Parameter not allowed\"");
+        // A load model: current = the voltage setting x 0.1 (10 ohms).
+        let load = r#"
+[driver]
+name = "load"
+[[methods]]
+name = "set_voltage"
+write = "VOLT {v}"
+params = [{ name = "v", type = "float", unit = "V", min = 0, max = 30 }]
+[sim.measure]
+"MEAS:CURR?" = { setting = "VOLT", scale = 0.1 }
+"MEAS:VOLT?" = "VOLT"
+"#;
+        let s = sim(load);
+        s.execute("VOLT 12V");
+        assert_eq!(
+            ask(&s, "MEAS:CURR?;MEAS:VOLT?"),
+            "+1.200000E+00;+1.200000E+01"
+        );
+        s.execute("VOLT 12A");
+        assert_eq!(ask(&s, "SYST:ERR?"), "-104,\"Data type error\"");
         // Unknown keys in [sim] are errors, as everywhere in the file.
-        let bad = format!("{DMM}\n[sim]\nidm = \"x\"\n");
-        assert!(DriverDef::parse(Path::new("x.toml"), &bad).is_err());
+        let bad = "[driver]\nname = \"x\"\n[sim]\nidm = \"x\"\n";
+        assert!(DriverDef::parse(Path::new("x.toml"), bad).is_err());
     }
 }
