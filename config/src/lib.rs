@@ -1059,6 +1059,30 @@ mod tests {
     }
 
     #[test]
+    fn instruments_lan_table_is_typed_checked_and_not_a_driver_option() {
+        let text = r#"
+[[relay.instruments]]
+id = "psu-1"
+driver = "keysight-e36xx"
+resource = "ASRL/dev/ttyUSB0::INSTR"
+lan = { raw = "0.0.0.0:5025", vxi11 = true, hislip = true }
+"#;
+        let (c, _) = Config::parse(text, Path::new("x.toml")).unwrap();
+        let i = &c.relay.instruments[0];
+        let lan = i.lan.as_ref().unwrap();
+        assert_eq!(lan.vxi11_addr().as_deref(), Some("0.0.0.0:111"));
+        assert_eq!(lan.hislip_addr().as_deref(), Some("0.0.0.0:4880"));
+        assert!(!i.driver_options().contains_key("lan"));
+        let bad = text.replace("\"0.0.0.0:5025\"", "\"relayhost\"");
+        let e = Config::parse(&bad, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("relay.instruments[0].lan"), "{e}");
+        let typo = text.replace("hislip = true", "hislop = true");
+        assert!(Config::parse(&typo, Path::new("x.toml")).is_err());
+    }
+
+    #[test]
     fn instruments_table_with_driver_options() {
         let text = r#"
 [[relay.instruments]]

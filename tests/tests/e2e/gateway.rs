@@ -216,3 +216,56 @@ async fn lan_gateway_serves_a_serial_psu_to_pyvisa_and_maps_locks_to_the_lease(
     .await
     .context("gateway test took too long")?
 }
+
+/// A driver that is not message-based (mock-psu) behind the gateway: LAN
+/// messages are refused with the protocol's error (VXI-11 error 17, I/O
+/// error; HiSLIP an `Error` message), garbage on the raw socket is
+/// dropped, and the relay keeps serving the mesh.
+#[tokio::test]
+async fn lan_gateway_refuses_messages_for_a_driver_that_takes_none_and_keeps_serving(
+) -> anyhow::Result<()> {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let inst = Box::new(labmesh_drivers::mock_psu::MockPsu::new("mock-lan"));
+        let mesh = Mesh::start_hosted(vec![Hosted::new("mock-lan", inst).lan(lan_on_free_ports())])
+            .await?;
+        let servers = mesh.relay.served()[0].lan.clone();
+        let port = |p: &str| {
+            servers
+                .iter()
+                .find(|s| s.protocol == p)
+                .map(|s| s.addr.port())
+        };
+        let t = Duration::from_secs(5);
+        let mut v = Vxi11Link::connect("127.0.0.1", 0, port("vxi11"), "inst0", t).await?;
+        let e = v
+            .write(b"*IDN?\n", t)
+            .await
+            .expect_err("mock-psu takes no SCPI");
+        assert!(e.to_string().contains("I/O error"), "{e}");
+        // Garbage and an oversize line on the raw socket: dropped.
+        let raw = port("raw").context("raw")?;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", raw)).await?;
+        use tokio::io::AsyncWriteExt;
+        s.write_all(&[0xff, 0x00, b'\n']).await?;
+        s.write_all(&vec![b'A'; 200 * 1024]).await?;
+        s.write_all(b"\n*IDN?\n").await?;
+        drop(s);
+        let mut h =
+            HislipLink::connect("127.0.0.1", port("hislip").context("hislip")?, "hislip0", t)
+                .await?;
+        h.write(b"*IDN?\n", t).await?;
+        let e = h.read(t).await.expect_err("an Error message, not data");
+        assert!(e.to_string().contains("Error 0"), "{e}");
+        h.close(t).await;
+        let st = mesh
+            .client
+            .call("mock-lan", "set_voltage", json!({"value": 1.5}))
+            .await?;
+        assert_eq!(st["ok"], json!(true), "{st}");
+        v.close(t).await;
+        mesh.stop().await;
+        anyhow::Ok(())
+    })
+    .await
+    .context("took too long")?
+}
