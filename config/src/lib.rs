@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 pub use labmesh_proto::endpoint::{public_endpoint, resolve_broker};
 use labmesh_proto::limits;
 
+pub mod lan;
+pub use lan::LanSection;
+
 /// A configuration problem that stops a node from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -143,6 +146,11 @@ pub struct InstrumentSection {
     /// (extension; see `labmesh_proto::stream::StreamSpec`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub streams: Vec<labmesh_proto::stream::StreamSpec>,
+    /// The relay's LAN-instrument gateway for this instrument:
+    /// `lan = { raw = "0.0.0.0:5025", vxi11 = true, hislip = true }`
+    /// (extension; see [`LanSection`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lan: Option<LanSection>,
     /// Driver-specific options: every other key of the table.
     #[serde(flatten)]
     pub options: serde_json::Map<String, serde_json::Value>,
@@ -711,6 +719,9 @@ impl Config {
                     ),
                 ));
             }
+            if let Some(lan) = &inst.lan {
+                lan.check().map_err(|why| bad(&key("lan"), why))?;
+            }
             let mut names = std::collections::HashSet::new();
             for (j, st) in inst.streams.iter().enumerate() {
                 let skey = format!("relay.instruments[{i}].streams[{j}]");
@@ -1045,6 +1056,30 @@ mod tests {
         assert!(toml::to_string(&d.broker)
             .unwrap()
             .contains("ttl_seconds = 30.0"));
+    }
+
+    #[test]
+    fn instruments_lan_table_is_typed_checked_and_not_a_driver_option() {
+        let text = r#"
+[[relay.instruments]]
+id = "psu-1"
+driver = "keysight-e36xx"
+resource = "ASRL/dev/ttyUSB0::INSTR"
+lan = { raw = "0.0.0.0:5025", vxi11 = true, hislip = true }
+"#;
+        let (c, _) = Config::parse(text, Path::new("x.toml")).unwrap();
+        let i = &c.relay.instruments[0];
+        let lan = i.lan.as_ref().unwrap();
+        assert_eq!(lan.vxi11_addr().as_deref(), Some("0.0.0.0:111"));
+        assert_eq!(lan.hislip_addr().as_deref(), Some("0.0.0.0:4880"));
+        assert!(!i.driver_options().contains_key("lan"));
+        let bad = text.replace("\"0.0.0.0:5025\"", "\"relayhost\"");
+        let e = Config::parse(&bad, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("relay.instruments[0].lan"), "{e}");
+        let typo = text.replace("hislip = true", "hislop = true");
+        assert!(Config::parse(&typo, Path::new("x.toml")).is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod readme_tour;
 mod relay_hardening;
 mod reload;
 mod scan;
+mod sim_toml;
 mod third_party;
 
 /// A `labmesh` child process whose output is drained (and echoed).

@@ -4,6 +4,7 @@
 mod bad_input;
 mod cascade;
 mod firmware;
+mod gateway;
 mod instruments;
 mod interop;
 mod issue9;
