@@ -96,6 +96,25 @@ pub struct BrokerSection {
     /// Extension (cascading): the parent's bus XPUB endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_xpub: Option<String>,
+    /// Extension (cascading): how this broker's relays and banks are listed
+    /// in the parent: at their own endpoints (`"direct"`), or at gateway
+    /// endpoints of this broker that forward to them (`"gateway"`).
+    pub advertise: Advertise,
+    /// Extension (cascading, `advertise = "gateway"`): where the gateway's
+    /// endpoints are bound, one fresh port each (`tcp://*:*`, or an
+    /// interface: `tcp://10.1.0.2:*`); advertised with `address`.
+    pub gateway_bind: String,
+}
+
+/// `[broker] advertise`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Advertise {
+    /// The parent lists each node at its own endpoint.
+    #[default]
+    Direct,
+    /// The parent lists each node at a gateway endpoint of this broker.
+    Gateway,
 }
 
 impl Default for BrokerSection {
@@ -113,6 +132,8 @@ impl Default for BrokerSection {
             parent_rpc: None,
             parent_xsub: None,
             parent_xpub: None,
+            advertise: Advertise::Direct,
+            gateway_bind: "tcp://*:*".into(),
         }
     }
 }
@@ -605,6 +626,13 @@ impl Config {
         endpoint("broker.rpc_bind", &self.broker.rpc_bind)?;
         endpoint("broker.xsub_bind", &self.broker.xsub_bind)?;
         endpoint("broker.xpub_bind", &self.broker.xpub_bind)?;
+        endpoint("broker.gateway_bind", &self.broker.gateway_bind)?;
+        if !self.broker.gateway_bind.ends_with(":*") {
+            return Err(bad(
+                "broker.gateway_bind",
+                "each proxied endpoint gets a port of its own: the port must be `*`".into(),
+            ));
+        }
         {
             let b = &self.broker;
             let parent = [

@@ -30,6 +30,8 @@ use labmesh_wire::register::{keep_registered, Registrant};
 use labmesh_wire::{DealerConn, SocketOptions};
 use tokio::sync::watch;
 
+use crate::gateway::Gateway;
+
 /// Ids registered in this broker's directory right now.
 pub(crate) type LocalIds = Arc<RwLock<HashSet<String>>>;
 
@@ -42,6 +44,23 @@ pub struct ParentOptions {
     pub xsub: String,
     /// The parent's bus XPUB (its subscribers' side).
     pub xpub: String,
+    /// How our nodes are listed in the parent.
+    pub advertise: Advertise,
+}
+
+/// How a child broker's relays and banks are listed in its parent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Advertise {
+    /// At their own endpoints: the parent's clients reach them directly.
+    #[default]
+    Direct,
+    /// At endpoints of this broker's gateway, bound at `bind`
+    /// (`tcp://*:*`), which forwards requests and replies
+    /// (see `gateway`).
+    Gateway {
+        /// Where each proxied endpoint is bound (port `*`).
+        bind: String,
+    },
 }
 
 /// The id a topic belongs to: `state.<id>`, `dataset.<id>`,
@@ -189,6 +208,7 @@ pub(crate) async fn mirror_directory(
     ctx: zmq::Context,
     own_rpc: String,
     parent: ParentOptions,
+    advertise_host: String,
     password: Password,
     heartbeat: Duration,
     every: Duration,
@@ -203,6 +223,16 @@ pub(crate) async fn mirror_directory(
             tracing::error!(error = %e, parent = %parent.rpc, "cannot open the cascade's directory connections");
             return;
         }
+    };
+    let mut gateway = match &parent.advertise {
+        Advertise::Direct => None,
+        Advertise::Gateway { bind } => match Gateway::spawn(&ctx, bind, &advertise_host) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::error!(error = %e, bind, "cannot start the cascade's gateway");
+                return;
+            }
+        },
     };
     let mut mirrored: HashMap<(bool, String), Mirrored> = HashMap::new();
     let mut tick = tokio::time::interval(every);
@@ -236,21 +266,40 @@ pub(crate) async fn mirror_directory(
         let relays: Vec<RelayInfo> = serde_json::from_value(relays).unwrap_or_default();
         let banks: Vec<BankInfo> = serde_json::from_value(banks).unwrap_or_default();
         let mut want: HashMap<(bool, String), (NodeKey, Registrant)> = HashMap::new();
+        // The endpoint the parent lists for one of ours; `None` when the
+        // gateway cannot open it (logged; tried again next round).
+        let mut targets = HashSet::new();
+        let mut listed = |ep: &str| -> Option<String> {
+            match gateway.as_mut() {
+                None => Some(ep.to_string()),
+                Some(_) if ep.is_empty() => Some(String::new()),
+                Some(g) => {
+                    targets.insert(ep.to_string());
+                    match g.route(ep) {
+                        Ok(gw) => Some(gw),
+                        Err(e) => {
+                            tracing::warn!(error = %e, target = ep, "gateway: cannot open an endpoint");
+                            None
+                        }
+                    }
+                }
+            }
+        };
         for r in relays {
-            let key = (
-                true,
-                r.relay_id.clone(),
-                r.rpc_endpoint.clone(),
-                String::new(),
-            );
-            let reg = Registrant::relay(&r.relay_id, &r.rpc_endpoint, &password);
+            let Some(ep) = listed(&r.rpc_endpoint) else {
+                continue;
+            };
+            let key = (true, r.relay_id.clone(), ep.clone(), String::new());
+            let reg = Registrant::relay(&r.relay_id, &ep, &password);
             want.insert((true, r.relay_id), (key, reg));
         }
         for b in banks {
-            let (ing, ret) = (
-                b.ingest.clone().unwrap_or_default(),
-                b.retrieve.clone().unwrap_or_default(),
-            );
+            let (Some(ing), Some(ret)) = (
+                listed(b.ingest.as_deref().unwrap_or_default()),
+                listed(b.retrieve.as_deref().unwrap_or_default()),
+            ) else {
+                continue;
+            };
             let key = (false, b.bank_id.clone(), ing.clone(), ret.clone());
             let reg = Registrant::bank(&b.bank_id, &ing, &ret, &password);
             want.insert((false, b.bank_id), (key, reg));
@@ -267,6 +316,9 @@ pub(crate) async fn mirror_directory(
                 let _ = m.stop.send(true);
                 let _ = m.task.await;
             }
+        }
+        if let Some(g) = gateway.as_mut() {
+            g.retain(&targets);
         }
         for (k, (key, reg)) in want {
             if mirrored.contains_key(&k) {
@@ -288,6 +340,9 @@ pub(crate) async fn mirror_directory(
     for (_, m) in mirrored {
         let _ = m.stop.send(true);
         let _ = m.task.await;
+    }
+    if let Some(g) = gateway {
+        g.stop().await;
     }
 }
 

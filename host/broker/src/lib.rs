@@ -16,8 +16,10 @@
 
 mod cascade;
 mod directory;
+mod gateway;
 
-pub use cascade::ParentOptions;
+pub use cascade::{Advertise, ParentOptions};
+pub use gateway::{GATEWAY_HWM, MAX_FRAME, MAX_SESSIONS, SESSION_IDLE};
 
 use std::time::Duration;
 
@@ -120,6 +122,12 @@ impl BrokerOptions {
                 rpc: rpc.clone(),
                 xsub: cfg.broker.parent_xsub.clone().unwrap_or_default(),
                 xpub: cfg.broker.parent_xpub.clone().unwrap_or_default(),
+                advertise: match cfg.broker.advertise {
+                    labmesh_config::Advertise::Direct => Advertise::Direct,
+                    labmesh_config::Advertise::Gateway => Advertise::Gateway {
+                        bind: cfg.broker.gateway_bind.clone(),
+                    },
+                },
             }),
         }
     }
@@ -270,6 +278,7 @@ pub async fn spawn(ctx: &zmq::Context, opts: BrokerOptions) -> Result<BrokerHand
             ctx.clone(),
             rpc_ep.clone(),
             parent,
+            opts.advertise_host.clone(),
             opts.password.clone(),
             labmesh_proto::limits::DEFAULT_HEARTBEAT.min(opts.ttl / 3),
             std::time::Duration::from_millis(500),

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use labmesh_broker::{BrokerHandle, BrokerOptions, ParentOptions};
+use labmesh_broker::{Advertise, BrokerHandle, BrokerOptions, ParentOptions};
 use labmesh_client::{Client, ClientOptions, Receive};
 use labmesh_drivers::mock_psu::MockPsu;
 use labmesh_proto::stream::StreamSpec;
@@ -19,6 +19,7 @@ fn parent_of(b: &BrokerHandle) -> ParentOptions {
         rpc: b.rpc_endpoint().into(),
         xsub: b.xsub_endpoint().into(),
         xpub: b.xpub_endpoint().into(),
+        advertise: Advertise::Direct,
     }
 }
 
@@ -190,6 +191,7 @@ async fn only_subscribed_topics_cross_the_link() -> anyhow::Result<()> {
             rpc: top.rpc_endpoint().into(),
             xsub: format!("tcp://127.0.0.1:{port}"),
             xpub: top.xpub_endpoint().into(),
+            advertise: Advertise::Direct,
         }),
     )
     .await?;

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cascade;
+mod cascade_gateway;
 mod firmware;
 mod instruments;
 mod interop;
