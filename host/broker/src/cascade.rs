@@ -80,6 +80,26 @@ fn is_local(local: &LocalIds, t: &[u8]) -> bool {
     local.read().map(|s| s.contains(id)).unwrap_or(false)
 }
 
+/// The 409 for an id that a live node holds elsewhere, naming both owners:
+/// `kind` (`relay`, `bank`), the id, and each side's endpoint with the
+/// child broker that registered it (`via`), if any.
+pub(crate) fn clash_message(
+    kind: &str,
+    id: &str,
+    held: (&str, Option<&str>),
+    refused: (&str, Option<&str>),
+) -> String {
+    let side = |(ep, via): (&str, Option<&str>)| match via {
+        Some(b) => format!("{ep} (via broker {b})"),
+        None => ep.to_string(),
+    };
+    format!(
+        "{kind}_id '{id}' is already registered by a live {kind} at {}; refused for the {kind} at {}",
+        side(held),
+        side(refused)
+    )
+}
+
 /// Sockets of the cascading bus loop.
 pub(crate) struct BusSockets {
     pub(crate) xsub: zmq::Socket,
@@ -290,7 +310,8 @@ pub(crate) async fn mirror_directory(
                 continue;
             };
             let key = (true, r.relay_id.clone(), ep.clone(), String::new());
-            let reg = Registrant::relay(&r.relay_id, &ep, &password);
+            let mut reg = Registrant::relay(&r.relay_id, &ep, &password);
+            reg.hello.via = Some(own_rpc.clone());
             want.insert((true, r.relay_id), (key, reg));
         }
         for b in banks {
@@ -301,7 +322,8 @@ pub(crate) async fn mirror_directory(
                 continue;
             };
             let key = (false, b.bank_id.clone(), ing.clone(), ret.clone());
-            let reg = Registrant::bank(&b.bank_id, &ing, &ret, &password);
+            let mut reg = Registrant::bank(&b.bank_id, &ing, &ret, &password);
+            reg.hello.via = Some(own_rpc.clone());
             want.insert((false, b.bank_id), (key, reg));
         }
         // Gone, or changed endpoints: say goodbye (the new one registers).
@@ -357,5 +379,19 @@ mod tests {
         assert_eq!(owner(&topic::stream("lab.psu", "v")), Some(&b"lab.psu"[..]));
         assert_eq!(owner(b"dataset.bank-0"), Some(&b"bank-0"[..]));
         assert_eq!(owner(b"nodot"), None);
+    }
+
+    #[test]
+    fn a_clash_names_both_owners() {
+        assert_eq!(
+            clash_message(
+                "relay",
+                "psu-1",
+                ("tcp://10.0.0.5:5850", None),
+                ("tcp://10.1.0.2:41001", Some("tcp://10.1.0.2:5750")),
+            ),
+            "relay_id 'psu-1' is already registered by a live relay at tcp://10.0.0.5:5850; \
+             refused for the relay at tcp://10.1.0.2:41001 (via broker tcp://10.1.0.2:5750)"
+        );
     }
 }
