@@ -17,6 +17,7 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_labmesh");
 
 mod bank_hardening;
 mod broker_hardening;
+mod cascade_netns;
 mod cli_findings;
 mod deploy;
 mod leases;
