@@ -3,7 +3,7 @@
 //! interfaces, no forwarding); a chain `b` -> `m` -> `t`, the two lower ones
 //! gateways; a client in namespace `c`, which reaches `m` and `t` only.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ struct NsNode {
 }
 
 impl NsNode {
-    async fn start(ns: &str, cfg: &PathBuf, args: &[&str], ready: &str) -> anyhow::Result<NsNode> {
+    async fn start(ns: &str, cfg: &Path, args: &[&str], ready: &str) -> anyhow::Result<NsNode> {
         let mut argv = vec![
             "netns".to_string(),
             "exec".into(),
@@ -73,7 +73,7 @@ impl NsNode {
     }
 }
 
-async fn run_in(ns: &str, cfg: &PathBuf, args: &[&str]) -> anyhow::Result<(i32, String)> {
+async fn run_in(ns: &str, cfg: &Path, args: &[&str]) -> anyhow::Result<(i32, String)> {
     let out = tokio::time::timeout(
         WAIT * 2,
         tokio::process::Command::new("ip")
@@ -96,7 +96,7 @@ async fn run_in(ns: &str, cfg: &PathBuf, args: &[&str]) -> anyhow::Result<(i32, 
 
 /// The endpoint namespace `c` sees for `deep`, once listed (or `None`
 /// once not listed, with `want_listed == false`).
-async fn wait_listed(ns: &str, cfg: &PathBuf, want_listed: bool) -> anyhow::Result<Value> {
+async fn wait_listed(ns: &str, cfg: &Path, want_listed: bool) -> anyhow::Result<Value> {
     tokio::time::timeout(WAIT * 2, async {
         loop {
             if let Ok((0, out)) = run_in(ns, cfg, &["ls", "--json"]).await {

@@ -224,16 +224,30 @@ struct Mirrored {
 /// Keep every relay and bank of this broker registered in the parent:
 /// reads our own directory every `every`, starts a registration for each
 /// new node, says goodbye for each one gone.
-pub(crate) async fn mirror_directory(
-    ctx: zmq::Context,
-    own_rpc: String,
-    parent: ParentOptions,
-    advertise_host: String,
-    password: Password,
-    heartbeat: Duration,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+/// What [`mirror_directory`] works with.
+pub(crate) struct Mirror {
+    pub(crate) ctx: zmq::Context,
+    /// Our own directory endpoint.
+    pub(crate) own_rpc: String,
+    pub(crate) parent: ParentOptions,
+    /// Host advertised for gateway endpoints (`[broker] address`).
+    pub(crate) advertise_host: String,
+    pub(crate) password: Password,
+    pub(crate) heartbeat: Duration,
+    /// How often our own directory is read.
+    pub(crate) every: Duration,
+}
+
+pub(crate) async fn mirror_directory(m: Mirror, mut stop: watch::Receiver<bool>) {
+    let Mirror {
+        ctx,
+        own_rpc,
+        parent,
+        advertise_host,
+        password,
+        heartbeat,
+        every,
+    } = m;
     let (own, up) = match (
         DealerConn::connect(&ctx, &own_rpc, SocketOptions::default()),
         DealerConn::connect(&ctx, &parent.rpc, SocketOptions::default()),

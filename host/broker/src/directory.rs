@@ -81,7 +81,7 @@ enum Internal {
     /// alive?
     DuplicateChecked {
         ident: Vec<u8>,
-        hello: Hello,
+        hello: Box<Hello>,
         old_alive: bool,
     },
 }
@@ -403,7 +403,7 @@ impl Directory {
                 // Cannot even connect: treat the old one as gone.
                 let _ = self.internal.try_send(Internal::DuplicateChecked {
                     ident,
-                    hello,
+                    hello: Box::new(hello),
                     old_alive: false,
                 });
                 return;
@@ -423,7 +423,7 @@ impl Directory {
             let _ = tx
                 .send(Internal::DuplicateChecked {
                     ident,
-                    hello,
+                    hello: Box::new(hello),
                     old_alive,
                 })
                 .await;

@@ -188,7 +188,7 @@ fn open_session(ctx: &zmq::Context, target: &str) -> Result<zmq::Socket, zmq::Er
 
 impl Route {
     /// One message from a client: to its session's DEALER.
-    fn from_client(&mut self, ctx: &zmq::Context) {
+    fn client_message(&mut self, ctx: &zmq::Context) {
         let Ok(frames) = self.front.recv_multipart(zmq::DONTWAIT) else {
             return;
         };
@@ -233,7 +233,7 @@ impl Route {
     }
 
     /// Replies waiting on a session: back to its client.
-    fn to_client(&mut self, id: &[u8]) {
+    fn replies_for(&mut self, id: &[u8]) {
         let Some(s) = self.sessions.get_mut(id) else {
             return;
         };
@@ -307,10 +307,10 @@ fn run(ctx: zmq::Context, ctl: zmq::Socket, rx: mpsc::Receiver<Cmd>) {
                         if !r.front.get_events().is_ok_and(|e| e.contains(zmq::POLLIN)) {
                             break;
                         }
-                        r.from_client(&ctx);
+                        r.client_message(&ctx);
                     }
                 }
-                Some(id) => r.to_client(&id),
+                Some(id) => r.replies_for(&id),
             }
         }
         let now = Instant::now();

@@ -275,13 +275,15 @@ pub async fn spawn(ctx: &zmq::Context, opts: BrokerOptions) -> Result<BrokerHand
     let mirror = opts.parent.clone().map(|parent| {
         tracing::info!(parent = %parent.rpc, "joining a parent broker");
         tokio::spawn(cascade::mirror_directory(
-            ctx.clone(),
-            rpc_ep.clone(),
-            parent,
-            opts.advertise_host.clone(),
-            opts.password.clone(),
-            labmesh_proto::limits::DEFAULT_HEARTBEAT.min(opts.ttl / 3),
-            std::time::Duration::from_millis(500),
+            cascade::Mirror {
+                ctx: ctx.clone(),
+                own_rpc: rpc_ep.clone(),
+                parent,
+                advertise_host: opts.advertise_host.clone(),
+                password: opts.password.clone(),
+                heartbeat: labmesh_proto::limits::DEFAULT_HEARTBEAT.min(opts.ttl / 3),
+                every: std::time::Duration::from_millis(500),
+            },
             stop_rx.clone(),
         ))
     });
