@@ -213,7 +213,9 @@ async fn a_client_at_the_top_reaches_a_private_lab_through_two_gateways() -> any
     let t0 = Instant::now();
     bottom.shutdown().await;
     until_listed(&at_top, "deep", false).await?;
-    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    // Said goodbye to (or at worst expired: ttl 2 s at the middle), then
+    // the middle's mirror round (0.5 s); slack for a loaded machine.
+    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
     // ... and comes back with it (same endpoints; the relay re-registers).
     let bottom = broker_at(&lab, Some(gateway_parent(&mid)), Some(ports)).await?;
     until_listed(&at_top, "deep", true).await?;
