@@ -14,3 +14,4 @@ mod lifecycle;
 mod links;
 mod mesh;
 mod streams;
+mod transports;
