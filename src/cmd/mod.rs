@@ -27,6 +27,7 @@ mod relay_reload;
 mod scan;
 mod sim;
 mod streams;
+mod up;
 mod upload;
 mod watch;
 mod web;
@@ -96,6 +97,10 @@ pub enum Command {
     Drivers,
     /// Run a whole mesh in one process and show it working.
     Demo,
+    /// Run every node the configuration file describes in one process
+    /// (broker; bank with `[bank]`; relay with `[[relay.instruments]]`; web
+    /// with `[web]`).
+    Up(up::Args),
     /// Measure the mesh next to a raw baseline from the same run.
     #[command(subcommand)]
     Bench(bench::Args),
@@ -120,7 +125,8 @@ impl Cli {
             | Command::Relay(_)
             | Command::Bank(_)
             | Command::Sim(_)
-            | Command::Web(_) => "info",
+            | Command::Web(_)
+            | Command::Up(_) => "info",
             Command::Demo => "error",
             _ => "warn",
         }
@@ -149,6 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stream(c) => streams::control(c.cmd, &g.with_broker(c.broker), &ctx).await,
         Command::Drivers => drivers::exec(g).await,
         Command::Demo => demo::exec(&ctx).await,
+        Command::Up(a) => up::exec(a, g, &ctx).await,
         Command::Bench(a) => bench::exec(a, &ctx).await,
         Command::Web(a) => web::exec(a, g, &ctx).await,
         Command::Sim(a) => sim::exec(a).await,

@@ -26,6 +26,7 @@ mod readme_tour;
 mod relay_hardening;
 mod reload;
 mod scan;
+mod up;
 
 /// A `labmesh` child process whose output is drained (and echoed).
 pub(crate) struct Node {
