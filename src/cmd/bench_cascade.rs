@@ -38,9 +38,8 @@ async fn broker(ctx: &zmq::Context, parent: Option<&BrokerHandle>) -> anyhow::Re
                 rpc: p.rpc_endpoint().into(),
                 xsub: p.xsub_endpoint().into(),
                 xpub: p.xpub_endpoint().into(),
-                advertise: Advertise::Gateway {
-                    bind: "tcp://127.0.0.1:*".into(),
-                },
+                advertise: Advertise::Gateway,
+                gateway_bind: "tcp://127.0.0.1:*".into(),
             }),
             ..BrokerOptions::loopback()
         },

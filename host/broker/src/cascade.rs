@@ -31,6 +31,7 @@ use labmesh_wire::{DealerConn, SocketOptions};
 use tokio::sync::watch;
 
 use crate::gateway::Gateway;
+pub use labmesh_config::Advertise;
 
 /// Ids registered in this broker's directory right now.
 pub(crate) type LocalIds = Arc<RwLock<HashSet<String>>>;
@@ -44,23 +45,11 @@ pub struct ParentOptions {
     pub xsub: String,
     /// The parent's bus XPUB (its subscribers' side).
     pub xpub: String,
-    /// How our nodes are listed in the parent.
+    /// How our nodes are listed in the parent (`[broker] advertise`).
     pub advertise: Advertise,
-}
-
-/// How a child broker's relays and banks are listed in its parent.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Advertise {
-    /// At their own endpoints: the parent's clients reach them directly.
-    #[default]
-    Direct,
-    /// At endpoints of this broker's gateway, bound at `bind`
-    /// (`tcp://*:*`), which forwards requests and replies
-    /// (see `gateway`).
-    Gateway {
-        /// Where each proxied endpoint is bound (port `*`).
-        bind: String,
-    },
+    /// With [`Advertise::Gateway`]: where each proxied endpoint is bound
+    /// (port `*`; `[broker] gateway_bind`).
+    pub gateway_bind: String,
 }
 
 /// The id a topic belongs to: `state.<id>`, `dataset.<id>`,
@@ -260,10 +249,10 @@ pub(crate) async fn mirror_directory(m: Mirror, mut stop: watch::Receiver<bool>)
     };
     let mut gateway = match &parent.advertise {
         Advertise::Direct => None,
-        Advertise::Gateway { bind } => match Gateway::spawn(&ctx, bind, &advertise_host) {
+        Advertise::Gateway => match Gateway::spawn(&ctx, &parent.gateway_bind, &advertise_host) {
             Ok(g) => Some(g),
             Err(e) => {
-                tracing::error!(error = %e, bind, "cannot start the cascade's gateway");
+                tracing::error!(error = %e, bind = %parent.gateway_bind, "cannot start the cascade's gateway");
                 return;
             }
         },

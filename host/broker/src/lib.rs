@@ -122,12 +122,8 @@ impl BrokerOptions {
                 rpc: rpc.clone(),
                 xsub: cfg.broker.parent_xsub.clone().unwrap_or_default(),
                 xpub: cfg.broker.parent_xpub.clone().unwrap_or_default(),
-                advertise: match cfg.broker.advertise {
-                    labmesh_config::Advertise::Direct => Advertise::Direct,
-                    labmesh_config::Advertise::Gateway => Advertise::Gateway {
-                        bind: cfg.broker.gateway_bind.clone(),
-                    },
-                },
+                advertise: cfg.broker.advertise,
+                gateway_bind: cfg.broker.gateway_bind.clone(),
             }),
         }
     }

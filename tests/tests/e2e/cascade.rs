@@ -20,6 +20,7 @@ fn parent_of(b: &BrokerHandle) -> ParentOptions {
         xsub: b.xsub_endpoint().into(),
         xpub: b.xpub_endpoint().into(),
         advertise: Advertise::Direct,
+        gateway_bind: "tcp://127.0.0.1:*".into(),
     }
 }
 
@@ -192,6 +193,7 @@ async fn only_subscribed_topics_cross_the_link() -> anyhow::Result<()> {
             xsub: format!("tcp://127.0.0.1:{port}"),
             xpub: top.xpub_endpoint().into(),
             advertise: Advertise::Direct,
+            gateway_bind: "tcp://127.0.0.1:*".into(),
         }),
     )
     .await?;
@@ -332,9 +334,7 @@ async fn python_labmesh_at_the_top_drives_a_relay_two_levels_down() -> anyhow::R
         let ctx = zmq::Context::new();
         let up = |b: &BrokerHandle| ParentOptions {
             advertise: if gateway {
-                Advertise::Gateway {
-                    bind: "tcp://127.0.0.1:*".into(),
-                }
+                Advertise::Gateway
             } else {
                 Advertise::Direct
             },

@@ -21,9 +21,8 @@ fn gateway_parent(b: &BrokerHandle) -> ParentOptions {
         rpc: b.rpc_endpoint().into(),
         xsub: b.xsub_endpoint().into(),
         xpub: b.xpub_endpoint().into(),
-        advertise: Advertise::Gateway {
-            bind: "tcp://127.0.0.1:*".into(),
-        },
+        advertise: Advertise::Gateway,
+        gateway_bind: "tcp://127.0.0.1:*".into(),
     }
 }
 
