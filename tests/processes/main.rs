@@ -322,6 +322,10 @@ async fn demo_runs_the_whole_mesh_and_exits_zero() -> anyhow::Result<()> {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("[state]    Inst-0: voltage=2.5"), "{out}");
     assert!(out.contains("sha256 matches"), "{out}");
+    assert!(
+        out.contains("web        dashboard at http://127.0.0.1:"),
+        "{out}"
+    );
     Ok(())
 }
 
