@@ -1076,6 +1076,25 @@ mod tests {
     }
 
     #[test]
+    fn gateway_advertise_and_its_bind() {
+        let text = "[broker]\nadvertise = \"gateway\"\ngateway_bind = \"tcp://10.1.0.3:*\"\n";
+        let (c, w) = Config::parse(text, Path::new("x.toml")).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.broker.advertise, Advertise::Gateway);
+        c.validate(Path::new("x.toml")).unwrap();
+        assert_eq!(Config::default().broker.advertise, Advertise::Direct);
+        let fixed = "[broker]\ngateway_bind = \"tcp://*:6000\"\n";
+        let e = Config::parse(fixed, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("broker.gateway_bind") && e.contains("`*`"),
+            "{e}"
+        );
+        assert!(Config::parse("[broker]\nadvertise = \"proxy\"\n", Path::new("x.toml")).is_err());
+    }
+
+    #[test]
     fn instruments_table_with_driver_options() {
         let text = r#"
 [[relay.instruments]]
