@@ -99,6 +99,25 @@ pub struct BrokerSection {
     /// Extension (cascading): the parent's bus XPUB endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_xpub: Option<String>,
+    /// Extension (cascading): how this broker's relays and banks are listed
+    /// in the parent: at their own endpoints (`"direct"`), or at gateway
+    /// endpoints of this broker that forward to them (`"gateway"`).
+    pub advertise: Advertise,
+    /// Extension (cascading, `advertise = "gateway"`): where the gateway's
+    /// endpoints are bound, one fresh port each (`tcp://*:*`, or an
+    /// interface: `tcp://10.1.0.2:*`); advertised with `address`.
+    pub gateway_bind: String,
+}
+
+/// `[broker] advertise`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Advertise {
+    /// The parent lists each node at its own endpoint.
+    #[default]
+    Direct,
+    /// The parent lists each node at a gateway endpoint of this broker.
+    Gateway,
 }
 
 impl Default for BrokerSection {
@@ -116,6 +135,8 @@ impl Default for BrokerSection {
             parent_rpc: None,
             parent_xsub: None,
             parent_xpub: None,
+            advertise: Advertise::Direct,
+            gateway_bind: "tcp://*:*".into(),
         }
     }
 }
@@ -613,6 +634,13 @@ impl Config {
         endpoint("broker.rpc_bind", &self.broker.rpc_bind)?;
         endpoint("broker.xsub_bind", &self.broker.xsub_bind)?;
         endpoint("broker.xpub_bind", &self.broker.xpub_bind)?;
+        endpoint("broker.gateway_bind", &self.broker.gateway_bind)?;
+        if !self.broker.gateway_bind.ends_with(":*") {
+            return Err(bad(
+                "broker.gateway_bind",
+                "each proxied endpoint gets a port of its own: the port must be `*`".into(),
+            ));
+        }
         {
             let b = &self.broker;
             let parent = [
@@ -1080,6 +1108,25 @@ lan = { raw = "0.0.0.0:5025", vxi11 = true, hislip = true }
         assert!(e.contains("relay.instruments[0].lan"), "{e}");
         let typo = text.replace("hislip = true", "hislop = true");
         assert!(Config::parse(&typo, Path::new("x.toml")).is_err());
+    }
+
+    #[test]
+    fn gateway_advertise_and_its_bind() {
+        let text = "[broker]\nadvertise = \"gateway\"\ngateway_bind = \"tcp://10.1.0.3:*\"\n";
+        let (c, w) = Config::parse(text, Path::new("x.toml")).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.broker.advertise, Advertise::Gateway);
+        c.validate(Path::new("x.toml")).unwrap();
+        assert_eq!(Config::default().broker.advertise, Advertise::Direct);
+        let fixed = "[broker]\ngateway_bind = \"tcp://*:6000\"\n";
+        let e = Config::parse(fixed, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("broker.gateway_bind") && e.contains("`*`"),
+            "{e}"
+        );
+        assert!(Config::parse("[broker]\nadvertise = \"proxy\"\n", Path::new("x.toml")).is_err());
     }
 
     #[test]

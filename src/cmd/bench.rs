@@ -46,6 +46,9 @@ pub enum Args {
     /// The web node: state publish -> WebSocket latency and fan-out to 50
     /// WebSockets, each next to bare zmq SUB sockets.
     Web(super::bench_web::Args),
+    /// Cascading brokers: RPC direct vs one and two gateway hops, bus
+    /// through one broker vs a chain of three, bank download via gateways.
+    Cascade(super::bench_cascade::Args),
 }
 
 pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
@@ -61,6 +64,7 @@ pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
         Args::Gateway(a) => return super::bench_gateway::exec(a, ctx).await,
         Args::Streams(a) => return super::bench_streams::exec(a, ctx).await,
         Args::Web(a) => return super::bench_web::exec(a, ctx).await,
+        Args::Cascade(a) => return super::bench_cascade::exec(a, ctx).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ use crate::common::{BrokerFlag, Global};
 mod bank;
 mod bench;
 mod bench_abuse;
+mod bench_cascade;
 mod bench_gateway;
 mod bench_links;
 mod bench_streams;
@@ -28,6 +29,7 @@ mod scan;
 mod sim;
 mod sim_toml;
 mod streams;
+mod up;
 mod upload;
 mod watch;
 mod web;
@@ -97,6 +99,10 @@ pub enum Command {
     Drivers,
     /// Run a whole mesh in one process and show it working.
     Demo,
+    /// Run every node the configuration file describes in one process
+    /// (broker; bank with `[bank]`; relay with `[[relay.instruments]]`; web
+    /// with `[web]`).
+    Up(up::Args),
     /// Measure the mesh next to a raw baseline from the same run.
     #[command(subcommand)]
     Bench(bench::Args),
@@ -135,7 +141,8 @@ impl Cli {
             | Command::Relay(_)
             | Command::Bank(_)
             | Command::Sim(_)
-            | Command::Web(_) => "info",
+            | Command::Web(_)
+            | Command::Up(_) => "info",
             Command::Demo => "error",
             _ => "warn",
         }
@@ -164,6 +171,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stream(c) => streams::control(c.cmd, &g.with_broker(c.broker), &ctx).await,
         Command::Drivers => drivers::exec(g).await,
         Command::Demo => demo::exec(&ctx).await,
+        Command::Up(a) => up::exec(a, g, &ctx).await,
         Command::Bench(a) => bench::exec(a, &ctx).await,
         Command::Web(a) => web::exec(a, g, &ctx).await,
         Command::Sim(a) => sim::exec(a).await,

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cascade;
+mod cascade_gateway;
 mod firmware;
 mod gateway;
 mod instruments;
@@ -14,3 +15,4 @@ mod lifecycle;
 mod links;
 mod mesh;
 mod streams;
+mod transports;
