@@ -11,10 +11,22 @@ mod progress;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let cli = cmd::Cli::parse();
+    let mut command = cmd::Cli::command();
+    let matches = command.get_matches_mut();
+    let cli = match cmd::Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.format(&mut command).exit(),
+    };
+    if !cli.reads_config() && explicit_config(&matches) {
+        // A warning, not an error: wrappers pass --config to every command.
+        eprintln!(
+            "labmesh: warning: --config has no effect on `labmesh {}` (it reads no configuration file)",
+            matches.subcommand_name().unwrap_or_default()
+        );
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.default_log_level()));
     let fmt = tracing_subscriber::fmt()
@@ -44,4 +56,17 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => exit::report(&e),
     }
+}
+
+/// Whether `--config` was given on the command line (at any level: it is a
+/// global flag), as opposed to its default.
+fn explicit_config(m: &clap::ArgMatches) -> bool {
+    let mut m = Some(m);
+    while let Some(cur) = m {
+        if cur.value_source("config") == Some(clap::parser::ValueSource::CommandLine) {
+            return true;
+        }
+        m = cur.subcommand().map(|(_, sub)| sub);
+    }
+    false
 }

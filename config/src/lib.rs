@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 pub use labmesh_proto::endpoint::{public_endpoint, resolve_broker};
 use labmesh_proto::limits;
 
+pub mod lan;
+pub use lan::LanSection;
+
 /// A configuration problem that stops a node from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -96,6 +99,25 @@ pub struct BrokerSection {
     /// Extension (cascading): the parent's bus XPUB endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_xpub: Option<String>,
+    /// Extension (cascading): how this broker's relays and banks are listed
+    /// in the parent: at their own endpoints (`"direct"`), or at gateway
+    /// endpoints of this broker that forward to them (`"gateway"`).
+    pub advertise: Advertise,
+    /// Extension (cascading, `advertise = "gateway"`): where the gateway's
+    /// endpoints are bound, one fresh port each (`tcp://*:*`, or an
+    /// interface: `tcp://10.1.0.2:*`); advertised with `address`.
+    pub gateway_bind: String,
+}
+
+/// `[broker] advertise`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Advertise {
+    /// The parent lists each node at its own endpoint.
+    #[default]
+    Direct,
+    /// The parent lists each node at a gateway endpoint of this broker.
+    Gateway,
 }
 
 impl Default for BrokerSection {
@@ -113,6 +135,8 @@ impl Default for BrokerSection {
             parent_rpc: None,
             parent_xsub: None,
             parent_xpub: None,
+            advertise: Advertise::Direct,
+            gateway_bind: "tcp://*:*".into(),
         }
     }
 }
@@ -143,6 +167,11 @@ pub struct InstrumentSection {
     /// (extension; see `labmesh_proto::stream::StreamSpec`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub streams: Vec<labmesh_proto::stream::StreamSpec>,
+    /// The relay's LAN-instrument gateway for this instrument:
+    /// `lan = { raw = "0.0.0.0:5025", vxi11 = true, hislip = true }`
+    /// (extension; see [`LanSection`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lan: Option<LanSection>,
     /// Driver-specific options: every other key of the table.
     #[serde(flatten)]
     pub options: serde_json::Map<String, serde_json::Value>,
@@ -605,6 +634,13 @@ impl Config {
         endpoint("broker.rpc_bind", &self.broker.rpc_bind)?;
         endpoint("broker.xsub_bind", &self.broker.xsub_bind)?;
         endpoint("broker.xpub_bind", &self.broker.xpub_bind)?;
+        endpoint("broker.gateway_bind", &self.broker.gateway_bind)?;
+        if !self.broker.gateway_bind.ends_with(":*") {
+            return Err(bad(
+                "broker.gateway_bind",
+                "each proxied endpoint gets a port of its own: the port must be `*`".into(),
+            ));
+        }
         {
             let b = &self.broker;
             let parent = [
@@ -710,6 +746,9 @@ impl Config {
                         inst.streams.len()
                     ),
                 ));
+            }
+            if let Some(lan) = &inst.lan {
+                lan.check().map_err(|why| bad(&key("lan"), why))?;
             }
             let mut names = std::collections::HashSet::new();
             for (j, st) in inst.streams.iter().enumerate() {
@@ -1045,6 +1084,49 @@ mod tests {
         assert!(toml::to_string(&d.broker)
             .unwrap()
             .contains("ttl_seconds = 30.0"));
+    }
+
+    #[test]
+    fn instruments_lan_table_is_typed_checked_and_not_a_driver_option() {
+        let text = r#"
+[[relay.instruments]]
+id = "psu-1"
+driver = "keysight-e36xx"
+resource = "ASRL/dev/ttyUSB0::INSTR"
+lan = { raw = "0.0.0.0:5025", vxi11 = true, hislip = true }
+"#;
+        let (c, _) = Config::parse(text, Path::new("x.toml")).unwrap();
+        let i = &c.relay.instruments[0];
+        let lan = i.lan.as_ref().unwrap();
+        assert_eq!(lan.vxi11_addr().as_deref(), Some("0.0.0.0:111"));
+        assert_eq!(lan.hislip_addr().as_deref(), Some("0.0.0.0:4880"));
+        assert!(!i.driver_options().contains_key("lan"));
+        let bad = text.replace("\"0.0.0.0:5025\"", "\"relayhost\"");
+        let e = Config::parse(&bad, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("relay.instruments[0].lan"), "{e}");
+        let typo = text.replace("hislip = true", "hislop = true");
+        assert!(Config::parse(&typo, Path::new("x.toml")).is_err());
+    }
+
+    #[test]
+    fn gateway_advertise_and_its_bind() {
+        let text = "[broker]\nadvertise = \"gateway\"\ngateway_bind = \"tcp://10.1.0.3:*\"\n";
+        let (c, w) = Config::parse(text, Path::new("x.toml")).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.broker.advertise, Advertise::Gateway);
+        c.validate(Path::new("x.toml")).unwrap();
+        assert_eq!(Config::default().broker.advertise, Advertise::Direct);
+        let fixed = "[broker]\ngateway_bind = \"tcp://*:6000\"\n";
+        let e = Config::parse(fixed, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("broker.gateway_bind") && e.contains("`*`"),
+            "{e}"
+        );
+        assert!(Config::parse("[broker]\nadvertise = \"proxy\"\n", Path::new("x.toml")).is_err());
     }
 
     #[test]

@@ -54,6 +54,9 @@ struct FileDef {
     methods: Vec<MethodDef>,
     #[serde(default)]
     poll: Vec<PollDef>,
+    /// How `labmesh sim toml` simulates the instrument (the driver ignores it).
+    #[serde(default)]
+    sim: Option<crate::sim::toml::SimSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,6 +265,7 @@ pub struct DriverDef {
     bool_false: String,
     methods: Vec<Method>,
     poll: Vec<(String, Template, ReplyFormat)>,
+    sim: Option<crate::sim::toml::SimSection>,
 }
 
 fn toml_to_json(v: toml::Value) -> Value {
@@ -412,7 +416,43 @@ impl DriverDef {
             bool_false: raw.driver.bool_false,
             methods,
             poll,
+            sim: raw.sim,
         })
+    }
+
+    /// The file's `[sim]` section (how `labmesh sim toml` simulates it).
+    pub fn sim_section(&self) -> Option<&crate::sim::toml::SimSection> {
+        self.sim.as_ref()
+    }
+
+    /// How bool parameters are written: (true, false).
+    pub fn bool_words(&self) -> (&str, &str) {
+        (&self.bool_true, &self.bool_false)
+    }
+
+    /// Every command the file sends, for the TOML simulator: the template
+    /// (placeholders as `{name}`), its method's spec (`None` for a poll
+    /// query) and the reply format (`None` for a write).
+    pub fn commands(&self) -> Vec<(String, Option<&MethodSpec>, Option<ReplyFormat>)> {
+        let text = |t: &Template| {
+            t.0.iter()
+                .map(|s| match s {
+                    Segment::Text(t) => t.clone(),
+                    Segment::Param(p) => format!("{{{p}}}"),
+                })
+                .collect::<String>()
+        };
+        let mut out = Vec::new();
+        for m in &self.methods {
+            match &m.action {
+                Action::Write { cmd, .. } => out.push((text(cmd), Some(&m.spec), None)),
+                Action::Query { cmd, reply } => out.push((text(cmd), Some(&m.spec), Some(*reply))),
+            }
+        }
+        for (_, t, reply) in &self.poll {
+            out.push((text(t), None, Some(*reply)));
+        }
+        out
     }
 
     /// Read and parse one file.
@@ -625,6 +665,10 @@ impl Instrument for DeclarativeDriver {
 
     async fn poll(&mut self) -> Result<Value, DriverError> {
         self.state().await
+    }
+
+    async fn lan_message(&mut self, message: &str) -> Result<Option<Vec<u8>>, DriverError> {
+        self.session.passthrough(message).await
     }
 
     async fn shutdown(&mut self) {

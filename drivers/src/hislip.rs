@@ -105,6 +105,8 @@ pub mod code {
     pub const FATAL_NO_BOTH_CHANNELS: u8 = 2;
     /// FatalError: invalid initialization sequence.
     pub const FATAL_INVALID_INIT: u8 = 3;
+    /// Error: unidentified error.
+    pub const ERROR_UNIDENTIFIED: u8 = 0;
     /// Error: unrecognized message type.
     pub const ERROR_UNRECOGNIZED_TYPE: u8 = 1;
     /// Error: unrecognized control code.

@@ -186,6 +186,17 @@ pub trait Instrument: Send {
         Vec::new()
     }
 
+    /// Send one program message as a LAN client wrote it (the relay's LAN
+    /// gateway): its reply bytes if it is a query, `None` if not. Default:
+    /// refused, the instrument is not message-based; SCPI drivers pass it
+    /// to their session ([`crate::scpi::ScpiSession::passthrough`]).
+    async fn lan_message(&mut self, message: &str) -> Result<Option<Vec<u8>>, DriverError> {
+        let _ = message;
+        Err(DriverError::Config(
+            "this driver does not take raw program messages (not a SCPI instrument)".into(),
+        ))
+    }
+
     /// Release the instrument (close links). Default: nothing.
     async fn shutdown(&mut self) {}
 }

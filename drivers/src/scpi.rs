@@ -630,7 +630,68 @@ impl ScpiSession {
         self.ready().await?;
         self.out_of_step = true;
         self.send(cmd, timeout).await?;
+        self.recv_block(Instant::now() + timeout, timeout).await
+    }
+
+    /// Send one program message as a LAN client wrote it (the relay's
+    /// gateway) and, if it is a query ([`expects_reply`]), read its reply
+    /// as bytes: a line without its terminator, or a whole IEEE 488.2
+    /// block (header included). No error checking: the client asks
+    /// `SYST:ERR?` itself.
+    pub async fn passthrough(&mut self, message: &str) -> Result<Option<Vec<u8>>, DriverError> {
+        let timeout = self.opts.timeout;
+        self.ready().await?;
+        self.out_of_step = true;
+        self.send(message, timeout).await?;
+        if !expects_reply(message) {
+            self.end_exchange();
+            self.out_of_step = false;
+            return Ok(None);
+        }
         let deadline = Instant::now() + timeout;
+        let term = self.opts.read_termination.clone().into_bytes();
+        // Look at the reply's first byte: a block or a line?
+        loop {
+            if self.skip_terminator {
+                let n = self
+                    .buf
+                    .iter()
+                    .take_while(|b| term.contains(b) || **b == b'\r')
+                    .count();
+                self.buf.drain(..n);
+                if !self.buf.is_empty() {
+                    self.skip_terminator = false;
+                }
+            }
+            if !self.buf.is_empty() {
+                break;
+            }
+            self.fill(deadline, timeout).await?;
+        }
+        if self.buf.first() == Some(&b'#') {
+            let header = block::parse_header(&self.buf, self.opts.max_reply);
+            let data = self.recv_block(deadline, timeout).await?;
+            let mut out = match header {
+                Ok(Some(BlockHeader::Indefinite { .. })) => b"#0".to_vec(),
+                _ => {
+                    let len = data.len().to_string();
+                    format!("#{}{len}", len.len()).into_bytes()
+                }
+            };
+            out.extend_from_slice(&data);
+            return Ok(Some(out));
+        }
+        let line = self.recv_line(timeout).await?;
+        self.out_of_step = false;
+        Ok(Some(line.into_bytes()))
+    }
+
+    /// Read an IEEE 488.2 block reply (the command was sent).
+    async fn recv_block(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, DriverError> {
         let term = self.opts.read_termination.clone().into_bytes();
         loop {
             if self.skip_terminator {
@@ -707,7 +768,8 @@ impl ScpiSession {
         }
     }
 
-    /// Read the whole error queue (`SYST:ERR?` until `0,"No error"`, at most 64 entries).
+    /// Read the whole error queue (`SYST:ERR?` until `0,"No error"` or
+    /// Siglent's `0 No Error`, at most 64 entries).
     pub async fn errors(&mut self) -> Result<Vec<(i32, String)>, DriverError> {
         let mut out = Vec::new();
         for _ in 0..64 {
@@ -745,6 +807,22 @@ impl ScpiSession {
     }
 }
 
+/// Whether a program message has a reply: one of its headers is a query
+/// (a `?` outside quoted strings), as a gateway that forwards messages
+/// without knowing the instrument's commands must guess.
+pub fn expects_reply(message: &str) -> bool {
+    let mut quoted: Option<char> = None;
+    for c in message.chars() {
+        match (quoted, c) {
+            (None, '"' | '\'') => quoted = Some(c),
+            (Some(q), c) if c == q => quoted = None,
+            (None, '?') => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
 /// The I/O error for a link the other side closed (a read of 0 bytes).
 fn closed(why: &'static str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::UnexpectedEof, why)
@@ -752,9 +830,12 @@ fn closed(why: &'static str) -> std::io::Error {
 
 /// Parse an error-queue entry `-222,"Data out of range"` into its code and text.
 pub fn parse_error_entry(s: &str) -> Option<(i32, String)> {
-    let (code, text) = match s.trim().split_once(',') {
+    // `-222,"Data out of range"` (SCPI-99); Siglent's SPD3303X answers
+    // `0 No Error` (space, no quotes).
+    let s = s.trim();
+    let (code, text) = match s.split_once(',') {
         Some((c, t)) => (c, t),
-        None => (s.trim(), ""),
+        None => s.split_once(char::is_whitespace).unwrap_or((s, "")),
     };
     let code: i32 = code.trim().trim_start_matches('+').parse().ok()?;
     let text = text.trim().trim_matches('"').to_string();
@@ -788,6 +869,14 @@ mod tests {
             Some((0, "No error".into()))
         );
         assert_eq!(parse_error_entry("-113"), Some((-113, String::new())));
+        assert_eq!(
+            parse_error_entry("0 No Error"),
+            Some((0, "No Error".into()))
+        );
+        assert_eq!(
+            parse_error_entry("-222 Data out of range"),
+            Some((-222, "Data out of range".into()))
+        );
         assert_eq!(parse_error_entry("garbage"), None);
         assert_eq!(parse_error_entry(""), None);
     }

@@ -225,6 +225,10 @@ impl Instrument for ScpiDriver {
         }))
     }
 
+    async fn lan_message(&mut self, message: &str) -> Result<Option<Vec<u8>>, DriverError> {
+        self.session.passthrough(message).await
+    }
+
     async fn shutdown(&mut self) {
         self.session.close().await;
     }

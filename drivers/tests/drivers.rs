@@ -541,19 +541,16 @@ async fn rigol_and_siglent_error_answers() -> Result<()> {
             (
                 Family::SiglentSpd3303x,
                 "CH1:VOLT 33",
-                "-222,\"Data out of range\"",
+                // The SPD3303X manual's format: code, space, text.
+                "-222 Data out of range",
             ),
             (
                 Family::SiglentSpd3303x,
                 "OUTP? CH1",
-                "-113,\"Undefined header\"",
+                "-113 Undefined header",
             ),
-            (
-                Family::SiglentSpd3303x,
-                "OUTP ON",
-                "-109,\"Missing parameter\"",
-            ),
-            (Family::SiglentSpd3303x, "CH1:VOLT 3", "0,\"No error\""),
+            (Family::SiglentSpd3303x, "OUTP ON", "-109 Missing parameter"),
+            (Family::SiglentSpd3303x, "CH1:VOLT 3", "0 No Error"),
         ] {
             let sim = TcpSim::start(family).await?;
             let mut s =

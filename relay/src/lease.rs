@@ -88,6 +88,12 @@ impl Lease {
         self.current.is_some()
     }
 
+    /// The current lease's token and holder (the LAN gateway tells its
+    /// own locks from the mesh's by the token).
+    pub(crate) fn current(&self) -> Option<(u64, &str)> {
+        self.current.as_ref().map(|h| (h.token, h.holder.as_str()))
+    }
+
     /// When the current lease expires, if there is one: the instrument
     /// task sleeps until then and calls [`Lease::expire_due`].
     pub(crate) fn deadline(&self) -> Option<Instant> {

@@ -13,6 +13,7 @@
 //! (`stream.<relay_id>.<name>`) to the broker's XSUB. Different instruments
 //! never wait for each other.
 
+pub mod gateway;
 mod hrtimer;
 mod lease;
 mod outbox;
@@ -54,6 +55,14 @@ pub enum RelayError {
     /// A socket could not be created, bound or connected.
     #[error(transparent)]
     Wire(#[from] WireError),
+    /// A LAN-instrument gateway server could not listen.
+    #[error("instrument {id}: {source}")]
+    Lan {
+        /// The instrument's relay id.
+        id: String,
+        /// What could not be bound.
+        source: gateway::BindError,
+    },
     /// An instrument could not be created.
     #[error("instrument {id}: {source}")]
     Driver {
@@ -162,6 +171,8 @@ pub struct Hosted {
     pub streams: Vec<labmesh_proto::stream::StreamSpec>,
     /// The driver.
     pub instrument: BoxInstrument,
+    /// LAN-instrument gateway servers (`lan = {...}`), if any.
+    pub lan: Option<labmesh_config::LanSection>,
 }
 
 impl std::fmt::Debug for Hosted {
@@ -184,7 +195,14 @@ impl Hosted {
             call_timeout: labmesh_proto::limits::DEFAULT_CALL_DEADLINE,
             streams: Vec::new(),
             instrument,
+            lan: None,
         }
+    }
+
+    /// Serve it as a LAN instrument too (see [`gateway`]).
+    pub fn lan(mut self, lan: labmesh_config::LanSection) -> Self {
+        self.lan = Some(lan);
+        self
     }
 
     /// Add a stream it starts with.
@@ -264,6 +282,7 @@ pub async fn hosted_from_config(
                 }),
             streams: inst.streams.clone(),
             instrument,
+            lan: inst.lan.clone().filter(|l| l.any()),
         });
     }
     Ok(out)
@@ -284,6 +303,8 @@ pub struct Served {
     pub relay_id: String,
     /// The endpoint advertised to the broker and clients.
     pub rpc_endpoint: String,
+    /// Its LAN-instrument gateway servers (empty: none).
+    pub lan: Vec<gateway::LanServer>,
 }
 
 /// A running relay.
@@ -378,6 +399,25 @@ pub async fn spawn(
             .raw()
             .set_router_mandatory(true)
             .map_err(WireError::from)?;
+        let (lan_port, lan_servers) = match &h.lan {
+            Some(lan) => {
+                let listeners =
+                    gateway::bind(lan, &opts.advertise_host)
+                        .await
+                        .map_err(|source| RelayError::Lan {
+                            id: h.relay_id.clone(),
+                            source,
+                        })?;
+                let servers = listeners.servers.clone();
+                for s in &servers {
+                    tracing::info!(relay_id = %h.relay_id, protocol = s.protocol, addr = %s.addr, visa = %s.visa, "LAN gateway serving");
+                }
+                let (port, lan_tasks) = gateway::start(&h.relay_id, listeners, &stop_rx);
+                tasks.extend(lan_tasks);
+                (Some(port), servers)
+            }
+            None => (None, Vec::new()),
+        };
         let bound = router.bind(&h.rpc_bind)?;
         let endpoint = public_endpoint(&bound, &opts.advertise_host);
         tracing::info!(relay_id = %h.relay_id, %endpoint, "instrument serving");
@@ -398,10 +438,12 @@ pub async fn spawn(
             push,
             state_tx.clone(),
             stop_rx.clone(),
+            lan_port,
         )));
         served.push(Served {
             relay_id: h.relay_id,
             rpc_endpoint: endpoint,
+            lan: lan_servers,
         });
     }
     drop(state_tx);

@@ -191,6 +191,7 @@ impl RelaySet {
         let served = handle.served().first().cloned().unwrap_or_else(|| Served {
             relay_id: w.section.id.clone(),
             rpc_endpoint: String::new(),
+            lan: Vec::new(),
         });
         self.members
             .insert(w.section.id.clone(), Member { wanted: w, handle });

@@ -28,6 +28,7 @@ use labmesh_wire::AsyncSocket;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::gateway::{self, Port};
 use crate::hrtimer::HrTimer;
 use crate::outbox::Outbox;
 use crate::publish::{Bus, StatePublisher};
@@ -52,6 +53,8 @@ enum Work {
     },
     Poll(Result<Value, DriverError>),
     Stream(Taken),
+    /// A LAN gateway message (answered by the job itself).
+    Lan,
 }
 
 type Busy = Pin<Box<dyn Future<Output = (BoxInstrument, Work)> + Send>>;
@@ -112,6 +115,10 @@ fn start_sample(mut inst: BoxInstrument, due: Due, deadline: Duration) -> Busy {
     })
 }
 
+fn start_lan(inst: BoxInstrument, job: gateway::Job, deadline: Duration) -> Busy {
+    Box::pin(async move { (gateway::run(inst, job, deadline).await, Work::Lan) })
+}
+
 type Pushed = BoxStream<'static, (String, Result<Value, DriverError>)>;
 
 /// One stream of `(name, event)` over every push stream of the driver.
@@ -142,6 +149,7 @@ pub(crate) async fn run(
     push: Vec<PushStream>,
     state: Bus,
     mut stop: watch::Receiver<bool>,
+    mut lan: Option<Port>,
 ) {
     let relay_id = ctx.relay_id.clone();
     let mut publisher = StatePublisher::new(&relay_id, settings.poll_interval, state);
@@ -161,16 +169,20 @@ pub(crate) async fn run(
     let mut stopping = false;
     let mut errors = RecvErrors::new("relay instrument");
     let mut outbox = Outbox::new(&relay_id);
+    // Whether the last work was a LAN message (mesh calls go next if waiting).
+    let mut last_was_lan = false;
     let mut retry = tokio::time::interval(OUTBOX_RETRY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if !outbox.is_empty() {
             outbox.flush(&mut router);
         }
+        Port::sync(&mut lan, &ctx.lease);
         if let Some(inst) = idle.take() {
             let now = Instant::now();
             let sample_due = !stopping && streams.is_due(now);
-            let others_wait = !queue.is_empty() || (poll_due && !stopping);
+            let others_wait = !queue.is_empty() || Port::has_jobs(&lan) || (poll_due && !stopping);
+            let lan_next = Port::has_jobs(&lan) && (queue.is_empty() || !last_was_lan);
             let due = if sample_due && (!others_wait || !last_was_sample) {
                 streams.take_due(now)
             } else {
@@ -180,10 +192,16 @@ pub(crate) async fn run(
                 busy = Some(start_sample(inst, due, settings.call_timeout));
                 busy_with_call = false;
                 last_was_sample = true;
+            } else if let Some(job) = lan_next.then(|| Port::next_job(&mut lan)).flatten() {
+                busy = Some(start_lan(inst, job, settings.call_timeout));
+                busy_with_call = true;
+                last_was_sample = false;
+                last_was_lan = true;
             } else if let Some(call) = queue.pop_front() {
                 busy = Some(start_call(inst, call, settings.call_timeout));
                 busy_with_call = true;
                 last_was_sample = false;
+                last_was_lan = false;
             } else if poll_due && !stopping {
                 poll_due = false;
                 busy = Some(start_poll(inst, settings.call_timeout));
@@ -224,6 +242,7 @@ pub(crate) async fn run(
                     Work::Poll(Ok(v)) => publisher.publish(v),
                     Work::Poll(Err(e)) => tracing::warn!(%relay_id, error = %e, "poll failed"),
                     Work::Stream(taken) => streams.finish(taken),
+                    Work::Lan => {}
                 }
             }
             _ = timer.sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
@@ -259,6 +278,11 @@ pub(crate) async fn run(
                     }
                     Handled::Call(call) => queue.push_back(call),
                     Handled::Nothing => {}
+                }
+            }
+            op = Port::recv(&mut lan), if lan.is_some() && !stopping => {
+                if let Some(port) = lan.as_mut() {
+                    port.handle(op, &mut ctx.lease, &relay_id);
                 }
             }
             _ = retry.tick(), if !outbox.is_empty() => {}

@@ -37,6 +37,9 @@ pub enum Args {
     /// Instrument links to the simulator (raw socket, VXI-11, HiSLIP):
     /// query round trips and 1 MiB block transfers next to bare TCP.
     Links(super::bench_links::Args),
+    /// Query round trips through a relay's LAN gateway (raw socket,
+    /// VXI-11, HiSLIP) to a serial simulator, next to the simulator direct.
+    Gateway(super::bench_gateway::Args),
     /// Stream rate accuracy and jitter (100 Hz, 1 kHz, 10 kHz) vs a tokio
     /// interval, and samples/s to 10 subscribers vs a bare zmq proxy.
     Streams(super::bench_streams::Args),
@@ -60,6 +63,9 @@ pub enum Args {
         #[arg(long, default_value = "tcp://127.0.0.1:*")]
         bind: String,
     },
+    /// Cascading brokers: RPC direct vs one and two gateway hops, bus
+    /// through one broker vs a chain of three, bank download via gateways.
+    Cascade(super::bench_cascade::Args),
 }
 
 pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
@@ -72,6 +78,7 @@ pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
         } => soak(ctx, usize::try_from(relays)?, hz, seconds).await?,
         Args::Abuse(a) => return super::bench_abuse::exec(a, ctx).await,
         Args::Links(a) => return super::bench_links::exec(a).await,
+        Args::Gateway(a) => return super::bench_gateway::exec(a, ctx).await,
         Args::Streams(a) => return super::bench_streams::exec(a, ctx).await,
         Args::Web(a) => return super::bench_web::exec(a, ctx).await,
         Args::Bank(a) => return super::bench_bank::exec(a, ctx).await,
@@ -81,6 +88,7 @@ pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
         Args::EchoServer { bind } => {
             tokio::task::spawn_blocking(move || super::bench_rpc_cpu::echo_server(&bind)).await??
         }
+        Args::Cascade(a) => return super::bench_cascade::exec(a, ctx).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -25,6 +25,14 @@ pub struct Args {
     /// The parent's bus XPUB (`[broker] parent_xpub`).
     #[arg(long, requires = "parent_rpc")]
     parent_xpub: Option<String>,
+    /// How this broker's relays and banks are listed in the parent
+    /// (`[broker] advertise`): `direct` (their own endpoints) or `gateway`
+    /// (endpoints of this broker, which forwards to them).
+    #[arg(long, value_name = "MODE", value_parser = ["direct", "gateway"])]
+    advertise: Option<String>,
+    /// Where gateway endpoints are bound, port `*` (`[broker] gateway_bind`).
+    #[arg(long, value_name = "ENDPOINT", value_parser = crate::cli_args::endpoint)]
+    gateway_bind: Option<String>,
 }
 
 const FLAGS: &[crate::common::Override] = &[
@@ -34,6 +42,8 @@ const FLAGS: &[crate::common::Override] = &[
     ("--parent-rpc", "broker.parent_rpc"),
     ("--parent-xsub", "broker.parent_xsub"),
     ("--parent-xpub", "broker.parent_xpub"),
+    ("--advertise", "broker.advertise"),
+    ("--gateway-bind", "broker.gateway_bind"),
 ];
 
 pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
@@ -56,6 +66,14 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
             if flag.is_some() {
                 *key = flag;
             }
+        }
+        match a.advertise.as_deref() {
+            Some("gateway") => b.advertise = labmesh_config::Advertise::Gateway,
+            Some(_) => b.advertise = labmesh_config::Advertise::Direct,
+            None => {}
+        }
+        if let Some(v) = a.gateway_bind {
+            b.gateway_bind = v;
         }
         Ok(())
     })?;

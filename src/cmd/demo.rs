@@ -83,6 +83,20 @@ async fn run(ctx: &zmq::Context) -> anyhow::Result<()> {
         .wait_for_relay("Inst-0", WAIT)
         .await
         .context("relay did not register")?;
+    // The dashboard, on a free loopback port, for as long as the demo runs.
+    let web = labmesh_web::spawn(
+        Client::connect(
+            ctx,
+            ClientOptions::new(broker.rpc_endpoint(), broker.xpub_endpoint()),
+        )
+        .await?,
+        labmesh_web::WebOptions {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    println!("web        dashboard at http://{}/", web.addr());
     println!(
         "client     relays: {}",
         serde_json::to_string(&client.list_relays().await?)?
@@ -138,6 +152,7 @@ async fn run(ctx: &zmq::Context) -> anyhow::Result<()> {
     }
 
     dataset_round_trip(&client, &bank, &work).await?;
+    web.shutdown().await;
     bank.shutdown().await;
     let _ = std::fs::remove_dir_all(&work);
 

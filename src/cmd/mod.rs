@@ -12,7 +12,9 @@ mod bench_abuse;
 mod bench_all;
 mod bench_bank;
 mod bench_bus;
+mod bench_cascade;
 mod bench_directory;
+mod bench_gateway;
 mod bench_links;
 mod bench_rpc_cpu;
 mod bench_streams;
@@ -30,7 +32,9 @@ mod relay;
 mod relay_reload;
 mod scan;
 mod sim;
+mod sim_toml;
 mod streams;
+mod up;
 mod upload;
 mod watch;
 mod web;
@@ -100,6 +104,10 @@ pub enum Command {
     Drivers,
     /// Run a whole mesh in one process and show it working.
     Demo,
+    /// Run every node the configuration file describes in one process
+    /// (broker; bank with `[bank]`; relay with `[[relay.instruments]]`; web
+    /// with `[web]`).
+    Up(up::Args),
     /// Measure the mesh next to a raw baseline from the same run.
     #[command(subcommand)]
     Bench(bench::Args),
@@ -116,6 +124,20 @@ pub enum Command {
 }
 
 impl Cli {
+    /// Whether the subcommand reads the configuration file. The others
+    /// (sim, scan, demo, bench, install-service) refuse an explicit
+    /// `--config` rather than ignore it.
+    pub fn reads_config(&self) -> bool {
+        !matches!(
+            self.cmd,
+            Command::Sim(_)
+                | Command::Scan(_)
+                | Command::Demo
+                | Command::Bench(_)
+                | Command::InstallService(_)
+        )
+    }
+
     /// Nodes log at info; client commands and the demo at warn, so their
     /// output stays readable. RUST_LOG overrides both.
     pub fn default_log_level(&self) -> &'static str {
@@ -124,7 +146,8 @@ impl Cli {
             | Command::Relay(_)
             | Command::Bank(_)
             | Command::Sim(_)
-            | Command::Web(_) => "info",
+            | Command::Web(_)
+            | Command::Up(_) => "info",
             Command::Demo => "error",
             _ => "warn",
         }
@@ -153,6 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stream(c) => streams::control(c.cmd, &g.with_broker(c.broker), &ctx).await,
         Command::Drivers => drivers::exec(g).await,
         Command::Demo => demo::exec(&ctx).await,
+        Command::Up(a) => up::exec(a, g, &ctx).await,
         Command::Bench(a) => bench::exec(a, &ctx).await,
         Command::Web(a) => web::exec(a, g, &ctx).await,
         Command::Sim(a) => sim::exec(a).await,

@@ -88,6 +88,7 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
                     rpc_bind: a.rpc,
                     call_timeout: None,
                     streams: Vec::new(),
+                    lan: None,
                     options: parse_kv(&a.options)?,
                 }];
             }
@@ -137,7 +138,13 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
     let banner = relay
         .served()
         .iter()
-        .map(|s| format!("relay {}: {}", s.relay_id, s.rpc_endpoint))
+        .map(|s| {
+            let mut line = format!("relay {}: {}", s.relay_id, s.rpc_endpoint);
+            for l in &s.lan {
+                line.push_str(&format!("\n  LAN {} {}: {}", l.protocol, l.addr, l.visa));
+            }
+            line
+        })
         .collect::<Vec<_>>()
         .join("\n");
     serve(relay, &banner, |r| r.shutdown()).await

@@ -34,6 +34,9 @@ pub async fn serve_reloading(
     crate::memory::keep_trimmed();
     for s in set.served() {
         println!("relay {}: {}", s.relay_id, s.rpc_endpoint);
+        for l in &s.lan {
+            println!("  LAN {} {}: {}", l.protocol, l.addr, l.visa);
+        }
     }
     let mut hup = hangups()?;
     let stop = shutdown_signal();

@@ -13,6 +13,10 @@ pub enum Args {
     /// A simulated SCPI power supply (keysight / rigol / siglent dialect),
     /// or with --firmware the firmware PSU over the postcard device link.
     Psu(Psu),
+    /// A simulator derived from a declarative TOML SCPI driver file:
+    /// setpoints remembered, ranges enforced with SCPI errors, an error
+    /// queue, measured values from its [sim] section (docs/DRIVERS.md).
+    Toml(super::sim_toml::Toml),
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,6 +67,7 @@ pub async fn exec(a: Args) -> anyhow::Result<ExitCode> {
     match a {
         Args::Psu(p) if p.firmware => firmware_psu(p).await,
         Args::Psu(p) => scpi_psu(p).await,
+        Args::Toml(t) => super::sim_toml::exec(t).await,
     }
 }
 
@@ -185,13 +190,13 @@ async fn scpi_psu(p: Psu) -> anyhow::Result<ExitCode> {
     .await
 }
 
-type Server = (
+pub(super) type Server = (
     tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<std::io::Result<()>>,
 );
 
 /// Run one simulator server until told to stop.
-fn spawn<F, Fut>(f: F) -> Server
+pub(super) fn spawn<F, Fut>(f: F) -> Server
 where
     F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
     Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
@@ -204,7 +209,7 @@ where
 }
 
 /// `HOST` or `HOST:PORT` (IPv6 as `[::1]` or `[::1]:PORT`) with `port` as the default.
-fn with_default_port(addr: &str, port: u16) -> String {
+pub(super) fn with_default_port(addr: &str, port: u16) -> String {
     if addr.parse::<std::net::SocketAddr>().is_ok() {
         return addr.to_string();
     }

@@ -499,3 +499,56 @@ async fn errors_print_their_source_once() -> anyhow::Result<()> {
     assert!(!out.stderr.contains('\u{1b}'), "{:?}", out.stderr);
     Ok(())
 }
+
+/// A command that reads no configuration file says that an explicit
+/// `--config` has no effect (it does not silently ignore it); one that reads
+/// it still refuses a missing file.
+#[tokio::test]
+async fn config_flag_on_a_command_that_reads_none_is_named() -> anyhow::Result<()> {
+    let missing = "/nonexistent/labmesh.toml";
+    let out = tokio::time::timeout(
+        SHORT,
+        tokio::process::Command::new(BIN)
+            .args(["--config", missing, "scan"])
+            .output(),
+    )
+    .await
+    .context("scan within 10 s")??;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "scan: {:?} {err}", out.status);
+    assert!(
+        err.contains("--config has no effect on `labmesh scan`"),
+        "stderr: {err}"
+    );
+    // After the subcommand too (it is a global flag).
+    let out = tokio::time::timeout(
+        SHORT,
+        tokio::process::Command::new(BIN)
+            .args(["scan", "--config", missing])
+            .output(),
+    )
+    .await
+    .context("scan within 10 s")??;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no effect"), "stderr: {err}");
+    // Without the flag: no warning.
+    let out = tokio::time::timeout(
+        SHORT,
+        tokio::process::Command::new(BIN).arg("scan").output(),
+    )
+    .await
+    .context("scan within 10 s")??;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("has no effect"), "stderr: {err}");
+    // A command that reads the file: a missing one is a local error (1).
+    let out = tokio::time::timeout(
+        SHORT,
+        tokio::process::Command::new(BIN)
+            .args(["--config", missing, "drivers"])
+            .output(),
+    )
+    .await
+    .context("drivers within 10 s")??;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    Ok(())
+}

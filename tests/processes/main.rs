@@ -17,6 +17,7 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_labmesh");
 
 mod bank_hardening;
 mod broker_hardening;
+mod cascade_netns;
 mod cli_findings;
 mod deploy;
 mod leases;
@@ -25,6 +26,9 @@ mod readme_tour;
 mod relay_hardening;
 mod reload;
 mod scan;
+mod sim_toml;
+mod third_party;
+mod up;
 
 /// A `labmesh` child process whose output is drained (and echoed).
 pub(crate) struct Node {
@@ -320,6 +324,10 @@ async fn demo_runs_the_whole_mesh_and_exits_zero() -> anyhow::Result<()> {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("[state]    Inst-0: voltage=2.5"), "{out}");
     assert!(out.contains("sha256 matches"), "{out}");
+    assert!(
+        out.contains("web        dashboard at http://127.0.0.1:"),
+        "{out}"
+    );
     Ok(())
 }
 

@@ -2,6 +2,9 @@
 //! runs under qemu-user against the native simulated PSU and the native
 //! broker: it registers and answers a call.
 //!
+//! The same test runs the armv7 binary with `LABMESH_QEMU=qemu-arm` and
+//! `LABMESH_QEMU_LD_PREFIX=/usr/arm-linux-gnueabihf` (docs/PERFORMANCE.md).
+//!
 //! The binary comes from `LABMESH_AARCH64_BIN` (`.ci/run` builds it and
 //! sets it). Without it the test is skipped with a printed reason locally
 //! and fails with `CI=true`.

@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::backend::{Backend, Refused, ScpiBackend};
 use super::{SimPsu, MAX_LINE};
 use crate::hislip::{code, msg, read_message, write_message, VERSION};
 
@@ -73,39 +74,53 @@ impl SimPsu {
         options: HislipServerOptions,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
-        let mut shutdown = pin!(shutdown);
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let sessions: Sessions = Arc::default();
-        let mut conns = JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                accepted = listener.accept() => {
-                    let sock = match accepted {
-                        Ok((s, _)) => s,
-                        Err(e) => {
-                            tracing::warn!("sim accept: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = sock.set_nodelay(true);
-                    let sim = self.clone();
-                    let stop = stop_rx.clone();
-                    let sessions = sessions.clone();
-                    conns.spawn(async move {
-                        if let Err(e) = serve_connection(&sim, sock, &sessions, options, stop).await {
-                            tracing::debug!("sim hislip client: {e}");
-                        }
-                    });
+        serve(Arc::new(self.clone()), listener, options, shutdown).await
+    }
+}
+
+/// Serve HiSLIP for `backend` on `listener` until `shutdown`. On shutdown,
+/// open connections are closed and awaited.
+pub async fn serve(
+    backend: Backend,
+    listener: TcpListener,
+    options: HislipServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let mut shutdown = pin!(shutdown);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sessions: Sessions = Arc::default();
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let sock = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::warn!("sim accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if !super::backend::room_for(conns.len(), "HiSLIP") {
+                    continue;
                 }
+                let _ = sock.set_nodelay(true);
+                let sim = backend.clone();
+                let stop = stop_rx.clone();
+                let sessions = sessions.clone();
+                conns.spawn(async move {
+                    if let Err(e) = serve_connection(&*sim, sock, &sessions, options, stop).await {
+                        tracing::debug!("sim hislip client: {e}");
+                    }
+                });
             }
         }
-        let _ = stop_tx.send(true);
-        while conns.join_next().await.is_some() {}
-        Ok(())
     }
+    let _ = stop_tx.send(true);
+    while conns.join_next().await.is_some() {}
+    Ok(())
 }
 
 fn sessions_lock(s: &Sessions) -> std::sync::MutexGuard<'_, HashMap<u16, Arc<Session>>> {
@@ -133,7 +148,7 @@ async fn next(
 }
 
 async fn serve_connection(
-    sim: &SimPsu,
+    sim: &dyn ScpiBackend,
     mut sock: TcpStream,
     sessions: &Sessions,
     options: HislipServerOptions,
@@ -162,7 +177,7 @@ async fn serve_connection(
                 )
                 .await;
             }
-            let lock_id = sim.next_link_id();
+            let lock_id = sim.next_session();
             let id = (lock_id & 0xFFFF) as u16;
             let session = Arc::new(Session {
                 lock_id,
@@ -176,7 +191,7 @@ async fn serve_connection(
             }
             .await;
             sessions_lock(sessions).remove(&id);
-            sim.vxi_unlock(lock_id);
+            sim.end_session(lock_id).await;
             r
         }
         msg::ASYNC_INITIALIZE => {
@@ -188,7 +203,7 @@ async fn serve_connection(
             let vendor = u32::from(u16::from_be_bytes(*b"LM"));
             write_message(&mut sock, msg::ASYNC_INITIALIZE_RESPONSE, 0, vendor, &[]).await?;
             let r = serve_async(sim, &mut sock, &session, prefer, &mut stop).await;
-            sim.vxi_unlock(session.lock_id);
+            sim.unlock(session.lock_id).await;
             r
         }
         _ => fatal(&mut sock, code::FATAL_INVALID_INIT, "expected Initialize").await,
@@ -196,7 +211,7 @@ async fn serve_connection(
 }
 
 async fn serve_sync(
-    sim: &SimPsu,
+    sim: &dyn ScpiBackend,
     sock: &mut TcpStream,
     session: &Session,
     stop: &mut watch::Receiver<bool>,
@@ -209,7 +224,7 @@ async fn serve_sync(
                 input.extend_from_slice(&m.payload);
                 if input.len() > MAX_LINE {
                     input.clear();
-                    sim.state().push_error(-100);
+                    sim.message_too_long();
                     continue;
                 }
                 if h.msg_type == msg::DATA {
@@ -220,16 +235,38 @@ async fn serve_sync(
                     .to_string();
                 let mut stopped = stop.clone();
                 let ready = async {
-                    sim.wait_unmuted().await;
-                    sim.vxi_wait_free(session.lock_id, Duration::from_secs(86_400))
+                    sim.ready().await;
+                    sim.wait_free(session.lock_id, Duration::from_secs(86_400))
                         .await
                 };
-                tokio::select! {
+                let free = tokio::select! {
                     _ = stopped.wait_for(|s| *s) => return Ok(()),
-                    _ = ready => {}
-                }
-                let Some(mut reply) = sim.execute(&text) else {
-                    continue;
+                    free = ready => free,
+                };
+                let executed = if free {
+                    tokio::select! {
+                        _ = stopped.wait_for(|s| *s) => return Ok(()),
+                        r = sim.execute(session.lock_id, &text) => r,
+                    }
+                } else {
+                    Err(Refused::Locked("the instrument is locked".into()))
+                };
+                let mut reply = match executed {
+                    Ok(Some(reply)) => reply,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        // Non-fatal: the message is dropped, the session goes on.
+                        let why = e.to_string();
+                        write_message(
+                            sock,
+                            msg::ERROR,
+                            code::ERROR_UNIDENTIFIED,
+                            0,
+                            why.as_bytes(),
+                        )
+                        .await?;
+                        continue;
+                    }
                 };
                 let latency = sim.latency();
                 if !latency.is_zero() {
@@ -249,7 +286,7 @@ async fn serve_sync(
                 }
             }
             msg::TRIGGER => {
-                let _ = sim.execute("*TRG");
+                sim.trigger(session.lock_id).await;
             }
             msg::DEVICE_CLEAR_COMPLETE => {
                 input.clear();
@@ -277,7 +314,7 @@ async fn serve_sync(
 }
 
 async fn serve_async(
-    sim: &SimPsu,
+    sim: &dyn ScpiBackend,
     sock: &mut TcpStream,
     session: &Session,
     prefer: u8,
@@ -311,13 +348,13 @@ async fn serve_async(
                     let mut stopped = stop.clone();
                     tokio::select! {
                         _ = stopped.wait_for(|s| *s) => return Ok(()),
-                        got = sim.vxi_lock(session.lock_id, wait) => u8::from(got),
+                        got = sim.lock(session.lock_id, wait) => u8::from(got),
                     }
                 };
                 write_message(sock, msg::ASYNC_LOCK_RESPONSE, result, 0, &[]).await?;
             }
             msg::ASYNC_LOCK if h.control == 0 => {
-                let result = if sim.vxi_unlock(session.lock_id) {
+                let result = if sim.unlock(session.lock_id).await {
                     1
                 } else {
                     3
@@ -325,7 +362,7 @@ async fn serve_async(
                 write_message(sock, msg::ASYNC_LOCK_RESPONSE, result, 0, &[]).await?;
             }
             msg::ASYNC_LOCK_INFO => {
-                let locked = sim.inner.lock.borrow().is_some();
+                let locked = sim.is_locked().await;
                 write_message(
                     sock,
                     msg::ASYNC_LOCK_INFO_RESPONSE,
@@ -336,10 +373,7 @@ async fn serve_async(
                 .await?;
             }
             msg::ASYNC_STATUS_QUERY => {
-                let stb = sim
-                    .execute("*STB?")
-                    .and_then(|b| String::from_utf8_lossy(&b).trim().parse::<u8>().ok())
-                    .unwrap_or(0);
+                let stb = sim.status_byte(session.lock_id).await;
                 write_message(sock, msg::ASYNC_STATUS_RESPONSE, stb, 0, &[]).await?;
             }
             msg::ASYNC_DEVICE_CLEAR => {

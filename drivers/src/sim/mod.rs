@@ -7,8 +7,11 @@
 //! which prints like a serial port at a `/dev/pts/N` path).
 //!
 //! It speaks the Keysight E36xx, Rigol DP800 or Siglent SPD3303X dialect
-//! ([`Dialect`]), with a real error queue, short and long forms,
-//! `;`-separated commands, per-channel limits and a resistive load model.
+//! ([`Dialect`]) as its programming guide documents it (docs/DRIVERS.md,
+//! "What each dialect models"), with a real error queue, short and long
+//! forms, `;`-separated commands, per-channel limits, a resistive load
+//! model, over-voltage/over-current protection with trip and clear, saved
+//! states and status registers.
 //! [`SimPsu::set_muted`] makes it stop answering (it stops reading commands
 //! until unmuted, like a hung instrument; queued commands are then executed
 //! and answered late); [`SimPsu::set_latency`] delays every reply.
@@ -22,25 +25,27 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backend;
 pub mod hislip;
 pub mod parser;
 pub mod prologix;
 pub mod psu;
+pub mod toml;
 pub mod usbtmc;
 pub mod vxi11;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
+pub use self::backend::{Backend, Refused, ScpiBackend, SimLock};
 pub use self::psu::{PsuState, Reading};
 pub use crate::psu::models::Family as Dialect;
 use crate::psu::models::PsuModel;
@@ -85,9 +90,8 @@ struct Inner {
     latency_us: AtomicU64,
     /// Link / session ids handed out by the VXI-11 and HiSLIP servers.
     next_link: AtomicU32,
-    /// The instrument's lock (VXI-11 device_lock, HiSLIP AsyncLock): the
-    /// holder's link id.
-    lock: watch::Sender<Option<u32>>,
+    /// The instrument's lock (VXI-11 device_lock, HiSLIP AsyncLock).
+    lock: SimLock,
 }
 
 /// A simulated PSU: a handle to one instrument's shared state.
@@ -110,7 +114,7 @@ impl SimPsu {
                 muted,
                 latency_us: AtomicU64::new(0),
                 next_link: AtomicU32::new(1),
-                lock: watch::channel(None).0,
+                lock: SimLock::default(),
             }),
         };
         sim.set_latency(cfg.latency);
@@ -160,6 +164,24 @@ impl SimPsu {
         self.state().error_count()
     }
 
+    /// The SPD3303X's fixed CH3 (switch position and on/off); `None` on
+    /// other models.
+    pub fn fixed_output(&self) -> Option<psu::FixedOutput> {
+        self.state().fixed_output()
+    }
+
+    /// Move the SPD3303X's CH3 switch to 2.5, 3.3 or 5 V (false: no such
+    /// output, or not a switch position).
+    pub fn set_fixed_voltage(&self, volts: f64) -> bool {
+        self.state().set_fixed_voltage(volts)
+    }
+
+    /// Run the Siglent timers `by` ahead (tests that do not want to wait
+    /// for the groups' seconds).
+    pub fn advance_timers(&self, by: Duration) {
+        self.state().advance_timers(by)
+    }
+
     /// Execute one program message directly (no I/O, no mute, no latency).
     pub fn execute(&self, line: &str) -> Option<Vec<u8>> {
         self.state().execute(line)
@@ -175,58 +197,6 @@ impl SimPsu {
         }
     }
 
-    /// Take the instrument's lock for `id` if free (or already `id`'s).
-    fn vxi_try_lock(&self, id: u32) -> bool {
-        let mut got = false;
-        self.inner.lock.send_if_modified(|owner| match owner {
-            None => {
-                *owner = Some(id);
-                got = true;
-                true
-            }
-            Some(o) => {
-                got = *o == id;
-                false
-            }
-        });
-        got
-    }
-
-    /// Take the lock for `id`, waiting up to `wait` for its holder.
-    async fn vxi_lock(&self, id: u32, wait: Duration) -> bool {
-        let mut rx = self.inner.lock.subscribe();
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if self.vxi_try_lock(id) {
-                return true;
-            }
-            let free = tokio::time::timeout_at(deadline, rx.wait_for(|o| o.is_none())).await;
-            if free.is_err() {
-                return false;
-            }
-        }
-    }
-
-    /// Whether `id` may use the instrument (no lock, or its own), waiting
-    /// up to `wait` for another holder to release it.
-    async fn vxi_wait_free(&self, id: u32, wait: Duration) -> bool {
-        let mut rx = self.inner.lock.subscribe();
-        let free = tokio::time::timeout(wait, rx.wait_for(|o| o.is_none_or(|o| o == id))).await;
-        matches!(free, Ok(Ok(_)))
-    }
-
-    /// Release `id`'s lock; false if it does not hold it.
-    fn vxi_unlock(&self, id: u32) -> bool {
-        self.inner.lock.send_if_modified(|owner| {
-            if *owner == Some(id) {
-                *owner = None;
-                true
-            } else {
-                false
-            }
-        })
-    }
-
     async fn wait_unmuted(&self) {
         let mut rx = self.inner.muted.subscribe();
         // Err only if the sender is gone, which it cannot be while `self` lives.
@@ -238,57 +208,13 @@ impl SimPsu {
     /// response message ends in `\n`.
     pub async fn serve_stream<S>(
         &self,
-        mut stream: S,
+        stream: S,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut shutdown = pin!(shutdown);
-        let mut buf: Vec<u8> = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let mut discarding = false;
-        loop {
-            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=i).collect();
-                if discarding {
-                    discarding = false;
-                    continue;
-                }
-                let text = String::from_utf8_lossy(line.get(..i).unwrap_or_default());
-                let text = text.trim_end_matches('\r');
-                tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    _ = self.wait_unmuted() => {}
-                }
-                let reply = self.execute(text);
-                if let Some(mut reply) = reply {
-                    let latency = self.latency();
-                    if !latency.is_zero() {
-                        tokio::select! {
-                            _ = &mut shutdown => return Ok(()),
-                            _ = tokio::time::sleep(latency) => {}
-                        }
-                    }
-                    reply.push(b'\n');
-                    stream.write_all(&reply).await?;
-                    stream.flush().await?;
-                }
-            }
-            if buf.len() > MAX_LINE {
-                tracing::warn!("program message longer than {MAX_LINE} bytes: dropped");
-                buf.clear();
-                discarding = true;
-                self.state().push_error(-100);
-            }
-            tokio::select! {
-                _ = &mut shutdown => return Ok(()),
-                n = stream.read(&mut chunk) => match n? {
-                    0 => return Ok(()),
-                    n => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-                },
-            }
-        }
+        backend::serve_stream(self, stream, shutdown).await
     }
 
     /// Accept TCP clients until `shutdown` completes; every client talks to
@@ -299,41 +225,7 @@ impl SimPsu {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let mut shutdown = pin!(shutdown);
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut conns = JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                accepted = listener.accept() => {
-                    let (sock, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            // Out of descriptors and the like: keep serving.
-                            tracing::warn!("sim accept: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = sock.set_nodelay(true);
-                    let sim = self.clone();
-                    let mut stop = stop_rx.clone();
-                    conns.spawn(async move {
-                        tracing::debug!(%peer, "sim client connected");
-                        let stopped = async move {
-                            let _ = stop.wait_for(|s| *s).await;
-                        };
-                        if let Err(e) = sim.serve_stream(sock, stopped).await {
-                            tracing::debug!(%peer, "sim client: {e}");
-                        }
-                    });
-                }
-            }
-        }
-        let _ = stop_tx.send(true);
-        while conns.join_next().await.is_some() {}
-        Ok(())
+        backend::serve_tcp(Arc::new(self.clone()), listener, shutdown).await
     }
 
     /// Serve this instrument on a new pseudo-terminal. Must be called from
@@ -341,47 +233,59 @@ impl SimPsu {
     /// to open as a serial port; dropping or [`PtySim::close`]-ing it
     /// "unplugs" the port.
     pub fn serve_pty(&self) -> Result<PtySim, DriverError> {
-        let (master, slave) = serialport::TTYPort::pair().map_err(|e| {
-            DriverError::link("cannot create a pseudo-terminal", std::io::Error::from(e))
-        })?;
-        let path = serialport::SerialPort::name(&slave)
-            .map(PathBuf::from)
-            .ok_or_else(|| {
-                DriverError::link_lost(
-                    "pseudo-terminal",
-                    std::io::ErrorKind::NotFound,
-                    "it has no path",
-                )
-            })?;
-        let master = tokio_serial::SerialStream::try_from(master)
-            .map_err(|e| DriverError::link("pseudo-terminal master", std::io::Error::from(e)))?;
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let sim = self.clone();
-        let task = tokio::spawn(async move {
-            // Hold the slave open: with no slave descriptor open, reads on
-            // the master fail with EIO between client sessions.
-            let _slave = slave;
-            let stopped = async move {
-                let _ = stop_rx.await;
-            };
-            if let Err(e) = sim.serve_stream(master, stopped).await {
-                tracing::warn!("sim pty: {e}");
-            }
-        });
-        Ok(PtySim {
-            path,
-            stop: Some(stop_tx),
-            task: Some(task),
-        })
+        backend::serve_pty(Arc::new(self.clone()))
+    }
+}
+
+#[async_trait::async_trait]
+impl ScpiBackend for SimPsu {
+    async fn execute(&self, _session: u32, message: &str) -> Result<Option<Vec<u8>>, Refused> {
+        Ok(SimPsu::execute(self, message))
+    }
+
+    fn message_too_long(&self) {
+        self.state().push_error(-100);
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.is_muted()
+    }
+
+    async fn ready(&self) {
+        self.wait_unmuted().await;
+    }
+
+    fn latency(&self) -> Duration {
+        SimPsu::latency(self)
+    }
+
+    fn next_session(&self) -> u32 {
+        self.next_link_id()
+    }
+
+    async fn lock(&self, session: u32, wait: Duration) -> bool {
+        self.inner.lock.lock(session, wait).await
+    }
+
+    async fn wait_free(&self, session: u32, wait: Duration) -> bool {
+        self.inner.lock.wait_free(session, wait).await
+    }
+
+    async fn unlock(&self, session: u32) -> bool {
+        self.inner.lock.unlock(session)
+    }
+
+    async fn is_locked(&self) -> bool {
+        self.inner.lock.is_locked()
     }
 }
 
 /// A simulator served on a pseudo-terminal.
 #[derive(Debug)]
 pub struct PtySim {
-    path: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    pub(crate) path: PathBuf,
+    pub(crate) stop: Option<oneshot::Sender<()>>,
+    pub(crate) task: Option<JoinHandle<()>>,
 }
 
 impl PtySim {

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::backend::{Backend, Refused, ScpiBackend};
 use super::{SimPsu, MAX_LINE};
 use crate::vxi11::{
     err, parse_call, proc, read_record, reply_message, write_record, AcceptStat, XdrReader,
@@ -43,43 +44,67 @@ impl SimPsu {
         core: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
-        let core_port = core.local_addr()?.port();
-        let mut shutdown = pin!(shutdown);
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut conns = JoinSet::new();
-        let pm_accept = async |pm: &Option<TcpListener>| match pm {
-            Some(l) => l.accept().await,
-            None => std::future::pending().await,
-        };
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                accepted = core.accept() => {
-                    let Some(sock) = accepted_or_pause(accepted).await else { continue };
-                    let sim = self.clone();
-                    let stop = stop_rx.clone();
-                    conns.spawn(async move {
-                        if let Err(e) = serve_core(&sim, sock, stop).await {
-                            tracing::debug!("sim vxi11 core client: {e}");
-                        }
-                    });
+        serve(
+            std::sync::Arc::new(self.clone()),
+            portmapper,
+            core,
+            shutdown,
+        )
+        .await
+    }
+}
+
+/// Serve VXI-11 for `backend` until `shutdown`: the core channel on
+/// `core`, and, if given, a portmapper on `portmapper` that points
+/// `GETPORT` at it. On shutdown, open connections are closed and awaited.
+pub async fn serve(
+    backend: Backend,
+    portmapper: Option<TcpListener>,
+    core: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let core_port = core.local_addr()?.port();
+    let mut shutdown = pin!(shutdown);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    let pm_accept = async |pm: &Option<TcpListener>| match pm {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    };
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = core.accept() => {
+                let Some(sock) = accepted_or_pause(accepted).await else { continue };
+                if !super::backend::room_for(conns.len(), "VXI-11") {
+                    continue;
                 }
-                accepted = pm_accept(&portmapper) => {
-                    let Some(sock) = accepted_or_pause(accepted).await else { continue };
-                    let stop = stop_rx.clone();
-                    conns.spawn(async move {
-                        if let Err(e) = serve_portmapper(sock, core_port, stop).await {
-                            tracing::debug!("sim portmapper client: {e}");
-                        }
-                    });
+                let sim = backend.clone();
+                let stop = stop_rx.clone();
+                conns.spawn(async move {
+                    if let Err(e) = serve_core(&*sim, sock, stop).await {
+                        tracing::debug!("sim vxi11 core client: {e}");
+                    }
+                });
+            }
+            accepted = pm_accept(&portmapper) => {
+                let Some(sock) = accepted_or_pause(accepted).await else { continue };
+                if !super::backend::room_for(conns.len(), "VXI-11") {
+                    continue;
                 }
+                let stop = stop_rx.clone();
+                conns.spawn(async move {
+                    if let Err(e) = serve_portmapper(sock, core_port, stop).await {
+                        tracing::debug!("sim portmapper client: {e}");
+                    }
+                });
             }
         }
-        let _ = stop_tx.send(true);
-        while conns.join_next().await.is_some() {}
-        Ok(())
     }
+    let _ = stop_tx.send(true);
+    while conns.join_next().await.is_some() {}
+    Ok(())
 }
 
 async fn accepted_or_pause(
@@ -173,12 +198,12 @@ struct LinkState {
 }
 
 struct Core<'a> {
-    sim: &'a SimPsu,
+    sim: &'a dyn ScpiBackend,
     links: HashMap<u32, LinkState>,
 }
 
 async fn serve_core(
-    sim: &SimPsu,
+    sim: &dyn ScpiBackend,
     mut sock: TcpStream,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
@@ -214,7 +239,7 @@ async fn serve_core(
     .await;
     // A dropped connection ends its links and releases their lock.
     for lid in core.links.keys() {
-        sim.vxi_unlock(*lid);
+        sim.end_session(*lid).await;
     }
     r
 }
@@ -234,7 +259,7 @@ impl Core<'_> {
     ) -> Option<Result<Vec<u8>, crate::vxi11::XdrError>> {
         let mut r = XdrReader::new(args);
         let out = match procedure {
-            proc::CREATE_LINK => self.create_link(&mut r),
+            proc::CREATE_LINK => self.create_link(&mut r).await,
             proc::DEVICE_WRITE => self.write(&mut r).await,
             proc::DEVICE_READ => self.read(&mut r).await,
             proc::DEVICE_READSTB
@@ -243,28 +268,35 @@ impl Core<'_> {
             | proc::DEVICE_REMOTE
             | proc::DEVICE_LOCAL => self.generic(procedure, &mut r).await,
             proc::DEVICE_LOCK => self.lock(&mut r).await,
-            proc::DEVICE_UNLOCK => r.u32().map(|lid| {
-                error_only(match self.links.contains_key(&lid) {
-                    false => err::INVALID_LINK,
-                    true if self.sim.vxi_unlock(lid) => err::NONE,
-                    true => err::NO_LOCK,
-                })
-            }),
-            proc::DESTROY_LINK => r.u32().map(|lid| {
-                error_only(match self.links.remove(&lid) {
+            proc::DEVICE_UNLOCK => match r.u32() {
+                Ok(lid) => Ok(error_only(if !self.links.contains_key(&lid) {
+                    err::INVALID_LINK
+                } else if self.sim.unlock(lid).await {
+                    err::NONE
+                } else {
+                    err::NO_LOCK
+                })),
+                Err(e) => Err(e),
+            },
+            proc::DESTROY_LINK => match r.u32() {
+                Ok(lid) => Ok(error_only(match self.links.remove(&lid) {
                     None => err::INVALID_LINK,
                     Some(_) => {
-                        self.sim.vxi_unlock(lid);
+                        self.sim.end_session(lid).await;
                         err::NONE
                     }
-                })
-            }),
+                })),
+                Err(e) => Err(e),
+            },
             _ => return None,
         };
         Some(out)
     }
 
-    fn create_link(&mut self, r: &mut XdrReader<'_>) -> Result<Vec<u8>, crate::vxi11::XdrError> {
+    async fn create_link(
+        &mut self,
+        r: &mut XdrReader<'_>,
+    ) -> Result<Vec<u8>, crate::vxi11::XdrError> {
         let _client_id = r.i32()?;
         let lock_device = r.bool()?;
         let _lock_timeout = r.u32()?;
@@ -277,8 +309,8 @@ impl Core<'_> {
             x.i32(err::INVALID_ADDRESS).u32(0).u32(0).u32(0);
             return Ok(x.0);
         }
-        let lid = self.sim.next_link_id();
-        if lock_device && !self.sim.vxi_try_lock(lid) {
+        let lid = self.sim.next_session();
+        if lock_device && !self.sim.lock(lid, Duration::ZERO).await {
             x.i32(err::LOCKED).u32(0).u32(0).u32(0);
             return Ok(x.0);
         }
@@ -295,7 +327,7 @@ impl Core<'_> {
         } else {
             Duration::ZERO
         };
-        self.sim.vxi_wait_free(lid, wait).await
+        self.sim.wait_free(lid, wait).await
     }
 
     async fn write(&mut self, r: &mut XdrReader<'_>) -> Result<Vec<u8>, crate::vxi11::XdrError> {
@@ -322,14 +354,17 @@ impl Core<'_> {
         if link.input.len() > MAX_LINE {
             tracing::warn!("program message longer than {MAX_LINE} bytes: dropped");
             link.input.clear();
-            sim.state().push_error(-100);
+            sim.message_too_long();
         } else if flags & FLAG_END != 0 {
             let msg = std::mem::take(&mut link.input);
             let text = String::from_utf8_lossy(&msg);
             let text = text.trim_end_matches(['\n', '\r']).to_string();
             link.pending.push_back(text);
-            if !sim.is_muted() {
-                run_pending(sim, link);
+            if sim.is_ready() {
+                if let Err(e) = run_pending(sim, lid, link).await {
+                    x.i32(refused_code(&e)).u32(0);
+                    return Ok(x.0);
+                }
             }
         }
         x.i32(err::NONE)
@@ -355,13 +390,16 @@ impl Core<'_> {
             return Ok(x.0);
         }
         let sim = self.sim;
-        let unmuted = tokio::time::timeout_at(deadline, sim.wait_unmuted()).await;
+        let unmuted = tokio::time::timeout_at(deadline, sim.ready()).await;
         let Some(link) = self.links.get_mut(&lid) else {
             x.i32(err::INVALID_LINK).u32(0).opaque(&[]);
             return Ok(x.0);
         };
         if unmuted.is_ok() {
-            run_pending(sim, link);
+            if let Err(e) = run_pending(sim, lid, link).await {
+                x.i32(refused_code(&e)).u32(0).opaque(&[]);
+                return Ok(x.0);
+            }
         }
         if unmuted.is_err() || link.output.is_empty() {
             // Nothing to read: a real instrument times out (nothing on
@@ -430,15 +468,11 @@ impl Core<'_> {
                 x.i32(err::NONE);
             }
             proc::DEVICE_READSTB => {
-                let stb = self
-                    .sim
-                    .execute("*STB?")
-                    .and_then(|b| String::from_utf8_lossy(&b).trim().parse::<u8>().ok())
-                    .unwrap_or(0);
+                let stb = self.sim.status_byte(lid).await;
                 x.i32(err::NONE).u32(u32::from(stb));
             }
             proc::DEVICE_TRIGGER => {
-                let _ = self.sim.execute("*TRG");
+                self.sim.trigger(lid).await;
                 x.i32(err::NONE);
             }
             _ => {
@@ -460,17 +494,40 @@ impl Core<'_> {
         } else {
             Duration::ZERO
         };
-        let got = self.sim.vxi_lock(lid, wait).await;
+        let got = self.sim.lock(lid, wait).await;
         Ok(error_only(if got { err::NONE } else { err::LOCKED }))
     }
 }
 
-/// Execute the link's queued messages, queueing their replies.
-fn run_pending(sim: &SimPsu, link: &mut LinkState) {
+/// Execute the link's queued messages, queueing their replies. A refused
+/// message is dropped with the ones queued after it (the client is told).
+async fn run_pending(sim: &dyn ScpiBackend, lid: u32, link: &mut LinkState) -> Result<(), Refused> {
     while let Some(text) = link.pending.pop_front() {
-        if let Some(mut reply) = sim.execute(&text) {
-            reply.push(b'\n');
-            link.output.push_back(reply);
+        match sim.execute(lid, &text).await {
+            Ok(Some(mut reply)) => {
+                reply.push(b'\n');
+                link.output.push_back(reply);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                link.pending.clear();
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The VXI-11 error a refusal is answered with.
+fn refused_code(e: &Refused) -> i32 {
+    match e {
+        Refused::Locked(why) => {
+            tracing::debug!("vxi11: refused: {why}");
+            err::LOCKED
+        }
+        Refused::Failed(why) => {
+            tracing::debug!("vxi11: failed: {why}");
+            err::IO_ERROR
         }
     }
 }

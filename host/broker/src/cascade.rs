@@ -30,6 +30,9 @@ use labmesh_wire::register::{keep_registered, Registrant};
 use labmesh_wire::{DealerConn, SocketOptions};
 use tokio::sync::watch;
 
+use crate::gateway::Gateway;
+pub use labmesh_config::Advertise;
+
 /// Ids registered in this broker's directory right now.
 pub(crate) type LocalIds = Arc<RwLock<HashSet<String>>>;
 
@@ -42,6 +45,11 @@ pub struct ParentOptions {
     pub xsub: String,
     /// The parent's bus XPUB (its subscribers' side).
     pub xpub: String,
+    /// How our nodes are listed in the parent (`[broker] advertise`).
+    pub advertise: Advertise,
+    /// With [`Advertise::Gateway`]: where each proxied endpoint is bound
+    /// (port `*`; `[broker] gateway_bind`).
+    pub gateway_bind: String,
 }
 
 /// The id a topic belongs to: `state.<id>`, `dataset.<id>`,
@@ -59,6 +67,26 @@ fn is_local(local: &LocalIds, t: &[u8]) -> bool {
         return false;
     };
     local.read().map(|s| s.contains(id)).unwrap_or(false)
+}
+
+/// The 409 for an id that a live node holds elsewhere, naming both owners:
+/// `kind` (`relay`, `bank`), the id, and each side's endpoint with the
+/// child broker that registered it (`via`), if any.
+pub(crate) fn clash_message(
+    kind: &str,
+    id: &str,
+    held: (&str, Option<&str>),
+    refused: (&str, Option<&str>),
+) -> String {
+    let side = |(ep, via): (&str, Option<&str>)| match via {
+        Some(b) => format!("{ep} (via broker {b})"),
+        None => ep.to_string(),
+    };
+    format!(
+        "{kind}_id '{id}' is already registered by a live {kind} at {}; refused for the {kind} at {}",
+        side(held),
+        side(refused)
+    )
 }
 
 /// Sockets of the cascading bus loop.
@@ -185,15 +213,30 @@ struct Mirrored {
 /// Keep every relay and bank of this broker registered in the parent:
 /// reads our own directory every `every`, starts a registration for each
 /// new node, says goodbye for each one gone.
-pub(crate) async fn mirror_directory(
-    ctx: zmq::Context,
-    own_rpc: String,
-    parent: ParentOptions,
-    password: Password,
-    heartbeat: Duration,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+/// What [`mirror_directory`] works with.
+pub(crate) struct Mirror {
+    pub(crate) ctx: zmq::Context,
+    /// Our own directory endpoint.
+    pub(crate) own_rpc: String,
+    pub(crate) parent: ParentOptions,
+    /// Host advertised for gateway endpoints (`[broker] address`).
+    pub(crate) advertise_host: String,
+    pub(crate) password: Password,
+    pub(crate) heartbeat: Duration,
+    /// How often our own directory is read.
+    pub(crate) every: Duration,
+}
+
+pub(crate) async fn mirror_directory(m: Mirror, mut stop: watch::Receiver<bool>) {
+    let Mirror {
+        ctx,
+        own_rpc,
+        parent,
+        advertise_host,
+        password,
+        heartbeat,
+        every,
+    } = m;
     let (own, up) = match (
         DealerConn::connect(&ctx, &own_rpc, SocketOptions::default()),
         DealerConn::connect(&ctx, &parent.rpc, SocketOptions::default()),
@@ -203,6 +246,16 @@ pub(crate) async fn mirror_directory(
             tracing::error!(error = %e, parent = %parent.rpc, "cannot open the cascade's directory connections");
             return;
         }
+    };
+    let mut gateway = match &parent.advertise {
+        Advertise::Direct => None,
+        Advertise::Gateway => match Gateway::spawn(&ctx, &parent.gateway_bind, &advertise_host) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::error!(error = %e, bind = %parent.gateway_bind, "cannot start the cascade's gateway");
+                return;
+            }
+        },
     };
     let mut mirrored: HashMap<(bool, String), Mirrored> = HashMap::new();
     let mut tick = tokio::time::interval(every);
@@ -236,23 +289,44 @@ pub(crate) async fn mirror_directory(
         let relays: Vec<RelayInfo> = serde_json::from_value(relays).unwrap_or_default();
         let banks: Vec<BankInfo> = serde_json::from_value(banks).unwrap_or_default();
         let mut want: HashMap<(bool, String), (NodeKey, Registrant)> = HashMap::new();
+        // The endpoint the parent lists for one of ours; `None` when the
+        // gateway cannot open it (logged; tried again next round).
+        let mut targets = HashSet::new();
+        let mut listed = |ep: &str| -> Option<String> {
+            match gateway.as_mut() {
+                None => Some(ep.to_string()),
+                Some(_) if ep.is_empty() => Some(String::new()),
+                Some(g) => {
+                    targets.insert(ep.to_string());
+                    match g.route(ep) {
+                        Ok(gw) => Some(gw),
+                        Err(e) => {
+                            tracing::warn!(error = %e, target = ep, "gateway: cannot open an endpoint");
+                            None
+                        }
+                    }
+                }
+            }
+        };
         for r in relays {
-            let key = (
-                true,
-                r.relay_id.clone(),
-                r.rpc_endpoint.clone(),
-                String::new(),
-            );
-            let reg = Registrant::relay(&r.relay_id, &r.rpc_endpoint, &password);
+            let Some(ep) = listed(&r.rpc_endpoint) else {
+                continue;
+            };
+            let key = (true, r.relay_id.clone(), ep.clone(), String::new());
+            let mut reg = Registrant::relay(&r.relay_id, &ep, &password);
+            reg.hello.via = Some(own_rpc.clone());
             want.insert((true, r.relay_id), (key, reg));
         }
         for b in banks {
-            let (ing, ret) = (
-                b.ingest.clone().unwrap_or_default(),
-                b.retrieve.clone().unwrap_or_default(),
-            );
+            let (Some(ing), Some(ret)) = (
+                listed(b.ingest.as_deref().unwrap_or_default()),
+                listed(b.retrieve.as_deref().unwrap_or_default()),
+            ) else {
+                continue;
+            };
             let key = (false, b.bank_id.clone(), ing.clone(), ret.clone());
-            let reg = Registrant::bank(&b.bank_id, &ing, &ret, &password);
+            let mut reg = Registrant::bank(&b.bank_id, &ing, &ret, &password);
+            reg.hello.via = Some(own_rpc.clone());
             want.insert((false, b.bank_id), (key, reg));
         }
         // Gone, or changed endpoints: say goodbye (the new one registers).
@@ -267,6 +341,9 @@ pub(crate) async fn mirror_directory(
                 let _ = m.stop.send(true);
                 let _ = m.task.await;
             }
+        }
+        if let Some(g) = gateway.as_mut() {
+            g.retain(&targets);
         }
         for (k, (key, reg)) in want {
             if mirrored.contains_key(&k) {
@@ -289,6 +366,9 @@ pub(crate) async fn mirror_directory(
         let _ = m.stop.send(true);
         let _ = m.task.await;
     }
+    if let Some(g) = gateway {
+        g.stop().await;
+    }
 }
 
 #[cfg(test)]
@@ -302,5 +382,19 @@ mod tests {
         assert_eq!(owner(&topic::stream("lab.psu", "v")), Some(&b"lab.psu"[..]));
         assert_eq!(owner(b"dataset.bank-0"), Some(&b"bank-0"[..]));
         assert_eq!(owner(b"nodot"), None);
+    }
+
+    #[test]
+    fn a_clash_names_both_owners() {
+        assert_eq!(
+            clash_message(
+                "relay",
+                "psu-1",
+                ("tcp://10.0.0.5:5850", None),
+                ("tcp://10.1.0.2:41001", Some("tcp://10.1.0.2:5750")),
+            ),
+            "relay_id 'psu-1' is already registered by a live relay at tcp://10.0.0.5:5850; \
+             refused for the relay at tcp://10.1.0.2:41001 (via broker tcp://10.1.0.2:5750)"
+        );
     }
 }

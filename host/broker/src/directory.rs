@@ -34,6 +34,8 @@ struct Entry<T> {
     probing: bool,
     /// Handed out in the hello ack; heartbeats and `bye` must carry it.
     token: String,
+    /// The child broker that registered it (cascading), if any.
+    via: Option<String>,
 }
 
 impl<T> Entry<T> {
@@ -43,6 +45,7 @@ impl<T> Entry<T> {
             last_seen: Instant::now(),
             probing: false,
             token: labmesh_wire::dealer::new_rpc_uuid(),
+            via: None,
         }
     }
 }
@@ -78,7 +81,7 @@ enum Internal {
     /// alive?
     DuplicateChecked {
         ident: Vec<u8>,
-        hello: Hello,
+        hello: Box<Hello>,
         old_alive: bool,
     },
 }
@@ -350,7 +353,8 @@ impl Directory {
                 h.retrieve.clone(),
             );
         }
-        let entry = Entry::new(info);
+        let mut entry = Entry::new(info);
+        entry.via = h.via.clone();
         let token = entry.token.clone();
         self.banks.insert(bank_id.clone(), entry);
         encode(&Reply::Hello(HelloAck {
@@ -379,10 +383,11 @@ impl Directory {
                 Some(ep.clone()),
             );
         }
-        let entry = Entry::new(RelayInfo {
+        let mut entry = Entry::new(RelayInfo {
             relay_id: rid.clone(),
             rpc_endpoint: ep,
         });
+        entry.via = h.via.clone();
         let token = entry.token.clone();
         self.relays.insert(rid, entry);
         encode(&Reply::Hello(HelloAck {
@@ -398,7 +403,7 @@ impl Directory {
                 // Cannot even connect: treat the old one as gone.
                 let _ = self.internal.try_send(Internal::DuplicateChecked {
                     ident,
-                    hello,
+                    hello: Box::new(hello),
                     old_alive: false,
                 });
                 return;
@@ -418,7 +423,7 @@ impl Directory {
             let _ = tx
                 .send(Internal::DuplicateChecked {
                     ident,
-                    hello,
+                    hello: Box::new(hello),
                     old_alive,
                 })
                 .await;
@@ -597,17 +602,23 @@ impl Directory {
                     .filter(|s| !s.is_empty())
                     .unwrap_or_else(|| "bank".into());
                 if old_alive {
-                    let old = self
+                    let (old, old_via) = self
                         .banks
                         .get(&bid)
-                        .and_then(|e| e.info.retrieve.clone())
+                        .map(|e| (e.info.retrieve.clone().unwrap_or_default(), e.via.clone()))
                         .unwrap_or_default();
                     tracing::warn!(bank_id = %bid, existing = %old, refused = %hello.retrieve.as_deref().unwrap_or("-"), "duplicate bank id refused");
                     let reply = encode(&Reply::Error {
                         error: ErrorBody::new(
                             codes::CONFLICT,
-                            format!(
-                                "bank_id '{bid}' is already registered by a live bank at {old}"
+                            crate::cascade::clash_message(
+                                "bank",
+                                &bid,
+                                (&old, old_via.as_deref()),
+                                (
+                                    hello.retrieve.as_deref().unwrap_or("-"),
+                                    hello.via.as_deref(),
+                                ),
                             ),
                         ),
                     });
@@ -636,17 +647,23 @@ impl Directory {
             } => {
                 let rid = hello.relay_id.clone().unwrap_or_default();
                 if old_alive {
-                    let old = self
+                    let (old, old_via) = self
                         .relays
                         .get(&rid)
-                        .map(|e| e.info.rpc_endpoint.clone())
+                        .map(|e| (e.info.rpc_endpoint.clone(), e.via.clone()))
                         .unwrap_or_default();
                     tracing::warn!(relay_id = %rid, existing = %old, refused = %hello.rpc_endpoint.as_deref().unwrap_or("-"), "duplicate relay id refused");
                     let reply = encode(&Reply::Error {
                         error: ErrorBody::new(
                             codes::CONFLICT,
-                            format!(
-                                "relay_id '{rid}' is already registered by a live relay at {old}"
+                            crate::cascade::clash_message(
+                                "relay",
+                                &rid,
+                                (&old, old_via.as_deref()),
+                                (
+                                    hello.rpc_endpoint.as_deref().unwrap_or("-"),
+                                    hello.via.as_deref(),
+                                ),
                             ),
                         ),
                     });

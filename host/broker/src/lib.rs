@@ -16,8 +16,10 @@
 
 mod cascade;
 mod directory;
+mod gateway;
 
-pub use cascade::ParentOptions;
+pub use cascade::{Advertise, ParentOptions};
+pub use gateway::{GATEWAY_HWM, MAX_FRAME, MAX_SESSIONS, SESSION_IDLE};
 
 use std::time::Duration;
 
@@ -120,6 +122,8 @@ impl BrokerOptions {
                 rpc: rpc.clone(),
                 xsub: cfg.broker.parent_xsub.clone().unwrap_or_default(),
                 xpub: cfg.broker.parent_xpub.clone().unwrap_or_default(),
+                advertise: cfg.broker.advertise,
+                gateway_bind: cfg.broker.gateway_bind.clone(),
             }),
         }
     }
@@ -267,12 +271,15 @@ pub async fn spawn(ctx: &zmq::Context, opts: BrokerOptions) -> Result<BrokerHand
     let mirror = opts.parent.clone().map(|parent| {
         tracing::info!(parent = %parent.rpc, "joining a parent broker");
         tokio::spawn(cascade::mirror_directory(
-            ctx.clone(),
-            rpc_ep.clone(),
-            parent,
-            opts.password.clone(),
-            labmesh_proto::limits::DEFAULT_HEARTBEAT.min(opts.ttl / 3),
-            std::time::Duration::from_millis(500),
+            cascade::Mirror {
+                ctx: ctx.clone(),
+                own_rpc: rpc_ep.clone(),
+                parent,
+                advertise_host: opts.advertise_host.clone(),
+                password: opts.password.clone(),
+                heartbeat: labmesh_proto::limits::DEFAULT_HEARTBEAT.min(opts.ttl / 3),
+                every: std::time::Duration::from_millis(500),
+            },
             stop_rx.clone(),
         ))
     });

@@ -80,6 +80,11 @@ pub struct Hello {
     /// Shared network password (labmesh upstream `LMH_NETWORK_PASSWORD`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Value>,
+    /// Extension (cascading): the directory endpoint of the child broker
+    /// that registers this node on its behalf, so that a clash names both
+    /// owners' brokers. Absent for a node registering itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// A remote procedure call, to the broker or to a relay.
@@ -625,6 +630,37 @@ mod tests {
         assert_eq!(
             encode(&ack),
             br#"{"type":"heartbeat_ack","rpc_uuid":"h1","known":false}"#
+        );
+    }
+
+    #[test]
+    fn cascaded_hello_bytes() {
+        // What a child broker sends its parent for one of its relays
+        // (`advertise = "gateway"`: the endpoint is the child's gateway).
+        let h = Request::Hello(Hello {
+            role: Some(Role::Relay),
+            relay_id: Some("psu-1".into()),
+            rpc_endpoint: Some("tcp://10.1.0.2:41001".into()),
+            via: Some("tcp://10.1.0.2:5750".into()),
+            ..Hello::default()
+        });
+        let bytes = encode(&h);
+        assert_eq!(
+            bytes,
+            br#"{"type":"hello","role":"relay","relay_id":"psu-1","rpc_endpoint":"tcp://10.1.0.2:41001","via":"tcp://10.1.0.2:5750"}"#
+        );
+        assert_eq!(decode_request(&bytes), Ok(h));
+        let bank = Request::Hello(Hello {
+            role: Some(Role::Bank),
+            bank_id: Some("bank-a".into()),
+            ingest: Some("tcp://10.1.0.2:41002".into()),
+            retrieve: Some("tcp://10.1.0.2:41003".into()),
+            via: Some("tcp://10.1.0.2:5750".into()),
+            ..Hello::default()
+        });
+        assert_eq!(
+            encode(&bank),
+            br#"{"type":"hello","role":"bank","bank_id":"bank-a","ingest":"tcp://10.1.0.2:41002","retrieve":"tcp://10.1.0.2:41003","via":"tcp://10.1.0.2:5750"}"#
         );
     }
 

@@ -487,8 +487,12 @@ impl Session<'_> {
                 let Some(first) = self.retained.front().map(|h| h.seq) else {
                     break;
                 };
-                let idx = (self.next_send - first) as usize;
-                let Some(held) = self.retained.get(idx) else {
+                let held = self
+                    .next_send
+                    .checked_sub(first)
+                    .and_then(|idx| usize::try_from(idx).ok())
+                    .and_then(|idx| self.retained.get(idx));
+                let Some(held) = held else {
                     return Err(TransferError::CannotResume(format!(
                         "chunk {} is no longer held",
                         self.next_send
@@ -568,7 +572,18 @@ impl Session<'_> {
                 }
                 self.acked = self.acked.max(a.next_seq);
                 if a.status.is_some() && a.next_seq < self.next_send {
-                    // The bank wants an earlier chunk: rewind to it.
+                    // The bank wants an earlier chunk: rewind to it, if it
+                    // is still held. Chunks are dropped only once the bank
+                    // acknowledged them (as durable, for a resumable bank),
+                    // so asking for one again contradicts the bank's own
+                    // earlier answer: an error, never an arithmetic wrap.
+                    let held_from = self.retained.front().map_or(self.next_send, |h| h.seq);
+                    if a.next_seq < held_from {
+                        return Err(TransferError::Protocol(format!(
+                            "bank asked for chunk {} again after acknowledging every chunk below {}",
+                            a.next_seq, held_from
+                        )));
+                    }
                     self.acked = a.next_seq;
                     self.next_send = a.next_seq;
                 }

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use labmesh_broker::{BrokerHandle, BrokerOptions, ParentOptions};
+use labmesh_broker::{Advertise, BrokerHandle, BrokerOptions, ParentOptions};
 use labmesh_client::{Client, ClientOptions, Receive};
 use labmesh_drivers::mock_psu::MockPsu;
 use labmesh_proto::stream::StreamSpec;
@@ -19,6 +19,8 @@ fn parent_of(b: &BrokerHandle) -> ParentOptions {
         rpc: b.rpc_endpoint().into(),
         xsub: b.xsub_endpoint().into(),
         xpub: b.xpub_endpoint().into(),
+        advertise: Advertise::Direct,
+        gateway_bind: "tcp://127.0.0.1:*".into(),
     }
 }
 
@@ -190,6 +192,8 @@ async fn only_subscribed_topics_cross_the_link() -> anyhow::Result<()> {
             rpc: top.rpc_endpoint().into(),
             xsub: format!("tcp://127.0.0.1:{port}"),
             xpub: top.xpub_endpoint().into(),
+            advertise: Advertise::Direct,
+            gateway_bind: "tcp://127.0.0.1:*".into(),
         }),
     )
     .await?;
@@ -249,18 +253,22 @@ async fn only_subscribed_topics_cross_the_link() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn an_id_registered_elsewhere_in_the_tree_is_not_taken_over() -> anyhow::Result<()> {
+async fn an_id_registered_elsewhere_in_the_tree_is_refused_naming_both_owners() -> anyhow::Result<()>
+{
     init_logging();
     let ctx = zmq::Context::new();
     let top = broker(&ctx, None).await?;
-    let child = broker(&ctx, Some(parent_of(&top))).await?;
-    let first = relay(&ctx, &top, "dup").await?;
-    let second = relay(&ctx, &child, "dup").await?;
-    let at_child = client(&ctx, &child).await?;
-    at_child.wait_for_relay("dup", WAIT).await?;
-    // The child tried (and keeps trying) to register its "dup" above: the
-    // top answers 409 while the first one lives.
+    let child_a = broker(&ctx, Some(parent_of(&top))).await?;
+    let child_b = broker(&ctx, Some(parent_of(&top))).await?;
+    let first = relay(&ctx, &child_a, "dup").await?;
     let at_top = client(&ctx, &top).await?;
+    let listed = at_top.wait_for_relay("dup", WAIT).await?;
+    assert_eq!(Some(listed.rpc_endpoint.as_str()), first.endpoint("dup"));
+    let second = relay(&ctx, &child_b, "dup").await?;
+    let at_b = client(&ctx, &child_b).await?;
+    at_b.wait_for_relay("dup", WAIT).await?;
+    // Child b tries (and keeps trying) to register its "dup" above: the
+    // top keeps the first while it lives.
     for _ in 0..10 {
         let l = at_top.list_relays().await?;
         let d = l
@@ -270,6 +278,8 @@ async fn an_id_registered_elsewhere_in_the_tree_is_not_taken_over() -> anyhow::R
         assert_eq!(Some(d.rpc_endpoint.as_str()), first.endpoint("dup"));
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
+    // The hello child b sends, byte for byte what its mirror sends: 409
+    // naming both relays and both child brokers.
     let hello = labmesh_wire::DealerConn::connect(&ctx, top.rpc_endpoint(), Default::default())?;
     let reply = hello
         .request(
@@ -277,6 +287,7 @@ async fn an_id_registered_elsewhere_in_the_tree_is_not_taken_over() -> anyhow::R
                 role: Some(labmesh_proto::mesh::Role::Relay),
                 relay_id: Some("dup".into()),
                 rpc_endpoint: second.endpoint("dup").map(str::to_string),
+                via: Some(child_b.rpc_endpoint().into()),
                 ..Default::default()
             })),
             None,
@@ -284,11 +295,31 @@ async fn an_id_registered_elsewhere_in_the_tree_is_not_taken_over() -> anyhow::R
         )
         .await?;
     let text = String::from_utf8_lossy(&labmesh_proto::encode(&reply)).into_owned();
-    assert!(text.contains("409"), "{text}");
+    let want = format!(
+        "relay_id 'dup' is already registered by a live relay at {} (via broker {}); refused for the relay at {} (via broker {})",
+        first.endpoint("dup").unwrap_or_default(),
+        child_a.rpc_endpoint(),
+        second.endpoint("dup").unwrap_or_default(),
+        child_b.rpc_endpoint()
+    );
+    assert!(text.contains("409") && text.contains(&want), "{text}");
+    // The first goes: the second takes the id at the top.
     first.shutdown().await;
+    let until = Instant::now() + WAIT;
+    loop {
+        let l = at_top.list_relays().await?;
+        if l.iter()
+            .any(|r| r.relay_id == "dup" && Some(r.rpc_endpoint.as_str()) == second.endpoint("dup"))
+        {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < until, "the second dup never took over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     second.shutdown().await;
-    child.shutdown().await;
-    top.shutdown().await;
+    for b in [child_a, child_b, top] {
+        b.shutdown().await;
+    }
     Ok(())
 }
 
@@ -298,29 +329,45 @@ async fn python_labmesh_at_the_top_drives_a_relay_two_levels_down() -> anyhow::R
         return Ok(());
     };
     init_logging();
-    let ctx = zmq::Context::new();
-    let top = broker(&ctx, None).await?;
-    let mid = broker(&ctx, Some(parent_of(&top))).await?;
-    let bottom = broker(&ctx, Some(parent_of(&mid))).await?;
-    let r = relay(&ctx, &bottom, "Inst-0").await?;
-    client(&ctx, &top)
-        .await?
-        .wait_for_relay("Inst-0", WAIT)
+    // Listed as is, and behind two gateways (`advertise = "gateway"`).
+    for gateway in [false, true] {
+        let ctx = zmq::Context::new();
+        let up = |b: &BrokerHandle| ParentOptions {
+            advertise: if gateway {
+                Advertise::Gateway
+            } else {
+                Advertise::Direct
+            },
+            ..parent_of(b)
+        };
+        let top = broker(&ctx, None).await?;
+        let mid = broker(&ctx, Some(up(&top))).await?;
+        let bottom = broker(&ctx, Some(up(&mid))).await?;
+        let r = relay(&ctx, &bottom, "Inst-0").await?;
+        let listed = client(&ctx, &top)
+            .await?
+            .wait_for_relay("Inst-0", WAIT)
+            .await?;
+        assert_eq!(
+            Some(listed.rpc_endpoint.as_str()) != r.endpoint("Inst-0"),
+            gateway,
+            "{listed:?}"
+        );
+        let out = run_python(
+            &py,
+            "client_flow.py",
+            &[top.rpc_endpoint(), top.xpub_endpoint(), "Inst-0"],
+            &[],
+            WAIT,
+        )
         .await?;
-    let out = run_python(
-        &py,
-        "client_flow.py",
-        &[top.rpc_endpoint(), top.xpub_endpoint(), "Inst-0"],
-        &[],
-        WAIT,
-    )
-    .await?;
-    let v = last_json(&out)?;
-    assert_eq!(v["set_voltage"], json!({"ok": true, "voltage": 2.5}));
-    assert_eq!(v["on_state"]["state"]["voltage"], json!(2.5), "{v}");
-    r.shutdown().await;
-    for b in [bottom, mid, top] {
-        b.shutdown().await;
+        let v = last_json(&out)?;
+        assert_eq!(v["set_voltage"], json!({"ok": true, "voltage": 2.5}));
+        assert_eq!(v["on_state"]["state"]["voltage"], json!(2.5), "{v}");
+        r.shutdown().await;
+        for b in [bottom, mid, top] {
+            b.shutdown().await;
+        }
     }
     Ok(())
 }

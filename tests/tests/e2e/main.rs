@@ -3,7 +3,9 @@
 
 mod bad_input;
 mod cascade;
+mod cascade_gateway;
 mod firmware;
+mod gateway;
 mod instruments;
 mod interop;
 mod issue9;
@@ -13,3 +15,4 @@ mod lifecycle;
 mod links;
 mod mesh;
 mod streams;
+mod transports;
