@@ -202,6 +202,7 @@ fn load(ep: &str, pid: u32, relays: usize, seconds: u64) -> anyhow::Result<Vec<R
             ingest: None,
             retrieve: None,
             password: None,
+            via: None,
         };
         if let Some(s) = senders.get(i % SENDERS) {
             s.send(encode(&Request::Hello(hello)), 0)?;
