@@ -359,12 +359,13 @@ async function relayPage(id) {
     try {
       const s = await api(`/api/relays/${encodeURIComponent(id)}/streams`);
       streamsTbl.replaceChildren(...s.streams.map((st) => {
-        const hz = h('input', { type: 'number', step: 'any', min: '0', value: st.spec.hz, style: 'width:70px' });
-        const ctl = (body) => post(`/api/relays/${encodeURIComponent(id)}/streams/${encodeURIComponent(st.spec.name)}`, leased(body)).then(loadStreams, fail);
-        return h('tr', { 'data-stream': st.spec.name }, h('td', {}, st.spec.name), h('td', { class: 'mono' }, st.spec.method), h('td', {}, hz),
+        const sp = st.spec ?? st; // lm.streams flattens the spec into each entry
+        const hz = h('input', { type: 'number', step: 'any', min: '0', value: sp.hz, style: 'width:70px' });
+        const ctl = (body) => post(`/api/relays/${encodeURIComponent(id)}/streams/${encodeURIComponent(sp.name)}`, leased(body)).then(loadStreams, fail);
+        return h('tr', { 'data-stream': sp.name }, h('td', {}, sp.name), h('td', { class: 'mono' }, sp.method), h('td', {}, hz),
           h('td', { class: 'num' }, st.actual_hz.toFixed(1)), h('td', { class: 'num' }, st.samples),
           h('td', {}, h('button', { onclick: () => ctl({ hz: Number(hz.value) }) }, 'set Hz'), ' ',
-            h('button', { 'data-action': st.spec.enabled === false ? 'enable' : 'disable', onclick: () => ctl({ enabled: st.spec.enabled === false }) }, st.spec.enabled === false ? 'enable' : 'disable')));
+            h('button', { 'data-action': sp.enabled === false ? 'enable' : 'disable', onclick: () => ctl({ enabled: sp.enabled === false }) }, sp.enabled === false ? 'enable' : 'disable')));
       }));
       if (!s.streams.length) streamsTbl.replaceChildren(h('tr', {}, h('td', { class: 'mute' }, 'no streams')));
     } catch (e) { streamsTbl.replaceChildren(h('tr', {}, h('td', { class: 'err' }, e.message))); }

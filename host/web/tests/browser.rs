@@ -247,6 +247,12 @@ async fn dashboard_in_headless_chromium() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(points(&b, "canvas[data-plot='state:voltage']").await > 0);
+        // The streams table lists it, with its controls.
+        b.wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css("tr[data-stream='v'] button[data-action='disable']"))
+            .await
+            .unwrap();
 
         // A call from the form changes the supply (checked through the mesh).
         let form = b
@@ -454,26 +460,32 @@ async fn num_attr(b: &Browser, css: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The newest `*.csv` in `dir` once Chromium finished writing it.
-async fn downloaded_csv(dir: &Path, before: &[PathBuf]) -> String {
+/// The `*.csv` Chromium saved in `dir`, once it finished writing it (no
+/// `.crdownload` left, the text complete), removed so that the next
+/// export can be told apart.
+async fn downloaded_csv(dir: &Path) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Ok(rd) = std::fs::read_dir(dir) {
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.extension().is_some_and(|x| x == "csv") && !before.contains(&p) {
-                    let text = std::fs::read_to_string(&p).unwrap();
-                    // Taken: the next export lands under the same name.
-                    std::fs::remove_file(&p).unwrap();
+        let files = csv_files(dir);
+        let busy = files
+            .iter()
+            .any(|p| p.extension().is_some_and(|x| x == "crdownload"));
+        if !busy {
+            if let Some(p) = files
+                .iter()
+                .find(|p| p.extension().is_some_and(|x| x == "csv"))
+            {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                if text.ends_with('\n') {
+                    std::fs::remove_file(p).unwrap();
                     return text;
                 }
             }
         }
         assert!(
             Instant::now() < deadline,
-            "no new CSV in {} (it holds {:?}; before: {before:?})",
-            dir.display(),
-            csv_files(dir)
+            "no complete CSV in {} (it holds {files:?})",
+            dir.display()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -635,8 +647,15 @@ async fn setpoints_leases_and_plots_in_two_browsers() {
         until_attr(&a, ind, "data-indicator", "confirmed").await;
         until_attr(&a, "td[data-set='voltage_set']", "data-set", "voltage_set").await;
         let deadline = Instant::now() + WAIT;
-        while text_of(&a, "td[data-measured='voltage_set']").await.as_deref() != Some("4 V") {
-            assert!(Instant::now() < deadline, "the measurement never reached 4 V");
+        while text_of(&a, "td[data-measured='voltage_set']")
+            .await
+            .as_deref()
+            != Some("4 V")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the measurement never reached 4 V"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
 
@@ -664,7 +683,7 @@ async fn setpoints_leases_and_plots_in_two_browsers() {
         );
         let downloads = pa.path().join("downloads");
         click(&a, "[data-plot-box='state:voltage'] button[data-act='csv']").await;
-        let full = downloaded_csv(&downloads, &csv_files(&downloads)).await;
+        let full = downloaded_csv(&downloads).await;
         let rows: Vec<(f64, f64)> = full
             .lines()
             .skip(1)
@@ -705,9 +724,13 @@ async fn setpoints_leases_and_plots_in_two_browsers() {
         let visible = num_attr(&a, plot, "data-visible").await;
         assert!(visible < frozen && visible > 0, "{visible} of {frozen}");
         shot(&a, "plot-zoomed.png").await;
-        let before = csv_files(&downloads);
+        assert!(
+            csv_files(&downloads).is_empty(),
+            "{:?}",
+            csv_files(&downloads)
+        );
         click(&a, "[data-plot-box='state:voltage'] button[data-act='csv']").await;
-        let zoomed = downloaded_csv(&downloads, &before).await;
+        let zoomed = downloaded_csv(&downloads).await;
         let zrows: Vec<&str> = zoomed.lines().skip(1).collect();
         assert_eq!(zrows.len() as u64, visible);
         let t_last = rows.last().unwrap().0;
