@@ -382,6 +382,34 @@ pub struct WebSection {
     pub ws_queue_bytes: usize,
     /// At most this many browsers connected at once.
     pub max_clients: usize,
+    /// Numeric state fields as Prometheus gauges on `/metrics`: `false`
+    /// (default), `true` (every field of every relay) or a list of
+    /// `field` / `relay.field` names.
+    #[serde(skip_serializing_if = "WebGauges::is_off")]
+    pub gauges: WebGauges,
+}
+
+/// `[web] gauges`: `true`/`false`, or the fields to export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WebGauges {
+    /// All or none.
+    All(bool),
+    /// Only these (`field` of any relay, or `relay.field`).
+    Fields(Vec<String>),
+}
+
+impl Default for WebGauges {
+    fn default() -> Self {
+        WebGauges::All(false)
+    }
+}
+
+impl WebGauges {
+    /// No gauges.
+    pub fn is_off(&self) -> bool {
+        matches!(self, WebGauges::All(false))
+    }
 }
 
 impl Default for WebSection {
@@ -392,6 +420,7 @@ impl Default for WebSection {
             token_file: None,
             ws_queue_bytes: 256 * 1024,
             max_clients: 256,
+            gauges: WebGauges::default(),
         }
     }
 }
@@ -873,6 +902,19 @@ mod tests {
         assert_eq!(Config::default().web.listen, "127.0.0.1:8080");
         let e = Config::parse("[web]\nlisten = \"localhost\"\n", Path::new("t.toml")).unwrap_err();
         assert!(e.to_string().contains("web.listen"), "{e}");
+        assert!(Config::default().web.gauges.is_off());
+        let (c, w) = Config::parse("[web]\ngauges = true\n", Path::new("t.toml")).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.web.gauges, WebGauges::All(true));
+        let (c, _) = Config::parse(
+            "[web]\ngauges = [\"voltage\", \"psu-1.current\"]\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.web.gauges,
+            WebGauges::Fields(vec!["voltage".into(), "psu-1.current".into()])
+        );
     }
 
     fn shipped() -> String {

@@ -632,6 +632,7 @@ impl Instrument for DeclarativeDriver {
             }
         }
         Description {
+            state_fields: Vec::new(),
             driver: self.def.name.clone(),
             identity: self.session.identity().map(str::to_string),
             methods,

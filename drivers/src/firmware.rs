@@ -741,6 +741,7 @@ impl Instrument for FirmwareDriver {
 
     fn describe(&self) -> Description {
         Description {
+            state_fields: Vec::new(),
             driver: DRIVER.to_string(),
             identity: self.identity.as_ref().map(|i| {
                 format!(

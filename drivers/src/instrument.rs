@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use labmesh_proto::codes;
-pub use labmesh_proto::describe::{Args, BindError, Description, MethodSpec, ParamSpec, ParamType};
+pub use labmesh_proto::describe::{
+    Args, BindError, Description, MethodSpec, ParamSpec, ParamType, StateField,
+};
 use serde_json::Value;
 
 /// What a driver call can fail with. Each variant maps to a stable RPC

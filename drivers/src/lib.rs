@@ -39,7 +39,7 @@ pub mod vxi11;
 
 pub use instrument::{
     Args, BindError, Description, DriverError, DriverErrorKind, Instrument, MethodSpec, ParamSpec,
-    ParamType, PushStream, Sampled,
+    ParamType, PushStream, Sampled, StateField,
 };
 
 /// The labmesh-drivers release, reported by `lm.describe` as the driver

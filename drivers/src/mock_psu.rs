@@ -4,6 +4,7 @@ use serde_json::{json, Value};
 
 use crate::{
     Args, Description, DriverError, Instrument, MethodSpec, MethodTable, ParamSpec, ParamType,
+    StateField,
 };
 
 /// `mock-psu`'s methods: one table for `describe()` and `call()`.
@@ -110,6 +111,13 @@ impl Instrument for MockPsu {
             driver: "mock-psu".to_string(),
             identity: Some(format!("labmesh,MockPSU,{},0.1", self.relay_id)),
             methods: Method::ALL.iter().map(|m| m.spec()).collect(),
+            // `voltage` and `output` are the settings (the mock has no
+            // voltage readback); `current` is what it measures.
+            state_fields: vec![
+                StateField::setpoint("voltage", "set_voltage").unit("V"),
+                StateField::new("current").unit("A"),
+                StateField::setpoint("output", "set_output"),
+            ],
         }
     }
 

@@ -146,6 +146,7 @@ impl Instrument for ScpiDriver {
 
     fn describe(&self) -> Description {
         Description {
+            state_fields: Vec::new(),
             driver: "scpi".to_string(),
             identity: self.session.identity().map(str::to_string),
             methods: Method::ALL.iter().map(|m| m.spec()).collect(),

@@ -26,7 +26,30 @@ pub struct Args {
     /// Messages published for the fan-out measurement.
     #[arg(long, default_value_t = 5000)]
     messages: u64,
+    /// Also measure publish -> DOM in a headless Chromium (needs chromium
+    /// and chromedriver), with `--clients` readers and one slow reader.
+    #[arg(long)]
+    dom: bool,
+    /// Only the DOM measurement (implies --dom).
+    #[arg(long)]
+    dom_only: bool,
+    /// State updates for the DOM measurement.
+    #[arg(long, default_value_t = 1000)]
+    dom_n: u64,
+    /// Time between DOM-measurement updates, ms (each is in the DOM before
+    /// the next).
+    #[arg(long, default_value_t = 20)]
+    dom_pace_ms: u64,
+    /// The Chromium binary.
+    #[arg(long, default_value = "/usr/bin/chromium")]
+    chromium: std::path::PathBuf,
+    /// The chromedriver binary.
+    #[arg(long, default_value = "/usr/bin/chromedriver")]
+    chromedriver: std::path::PathBuf,
 }
+
+#[path = "bench_web_dom.rs"]
+mod dom;
 
 fn state(seq: u64) -> Vec<u8> {
     json!({"relay_id": "bench", "state": {"voltage": (seq % 30) as f64, "current": 0.1},
@@ -39,7 +62,7 @@ fn seq_of(body: &[u8]) -> Option<u64> {
     serde_json::from_slice::<Value>(body).ok()?["seq"].as_u64()
 }
 
-fn pct(v: &mut [f64], q: f64) -> f64 {
+pub(super) fn pct(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let i = ((v.len() as f64 - 1.0) * q).round() as usize;
     v.get(i).copied().unwrap_or(f64::NAN)
@@ -332,7 +355,22 @@ async fn run_publisher(b: &Bench, base: u64, messages: u64) -> anyhow::Result<In
 }
 
 pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
-    latency(ctx, a.n).await?;
-    fanout(ctx, a.clients, a.messages).await?;
+    if !a.dom_only {
+        latency(ctx, a.n).await?;
+        fanout(ctx, a.clients, a.messages).await?;
+    }
+    if a.dom || a.dom_only {
+        dom::run(
+            ctx,
+            dom::DomArgs {
+                n: a.dom_n,
+                clients: a.clients,
+                pace: Duration::from_millis(a.dom_pace_ms.max(1)),
+                chromium: &a.chromium,
+                chromedriver: &a.chromedriver,
+            },
+        )
+        .await?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -56,6 +56,11 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
             token,
             ws_queue_bytes: cfg.web.ws_queue_bytes,
             max_ws: cfg.web.max_clients,
+            gauges: match &cfg.web.gauges {
+                labmesh_config::WebGauges::All(false) => labmesh_web::Gauges::Off,
+                labmesh_config::WebGauges::All(true) => labmesh_web::Gauges::All,
+                labmesh_config::WebGauges::Fields(f) => labmesh_web::Gauges::Fields(f.clone()),
+            },
             ..Default::default()
         },
     )

@@ -16,7 +16,7 @@ use crate::options::{self, OptionSpec, OptionType};
 use crate::scpi::{ScpiSession, SessionOptions};
 use crate::{
     Args, BoxInstrument, Description, DriverError, Instrument, InstrumentConfig, MethodSpec,
-    MethodTable, ParamSpec, ParamType,
+    MethodTable, ParamSpec, ParamType, StateField,
 };
 
 /// What a power supply sets or measures.
@@ -376,6 +376,8 @@ impl PsuDriver {
             "idn": self.session.identity(),
             "connected": self.session.is_connected(),
             // Channel 1 at the top level, shaped like mock-psu's state.
+            "voltage_set": first.get("voltage_set"),
+            "current_set": first.get("current_set"),
             "voltage": first.get("voltage"),
             "current": first.get("current"),
             "output": first.get("output"),
@@ -400,6 +402,23 @@ fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
+/// What the top-level state fields are (channel 1): the settings, and the
+/// measured voltage reading back the voltage setting while the output is
+/// on, within 0.1 % of the channel's range (at least 5 mV). The measured
+/// current is not compared: below the limit it follows the load.
+fn psu_state_fields(model: &PsuModel) -> Vec<StateField> {
+    let max_v = model.channels.first().map(|c| c.max_voltage).unwrap_or(0.0);
+    vec![
+        StateField::setpoint("voltage_set", "set_voltage").unit("V"),
+        StateField::setpoint("current_set", "set_current").unit("A"),
+        StateField::setpoint("output", "set_output"),
+        StateField::measurement("voltage", "voltage_set", (max_v * 0.001).max(0.005))
+            .unit("V")
+            .active_when("output"),
+        StateField::new("current").unit("A"),
+    ]
+}
+
 fn limits_doc(model: &PsuModel, q: Quantity) -> String {
     model
         .channels
@@ -420,6 +439,7 @@ impl Instrument for PsuDriver {
             driver: self.model.family.driver_name().to_string(),
             identity: self.session.identity().map(str::to_string),
             methods: PsuMethod::ALL.iter().map(|m| m.spec(self.model)).collect(),
+            state_fields: psu_state_fields(self.model),
         }
     }
 

@@ -1060,6 +1060,26 @@ impl RelayClient {
         .await
     }
 
+    /// Call `method` carrying `lease` (a token from `lm.lock`) for this
+    /// call only, whatever [`RelayClient::use_lease`] set: a node that
+    /// calls for many users (the web dashboard) passes each one's own.
+    pub async fn call_leased(
+        &self,
+        method: &str,
+        params: Value,
+        lease: Option<u64>,
+    ) -> Result<Value, ClientError> {
+        rpc_leased(
+            &self.conn,
+            &self.relay_id,
+            method,
+            params,
+            lease,
+            &self.opts,
+        )
+        .await
+    }
+
     /// The relay's methods and parameters (`lm.describe`).
     pub async fn describe(&self) -> Result<Value, ClientError> {
         self.call("lm.describe", Value::Null).await

@@ -386,6 +386,81 @@ impl Args {
     }
 }
 
+/// What one top-level field of the instrument's state means (extension):
+/// its unit, and whether it is a *setpoint* (what was asked for, set by a
+/// method) or a *measurement* of a setpoint (what the instrument reads
+/// back). Dashboards compare the two: confirmed / pending / mismatch.
+///
+/// labmesh v0 has no such list; Python clients ignore it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateField {
+    /// The key in the state object.
+    pub name: String,
+    /// Unit of the value (`V`, `A`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// This field is a setpoint, set by calling this method with the new
+    /// value as its first parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_by: Option<String>,
+    /// This field is a measurement of the setpoint field named here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measures: Option<String>,
+    /// Largest absolute difference between measurement and setpoint that
+    /// still counts as confirmed (measurements; `0` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<f64>,
+    /// The comparison only holds while this boolean state field is true
+    /// (a supply's `output`): when it is false the measurement is not
+    /// expected to follow the setpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_when: Option<String>,
+}
+
+impl StateField {
+    /// A plain field.
+    pub fn new(name: &str) -> Self {
+        StateField {
+            name: name.to_string(),
+            unit: None,
+            set_by: None,
+            measures: None,
+            tolerance: None,
+            active_when: None,
+        }
+    }
+
+    /// A setpoint, set by `method`.
+    pub fn setpoint(name: &str, method: &str) -> Self {
+        StateField {
+            set_by: Some(method.to_string()),
+            ..StateField::new(name)
+        }
+    }
+
+    /// A measurement of the setpoint `setpoint`, confirmed within
+    /// `tolerance`.
+    pub fn measurement(name: &str, setpoint: &str, tolerance: f64) -> Self {
+        StateField {
+            measures: Some(setpoint.to_string()),
+            tolerance: Some(tolerance),
+            ..StateField::new(name)
+        }
+    }
+
+    /// With a unit.
+    pub fn unit(mut self, unit: &str) -> Self {
+        self.unit = Some(unit.to_string());
+        self
+    }
+
+    /// Compared only while the boolean field `field` is true.
+    pub fn active_when(mut self, field: &str) -> Self {
+        self.active_when = Some(field.to_string());
+        self
+    }
+}
+
 /// What an instrument offers: its driver and methods.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Description {
@@ -396,12 +471,21 @@ pub struct Description {
     pub identity: Option<String>,
     /// Callable methods.
     pub methods: Vec<MethodSpec>,
+    /// What the state's fields are (extension; absent when the driver
+    /// says nothing): setpoints and the measurements that read them back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state_fields: Vec<StateField>,
 }
 
 impl Description {
     /// The method named `name`.
     pub fn method(&self, name: &str) -> Option<&MethodSpec> {
         self.methods.iter().find(|m| m.name == name)
+    }
+
+    /// The state field named `name`, if the driver described it.
+    pub fn state_field(&self, name: &str) -> Option<&StateField> {
+        self.state_fields.iter().find(|f| f.name == name)
     }
 
     /// Look up `method` and bind `params` to it.
@@ -461,6 +545,7 @@ mod tests {
             driver: "mock-psu".into(),
             identity: None,
             methods: vec![spec(), MethodSpec::new("measure_voltage", "V").read_only()],
+            state_fields: Vec::new(),
         };
         assert_eq!(
             serde_json::to_string(&d).unwrap(),
@@ -469,6 +554,38 @@ mod tests {
         let back: Description = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
         assert_eq!(back, d);
         assert_eq!(d.bind("nope", &Value::Null).unwrap_err().code(), 404);
+    }
+
+    #[test]
+    fn state_field_bytes() {
+        let d = Description {
+            driver: "keysight-e36xx".into(),
+            identity: None,
+            methods: vec![],
+            state_fields: vec![
+                StateField::setpoint("voltage_set", "set_voltage").unit("V"),
+                StateField::measurement("voltage", "voltage_set", 0.01)
+                    .unit("V")
+                    .active_when("output"),
+                StateField::new("output").unit(""),
+            ],
+        };
+        let text = serde_json::to_string(&d).unwrap();
+        assert_eq!(
+            text,
+            r#"{"driver":"keysight-e36xx","methods":[],"state_fields":[{"name":"voltage_set","unit":"V","set_by":"set_voltage"},{"name":"voltage","unit":"V","measures":"voltage_set","tolerance":0.01,"active_when":"output"},{"name":"output","unit":""}]}"#
+        );
+        let back: Description = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, d);
+        assert_eq!(
+            back.state_field("voltage")
+                .and_then(|f| f.measures.as_deref()),
+            Some("voltage_set")
+        );
+        // A v0 description (no "state_fields") still decodes, with no fields.
+        let v0: Description =
+            serde_json::from_str(r#"{"driver":"mock-psu","methods":[]}"#).unwrap();
+        assert!(v0.state_fields.is_empty());
     }
 
     #[test]

@@ -200,6 +200,7 @@ mod tests {
     fn golden_bytes() {
         let d = DescribeResult {
             description: Description {
+                state_fields: Vec::new(),
                 driver: "mock-psu".into(),
                 identity: Some("SIM".into()),
                 methods: vec![MethodSpec::new("get_state", "state")],

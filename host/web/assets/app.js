@@ -63,29 +63,58 @@ function watch(relay) {
 }
 
 // ---------- plot ----------
+// A rolling window of WINDOW points; *pause* freezes it (new points are
+// counted, not kept); zoom (buttons or the mouse wheel) shows the newest
+// `span` seconds; *CSV* exports what is shown.
 class Plot {
   constructor(key, title, unit) {
     this.key = key; this.title = title; this.unit = unit || '';
-    this.pts = []; this.paused = false; this.total = 0;
-    this.canvas = h('canvas', { 'data-plot': key, 'data-points': '0', width: 800, height: 140 });
+    this.pts = []; this.paused = false; this.total = 0; this.span = null;
+    this.canvas = h('canvas', { 'data-plot': key, 'data-points': '0', 'data-total': '0', 'data-visible': '0', 'data-span': 'all', 'data-paused': 'false', width: 800, height: 140 });
     this.label = h('span', { class: 'mono' }, '');
-    const pause = h('button', { onclick: () => { this.paused = !this.paused; pause.textContent = this.paused ? 'resume' : 'pause'; } }, 'pause');
-    const csv = h('button', { onclick: () => this.csv() }, 'CSV');
-    this.el = h('div', { class: 'plot' }, h('div', { class: 'bar' }, h('strong', {}, title), this.label, h('span', { class: 'spacer' }), pause, csv), this.canvas);
+    const pause = h('button', { 'data-act': 'pause', onclick: () => { this.paused = !this.paused; pause.textContent = this.paused ? 'resume' : 'pause'; this.canvas.dataset.paused = String(this.paused); } }, 'pause');
+    const btn = (act, text, title, fn) => h('button', { 'data-act': act, title, onclick: fn }, text);
+    this.el = h('div', { class: 'plot', 'data-plot-box': key },
+      h('div', { class: 'bar' }, h('strong', {}, title), this.label, h('span', { class: 'spacer' }),
+        pause, btn('zoom-in', '+', 'zoom in (newest half)', () => this.zoom(0.5)), btn('zoom-out', '−', 'zoom out', () => this.zoom(2)),
+        btn('zoom-reset', 'all', 'the whole window', () => { this.span = null; this.update(); }), btn('csv', 'CSV', 'export the points shown', () => this.csv())),
+      this.canvas);
+    this.canvas.addEventListener('wheel', (ev) => { ev.preventDefault(); this.zoom(ev.deltaY < 0 ? 0.8 : 1.25); }, { passive: false });
   }
   add(t, v) {
     if (typeof v !== 'number' || !isFinite(v)) return;
     this.total++;
+    this.canvas.dataset.total = String(this.total);
     if (this.paused) return;
     this.pts.push([t, v]);
     if (this.pts.length > WINDOW) this.pts.shift();
     this.canvas.dataset.points = String(this.pts.length);
     this.label.textContent = `${v.toPrecision(6)} ${this.unit}`;
+    this.update();
+  }
+  // The points shown: the newest `span` seconds, or all.
+  view() {
+    const p = this.pts;
+    if (this.span === null || !p.length) return p;
+    const t1 = p[p.length - 1][0];
+    return p.filter(([t]) => t >= t1 - this.span);
+  }
+  zoom(f) {
+    const p = this.pts;
+    if (p.length < 2) return;
+    const full = p[p.length - 1][0] - p[0][0];
+    let s = (this.span ?? full) * f;
+    this.span = s >= full ? null : Math.max(s, 0.01);
+    this.update();
+  }
+  update() {
+    this.canvas.dataset.visible = String(this.view().length);
+    this.canvas.dataset.span = this.span === null ? 'all' : this.span.toFixed(3);
     this.dirty = true;
   }
   draw() {
     if (!this.dirty) return; this.dirty = false;
-    const c = this.canvas, g = c.getContext('2d'), W = c.width, H = c.height, p = this.pts;
+    const c = this.canvas, g = c.getContext('2d'), W = c.width, H = c.height, p = this.view();
     g.clearRect(0, 0, W, H);
     if (p.length < 1) return;
     let lo = Infinity, hi = -Infinity;
@@ -95,13 +124,17 @@ class Plot {
     const x = (t) => 40 + (W - 50) * (t - t0) / (t1 - t0), y = (v) => H - 14 - (H - 24) * (v - lo) / (hi - lo);
     g.strokeStyle = '#dde1e7'; g.fillStyle = '#6b7585'; g.font = '11px sans-serif';
     for (const v of [lo, (lo + hi) / 2, hi]) { g.beginPath(); g.moveTo(40, y(v)); g.lineTo(W - 10, y(v)); g.stroke(); g.fillText(v.toPrecision(4), 2, y(v) + 4); }
+    g.fillText(`${(t1 - t0).toFixed(1)} s${this.paused ? ' · paused' : ''}`, W - 90, H - 2);
     g.strokeStyle = '#2563eb'; g.lineWidth = 1.5; g.beginPath();
     p.forEach(([t, v], i) => (i ? g.lineTo(x(t), y(v)) : g.moveTo(x(t), y(v))));
     g.stroke();
   }
+  csvText() {
+    const col = this.title.replace(/[^\w.:-]/g, '_') + (this.unit ? `_${this.unit.replace(/[^\w]/g, '')}` : '');
+    return ['time_unix_s,' + col, ...this.view().map(([t, v]) => `${t},${v}`)].join('\n') + '\n';
+  }
   csv() {
-    const rows = ['time_unix_s,' + this.key.replace(/[^\w.:-]/g, '_'), ...this.pts.map(([t, v]) => `${t},${v}`)];
-    const a = h('a', { href: URL.createObjectURL(new Blob([rows.join('\n') + '\n'], { type: 'text/csv' })), download: this.key.replace(/[^\w.-]/g, '_') + '.csv' });
+    const a = h('a', { href: URL.createObjectURL(new Blob([this.csvText()], { type: 'text/csv' })), download: this.key.replace(/[^\w.-]/g, '_') + '.csv' });
     document.body.append(a); a.click(); a.remove();
   }
 }
@@ -177,6 +210,41 @@ function readParams(form, m) {
   return params;
 }
 
+// Setpoint vs measured, from the description's `state_fields`:
+// confirmed (the instrument reports the setting, and a measurement of it
+// agrees within tolerance), pending (asked from this page and not yet
+// reported, or the setting changed and the measurement is settling),
+// mismatch (still not so after the settle time), stale (no fresh state),
+// off (the measurement is not compared while e.g. `output` is false).
+const same = (a, b) => (typeof a === 'number' && typeof b === 'number') ? Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(b)) : a === b;
+function isStale(st) {
+  if (!st) return true;
+  if (st.stale) return true;
+  const iv = st.interval || 1;
+  return st.ts ? Date.now() / 1000 - st.ts > Math.max(3 * iv, 2) : false;
+}
+function indicator(f, meas, st, requested, changed) {
+  const now = Date.now() / 1000;
+  const settle = Math.max(2, 3 * (st?.interval || 0.5));
+  if (!st || isStale(st)) return ['stale', 'no fresh state from the relay'];
+  const cur = st.state[f.name];
+  const req = requested[f.name];
+  if (req) {
+    if (!same(cur, req.value)) {
+      return now - req.at < settle ? ['pending', `asked ${req.value}, the instrument still reports ${cur}`] : ['mismatch', `asked ${req.value} ${((now - req.at)).toFixed(0)} s ago, the instrument reports ${cur}`];
+    }
+    delete requested[f.name];
+  }
+  if (!meas) return ['confirmed', 'the instrument reports this setting'];
+  if (meas.active_when && st.state[meas.active_when] === false) return ['off', `${meas.active_when} is off: not compared`];
+  const mv = st.state[meas.name];
+  if (typeof mv !== 'number' || typeof cur !== 'number') return ['stale', `no measurement in ${meas.name}`];
+  const tol = meas.tolerance || 0;
+  if (Math.abs(mv - cur) <= tol) return ['confirmed', `measured ${mv} within ±${tol} of ${cur}`];
+  const ch = changed[f.name];
+  return ch && now - ch.at < settle ? ['pending', `settling: measured ${mv}, set ${cur}`] : ['mismatch', `measured ${mv} differs from the setting ${cur} by more than ±${tol}`];
+}
+
 async function relayPage(id) {
   watch(id);
   const d = await api(`/api/relays/${encodeURIComponent(id)}`);
@@ -185,8 +253,26 @@ async function relayPage(id) {
   const statePlots = h('div', { id: 'state-plots' }), streamPlots = h('div', { id: 'stream-plots' });
   const lease = h('div', { id: 'lease' }, '…');
   const streamsTbl = h('tbody', { id: 'streams' });
+  const spBody = h('tbody', { id: 'setpoints' });
+  const fields = d.state_fields || [];
+  const fieldBy = Object.fromEntries(fields.map((f) => [f.name, f]));
+  const setpoints = fields.filter((f) => f.set_by);
+  const measOf = {};
+  for (const f of fields) if (f.measures) measOf[f.measures] = f;
+  const requested = {}, changed = {};
+  let last = d.state;
+  // Units: the description's state fields, else a parameter of that name.
   const units = {};
   for (const m of d.methods) for (const p of m.params || []) if (p.unit) units[p.name] = p.unit;
+  const unitOf = (k) => fieldBy[k]?.unit ?? units[k] ?? '';
+  // This tab's lease on the relay (the web node holds none for anybody).
+  const leaseKey = 'labmesh-lease:' + id;
+  let mine = null;
+  try { mine = JSON.parse(sessionStorage.getItem(leaseKey) || 'null'); } catch (_) { mine = null; }
+  const keep = (l) => { mine = l; if (l) sessionStorage.setItem(leaseKey, JSON.stringify(l)); else sessionStorage.removeItem(leaseKey); };
+  const leased = (body) => (mine ? { ...body, lease: mine.token } : body);
+  const fail = (e) => { result.className = 'err'; result.dataset.code = String(e.status || ''); result.textContent = e.message; };
+
   const forms = d.methods.map((m) => {
     const f = h('form', { class: 'call', 'data-method': m.name },
       h('span', { class: 'm' }, m.name), ...(m.params || []).map((p) => h('label', {}, `${p.name}${p.unit ? ' [' + p.unit + ']' : ''}${p.min !== undefined || p.max !== undefined ? ` (${p.min ?? '−∞'}…${p.max ?? '∞'})` : ''} `, paramInput(p))),
@@ -195,17 +281,23 @@ async function relayPage(id) {
       ev.preventDefault();
       try {
         const params = readParams(f, m);
-        result.className = 'mute'; result.textContent = `calling ${m.name}…`;
-        const r = await post(`/api/relays/${encodeURIComponent(id)}/call`, { method: m.name, params });
+        result.className = 'mute'; delete result.dataset.code; delete result.dataset.method; result.textContent = `calling ${m.name}…`;
+        const r = await post(`/api/relays/${encodeURIComponent(id)}/call`, leased({ method: m.name, params }));
         result.className = ''; result.dataset.method = m.name; result.textContent = JSON.stringify(r.result, null, 1);
-      } catch (e) { result.className = 'err'; result.textContent = e.message; }
+        // A setting asked for: pending until the state reports it.
+        const first = (m.params || [])[0]?.name;
+        for (const sp of setpoints) if (sp.set_by === m.name && first in params) requested[sp.name] = { value: params[first], at: Date.now() / 1000 };
+        showSetpoints();
+      } catch (e) { fail(e); }
     });
     return f;
   });
   main.append(
     h('div', { class: 'card' }, h('h2', {}, id, ' ', h('span', { class: 'mute' }, `${d.driver}${d.identity ? ' — ' + d.identity : ''}`))),
     h('div', { class: 'grid2' },
-      h('div', { class: 'card' }, h('h2', {}, 'Live state ', h('span', { id: 'state-meta', class: 'mute mono' }, '')), h('table', {}, stateBody)),
+      h('div', { class: 'card' }, h('h2', {}, 'Live state ', h('span', { id: 'state-meta', class: 'mute mono' }, '')), h('table', {}, stateBody),
+        setpoints.length ? h('div', {}, h('h2', { style: 'margin-top:12px' }, 'Setpoint vs measured'),
+          h('table', {}, h('thead', {}, h('tr', {}, ['setting', 'set', 'measured', ''].map((x) => h('th', {}, x)))), spBody)) : ''),
       h('div', { class: 'card' }, h('h2', {}, 'Call'), ...forms, result)),
     h('div', { class: 'grid2' },
       h('div', { class: 'card' }, h('h2', {}, 'State plots'), statePlots),
@@ -214,27 +306,51 @@ async function relayPage(id) {
       h('div', { class: 'card' }, h('h2', {}, 'Streams'), h('table', {}, h('thead', {}, h('tr', {}, ['stream', 'method', 'Hz', 'actual', 'samples', ''].map((x) => h('th', {}, x)))), streamsTbl)),
       h('div', { class: 'card' }, h('h2', {}, 'Lease'), lease)));
 
+  const fmt = (v) => v === undefined ? '—' : typeof v === 'object' ? JSON.stringify(v) : String(v);
+  // One row per setting, made once and updated in place.
+  const spRows = setpoints.map((f) => {
+    const set = h('td', { class: 'num', 'data-set': f.name }), measured = h('td', { class: 'num', 'data-measured': f.name }, '—');
+    const badge = h('span', { class: 'badge' });
+    spBody.append(h('tr', { 'data-setpoint': f.name }, h('th', {}, f.name), set, measured, h('td', {}, badge)));
+    return { f, set, measured, badge };
+  });
+  function showSetpoints() {
+    for (const { f, set, measured, badge } of spRows) {
+      const meas = measOf[f.name];
+      const [ind, why] = indicator(f, meas, last, requested, changed);
+      set.textContent = `${fmt(last?.state?.[f.name])} ${unitOf(f.name)}`.trim();
+      if (meas) measured.textContent = `${fmt(last?.state?.[meas.name])} ${unitOf(meas.name)}`.trim();
+      if (badge.dataset.indicator !== ind) { badge.dataset.indicator = ind; badge.className = `badge ind-${ind}`; badge.textContent = ind; }
+      badge.title = why;
+    }
+  }
   function showState(s) {
     if (!s || typeof s.state !== 'object' || s.state === null) return;
+    for (const f of setpoints) {
+      if (last?.state && !same(last.state[f.name], s.state[f.name])) changed[f.name] = { value: s.state[f.name], at: Date.now() / 1000 };
+    }
+    last = s;
     $('#state-meta').textContent = `seq ${s.seq ?? '—'} · ${fmtTime(s.ts)}${s.stale ? ' · stale' : ''}`;
     const rows = [];
     for (const [k, v] of Object.entries(s.state)) {
-      rows.push(h('tr', {}, h('th', {}, k), h('td', { class: 'num', 'data-field': k }, typeof v === 'object' ? JSON.stringify(v) : String(v)), h('td', { class: 'mute' }, units[k === 'voltage' ? 'value' : k] || '')));
+      rows.push(h('tr', {}, h('th', {}, k), h('td', { class: 'num', 'data-field': k }, fmt(v)), h('td', { class: 'mute' }, unitOf(k))));
       if (typeof v === 'number' && !['ts', 'last_updated', 'runs', 'seq'].includes(k)) {
         const key = 'state:' + k;
-        if (!plots.has(key)) { const p = new Plot(key, k, units[k === 'voltage' ? 'value' : k]); plots.set(key, p); statePlots.append(p.el); }
+        if (!plots.has(key)) { const p = new Plot(key, k, unitOf(k)); plots.set(key, p); statePlots.append(p.el); }
         plots.get(key).add(s.ts || Date.now() / 1000, v);
       }
     }
     stateBody.replaceChildren(...rows);
+    showSetpoints();
   }
   showState(d.state);
   listeners.add((m) => {
     if (m.type === 'state' && m.relay_id === id) showState(m);
+    if (m.type === 'lock' && m.lock?.relay_id === id) loadLease();
     if (m.type === 'sample' && m.relay_id === id && m.ok) {
       const key = 'stream:' + m.stream;
       if (!plots.has(key)) { const p = new Plot(key, m.stream, ''); plots.set(key, p); streamPlots.append(p.el); }
-      const v = typeof m.value === 'number' ? m.value : (m.value && typeof m.value === 'object' ? Object.values(m.value).find((x) => typeof x === 'number') : undefined);
+      const v = typeof m.value === 'number' ? m.value : (m.value && typeof m.value === 'object' ? (typeof m.value.value === 'number' ? m.value.value : Object.values(m.value).find((x) => typeof x === 'number')) : undefined);
       plots.get(key).add(m.t_wall, v);
     }
   });
@@ -243,32 +359,46 @@ async function relayPage(id) {
     try {
       const s = await api(`/api/relays/${encodeURIComponent(id)}/streams`);
       streamsTbl.replaceChildren(...s.streams.map((st) => {
-        const hz = h('input', { type: 'number', step: 'any', min: '0', value: st.spec.hz, style: 'width:70px' });
-        const ctl = (body) => post(`/api/relays/${encodeURIComponent(id)}/streams/${encodeURIComponent(st.spec.name)}`, body).then(loadStreams, (e) => { result.className = 'err'; result.textContent = e.message; });
-        return h('tr', { 'data-stream': st.spec.name }, h('td', {}, st.spec.name), h('td', { class: 'mono' }, st.spec.method), h('td', {}, hz),
+        const sp = st.spec ?? st; // lm.streams flattens the spec into each entry
+        const hz = h('input', { type: 'number', step: 'any', min: '0', value: sp.hz, style: 'width:70px' });
+        const ctl = (body) => post(`/api/relays/${encodeURIComponent(id)}/streams/${encodeURIComponent(sp.name)}`, leased(body)).then(loadStreams, fail);
+        return h('tr', { 'data-stream': sp.name }, h('td', {}, sp.name), h('td', { class: 'mono' }, sp.method), h('td', {}, hz),
           h('td', { class: 'num' }, st.actual_hz.toFixed(1)), h('td', { class: 'num' }, st.samples),
           h('td', {}, h('button', { onclick: () => ctl({ hz: Number(hz.value) }) }, 'set Hz'), ' ',
-            h('button', { 'data-action': st.spec.enabled === false ? 'enable' : 'disable', onclick: () => ctl({ enabled: st.spec.enabled === false }) }, st.spec.enabled === false ? 'enable' : 'disable')));
+            h('button', { 'data-action': sp.enabled === false ? 'enable' : 'disable', onclick: () => ctl({ enabled: sp.enabled === false }) }, sp.enabled === false ? 'enable' : 'disable')));
       }));
       if (!s.streams.length) streamsTbl.replaceChildren(h('tr', {}, h('td', { class: 'mute' }, 'no streams')));
     } catch (e) { streamsTbl.replaceChildren(h('tr', {}, h('td', { class: 'err' }, e.message))); }
   }
-  let leaseToken = null;
   async function loadLease() {
     try {
       const l = await api(`/api/relays/${encodeURIComponent(id)}/lease`);
       if (!l.supported) { lease.replaceChildren(h('span', { class: 'mute', 'data-lease': 'unsupported' }, 'leases not supported by this relay')); return; }
-      const who = l.lease ? `held by ${l.lease.holder ?? '?'}${l.lease.expires_in_s !== undefined ? `, ${Number(l.lease.expires_in_s).toFixed(0)} s left` : ''}` : 'free';
+      const held = l.lease || null;
+      // Our lease ended (released elsewhere, expired, forced): forget it.
+      if (mine && (!held || held.holder !== mine.holder || Math.abs((held.since ?? 0) - (mine.since ?? 0)) > 1e-6)) keep(null);
+      const left = held?.expires ? Math.max(0, held.expires - Date.now() / 1000) : null;
+      const who = held ? `held by ${held.holder}${mine ? ' (this browser)' : ''}${left !== null ? `, ${left.toFixed(0)} s left` : ''}` : 'free';
       const ttl = h('input', { type: 'number', value: '60', min: '1', style: 'width:60px' });
-      lease.replaceChildren(h('div', { 'data-lease': l.lease ? 'held' : 'free' }, who), h('div', {},
+      const take = async () => {
+        try { const r = await post(`/api/relays/${encodeURIComponent(id)}/lease`, { action: 'lock', params: { ttl_s: Number(ttl.value) } }); if (r.result?.token !== undefined) keep({ token: r.result.token, holder: r.result.holder, since: r.result.since }); else if (r.supported === false) fail(new Error(r.message)); } catch (e) { fail(e); }
+        loadLease();
+      };
+      const release = async () => {
+        try { if (mine) await post(`/api/relays/${encodeURIComponent(id)}/lease`, { action: 'unlock', params: { token: mine.token } }); keep(null); } catch (e) { fail(e); }
+        loadLease();
+      };
+      lease.replaceChildren(h('div', { 'data-lease': held ? 'held' : 'free', 'data-mine': String(!!mine), 'data-holder': held?.holder ?? '' }, who), h('div', {},
         'ttl s ', ttl, ' ',
-        h('button', { onclick: async () => { try { const r = await post(`/api/relays/${encodeURIComponent(id)}/lease`, { action: 'lock', params: { ttl_s: Number(ttl.value) } }); leaseToken = r.result?.token ?? null; } catch (e) { result.className = 'err'; result.textContent = e.message; } loadLease(); } }, 'take'), ' ',
-        h('button', { onclick: async () => { try { await post(`/api/relays/${encodeURIComponent(id)}/lease`, { action: 'unlock', params: { token: leaseToken } }); } catch (e) { result.className = 'err'; result.textContent = e.message; } loadLease(); } }, 'release')));
+        h('button', { 'data-act': 'take', onclick: take, disabled: held ? '' : undefined }, 'take'), ' ',
+        h('button', { 'data-act': 'release', onclick: release, disabled: mine ? undefined : '' }, 'release')));
     } catch (e) { lease.replaceChildren(h('span', { class: 'err' }, e.message)); }
   }
   loadStreams(); loadLease();
   const t = setInterval(() => { loadStreams(); loadLease(); }, 5000);
-  cleanup = () => clearInterval(t);
+  // Pending turns into mismatch (and fresh into stale) with time alone.
+  const t2 = setInterval(showSetpoints, 500);
+  cleanup = () => { clearInterval(t); clearInterval(t2); };
 }
 
 async function datasetsPage() {

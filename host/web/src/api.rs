@@ -66,7 +66,7 @@ impl App {
         addr: SocketAddr,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> App {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_gauges(opts.gauges.clone()));
         App {
             client,
             local: addr.ip().is_loopback(),
@@ -165,15 +165,24 @@ impl App {
             .inc();
     }
 
-    /// A call through the mesh, timed and counted.
+    /// A call through the mesh, timed and counted, carrying the caller's
+    /// lease token if it gave one (each browser its own: the web node
+    /// never holds a lease for anybody).
     async fn timed_call(
         &self,
         relay_id: &str,
         method: &str,
         params: Value,
+        lease: Option<u64>,
     ) -> Result<Value, ApiError> {
         let t0 = Instant::now();
-        let r = self.client.call(relay_id, method, params).await;
+        let r = match lease {
+            None => self.client.call(relay_id, method, params).await,
+            Some(token) => match self.client.relay(relay_id).await {
+                Ok(relay) => relay.call_leased(method, params, Some(token)).await,
+                Err(e) => Err(e),
+            },
+        };
         let label = Metrics::relay(relay_id);
         self.metrics.calls.get_or_create(&label).inc();
         self.metrics
@@ -409,6 +418,9 @@ struct CallBody {
     method: String,
     #[serde(default)]
     params: Value,
+    /// The caller's lease token (from `POST .../lease`), if it holds one.
+    #[serde(default)]
+    lease: Option<u64>,
 }
 
 async fn call(
@@ -438,8 +450,10 @@ async fn call(
             e.to_string(),
         ));
     }
-    tracing::info!(target: "labmesh_web::audit", %who, relay = %id, method = %body.method, params = %body.params, "call");
-    let r = app.timed_call(&id, &body.method, body.params).await;
+    tracing::info!(target: "labmesh_web::audit", %who, relay = %id, method = %body.method, params = %body.params, leased = body.lease.is_some(), "call");
+    let r = app
+        .timed_call(&id, &body.method, body.params, body.lease)
+        .await;
     if let Err(e) = &r {
         tracing::info!(target: "labmesh_web::audit", %who, relay = %id, method = %body.method, code = e.code, "call failed");
     }
@@ -447,7 +461,9 @@ async fn call(
 }
 
 async fn streams(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
-    Ok(Json(app.timed_call(&id, lm::STREAMS, Value::Null).await?))
+    Ok(Json(
+        app.timed_call(&id, lm::STREAMS, Value::Null, None).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -456,6 +472,9 @@ struct StreamControl {
     enabled: Option<bool>,
     #[serde(default)]
     hz: Option<f64>,
+    /// The caller's lease token, if it holds one.
+    #[serde(default)]
+    lease: Option<u64>,
 }
 
 async fn stream_control(
@@ -471,7 +490,12 @@ async fn stream_control(
     if let Some(hz) = body.hz {
         tracing::info!(target: "labmesh_web::audit", %who, relay = %id, stream = %name, hz, "stream rate");
         let r = app
-            .timed_call(&id, lm::STREAM_SET_RATE, json!({"name": name, "hz": hz}))
+            .timed_call(
+                &id,
+                lm::STREAM_SET_RATE,
+                json!({"name": name, "hz": hz}),
+                body.lease,
+            )
             .await?;
         out.insert("rate".into(), r);
     }
@@ -482,7 +506,7 @@ async fn stream_control(
         } else {
             lm::STREAM_DISABLE
         };
-        let r = app.timed_call(&id, m, p).await?;
+        let r = app.timed_call(&id, m, p, body.lease).await?;
         out.insert("enabled".into(), r);
     }
     app.forget_description(&id);
@@ -541,7 +565,10 @@ async fn lease_change(
         }
     }
     tracing::info!(target: "labmesh_web::audit", %who, relay = %id, %method, "lease");
-    let r = app.timed_call(&id, method, params).await;
+    let r = app.timed_call(&id, method, params, None).await;
+    if let Err(e) = &r {
+        tracing::info!(target: "labmesh_web::audit", %who, relay = %id, %method, code = e.code, "lease refused by the relay");
+    }
     match r {
         // (Lease changes are counted from the relay's `lock.` events,
         // whoever made them.)

@@ -18,6 +18,7 @@
 
 mod api;
 mod assets;
+pub mod gauges;
 pub mod hub;
 pub mod metrics;
 mod pump;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 
 use labmesh_client::Client;
 
+pub use gauges::Gauges;
 pub use hub::ConnStats;
 
 /// How to serve.
@@ -48,6 +50,9 @@ pub struct WebOptions {
     pub socket_send_buffer: Option<usize>,
     /// How long to describe a relay from cache before asking again.
     pub describe_ttl: std::time::Duration,
+    /// Which numeric state fields `/metrics` exports as gauges (none by
+    /// default).
+    pub gauges: Gauges,
 }
 
 impl Default for WebOptions {
@@ -59,6 +64,7 @@ impl Default for WebOptions {
             max_ws: 256,
             socket_send_buffer: None,
             describe_ttl: std::time::Duration::from_secs(5),
+            gauges: Gauges::Off,
         }
     }
 }

@@ -80,6 +80,8 @@ pub struct Metrics {
     pub ws_dropped: Counter,
     /// HTTP actions refused with 403.
     pub refused: Counter,
+    /// Numeric state fields as gauges (opt-in).
+    pub gauges: crate::gauges::StateGauges,
 }
 
 impl Default for Metrics {
@@ -89,8 +91,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// All metrics registered under `labmesh_web_`.
+    /// All metrics registered under `labmesh_web_`, no state gauges.
     pub fn new() -> Metrics {
+        Metrics::with_gauges(crate::gauges::Gauges::Off)
+    }
+
+    /// All metrics, and the state fields `gauges` selects as
+    /// `labmesh_web_state_value{relay,field}`.
+    pub fn with_gauges(gauges: crate::gauges::Gauges) -> Metrics {
         let mut r = Registry::with_prefix("labmesh_web");
         let m = Metrics {
             registry: Registry::default(),
@@ -110,7 +118,15 @@ impl Metrics {
             ws_sent: Counter::default(),
             ws_dropped: Counter::default(),
             refused: Counter::default(),
+            gauges: crate::gauges::StateGauges::new(gauges),
         };
+        if m.gauges.enabled() {
+            r.register(
+                "state_value",
+                "Numeric state fields (booleans as 0/1), as the newest state said",
+                m.gauges.family.clone(),
+            );
+        }
         r.register(
             "relay_calls",
             "Calls made through the web node",

@@ -42,6 +42,7 @@ pub(crate) fn start(app: Arc<App>) -> Result<(), WebError> {
                 Event::State(s) => {
                     let label = Metrics::relay(&s.relay_id);
                     app.metrics.state_messages.get_or_create(&label).inc();
+                    app.metrics.gauges.observe(&s.relay_id, &s.state);
                     if let Some(seq) = s.seq {
                         if let Some(prev) = last_seq.get(&s.relay_id) {
                             if seq > prev + 1 {
@@ -73,6 +74,9 @@ pub(crate) fn start(app: Arc<App>) -> Result<(), WebError> {
                 }
                 Event::Presence(p) => {
                     app.metrics.presence_events.inc();
+                    if p.status != labmesh_proto::mesh::PresenceStatus::Online {
+                        app.metrics.gauges.forget(&p.id);
+                    }
                     if let Ok(mut d) = app.dir.lock() {
                         d.record(&p);
                     }

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use labmesh_client::{Client, ClientOptions};
 use labmesh_drivers::mock_psu::MockPsu;
+use labmesh_drivers::{
+    Args, Description, DriverError, Instrument, MethodSpec, ParamSpec, ParamType, StateField,
+};
 use labmesh_relay::Hosted;
 use labmesh_tests::{free_port, skip_or_fail, Mesh, WAIT};
 use labmesh_web::WebOptions;
@@ -68,6 +71,13 @@ async fn browser(port: u16, profile: &Path) -> Browser {
                 "--disable-dev-shm-usage", "--window-size=1360,1000",
                 format!("--user-data-dir={}", profile.display()),
             ],
+            // Downloads (the plots' CSV) land in <profile>/downloads.
+            "prefs": {
+                "download.default_directory": profile.join("downloads").display().to_string(),
+                "download.prompt_for_download": false,
+                // A second download from the same page is not a prompt.
+                "profile.default_content_setting_values.automatic_downloads": 1,
+            },
         }),
     );
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
@@ -75,6 +85,37 @@ async fn browser(port: u16, profile: &Path) -> Browser {
         .connect(&format!("http://127.0.0.1:{port}"))
         .await
         .unwrap()
+}
+
+/// chromedriver's CDP pass-through (`POST /session/{id}/goog/cdp/execute`).
+#[derive(Debug)]
+struct Cdp(Value);
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session.unwrap_or("")
+        ))
+    }
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(self.0.to_string()))
+    }
+}
+
+/// Let headless Chromium save downloads into `dir` (it refuses otherwise).
+async fn allow_downloads(b: &Browser, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    b.issue_cmd(Cdp(json!({
+        "cmd": "Browser.setDownloadBehavior",
+        "params": {"behavior": "allow", "downloadPath": dir.display().to_string()},
+    })))
+    .await
+    .unwrap();
 }
 
 async fn text_of(b: &Browser, css: &str) -> Option<String> {
@@ -206,6 +247,12 @@ async fn dashboard_in_headless_chromium() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(points(&b, "canvas[data-plot='state:voltage']").await > 0);
+        // The streams table lists it, with its controls.
+        b.wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css("tr[data-stream='v'] button[data-action='disable']"))
+            .await
+            .unwrap();
 
         // A call from the form changes the supply (checked through the mesh).
         let form = b
@@ -293,5 +340,425 @@ async fn dashboard_in_headless_chromium() {
     let _ = b.close().await;
     web.shutdown().await;
     bank.shutdown().await;
+    mesh.stop().await;
+}
+
+/// A supply whose measured voltage ramps towards the setting (0.25 V per
+/// poll) while the output is on, can be made to stop following it
+/// (`set_fault`), and can be kept busy (`busy`, no polls meanwhile).
+struct Ramp {
+    set: f64,
+    measured: f64,
+    output: bool,
+    fault: bool,
+}
+
+#[async_trait::async_trait]
+impl Instrument for Ramp {
+    fn describe(&self) -> Description {
+        Description {
+            driver: "ramp".into(),
+            identity: None,
+            methods: vec![
+                MethodSpec::new("set_voltage", "").param(
+                    ParamSpec::required("value", ParamType::Float)
+                        .unit("V")
+                        .range(0.0, 20.0),
+                ),
+                MethodSpec::new("set_output", "").param(ParamSpec::required("on", ParamType::Bool)),
+                MethodSpec::new("set_fault", "").param(ParamSpec::required("on", ParamType::Bool)),
+                MethodSpec::new("busy", "").param(ParamSpec::required("s", ParamType::Float)),
+            ],
+            state_fields: vec![
+                StateField::setpoint("voltage_set", "set_voltage").unit("V"),
+                StateField::measurement("voltage", "voltage_set", 0.01)
+                    .unit("V")
+                    .active_when("output"),
+                StateField::setpoint("output", "set_output"),
+            ],
+        }
+    }
+    async fn call(&mut self, method: &str, args: Args) -> Result<Value, DriverError> {
+        match method {
+            "set_voltage" => self.set = args.f64("value")?,
+            "set_output" => self.output = args.bool("on")?,
+            "set_fault" => self.fault = args.bool("on")?,
+            "busy" => tokio::time::sleep(Duration::from_secs_f64(args.f64("s")?)).await,
+            _ => return Err(DriverError::UnknownMethod(method.into())),
+        }
+        Ok(json!({"ok": true}))
+    }
+    async fn poll(&mut self) -> Result<Value, DriverError> {
+        let target = if self.output { self.set } else { 0.0 };
+        if !self.fault {
+            let step = (target - self.measured).clamp(-0.25, 0.25);
+            self.measured = ((self.measured + step) * 1000.0).round() / 1000.0;
+        }
+        Ok(json!({"voltage_set": self.set, "voltage": self.measured, "output": self.output}))
+    }
+}
+
+async fn attr(b: &Browser, css: &str, name: &str) -> Option<String> {
+    match b.find(Locator::Css(css)).await {
+        Ok(e) => e.attr(name).await.ok().flatten(),
+        Err(_) => None,
+    }
+}
+
+/// Wait until `css`'s attribute `name` is `want`.
+async fn until_attr(b: &Browser, css: &str, name: &str, want: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = attr(b, css, name).await;
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{css} [{name}] is {got:?}, wanted {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn submit(b: &Browser, method: &str, fields: &[(&str, &str)]) {
+    let form = b
+        .find(Locator::Css(&format!("form[data-method='{method}']")))
+        .await
+        .unwrap();
+    for (name, v) in fields {
+        let sel = format!("[name='{name}']");
+        let el = form.find(Locator::Css(&sel)).await.unwrap();
+        if el.tag_name().await.unwrap() == "select" {
+            el.select_by_value(v).await.unwrap();
+        } else {
+            el.clear().await.unwrap();
+            el.send_keys(v).await.unwrap();
+        }
+    }
+    form.find(Locator::Css("button[type='submit']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn click(b: &Browser, css: &str) {
+    b.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn num_attr(b: &Browser, css: &str, name: &str) -> u64 {
+    attr(b, css, name)
+        .await
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `*.csv` Chromium saved in `dir`, once it finished writing it (no
+/// `.crdownload` left, the text complete), removed so that the next
+/// export can be told apart.
+async fn downloaded_csv(dir: &Path) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let files = csv_files(dir);
+        let busy = files
+            .iter()
+            .any(|p| p.extension().is_some_and(|x| x == "crdownload"));
+        if !busy {
+            if let Some(p) = files
+                .iter()
+                .find(|p| p.extension().is_some_and(|x| x == "csv"))
+            {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                if text.ends_with('\n') {
+                    std::fs::remove_file(p).unwrap();
+                    return text;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no complete CSV in {} (it holds {files:?})",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn csv_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setpoints_leases_and_plots_in_two_browsers() {
+    if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
+        skip_or_fail(&format!(
+            "{CHROMIUM} or {CHROMEDRIVER} missing (apt-get install chromium chromium-driver)"
+        ));
+        return;
+    }
+    let ramp = Ramp {
+        set: 0.0,
+        measured: 0.0,
+        output: true,
+        fault: false,
+    };
+    let mesh = Mesh::start_hosted(vec![
+        Hosted::new("ramp-1", Box::new(ramp)).poll_every(Duration::from_millis(100))
+    ])
+    .await
+    .unwrap();
+    let client = Client::connect(
+        &mesh.ctx,
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            ..ClientOptions::new(mesh.broker.rpc_endpoint(), mesh.broker.xpub_endpoint())
+        },
+    )
+    .await
+    .unwrap();
+    let web = labmesh_web::spawn(
+        client,
+        WebOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let base = format!("http://127.0.0.1:{}", web.addr().port());
+    let (_driver, port) = chromedriver().await;
+    let (pa, pb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = browser(port, pa.path()).await;
+    let b = browser(port, pb.path()).await;
+    allow_downloads(&a, &pa.path().join("downloads")).await;
+    let page = format!("{base}/#/relay/ramp-1");
+    let ind = "tr[data-setpoint='voltage_set'] [data-indicator]";
+
+    tokio::time::timeout(Duration::from_secs(120), async {
+        a.goto(&page).await.unwrap();
+        b.goto(&page).await.unwrap();
+        // At rest, measured = set = 0 with the output on: confirmed.
+        until_attr(&a, ind, "data-indicator", "confirmed").await;
+
+        // A setting from the form ramps in: pending while the measurement
+        // follows (20 polls), confirmed once it is within tolerance.
+        submit(&a, "set_voltage", &[("value", "5")]).await;
+        until_attr(&a, ind, "data-indicator", "pending").await;
+        until_attr(&a, ind, "data-indicator", "confirmed").await;
+        assert_eq!(
+            text_of(&a, "td[data-measured='voltage_set']")
+                .await
+                .as_deref(),
+            Some("5 V")
+        );
+        // Output off: the measurement is not compared.
+        submit(&a, "set_output", &[("on", "false")]).await;
+        until_attr(&a, ind, "data-indicator", "off").await;
+        submit(&a, "set_output", &[("on", "true")]).await;
+        until_attr(&a, ind, "data-indicator", "confirmed").await;
+        // The measurement stops following: pending, then (2 s on) mismatch.
+        submit(&a, "set_fault", &[("on", "true")]).await;
+        let t_fault = Instant::now();
+        submit(&a, "set_voltage", &[("value", "7")]).await;
+        until_attr(&a, ind, "data-indicator", "pending").await;
+        until_attr(&a, ind, "data-indicator", "mismatch").await;
+        assert!(
+            t_fault.elapsed() >= Duration::from_millis(1900),
+            "mismatch before the settle time"
+        );
+        shot(&a, "setpoints.png").await;
+        submit(&a, "set_fault", &[("on", "false")]).await;
+        until_attr(&a, ind, "data-indicator", "confirmed").await;
+        // A busy instrument publishes nothing: stale, then fresh again.
+        let busy = {
+            let c = mesh.client.clone();
+            tokio::spawn(async move { c.call("ramp-1", "busy", json!({"s": 3.0})).await })
+        };
+        until_attr(&a, ind, "data-indicator", "stale").await;
+        busy.await.unwrap().unwrap();
+        until_attr(&a, ind, "data-indicator", "confirmed").await;
+
+        // Lease: A takes it; B sees the holder and its call is refused
+        // (409); A's calls carry its token and work; A releases; B is free.
+        until_attr(&a, "#lease [data-lease]", "data-lease", "free").await;
+        click(&a, "#lease button[data-act='take']").await;
+        until_attr(&a, "#lease [data-lease]", "data-mine", "true").await;
+        until_attr(&b, "#lease [data-lease]", "data-lease", "held").await;
+        let holder = attr(&b, "#lease [data-lease]", "data-holder")
+            .await
+            .unwrap();
+        let who = mesh
+            .client
+            .call("ramp-1", "lm.who", Value::Null)
+            .await
+            .unwrap();
+        assert_eq!(who["holder"].as_str(), Some(holder.as_str()), "{who}");
+        assert!(holder.starts_with("anonymous@127.0.0.1:"), "{holder}");
+        assert_eq!(
+            attr(&b, "#lease [data-lease]", "data-mine")
+                .await
+                .as_deref(),
+            Some("false")
+        );
+        shot(&b, "lease-other-browser.png").await;
+        submit(&b, "set_voltage", &[("value", "9")]).await;
+        until_attr(&b, "#call-result", "data-code", "409").await;
+        assert!(
+            text_of(&b, "#call-result").await.unwrap().contains("lease"),
+            "{:?}",
+            text_of(&b, "#call-result").await
+        );
+        submit(&a, "set_voltage", &[("value", "3")]).await;
+        until_attr(&a, "#call-result", "data-method", "set_voltage").await;
+        let st = mesh
+            .client
+            .call("ramp-1", "lm.who", Value::Null)
+            .await
+            .unwrap();
+        assert_eq!(st["holder"].as_str(), Some(holder.as_str()));
+        until_attr(&b, "td[data-field='voltage_set']", "class", "num").await;
+        let deadline = Instant::now() + WAIT;
+        while text_of(&b, "td[data-field='voltage_set']").await.as_deref() != Some("3") {
+            assert!(Instant::now() < deadline, "B never saw A's setting");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        click(&a, "#lease button[data-act='release']").await;
+        until_attr(&a, "#lease [data-lease]", "data-lease", "free").await;
+        until_attr(&b, "#lease [data-lease]", "data-lease", "free").await;
+        assert_eq!(
+            mesh.client
+                .call("ramp-1", "lm.who", Value::Null)
+                .await
+                .unwrap(),
+            Value::Null
+        );
+        submit(&b, "set_voltage", &[("value", "4")]).await;
+        until_attr(&b, "#call-result", "data-method", "set_voltage").await;
+        // (The measurement ramps to the new setting first.)
+        until_attr(&a, ind, "data-indicator", "confirmed").await;
+        until_attr(&a, "td[data-set='voltage_set']", "data-set", "voltage_set").await;
+        let deadline = Instant::now() + WAIT;
+        while text_of(&a, "td[data-measured='voltage_set']")
+            .await
+            .as_deref()
+            != Some("4 V")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the measurement never reached 4 V"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // Plot: pause freezes the points shown while samples keep coming;
+        // zoom shows the newest part; CSV exports exactly what is shown.
+        let plot = "canvas[data-plot='state:voltage']";
+        while num_attr(&a, plot, "data-points").await < 40 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        click(
+            &a,
+            "[data-plot-box='state:voltage'] button[data-act='pause']",
+        )
+        .await;
+        until_attr(&a, plot, "data-paused", "true").await;
+        let frozen = num_attr(&a, plot, "data-points").await;
+        let total = num_attr(&a, plot, "data-total").await;
+        while num_attr(&a, plot, "data-total").await < total + 10 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            num_attr(&a, plot, "data-points").await,
+            frozen,
+            "paused plot kept growing"
+        );
+        let downloads = pa.path().join("downloads");
+        click(&a, "[data-plot-box='state:voltage'] button[data-act='csv']").await;
+        let full = downloaded_csv(&downloads).await;
+        let rows: Vec<(f64, f64)> = full
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let (t, v) = l.split_once(',').unwrap();
+                (t.parse().unwrap(), v.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(full.lines().next(), Some("time_unix_s,voltage_V"));
+        assert_eq!(rows.len() as u64, frozen, "CSV rows = points shown");
+        assert!(
+            rows.windows(2).all(|w| w[0].0 <= w[1].0),
+            "time not ascending"
+        );
+        assert!(rows.iter().all(|r| (0.0..=20.0).contains(&r.1)));
+        assert_eq!(
+            rows.last().unwrap().1,
+            4.0,
+            "the newest voltage is the last setting"
+        );
+        // Zoom in twice: a quarter of the time span, fewer points.
+        click(
+            &a,
+            "[data-plot-box='state:voltage'] button[data-act='zoom-in']",
+        )
+        .await;
+        click(
+            &a,
+            "[data-plot-box='state:voltage'] button[data-act='zoom-in']",
+        )
+        .await;
+        let span: f64 = attr(&a, plot, "data-span").await.unwrap().parse().unwrap();
+        let full_span = rows.last().unwrap().0 - rows[0].0;
+        assert!(
+            (span - full_span / 4.0).abs() < 0.01,
+            "span {span} of {full_span}"
+        );
+        let visible = num_attr(&a, plot, "data-visible").await;
+        assert!(visible < frozen && visible > 0, "{visible} of {frozen}");
+        shot(&a, "plot-zoomed.png").await;
+        assert!(
+            csv_files(&downloads).is_empty(),
+            "{:?}",
+            csv_files(&downloads)
+        );
+        click(&a, "[data-plot-box='state:voltage'] button[data-act='csv']").await;
+        let zoomed = downloaded_csv(&downloads).await;
+        let zrows: Vec<&str> = zoomed.lines().skip(1).collect();
+        assert_eq!(zrows.len() as u64, visible);
+        let t_last = rows.last().unwrap().0;
+        for l in &zrows {
+            let t: f64 = l.split_once(',').unwrap().0.parse().unwrap();
+            assert!(t >= t_last - span - 1e-6, "{t} outside the zoomed window");
+        }
+        assert!(
+            full.ends_with(&zoomed[zoomed.find('\n').unwrap() + 1..]),
+            "zoomed CSV is not the newest rows"
+        );
+        // Resume: points come in again.
+        click(
+            &a,
+            "[data-plot-box='state:voltage'] button[data-act='pause']",
+        )
+        .await;
+        until_attr(&a, plot, "data-paused", "false").await;
+        let deadline = Instant::now() + WAIT;
+        while num_attr(&a, plot, "data-points").await == frozen {
+            assert!(Instant::now() < deadline, "resumed plot stuck");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("browser test bounded");
+    let _ = a.close().await;
+    let _ = b.close().await;
+    web.shutdown().await;
     mesh.stop().await;
 }

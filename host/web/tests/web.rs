@@ -511,3 +511,218 @@ async fn dataset_catalogue_and_streamed_download() {
     bank.shutdown().await;
     mesh.stop().await;
 }
+
+/// An instrument that records every call that reaches it. Its `call`
+/// would serve `hidden` too, but the description does not declare it.
+struct Spy(Arc<std::sync::Mutex<Vec<String>>>);
+
+#[async_trait::async_trait]
+impl labmesh_drivers::Instrument for Spy {
+    fn describe(&self) -> labmesh_drivers::Description {
+        use labmesh_drivers::{MethodSpec, ParamSpec, ParamType};
+        labmesh_drivers::Description {
+            driver: "spy".into(),
+            identity: None,
+            methods: vec![
+                MethodSpec::new("read", "").read_only(),
+                MethodSpec::new("set", "").param(ParamSpec::required("value", ParamType::Float)),
+            ],
+            state_fields: Vec::new(),
+        }
+    }
+    async fn call(
+        &mut self,
+        method: &str,
+        _args: labmesh_drivers::Args,
+    ) -> Result<Value, labmesh_drivers::DriverError> {
+        self.0.lock().unwrap().push(method.to_string());
+        Ok(json!(1.0))
+    }
+    async fn poll(&mut self) -> Result<Value, labmesh_drivers::DriverError> {
+        Ok(json!({"x": 1.0}))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_makes_the_web_node_call_an_undeclared_method() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stream: labmesh_proto::stream::StreamSpec =
+        serde_json::from_value(json!({"name": "r", "method": "read", "hz": 2})).unwrap();
+    let mesh = Mesh::start_hosted(vec![labmesh_relay::Hosted::new(
+        "spy-1",
+        Box::new(Spy(seen.clone())),
+    )
+    .poll_every(Duration::from_millis(200))
+    .stream(stream)])
+    .await
+    .unwrap();
+    let web = web_on(&mesh, local()).await;
+    tokio::time::timeout(WAIT, async {
+        let post = |path: &str, body: Value| http().post(url(&web, path)).json(&body).send();
+        let calls = |s: &prometheus_parse::Scrape| {
+            value(s, "labmesh_web_relay_calls_total", &[("relay", "spy-1")])
+        };
+        let before = calls(&metrics(&web).await);
+        // Undeclared names, reserved names, near misses: 404 each.
+        for m in [
+            "hidden",
+            "lm.stream_remove",
+            "lm.stream_add",
+            "lm.lock",
+            "lm.force_unlock",
+            "lm.describe",
+            "Read",
+            "read ",
+            " set",
+            "set\u{0}",
+            "",
+            "../read",
+        ] {
+            let r = post(
+                "/api/relays/spy-1/call",
+                json!({"method": m, "params": {"name": "r", "value": 1.0}}),
+            )
+            .await
+            .unwrap();
+            assert_eq!(r.status(), 404, "{m:?}");
+        }
+        // Odd bodies: refused before anything is looked up.
+        for body in [
+            json!({"method": ["read"]}),
+            json!({"method": 7}),
+            json!({"params": {}}),
+            json!("read"),
+        ] {
+            let r = post("/api/relays/spy-1/call", body.clone()).await.unwrap();
+            assert!(r.status().is_client_error(), "{body}: {}", r.status());
+        }
+        // Lease actions other than lock/unlock.
+        for action in ["force", "lm.stream_remove", "read", "hidden"] {
+            let r = post("/api/relays/spy-1/lease", json!({"action": action}))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400, "{action}");
+        }
+        // A path that tries to reach another route or relay.
+        let r = post("/api/relays/spy-1%2F..%2Fx/call", json!({"method": "read"}))
+            .await
+            .unwrap();
+        assert!(r.status().is_client_error(), "{}", r.status());
+        // The WebSocket takes only watch/unwatch.
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", web.addr().port()))
+                .await
+                .unwrap();
+        use futures::SinkExt;
+        for m in [
+            json!({"type": "call", "relay_id": "spy-1", "method": "hidden"}),
+            json!({"type": "watch", "relay_id": "spy-1", "method": "hidden"}),
+        ] {
+            ws.send(tokio_tungstenite::tungstenite::Message::Text(
+                m.to_string().into(),
+            ))
+            .await
+            .unwrap();
+        }
+        // One declared call, so the spy is shown to see what arrives.
+        let r = post(
+            "/api/relays/spy-1/call",
+            json!({"method": "set", "params": {"value": 2.0}}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        // The stream runs `read` on its own; nothing else reached the spy.
+        let got: Vec<String> = seen.lock().unwrap().clone();
+        assert!(got.iter().all(|m| m == "read" || m == "set"), "{got:?}");
+        assert_eq!(got.iter().filter(|m| *m == "set").count(), 1, "{got:?}");
+        // The relay's reserved state is untouched: stream still there, no lease.
+        let s = mesh
+            .client
+            .call("spy-1", "lm.streams", Value::Null)
+            .await
+            .unwrap();
+        assert_eq!(s["streams"][0]["name"], "r", "{s}");
+        assert_eq!(
+            mesh.client
+                .call("spy-1", "lm.who", Value::Null)
+                .await
+                .unwrap(),
+            Value::Null
+        );
+        // And the web node made exactly one call to the relay for all that.
+        let after = calls(&metrics(&web).await);
+        assert_eq!(after - before, 1.0, "{before} -> {after}");
+        drop(ws);
+    })
+    .await
+    .expect("test bounded");
+    web.shutdown().await;
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_fields_as_gauges_only_when_asked() {
+    let mesh = Mesh::start(&["psu-1", "psu-2"], Duration::from_millis(50))
+        .await
+        .unwrap();
+    let plain = web_on(&mesh, local()).await;
+    let gauged = web_on(
+        &mesh,
+        WebOptions {
+            gauges: labmesh_web::Gauges::Fields(vec!["voltage".into(), "psu-2.output".into()]),
+            ..local()
+        },
+    )
+    .await;
+    tokio::time::timeout(WAIT, async {
+        mesh.client
+            .call("psu-1", "set_voltage", json!({"value": 4.75}))
+            .await
+            .unwrap();
+        mesh.client
+            .call("psu-2", "set_output", json!({"on": true}))
+            .await
+            .unwrap();
+        let g = |s: &prometheus_parse::Scrape, relay: &str, field: &str| {
+            s.samples
+                .iter()
+                .find(|x| {
+                    x.metric == "labmesh_web_state_value"
+                        && x.labels.get("relay") == Some(relay)
+                        && x.labels.get("field") == Some(field)
+                })
+                .map(|x| match x.value {
+                    prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                })
+        };
+        // The gauges follow the bus: wait for the new values to land.
+        loop {
+            let s = metrics(&gauged).await;
+            if g(&s, "psu-1", "voltage") == Some(4.75) && g(&s, "psu-2", "output") == Some(1.0) {
+                assert_eq!(g(&s, "psu-2", "voltage"), Some(0.0));
+                assert_eq!(g(&s, "psu-1", "current"), None, "not selected");
+                assert_eq!(g(&s, "psu-1", "output"), None, "output only for psu-2");
+                break;
+            }
+            // (A scrape per state interval: waiting on the bus itself.)
+            mesh.client
+                .wait_state("psu-1", WAIT, |_| true)
+                .await
+                .unwrap();
+        }
+        let s = metrics(&plain).await;
+        assert!(
+            !s.samples
+                .iter()
+                .any(|x| x.metric == "labmesh_web_state_value"),
+            "gauges are opt-in"
+        );
+    })
+    .await
+    .expect("test bounded");
+    plain.shutdown().await;
+    gauged.shutdown().await;
+    mesh.stop().await;
+}

@@ -141,6 +141,7 @@ struct Huge;
 impl labmesh_drivers::Instrument for Huge {
     fn describe(&self) -> labmesh_drivers::Description {
         labmesh_drivers::Description {
+            state_fields: Vec::new(),
             driver: "huge".into(),
             identity: None,
             methods: vec![],

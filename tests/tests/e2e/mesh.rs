@@ -140,6 +140,7 @@ struct Sticky;
 impl Instrument for Sticky {
     fn describe(&self) -> Description {
         Description {
+            state_fields: Vec::new(),
             driver: "sticky".into(),
             identity: None,
             methods: vec![MethodSpec::new("hang", ""), MethodSpec::new("echo", "")],

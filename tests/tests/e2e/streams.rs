@@ -336,6 +336,7 @@ struct Flaky {
 impl Instrument for Flaky {
     fn describe(&self) -> Description {
         Description {
+            state_fields: Vec::new(),
             driver: "flaky".into(),
             identity: None,
             methods: vec![MethodSpec::new(
