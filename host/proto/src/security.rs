@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use crate::lm::RelayMethod;
+
 /// What a client key may do. Ordered: each role may do everything the
 /// roles before it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -85,9 +87,58 @@ impl fmt::Display for UserId {
     }
 }
 
+/// The least role that may call `method` on a relay. `read_only` is the
+/// driver description's mark for the method; `force` whether an `lm.lock`
+/// asks to take the lease over.
+pub fn relay_method_role(method: &RelayMethod<'_>, read_only: bool, force: bool) -> Role {
+    match method {
+        RelayMethod::Describe
+        | RelayMethod::Ping
+        | RelayMethod::Who
+        | RelayMethod::Streams
+        | RelayMethod::Last
+        | RelayMethod::UnknownReserved(_) => Role::Viewer,
+        RelayMethod::Lock if force => Role::Admin,
+        RelayMethod::Lock
+        | RelayMethod::Unlock
+        | RelayMethod::StreamEnable
+        | RelayMethod::StreamDisable
+        | RelayMethod::StreamSetRate => Role::Operator,
+        RelayMethod::StreamAdd | RelayMethod::StreamRemove => Role::Admin,
+        RelayMethod::Instrument(_) if read_only => Role::Viewer,
+        RelayMethod::Instrument(_) => Role::Operator,
+    }
+}
+
+/// The message of a 403: names the role, the method and the role needed.
+pub fn forbidden_message(role: Role, method: &str, needed: Role) -> String {
+    format!("forbidden: role {role} may not call {method} (needs {needed})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relay_methods_by_role() {
+        use RelayMethod as M;
+        assert_eq!(
+            relay_method_role(&M::Instrument("set_voltage"), false, false),
+            Role::Operator
+        );
+        assert_eq!(
+            relay_method_role(&M::Instrument("measure"), true, false),
+            Role::Viewer
+        );
+        assert_eq!(relay_method_role(&M::Describe, false, false), Role::Viewer);
+        assert_eq!(relay_method_role(&M::Lock, false, false), Role::Operator);
+        assert_eq!(relay_method_role(&M::Lock, false, true), Role::Admin);
+        assert_eq!(relay_method_role(&M::StreamAdd, false, false), Role::Admin);
+        assert_eq!(
+            forbidden_message(Role::Viewer, "set_voltage", Role::Operator),
+            "forbidden: role viewer may not call set_voltage (needs operator)"
+        );
+    }
 
     #[test]
     fn user_id_golden_text() {

@@ -167,6 +167,25 @@ impl AsyncSocket {
         }
     }
 
+    /// The rest of a multipart message whose first frame is `first` (it is
+    /// all here: libzmq delivers messages whole), with the `User-Id` of
+    /// the frames that carry one (a ROUTER's identity frame does not).
+    fn rest_with_user(
+        &mut self,
+        mut first: zmq::Message,
+    ) -> Result<(Vec<Vec<u8>>, Option<String>), WireError> {
+        let mut user = first.gets("User-Id").map(str::to_string);
+        let mut frames = vec![first.to_vec()];
+        while self.sock.get_rcvmore()? {
+            let mut m = self.sock.recv_msg(0)?;
+            if user.is_none() {
+                user = m.gets("User-Id").map(str::to_string);
+            }
+            frames.push(m.to_vec());
+        }
+        Ok((frames, user))
+    }
+
     /// Receive one whole multipart message with its `User-Id` (set by the
     /// ZAP handler on CURVE sockets: `<role>:<fingerprint>`; `None` on a
     /// plaintext socket). Cancel-safe.
@@ -175,15 +194,7 @@ impl AsyncSocket {
     ) -> Result<(Vec<Vec<u8>>, Option<String>), WireError> {
         loop {
             match self.sock.recv_msg(zmq::DONTWAIT) {
-                Ok(mut first) => {
-                    let user = first.gets("User-Id").map(str::to_string);
-                    let mut frames = vec![first.to_vec()];
-                    // The rest of a multipart message is already here.
-                    while self.sock.get_rcvmore()? {
-                        frames.push(self.sock.recv_bytes(0)?);
-                    }
-                    return Ok((frames, user));
-                }
+                Ok(first) => return Ok(self.rest_with_user(first)?),
                 Err(zmq::Error::EAGAIN) => self.wait_for(zmq::POLLIN).await?,
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -196,9 +207,17 @@ impl AsyncSocket {
     /// a connection coming or going). A ROUTER that keeps replies for peers
     /// whose pipes were full retries them after `None`. Cancel-safe.
     pub async fn recv_or_signal(&mut self) -> Result<Option<Vec<Vec<u8>>>, WireError> {
+        Ok(self.recv_or_signal_meta().await?.map(|(frames, _)| frames))
+    }
+
+    /// [`AsyncSocket::recv_or_signal`] with the message's `User-Id` (see
+    /// [`AsyncSocket::recv_multipart_meta`]). Cancel-safe.
+    pub async fn recv_or_signal_meta(
+        &mut self,
+    ) -> Result<Option<(Vec<Vec<u8>>, Option<String>)>, WireError> {
         loop {
-            match self.sock.recv_multipart(zmq::DONTWAIT) {
-                Ok(frames) => return Ok(Some(frames)),
+            match self.sock.recv_msg(zmq::DONTWAIT) {
+                Ok(first) => return Ok(Some(self.rest_with_user(first)?)),
                 Err(zmq::Error::EAGAIN) => {
                     let mut guard = self.fd.readable().await?;
                     // Reading ZMQ_EVENTS processes libzmq's commands (the
