@@ -194,7 +194,7 @@ impl AsyncSocket {
     ) -> Result<(Vec<Vec<u8>>, Option<String>), WireError> {
         loop {
             match self.sock.recv_msg(zmq::DONTWAIT) {
-                Ok(first) => return Ok(self.rest_with_user(first)?),
+                Ok(first) => return self.rest_with_user(first),
                 Err(zmq::Error::EAGAIN) => self.wait_for(zmq::POLLIN).await?,
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(e.into()),
