@@ -9,6 +9,7 @@ use crate::common::{BrokerFlag, Global};
 mod bank;
 mod bench;
 mod bench_abuse;
+mod bench_curve;
 mod bench_links;
 mod bench_streams;
 mod bench_web;
