@@ -57,6 +57,13 @@ pub fn load(global: &Global) -> anyhow::Result<Config> {
     load_with(global, &[], |_| Ok(()))
 }
 
+/// The file's configuration for what is read before the command runs
+/// (the `[security]` keys): no warnings printed (the command's own load
+/// prints them), a missing file gives the defaults (the command reports it).
+pub fn load_lenient(global: &Global) -> anyhow::Result<Config> {
+    Ok(Config::load_or_default(&global.config)?.0)
+}
+
 /// The configuration file (or the defaults) with `--broker` and then a
 /// subcommand's flags (`apply`) applied, validated after the overrides: an
 /// invalid value that a flag set is reported as that flag (`flags` says

@@ -7,6 +7,7 @@ mod exit;
 mod memory;
 mod probe;
 mod progress;
+mod security;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

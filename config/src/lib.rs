@@ -15,6 +15,8 @@ use labmesh_proto::limits;
 
 pub mod lan;
 pub use lan::LanSection;
+pub mod security;
+pub use security::SecuritySection;
 
 /// A configuration problem that stops a node from starting.
 #[derive(Debug, thiserror::Error)]
@@ -439,6 +441,8 @@ pub struct Config {
     pub client: ClientSection,
     /// `[web]` (extension)
     pub web: WebSection,
+    /// `[security]` (extension): CURVE keys and the allow-list.
+    pub security: SecuritySection,
     /// The file this configuration was read from (set by [`Config::load`]
     /// and [`Config::parse`]; `None` for the built-in defaults), for
     /// messages about its values that other crates check.
@@ -660,6 +664,7 @@ impl Config {
             why,
         };
         let endpoint = |key: &str, v: &str| check_endpoint(v).map_err(|why| bad(key, why));
+        self.security.validate(file)?;
         endpoint("broker.rpc_bind", &self.broker.rpc_bind)?;
         endpoint("broker.xsub_bind", &self.broker.xsub_bind)?;
         endpoint("broker.xpub_bind", &self.broker.xpub_bind)?;

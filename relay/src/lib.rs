@@ -13,6 +13,7 @@
 //! (`stream.<relay_id>.<name>`) to the broker's XSUB. Different instruments
 //! never wait for each other.
 
+mod authz;
 pub mod gateway;
 mod hrtimer;
 mod lease;

@@ -47,6 +47,7 @@ pub(crate) fn handle(
     ctx: &mut RpcContext,
     streams: &mut Streams,
     mut frames: Vec<Vec<u8>>,
+    user: Option<&str>,
 ) -> Handled {
     if frames.is_empty() {
         return Handled::Nothing;
@@ -88,6 +89,15 @@ pub(crate) fn handle(
             ident,
             error(codes::UNAUTHORIZED, "invalid password".into(), rpc.rpc_uuid),
         );
+    }
+    if let Err(m) = crate::authz::check(
+        &ctx.relay_id,
+        user,
+        &rpc.method,
+        &rpc.params,
+        &ctx.description,
+    ) {
+        return Handled::Reply(ident, error(codes::FORBIDDEN, m, rpc.rpc_uuid));
     }
     let answer = |result: Value| {
         encode(&Reply::RpcResult {

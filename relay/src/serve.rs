@@ -253,8 +253,8 @@ pub(crate) async fn run(
                 // Stop taking requests; queued calls finish and are answered.
                 stopping = true;
             }
-            frames = router.recv_or_signal(), if !stopping => {
-                let frames = match frames {
+            frames = router.recv_or_signal_meta(), if !stopping => {
+                let (frames, user) = match frames {
                     Ok(Some(f)) => {
                         errors.ok();
                         f
@@ -266,7 +266,7 @@ pub(crate) async fn run(
                         AfterError::Stop => break,
                     },
                 };
-                match rpc::handle(&mut ctx, &mut streams, frames) {
+                match rpc::handle(&mut ctx, &mut streams, frames, user.as_deref()) {
                     Handled::Reply(ident, body) => outbox.send(&mut router, &ident, body),
                     Handled::Call(call) if queue.len() >= QUEUE_LIMIT => {
                         tracing::warn!(%relay_id, method = %call.method, "instrument queue full");

@@ -43,6 +43,9 @@ pub enum Args {
     /// Stream rate accuracy and jitter (100 Hz, 1 kHz, 10 kHz) vs a tokio
     /// interval, and samples/s to 10 subscribers vs a bare zmq proxy.
     Streams(super::bench_streams::Args),
+    /// CURVE on vs off in the same run: RPC p50/p99 and bank upload and
+    /// download throughput.
+    Curve(super::bench_curve::Args),
     /// The web node: state publish -> WebSocket latency and fan-out to 50
     /// WebSockets, each next to bare zmq SUB sockets.
     Web(super::bench_web::Args),
@@ -71,6 +74,7 @@ pub enum Args {
 pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
     match a {
         Args::Rpc { n } => rpc(ctx, usize::try_from(n)?).await?,
+        Args::Curve(a) => super::bench_curve::exec(a).await?,
         Args::Soak {
             relays,
             hz,
@@ -94,13 +98,13 @@ pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
 }
 
 /// Percentiles of a sample, in microseconds.
-struct Summary {
-    p50: f64,
-    p99: f64,
-    mean: f64,
+pub(super) struct Summary {
+    pub(super) p50: f64,
+    pub(super) p99: f64,
+    pub(super) mean: f64,
 }
 
-fn summarise(mut us: Vec<f64>) -> Summary {
+pub(super) fn summarise(mut us: Vec<f64>) -> Summary {
     us.sort_by(f64::total_cmp);
     let pick = |q: f64| {
         let i = ((us.len() as f64 - 1.0) * q).round() as usize;
@@ -150,7 +154,11 @@ fn raw_echo(ctx: &zmq::Context, n: usize, payload: &[u8]) -> anyhow::Result<Vec<
     Ok(out)
 }
 
-async fn mesh_calls(client: &Client, method: &str, n: usize) -> anyhow::Result<Vec<f64>> {
+pub(super) async fn mesh_calls(
+    client: &Client,
+    method: &str,
+    n: usize,
+) -> anyhow::Result<Vec<f64>> {
     let psu = client.relay("bench").await?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n + n / 10 {

@@ -13,6 +13,7 @@ mod bench_all;
 mod bench_bank;
 mod bench_bus;
 mod bench_cascade;
+mod bench_curve;
 mod bench_directory;
 mod bench_gateway;
 mod bench_links;
@@ -26,6 +27,7 @@ mod demo;
 mod drivers;
 mod get;
 mod install_service;
+mod keygen;
 mod lock;
 mod ls;
 mod relay;
@@ -121,6 +123,8 @@ pub enum Command {
     /// List serial ports and USBTMC devices; with --probe (and --tcp) ask
     /// them for *IDN? and print ready [[relay.instruments]] blocks.
     Scan(scan::Args),
+    /// Print a CURVE key pair (env, json or toml) under the names nodes read.
+    Keygen(keygen::Args),
 }
 
 impl Cli {
@@ -158,6 +162,17 @@ impl Cli {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = zmq::Context::new();
     let g = &cli.global;
+    // CURVE keys ([security], ZMQ_*KEY) go on the context before any
+    // socket exists; kept until the command ends.
+    let _security = match cli.cmd {
+        Command::Keygen(_)
+        | Command::Sim(_)
+        | Command::Scan(_)
+        | Command::Drivers
+        | Command::Demo
+        | Command::InstallService(_) => None,
+        _ => crate::security::install(&ctx, &crate::common::load_lenient(g)?)?,
+    };
     match cli.cmd {
         Command::Broker(a) => broker::exec(a, g, &ctx).await,
         Command::Relay(a) => relay::exec(a.args, &g.with_broker(a.broker), &ctx).await,
@@ -182,5 +197,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(a) => sim::exec(a).await,
         Command::Scan(a) => scan::exec(a).await,
         Command::InstallService(a) => install_service::exec(a).await,
+        Command::Keygen(a) => keygen::exec(a).await,
     }
 }

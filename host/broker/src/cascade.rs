@@ -109,12 +109,14 @@ pub(crate) fn parent_sockets(
     up.set_sndhwm(hwm)?;
     up.set_rcvhwm(hwm)?;
     up.set_linger(0)?;
+    labmesh_wire::curve::prepare_connect(ctx, &up)?;
     up.connect(&parent.xsub)?;
     let down = ctx.socket(zmq::XSUB)?;
     down.set_sndhwm(hwm)?;
     down.set_rcvhwm(hwm)?;
     down.set_linger(0)?;
     down.set_maxmsgsize(max_msg)?;
+    labmesh_wire::curve::prepare_connect(ctx, &down)?;
     down.connect(&parent.xpub)?;
     Ok((up, down))
 }

@@ -203,12 +203,14 @@ pub async fn spawn(ctx: &zmq::Context, opts: BrokerOptions) -> Result<BrokerHand
     xsub.set_rcvhwm(hwm)?;
     xsub.set_linger(0)?;
     xsub.set_maxmsgsize(i64::try_from(opts.bus_max_msg).unwrap_or(i64::MAX))?;
+    labmesh_wire::curve::prepare_bind(ctx, &xsub)?;
     bind_raw(&xsub, &opts.xsub_bind)?;
     let xpub = ctx.socket(zmq::XPUB)?;
     xpub.set_sndhwm(hwm)?;
     xpub.set_rcvhwm(hwm)?;
     xpub.set_linger(0)?;
     xpub.set_xpub_verbose(true)?;
+    labmesh_wire::curve::prepare_bind(ctx, &xpub)?;
     bind_raw(&xpub, &opts.xpub_bind)?;
     let xsub_ep = public_endpoint(&last_endpoint(&xsub)?, &opts.advertise_host);
     let xpub_ep = public_endpoint(&last_endpoint(&xpub)?, &opts.advertise_host);

@@ -257,8 +257,10 @@ impl Client {
             .request(encode(&hello), None, opts.timeout)
             .await
             .map_err(|e| match e {
+                // Names the endpoint: with CURVE, a wrong server key looks
+                // exactly like this (the handshake never completes).
                 WireError::Timeout(after) => ClientError::Timeout {
-                    target: "broker".into(),
+                    target: format!("broker[{}]", opts.broker_rpc),
                     method: "hello".into(),
                     after,
                 },

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 pub const BAD_REQUEST: i64 = 400;
 /// Wrong or missing network password.
 pub const UNAUTHORIZED: i64 = 401;
+/// The caller's CURVE key has a role that may not do this (the message
+/// names the role and the method).
+pub const FORBIDDEN: i64 = 403;
 /// Unknown relay, method or dataset.
 pub const NOT_FOUND: i64 = 404;
 /// The instrument (or the remote node) did not answer in time.
@@ -32,6 +35,7 @@ pub const UNAVAILABLE: i64 = 503;
 pub const TABLE: &[(i64, &str)] = &[
     (BAD_REQUEST, "bad request"),
     (UNAUTHORIZED, "unauthorized"),
+    (FORBIDDEN, "forbidden"),
     (NOT_FOUND, "not found"),
     (TIMEOUT, "timeout"),
     (CONFLICT, "conflict"),

@@ -15,6 +15,7 @@
 //! * [`lease`]: instrument leases (`lm.lock`, `lm.unlock`, `lm.who`, the
 //!   `lock.` topic's body, the 409 bodies).
 //! * [`stream`]: stream samples, definitions and their control methods.
+//! * [`security`]: roles and the CURVE `User-Id` servers read per message.
 //! * [`codes`]: the one table of error codes.
 //! * [`limits`]: sizes and deadlines every node agrees on.
 //! * [`endpoint`]: `BROKER` substitution and advertised endpoints.
@@ -35,6 +36,7 @@ pub mod lease;
 pub mod limits;
 pub mod lm;
 pub mod mesh;
+pub mod security;
 pub mod stream;
 pub mod topic;
 

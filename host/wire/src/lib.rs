@@ -8,12 +8,16 @@
 //! * [`auth`]: the optional shared network password.
 //! * [`register`]: staying registered with the broker (relays and banks).
 //! * [`throttle`]: rate-limited warnings for peer-controlled input.
+//! * [`curve`]: CURVE keys, the allow-list, securing every socket made in a
+//!   context; [`zap`]: the context's ZAP handler (key -> role).
 
 pub mod auth;
+pub mod curve;
 pub mod dealer;
 pub mod register;
 pub mod socket;
 pub mod throttle;
+pub mod zap;
 
 pub use dealer::DealerConn;
 pub use socket::{AsyncSocket, SocketOptions};
@@ -52,6 +56,9 @@ pub enum WireError {
     /// The peer answered something that is not a reply of the protocol.
     #[error("malformed reply: {0}")]
     MalformedReply(String),
+    /// CURVE keys could not be used.
+    #[error("{0}")]
+    Curve(#[from] curve::CurveError),
     /// The socket failed in a way retrying cannot fix (its context was
     /// terminated, it was closed); the task using it stops.
     #[error("socket unusable: {0}")]

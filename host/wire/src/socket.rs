@@ -61,6 +61,9 @@ pub struct AsyncSocket {
     // Declared before `sock` so it is deregistered before the socket closes.
     fd: AsyncFd<ZmqFd>,
     sock: zmq::Socket,
+    /// The context's CURVE security (`curve::install`), applied at bind
+    /// (server) and connect (client).
+    security: Option<std::sync::Arc<crate::curve::Security>>,
 }
 
 impl std::fmt::Debug for AsyncSocket {
@@ -92,7 +95,8 @@ impl AsyncSocket {
         // the socket closes the descriptor.
         let fd = unsafe { AsyncFd::register_with_interest(ZmqFd(raw), Interest::READABLE) }
             .map_err(|e| WireError::Io(e.into_parts().1))?;
-        Ok(AsyncSocket { fd, sock })
+        let security = crate::curve::for_context(ctx);
+        Ok(AsyncSocket { fd, sock, security })
     }
 
     /// The underlying socket, for options not wrapped here.
@@ -103,6 +107,9 @@ impl AsyncSocket {
     /// Bind to `endpoint` (e.g. `tcp://127.0.0.1:*`) and return the endpoint
     /// actually bound (with the real port).
     pub fn bind(&mut self, endpoint: &str) -> Result<String, WireError> {
+        if let Some(sec) = &self.security {
+            crate::curve::secure_server(&self.sock, sec)?;
+        }
         self.sock.bind(endpoint).map_err(|source| WireError::Bind {
             endpoint: endpoint.to_string(),
             source,
@@ -112,6 +119,9 @@ impl AsyncSocket {
 
     /// Connect to `endpoint`. ZeroMQ connects in the background.
     pub fn connect(&mut self, endpoint: &str) -> Result<(), WireError> {
+        if let Some(sec) = &self.security {
+            crate::curve::secure_client(&self.sock, sec)?;
+        }
         self.sock
             .connect(endpoint)
             .map_err(|source| WireError::Connect {
@@ -157,14 +167,57 @@ impl AsyncSocket {
         }
     }
 
+    /// The rest of a multipart message whose first frame is `first` (it is
+    /// all here: libzmq delivers messages whole), with the `User-Id` of
+    /// the frames that carry one (a ROUTER's identity frame does not).
+    fn rest_with_user(
+        &mut self,
+        mut first: zmq::Message,
+    ) -> Result<(Vec<Vec<u8>>, Option<String>), WireError> {
+        let mut user = first.gets("User-Id").map(str::to_string);
+        let mut frames = vec![first.to_vec()];
+        while self.sock.get_rcvmore()? {
+            let mut m = self.sock.recv_msg(0)?;
+            if user.is_none() {
+                user = m.gets("User-Id").map(str::to_string);
+            }
+            frames.push(m.to_vec());
+        }
+        Ok((frames, user))
+    }
+
+    /// Receive one whole multipart message with its `User-Id` (set by the
+    /// ZAP handler on CURVE sockets: `<role>:<fingerprint>`; `None` on a
+    /// plaintext socket). Cancel-safe.
+    pub async fn recv_multipart_meta(
+        &mut self,
+    ) -> Result<(Vec<Vec<u8>>, Option<String>), WireError> {
+        loop {
+            match self.sock.recv_msg(zmq::DONTWAIT) {
+                Ok(first) => return self.rest_with_user(first),
+                Err(zmq::Error::EAGAIN) => self.wait_for(zmq::POLLIN).await?,
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Receive one whole message, or `Ok(None)` when libzmq signalled
     /// something that is not a message (a peer's pipe that has room again,
     /// a connection coming or going). A ROUTER that keeps replies for peers
     /// whose pipes were full retries them after `None`. Cancel-safe.
     pub async fn recv_or_signal(&mut self) -> Result<Option<Vec<Vec<u8>>>, WireError> {
+        Ok(self.recv_or_signal_meta().await?.map(|(frames, _)| frames))
+    }
+
+    /// [`AsyncSocket::recv_or_signal`] with the message's `User-Id` (see
+    /// [`AsyncSocket::recv_multipart_meta`]). Cancel-safe.
+    pub async fn recv_or_signal_meta(
+        &mut self,
+    ) -> Result<Option<(Vec<Vec<u8>>, Option<String>)>, WireError> {
         loop {
-            match self.sock.recv_multipart(zmq::DONTWAIT) {
-                Ok(frames) => return Ok(Some(frames)),
+            match self.sock.recv_msg(zmq::DONTWAIT) {
+                Ok(first) => return Ok(Some(self.rest_with_user(first)?)),
                 Err(zmq::Error::EAGAIN) => {
                     let mut guard = self.fd.readable().await?;
                     // Reading ZMQ_EVENTS processes libzmq's commands (the
