@@ -128,16 +128,17 @@ pub enum Command {
 }
 
 impl Cli {
-    /// Whether the subcommand reads the configuration file. The others
-    /// (sim, scan, demo, bench, install-service) refuse an explicit
-    /// `--config` rather than ignore it.
+    /// Whether the subcommand reads the configuration file (bench reads
+    /// its `[security]`). For the others (keygen, sim, scan, demo,
+    /// install-service) an explicit `--config` gets a warning that it has
+    /// no effect, rather than being ignored in silence.
     pub fn reads_config(&self) -> bool {
         !matches!(
             self.cmd,
-            Command::Sim(_)
+            Command::Keygen(_)
+                | Command::Sim(_)
                 | Command::Scan(_)
                 | Command::Demo
-                | Command::Bench(_)
                 | Command::InstallService(_)
         )
     }

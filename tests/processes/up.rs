@@ -81,7 +81,8 @@ listen = "127.0.0.1:0"
     })
     .await??;
     assert_eq!(banks[0].bank_id, "bank-0");
-    // The dashboard of the same process answers at the URL it printed.
+    // The dashboard of the same process answers at the URL it printed, and
+    // its mesh view lists the relay of the same file.
     let mut node = node;
     let url = tokio::time::timeout(WAIT, async {
         while let Some(l) = node.lines.recv().await {
@@ -93,92 +94,34 @@ listen = "127.0.0.1:0"
     })
     .await?
     .ok_or_else(|| anyhow::anyhow!("no dashboard URL printed"))?;
-    let mut tcp = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(&url)).await??;
-    tcp.write_all(format!("GET / HTTP/1.1\r\nHost: {url}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut resp = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut resp)).await??;
-    let resp = String::from_utf8_lossy(&resp);
+    let get = |path: &'static str| {
+        let url = url.clone();
+        async move {
+            let mut tcp =
+                tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(&url)).await??;
+            tcp.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: {url}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+            let mut resp = Vec::new();
+            tokio::time::timeout(WAIT, tcp.read_to_end(&mut resp)).await??;
+            anyhow::Ok(String::from_utf8_lossy(&resp).into_owned())
+        }
+    };
+    let page = get("/").await?;
     assert!(
-        resp.starts_with("HTTP/1.1 200"),
+        page.starts_with("HTTP/1.1 200"),
         "{}",
-        &resp[..resp.len().min(200)]
+        &page[..page.len().min(200)]
+    );
+    let mesh = get("/api/mesh").await?;
+    assert!(
+        mesh.starts_with("HTTP/1.1 200") && mesh.contains("\"psu-up\""),
+        "{}",
+        &mesh[..mesh.len().min(400)]
     );
     node.kill().await?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let cfg = dir.join("up.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[broker]
-rpc_bind = "tcp://127.0.0.1:*"
-xsub_bind = "tcp://127.0.0.1:*"
-xpub_bind = "tcp://127.0.0.1:*"
-address = "127.0.0.1"
-[bank]
-ingest_bind = "tcp://127.0.0.1:*"
-retrieve_bind = "tcp://127.0.0.1:*"
-default_data_dir = "{}"
-[relay]
-default_address = "127.0.0.1"
-state_interval = 0.1
-[[relay.instruments]]
-id = "psu-up"
-driver = "mock-psu"
-rpc_bind = "tcp://127.0.0.1:*"
-[web]
-listen = "127.0.0.1:0"
-"#,
-            dir.join("data").display()
-        ),
-    )?;
-    let node = Node::start(&cfg, &["up"], "broker:").await?;
-    let words: Vec<&str> = node.ready_line.split_whitespace().collect();
-    let at = |k: &str| {
-        words
-            .iter()
-            .position(|w| *w == k)
-            .and_then(|i| words.get(i + 1))
-            .map(|s| s.to_string())
-            .unwrap_or_default()
-    };
-    let client = Client::connect(
-        &zmq::Context::new(),
-        ClientOptions {
-            timeout: Duration::from_secs(5),
-            ..ClientOptions::new(&at("directory"), &at("xpub"))
-        },
-    )
-    .await?;
-    client.wait_for_relay("psu-up", WAIT).await?;
-    let psu = client.relay("psu-up").await?;
-    assert_eq!(
-        psu.call("set_voltage", json!({"value": 4.0})).await?["voltage"],
-        json!(4.0)
-    );
-    client
-        .wait_state("psu-up", WAIT, |s| s.state["voltage"] == json!(4.0))
-        .await?;
-    let banks = tokio::time::timeout(WAIT, async {
-        loop {
-            let b = client.list_banks().await?;
-            if !b.is_empty() {
-                return anyhow::Ok(b);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await??;
-    assert_eq!(banks[0].bank_id, "bank-0");
-    // The dashboard of the same process lists the relay.
-    let web = tokio::time::timeout(WAIT, async {
-        let node = node;
-        anyhow::Ok(node)
-    })
-    .await??;
-    let _ = web;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
