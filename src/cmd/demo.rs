@@ -6,7 +6,6 @@ use std::time::Duration;
 use anyhow::Context;
 use labmesh_client::{Client, ClientOptions, Event};
 use labmesh_drivers::sim::{Dialect, SimConfig, SimPsu};
-use labmesh_drivers::{DriverRegistry, InstrumentConfig};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -31,46 +30,26 @@ async fn run(ctx: &zmq::Context) -> anyhow::Result<()> {
         }
     });
     println!("instrument {} at tcp://{sim_addr} (10 ohm load)", sim.idn());
-    let broker = labmesh_broker::spawn(ctx, labmesh_broker::BrokerOptions::loopback()).await?;
+    // The rest is `labmesh up` with this file: broker, bank, relay and web
+    // dashboard in this process, on free loopback ports.
+    let work = std::env::temp_dir().join(format!("labmesh-demo-{}", std::process::id()));
+    let text = demo_config(&sim_addr, &work.join("bank_data"));
+    let (cfg, _) = labmesh_config::Config::parse(&text, std::path::Path::new("demo.toml"))?;
+    let nodes = super::up::start(ctx, &cfg, Some("bank-0"), true).await?;
+    let broker = &nodes.broker;
     println!(
         "broker     directory {}  bus {} -> {}",
         broker.rpc_endpoint(),
         broker.xsub_endpoint(),
         broker.xpub_endpoint()
     );
-
-    let instrument = DriverRegistry::with_builtins()
-        .create(InstrumentConfig {
-            id: "Inst-0".into(),
-            driver: "keysight-e36xx".into(),
-            resource: Some(format!(
-                "TCPIP::{}::{}::SOCKET",
-                sim_addr.ip(),
-                sim_addr.port()
-            )),
-            options: Default::default(),
-        })
-        .await?;
-    let work = std::env::temp_dir().join(format!("labmesh-demo-{}", std::process::id()));
-    let mut bank_opts = labmesh_bank::BankOptions::new("bank-0", work.join("bank_data"));
-    bank_opts.broker_rpc = Some(broker.rpc_endpoint().to_string());
-    bank_opts.broker_xsub = Some(broker.xsub_endpoint().to_string());
-    let bank = labmesh_bank::Bank::start(ctx, bank_opts).await?;
+    let bank = nodes.bank.as_ref().context("the demo's bank")?;
     println!(
         "bank       bank-0 ingest {}  retrieve {}",
         bank.ingest_endpoint(),
         bank.retrieve_endpoint()
     );
-
-    let relay = labmesh_relay::spawn(
-        ctx,
-        labmesh_relay::RelayOptions::with_broker(broker.rpc_endpoint(), broker.xsub_endpoint()),
-        vec![
-            labmesh_relay::Hosted::new("Inst-0", instrument).poll_every(Duration::from_millis(250))
-        ],
-    )
-    .await?;
-    for s in relay.served() {
+    for s in nodes.relay.iter().flat_map(|r| r.served()) {
         println!("relay      {} at {}", s.relay_id, s.rpc_endpoint);
     }
 
@@ -83,20 +62,9 @@ async fn run(ctx: &zmq::Context) -> anyhow::Result<()> {
         .wait_for_relay("Inst-0", WAIT)
         .await
         .context("relay did not register")?;
-    // The dashboard, on a free loopback port, for as long as the demo runs.
-    let web = labmesh_web::spawn(
-        Client::connect(
-            ctx,
-            ClientOptions::new(broker.rpc_endpoint(), broker.xpub_endpoint()),
-        )
-        .await?,
-        labmesh_web::WebOptions {
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..Default::default()
-        },
-    )
-    .await?;
-    println!("web        dashboard at http://{}/", web.addr());
+    if let Some(web) = &nodes.web {
+        println!("web        dashboard at http://{}/", web.addr());
+    }
     println!(
         "client     relays: {}",
         serde_json::to_string(&client.list_relays().await?)?
@@ -151,13 +119,10 @@ async fn run(ctx: &zmq::Context) -> anyhow::Result<()> {
         Ok(v) => anyhow::bail!("unknown method answered {v}"),
     }
 
-    dataset_round_trip(&client, &bank, &work).await?;
-    web.shutdown().await;
-    bank.shutdown().await;
+    dataset_round_trip(&client, bank, &work).await?;
+    drop(client);
+    nodes.shutdown().await;
     let _ = std::fs::remove_dir_all(&work);
-
-    relay.shutdown().await;
-    broker.shutdown().await;
     let _ = sim_stop.send(());
     sim_task.await??;
     println!("== demo finished ==");
@@ -166,6 +131,41 @@ async fn run(ctx: &zmq::Context) -> anyhow::Result<()> {
 
 /// The relay uploads a few MB; the client downloads it when the bank
 /// announces it and checks the SHA-256.
+/// The demo's mesh as a configuration file (what `labmesh up` would read):
+/// every node on loopback with kernel-chosen ports, the relay hosting the
+/// simulated supply at `sim`, polled every 250 ms.
+fn demo_config(sim: &std::net::SocketAddr, bank_data: &std::path::Path) -> String {
+    let data = toml::Value::String(bank_data.display().to_string());
+    format!(
+        r#"[broker]
+rpc_bind = "tcp://127.0.0.1:*"
+xsub_bind = "tcp://127.0.0.1:*"
+xpub_bind = "tcp://127.0.0.1:*"
+address = "127.0.0.1"
+
+[bank]
+ingest_bind = "tcp://127.0.0.1:*"
+retrieve_bind = "tcp://127.0.0.1:*"
+default_data_dir = {data}
+
+[relay]
+default_address = "127.0.0.1"
+
+[[relay.instruments]]
+id = "Inst-0"
+driver = "keysight-e36xx"
+resource = "TCPIP::{ip}::{port}::SOCKET"
+rpc_bind = "tcp://127.0.0.1:*"
+poll_interval = 0.25
+
+[web]
+listen = "127.0.0.1:0"
+"#,
+        ip = sim.ip(),
+        port = sim.port(),
+    )
+}
+
 async fn dataset_round_trip(
     client: &Client,
     bank: &labmesh_bank::BankHandle,
