@@ -7,7 +7,7 @@ use labmesh_config::security::read_key_file;
 use labmesh_config::Config;
 use labmesh_proto::security::Role;
 use labmesh_wire::curve::{
-    self, AllowEntry, Key, KeyPair, Security, ENV_CLIENT_PUBLIC, ENV_CLIENT_SECRET,
+    self, AllowEntry, CurveKey, KeyPair, Security, ENV_CLIENT_PUBLIC, ENV_CLIENT_SECRET,
     ENV_SERVER_PUBLIC, ENV_SERVER_SECRET,
 };
 
@@ -48,7 +48,7 @@ pub fn from_config_and(
     };
     let mut sec = Security::from_lookup(merged)?;
     for (i, a) in s.allow.iter().enumerate() {
-        let key = Key::from_z85(&a.key, &format!("security.allow[{i}].key"))?;
+        let key = CurveKey::from_z85(&a.key, &format!("security.allow[{i}].key"))?;
         let role = Role::parse(&a.role)
             .with_context(|| format!("security.allow[{i}].role: {:?} is not a role", a.role))?;
         sec.allow.push(AllowEntry {

@@ -300,7 +300,7 @@ impl ScpiBackend for GatewayBackend {
 /// Why a LAN server could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("LAN gateway: cannot listen on {addr} ({what}): {source}")]
-pub struct BindError {
+pub struct LanBindError {
     /// The address.
     pub addr: String,
     /// Which server.
@@ -310,8 +310,8 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
-async fn listen(addr: &str, what: &'static str) -> Result<(TcpListener, SocketAddr), BindError> {
-    let err = |source| BindError {
+async fn listen(addr: &str, what: &'static str) -> Result<(TcpListener, SocketAddr), LanBindError> {
+    let err = |source| LanBindError {
         addr: addr.to_string(),
         what,
         source,
@@ -339,7 +339,7 @@ pub(crate) struct Listeners {
 
 /// Bind the servers `lan` asks for (all, or none: an error names the one
 /// that failed).
-pub(crate) async fn bind(lan: &LanSection, advertise: &str) -> Result<Listeners, BindError> {
+pub(crate) async fn bind(lan: &LanSection, advertise: &str) -> Result<Listeners, LanBindError> {
     let mut servers = Vec::new();
     let raw = match lan.raw_addr() {
         Some(addr) => {

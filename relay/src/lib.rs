@@ -62,7 +62,7 @@ pub enum RelayError {
         /// The instrument's relay id.
         id: String,
         /// What could not be bound.
-        source: gateway::BindError,
+        source: gateway::LanBindError,
     },
     /// An instrument could not be created.
     #[error("instrument {id}: {source}")]

@@ -85,18 +85,18 @@ pub enum CurveError {
 /// A CURVE key (public or secret), 32 bytes. `Debug` shows only the
 /// fingerprint, so secret keys never reach a log.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Key([u8; 32]);
+pub struct CurveKey([u8; 32]);
 
-impl Key {
+impl CurveKey {
     /// A key from its 32 bytes.
-    pub fn from_bytes(b: [u8; 32]) -> Key {
-        Key(b)
+    pub fn from_bytes(b: [u8; 32]) -> CurveKey {
+        CurveKey(b)
     }
 
     /// Parse 40 characters of Z85 (surrounding whitespace and quotes are
     /// ignored, as they appear in env files). `what` names the source for
     /// the error.
-    pub fn from_z85(text: &str, what: &str) -> Result<Key, CurveError> {
+    pub fn from_z85(text: &str, what: &str) -> Result<CurveKey, CurveError> {
         let t = text.trim().trim_matches('"').trim();
         let bad = || CurveError::BadKey {
             what: what.to_string(),
@@ -107,7 +107,7 @@ impl Key {
         }
         let bytes = zmq::z85_decode(t).map_err(|_| bad())?;
         let arr: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
-        Ok(Key(arr))
+        Ok(CurveKey(arr))
     }
 
     /// The key's 32 bytes.
@@ -127,7 +127,7 @@ impl Key {
     }
 }
 
-impl fmt::Debug for Key {
+impl fmt::Debug for CurveKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Key({}…)", self.fingerprint())
     }
@@ -137,9 +137,9 @@ impl fmt::Debug for Key {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct KeyPair {
     /// The public half.
-    pub public: Key,
+    pub public: CurveKey,
     /// The secret half.
-    pub secret: Key,
+    pub secret: CurveKey,
 }
 
 impl fmt::Debug for KeyPair {
@@ -156,8 +156,8 @@ impl KeyPair {
         }
         let p = zmq::CurveKeyPair::new()?;
         Ok(KeyPair {
-            public: Key(p.public_key),
-            secret: Key(p.secret_key),
+            public: CurveKey(p.public_key),
+            secret: CurveKey(p.secret_key),
         })
     }
 
@@ -170,8 +170,8 @@ impl KeyPair {
         match (public, secret) {
             (None, None) => Ok(None),
             (Some(p), Some(s)) => Ok(Some(KeyPair {
-                public: Key::from_z85(p, names.0)?,
-                secret: Key::from_z85(s, names.1)?,
+                public: CurveKey::from_z85(p, names.0)?,
+                secret: CurveKey::from_z85(s, names.1)?,
             })),
             (Some(_), None) => Err(CurveError::HalfPair {
                 set: names.0.into(),
@@ -189,7 +189,7 @@ impl KeyPair {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowEntry {
     /// The client's public key.
-    pub key: Key,
+    pub key: CurveKey,
     /// What it may do.
     pub role: Role,
     /// A name for logs (who this key belongs to).
@@ -207,7 +207,7 @@ pub struct Security {
     pub client: Option<KeyPair>,
     /// The servers' public key, for the sockets this node connects. If
     /// unset, the node's own server public key (one mesh key, as labmesh).
-    pub server_public: Option<Key>,
+    pub server_public: Option<CurveKey>,
     /// Allowed client keys with their roles. Empty: labmesh's mode, any
     /// client key is accepted as [`Role::Operator`] (with a warning).
     pub allow: Vec<AllowEntry>,
@@ -225,7 +225,7 @@ impl Security {
         let sp = get(ENV_SERVER_PUBLIC);
         let ss = get(ENV_SERVER_SECRET);
         let server_public = match &sp {
-            Some(p) => Some(Key::from_z85(p, ENV_SERVER_PUBLIC)?),
+            Some(p) => Some(CurveKey::from_z85(p, ENV_SERVER_PUBLIC)?),
             None => None,
         };
         let server = match ss {
@@ -267,7 +267,7 @@ impl Security {
 
     /// The role of a client key; `None`: refused. The mesh's own server
     /// key (held by the mesh's nodes) is always allowed, as `admin`.
-    pub fn role_of(&self, key: &Key) -> Option<Role> {
+    pub fn role_of(&self, key: &CurveKey) -> Option<Role> {
         if self.allow.is_empty() {
             return Some(Role::Operator);
         }
@@ -279,7 +279,7 @@ impl Security {
 
     /// The client side: (own pair, server public key), if connecting
     /// sockets use CURVE.
-    fn client_side(&self) -> Option<(KeyPair, Key)> {
+    fn client_side(&self) -> Option<(KeyPair, CurveKey)> {
         let server_public = self.server_public.or(self.server.map(|p| p.public))?;
         let pair = self.client.or(self.server)?;
         Some((pair, server_public))
@@ -469,12 +469,12 @@ mod tests {
         let text = p.secret.z85();
         assert_eq!(text.len(), 40);
         assert_eq!(
-            Key::from_z85(&format!(" \"{text}\"\n"), "x").unwrap(),
+            CurveKey::from_z85(&format!(" \"{text}\"\n"), "x").unwrap(),
             p.secret
         );
         assert!(!format!("{p:?}").contains(&text));
         assert!(matches!(
-            Key::from_z85("short", "ZMQ_SERVER_SECRETKEY"),
+            CurveKey::from_z85("short", "ZMQ_SERVER_SECRETKEY"),
             Err(CurveError::BadKey { len: 5, .. })
         ));
     }
@@ -520,7 +520,7 @@ mod tests {
     #[test]
     fn curve_config_in_a_build_without_curve_refuses() {
         let sec = Security {
-            server_public: Some(Key::from_bytes([7; 32])),
+            server_public: Some(CurveKey::from_bytes([7; 32])),
             ..Security::default()
         };
         // The flag is forced: this build has CURVE, a second build without

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 
 use labmesh_proto::security::UserId;
 
-use crate::curve::{CurveError, Key, Security};
+use crate::curve::{CurveError, CurveKey, Security};
 
 /// libzmq's fixed ZAP endpoint.
 pub const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
@@ -119,7 +119,7 @@ pub fn decide(sec: &Security, frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let Some(key) = frames
         .get(6)
         .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
-        .map(Key::from_bytes)
+        .map(CurveKey::from_bytes)
     else {
         return reply("500", "no client key", "");
     };
@@ -149,7 +149,7 @@ mod tests {
     use crate::curve::{AllowEntry, KeyPair};
     use labmesh_proto::security::Role;
 
-    fn request(key: &Key) -> Vec<Vec<u8>> {
+    fn request(key: &CurveKey) -> Vec<Vec<u8>> {
         vec![
             b"1.0".to_vec(),
             b"7".to_vec(),

@@ -55,7 +55,7 @@ fn server_security(k: &Keys) -> Security {
     }
 }
 
-fn client_security(pair: KeyPair, server_public: curve::Key) -> Security {
+fn client_security(pair: KeyPair, server_public: curve::CurveKey) -> Security {
     Security {
         client: Some(pair),
         server_public: Some(server_public),
