@@ -381,6 +381,10 @@ async fn a_subscriber_that_never_reads_grew_the_broker_by_the_bus_traffic() -> a
     let pid = b.child.id().unwrap_or(0);
     let ctx = zmq::Context::new();
     let sub = ctx.socket(zmq::SUB)?;
+    // Linger 0 on every socket here: the publisher ends with hundreds of
+    // MB the broker never takes, and the default (wait forever) made the
+    // context's drop at the end of the test hang.
+    sub.set_linger(0)?;
     sub.set_rcvhwm(1)?;
     sub.set_rcvbuf(4096)?;
     sub.set_subscribe(b"")?;
@@ -393,10 +397,12 @@ async fn a_subscriber_that_never_reads_grew_the_broker_by_the_bus_traffic() -> a
         .context("xsub_bind")?
         .to_string();
     let publ = ctx.socket(zmq::PUB)?;
+    publ.set_linger(0)?;
     publ.set_sndhwm(100_000)?;
     publ.connect(&xsub_ep)?;
     // Wait until the subscription has reached the publisher side.
     let probe = ctx.socket(zmq::SUB)?;
+    probe.set_linger(0)?;
     probe.set_subscribe(b"ready")?;
     probe.connect(&cfg.xpub)?;
     let t0 = Instant::now();
