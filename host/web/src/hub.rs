@@ -217,17 +217,18 @@ impl Hub {
             Ok(m) => m.values().cloned().collect(),
             Err(_) => return,
         };
-        let mut dropped = 0;
         for c in conns {
             if let Some(r) = samples_of {
                 if !c.wants_samples_of(r) {
                     continue;
                 }
             }
-            dropped += c.push(&msg);
-        }
-        if dropped > 0 {
-            self.metrics.ws_dropped.inc_by(dropped);
+            // Counted per connection as it happens, so the total never
+            // lags a connection's own count by more than this one push.
+            let dropped = c.push(&msg);
+            if dropped > 0 {
+                self.metrics.ws_dropped.inc_by(dropped);
+            }
         }
     }
 
