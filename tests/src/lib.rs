@@ -267,9 +267,33 @@ pub async fn spawn_python_until(
 
 /// A TCP port that was free a moment ago (for peers that cannot bind port 0
 /// and report it, like Python labmesh's relay).
+///
+/// Ports come from 20000..32000, below the kernel's ephemeral range
+/// (32768..60999 here): a port taken from port 0 was handed back to that
+/// range, and under load an outgoing connection's source port or another
+/// `bind :*` got it before the node bound it (a broker in CI exited with
+/// "address in use"). One counter per process, started at an offset from
+/// the pid, so tests of one binary never get the same port twice and
+/// binaries rarely overlap.
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LO: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LO + n % SPAN)?;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port in {LO}..{}", LO + SPAN)
 }
 
 /// The last line of `out` parsed as JSON.
