@@ -4,7 +4,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use labmesh_drivers::sim::{SimConfig, SimPsu};
+use std::sync::Arc;
+
+use labmesh_drivers::sim::{Backend, SimConfig, SimPsu};
 
 use crate::common::serve;
 
@@ -104,20 +106,63 @@ async fn scpi_psu(p: Psu) -> anyhow::Result<ExitCode> {
         );
         return serve(port, &banner, |port| port.close()).await;
     }
-    let mut servers: Vec<Server> = Vec::new();
     let mut lines = vec![format!("sim psu ({dialect}) {}", sim.idn())];
-    if p.tcp.is_some() || (p.vxi11.is_none() && p.hislip.is_none() && p.prologix.is_none()) {
-        let addr = p.tcp.unwrap_or_else(|| "127.0.0.1:5025".to_string());
+    let lan = Lan {
+        tcp: p.tcp,
+        vxi11: p.vxi11,
+        hislip: p.hislip,
+        other: p.prologix.is_some(),
+    };
+    let mut servers = serve_lan(Arc::new(sim.clone()), lan, &mut lines).await?;
+    if let Some(addr) = p.prologix {
+        let addr = with_default_port(&addr, labmesh_drivers::gpib::PROLOGIX_TCP_PORT);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("--prologix: cannot listen on {addr}"))?;
+        lines.push(format!(
+            "Prologix GPIB adapter: tcp://{}: GPIB0::{}::INSTR with option adapter = \"tcp://{}\"",
+            listener.local_addr()?,
+            p.gpib_address,
+            listener.local_addr()?
+        ));
+        let bus = labmesh_drivers::sim::prologix::GpibBus::new([(p.gpib_address, sim.clone())]);
+        servers.push(spawn(move |stopped| async move {
+            bus.serve_tcp(listener, stopped).await
+        }));
+    }
+    run_servers(servers, &lines).await
+}
+
+/// Where to serve a simulator on the LAN (`sim psu` and `sim toml`).
+pub(super) struct Lan {
+    pub tcp: Option<String>,
+    pub vxi11: Option<String>,
+    pub hislip: Option<String>,
+    /// Another server (e.g. `--prologix`) was asked for: no default raw
+    /// socket then.
+    pub other: bool,
+}
+
+/// Start the raw-socket, VXI-11 and HiSLIP servers `lan` asks for (raw
+/// SCPI on 127.0.0.1:5025 when nothing is), one banner line each.
+pub(super) async fn serve_lan(
+    backend: Backend,
+    lan: Lan,
+    lines: &mut Vec<String>,
+) -> anyhow::Result<Vec<Server>> {
+    let mut servers: Vec<Server> = Vec::new();
+    if lan.tcp.is_some() || (lan.vxi11.is_none() && lan.hislip.is_none() && !lan.other) {
+        let addr = lan.tcp.unwrap_or_else(|| "127.0.0.1:5025".to_string());
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         lines.push(format!("raw SCPI: tcp://{}", listener.local_addr()?));
-        let s = sim.clone();
+        let b = backend.clone();
         servers.push(spawn(move |stopped| async move {
-            s.serve_tcp(listener, stopped).await
+            labmesh_drivers::sim::backend::serve_tcp(b, listener, stopped).await
         }));
     }
-    if let Some(addr) = p.vxi11 {
+    if let Some(addr) = lan.vxi11 {
         let addr = with_default_port(&addr, 111);
         let pm = tokio::net::TcpListener::bind(&addr)
             .await
@@ -141,12 +186,12 @@ async fn scpi_psu(p: Psu) -> anyhow::Result<ExitCode> {
              (PyVISA: {pyvisa})",
             pm_addr.port()
         ));
-        let s = sim.clone();
+        let b = backend.clone();
         servers.push(spawn(move |stopped| async move {
-            s.serve_vxi11(Some(pm), core, stopped).await
+            labmesh_drivers::sim::vxi11::serve(b, Some(pm), core, stopped).await
         }));
     }
-    if let Some(addr) = p.hislip {
+    if let Some(addr) = lan.hislip {
         let addr = with_default_port(&addr, labmesh_drivers::hislip::PORT);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -157,27 +202,21 @@ async fn scpi_psu(p: Psu) -> anyhow::Result<ExitCode> {
             a.ip(),
             a.port()
         ));
-        let s = sim.clone();
+        let b = backend.clone();
         servers.push(spawn(move |stopped| async move {
-            s.serve_hislip(listener, stopped).await
+            let opts = labmesh_drivers::sim::hislip::HislipServerOptions::default();
+            labmesh_drivers::sim::hislip::serve(b, listener, opts, stopped).await
         }));
     }
-    if let Some(addr) = p.prologix {
-        let addr = with_default_port(&addr, labmesh_drivers::gpib::PROLOGIX_TCP_PORT);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("--prologix: cannot listen on {addr}"))?;
-        lines.push(format!(
-            "Prologix GPIB adapter: tcp://{}: GPIB0::{}::INSTR with option adapter = \"tcp://{}\"",
-            listener.local_addr()?,
-            p.gpib_address,
-            listener.local_addr()?
-        ));
-        let bus = labmesh_drivers::sim::prologix::GpibBus::new([(p.gpib_address, sim.clone())]);
-        servers.push(spawn(move |stopped| async move {
-            bus.serve_tcp(listener, stopped).await
-        }));
-    }
+    Ok(servers)
+}
+
+/// Print the banner, serve until a signal, then stop every server and
+/// wait for each.
+pub(super) async fn run_servers(
+    servers: Vec<Server>,
+    lines: &[String],
+) -> anyhow::Result<ExitCode> {
     serve(servers, &lines.join("\n"), |servers| async move {
         for (stop, _) in &servers {
             let _ = stop.send(true);

@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
 use labmesh_drivers::sim::toml::TomlSim;
 use labmesh_drivers::sim::Backend;
 
-use super::sim::{spawn, with_default_port, Server};
+use super::sim::{run_servers, serve_lan, Lan};
 use crate::common::serve;
 
 #[derive(Debug, clap::Args)]
@@ -42,64 +41,13 @@ pub async fn exec(t: Toml) -> anyhow::Result<ExitCode> {
         let banner = format!("{head}\n{}", port.path().display());
         return serve(port, &banner, |port| port.close()).await;
     }
-    let mut servers: Vec<Server> = Vec::new();
     let mut lines = vec![head];
-    if t.tcp.is_some() || (t.vxi11.is_none() && t.hislip.is_none()) {
-        let addr = t.tcp.unwrap_or_else(|| "127.0.0.1:5025".to_string());
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        lines.push(format!("raw SCPI: tcp://{}", listener.local_addr()?));
-        let b = backend.clone();
-        servers.push(spawn(move |stopped| async move {
-            labmesh_drivers::sim::backend::serve_tcp(b, listener, stopped).await
-        }));
-    }
-    if let Some(addr) = t.vxi11 {
-        let addr = with_default_port(&addr, 111);
-        let pm = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("--vxi11: cannot listen on {addr} (port 111 needs root)"))?;
-        let pm_addr = pm.local_addr()?;
-        let core = tokio::net::TcpListener::bind((pm_addr.ip(), 0))
-            .await
-            .with_context(|| format!("--vxi11: no free port on {}", pm_addr.ip()))?;
-        let core_addr = core.local_addr()?;
-        lines.push(format!(
-            "VXI-11: portmapper {pm_addr}, core channel {core_addr} (PyVISA: TCPIP::{},{}::INSTR)",
-            core_addr.ip(),
-            core_addr.port()
-        ));
-        let b = backend.clone();
-        servers.push(spawn(move |stopped| async move {
-            labmesh_drivers::sim::vxi11::serve(b, Some(pm), core, stopped).await
-        }));
-    }
-    if let Some(addr) = t.hislip {
-        let addr = with_default_port(&addr, labmesh_drivers::hislip::PORT);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("--hislip: cannot listen on {addr}"))?;
-        let a = listener.local_addr()?;
-        lines.push(format!(
-            "HiSLIP: {a}: TCPIP::{}::hislip0,{}::INSTR",
-            a.ip(),
-            a.port()
-        ));
-        let b = backend.clone();
-        servers.push(spawn(move |stopped| async move {
-            let opts = labmesh_drivers::sim::hislip::HislipServerOptions::default();
-            labmesh_drivers::sim::hislip::serve(b, listener, opts, stopped).await
-        }));
-    }
-    serve(servers, &lines.join("\n"), |servers| async move {
-        for (stop, _) in &servers {
-            let _ = stop.send(true);
-        }
-        for (_, task) in servers {
-            task.await?.context("simulator")?;
-        }
-        anyhow::Ok(())
-    })
-    .await
+    let lan = Lan {
+        tcp: t.tcp,
+        vxi11: t.vxi11,
+        hislip: t.hislip,
+        other: false,
+    };
+    let servers = serve_lan(backend, lan, &mut lines).await?;
+    run_servers(servers, &lines).await
 }
