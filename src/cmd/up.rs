@@ -5,10 +5,8 @@
 //! dashboard reach the broker at the endpoints it bound (its own advertised
 //! ones), whatever `broker_rpc`/`broker_xsub` say.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use labmesh_client::{Client, ClientOptions};
 
 use crate::common::{driver_registry, load_with, shutdown_signal, Global};
@@ -68,20 +66,7 @@ pub(super) async fn start(
         Some(labmesh_relay::spawn(ctx, o, hosted).await?)
     };
     let web = if web {
-        let listen: SocketAddr = cfg
-            .web
-            .listen
-            .parse()
-            .with_context(|| format!("web.listen {:?}", cfg.web.listen))?;
-        let token = match &cfg.web.token_file {
-            Some(f) => Some(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("token file {}", f.display()))?
-                    .trim()
-                    .to_string(),
-            ),
-            None => cfg.web.token.clone(),
-        };
+        let options = super::web::options_from_config(cfg)?;
         let client = Client::connect(
             ctx,
             ClientOptions {
@@ -91,19 +76,7 @@ pub(super) async fn start(
             },
         )
         .await?;
-        Some(
-            labmesh_web::spawn(
-                client,
-                labmesh_web::WebOptions {
-                    listen,
-                    token,
-                    ws_queue_bytes: cfg.web.ws_queue_bytes,
-                    max_ws: cfg.web.max_clients,
-                    ..Default::default()
-                },
-            )
-            .await?,
-        )
+        Some(labmesh_web::spawn(client, options).await?)
     } else {
         None
     };

@@ -30,6 +30,22 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
         }
         Ok(())
     })?;
+    let options = options_from_config(&cfg)?;
+    let client = Client::connect(ctx, ClientOptions::from_config(&cfg)).await?;
+    let web = labmesh_web::spawn(client, options).await?;
+    println!("labmesh web: http://{}/", web.addr());
+    shutdown_signal().await;
+    web.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The dashboard's options from `[web]` (`labmesh web` and `labmesh up`):
+/// the listen address, the operator token (a token file must not be
+/// empty), the queues and the gauges. Warns when a non-local address has
+/// no token.
+pub(super) fn options_from_config(
+    cfg: &labmesh_config::Config,
+) -> anyhow::Result<labmesh_web::WebOptions> {
     let listen: SocketAddr = cfg
         .web
         .listen
@@ -48,25 +64,16 @@ pub async fn exec(a: Args, global: &Global, ctx: &zmq::Context) -> anyhow::Resul
     if !listen.ip().is_loopback() && token.is_none() {
         tracing::warn!(%listen, "no operator token: on this address every state-changing action will be refused (403)");
     }
-    let client = Client::connect(ctx, ClientOptions::from_config(&cfg)).await?;
-    let web = labmesh_web::spawn(
-        client,
-        labmesh_web::WebOptions {
-            listen,
-            token,
-            ws_queue_bytes: cfg.web.ws_queue_bytes,
-            max_ws: cfg.web.max_clients,
-            gauges: match &cfg.web.gauges {
-                labmesh_config::WebGauges::All(false) => labmesh_web::Gauges::Off,
-                labmesh_config::WebGauges::All(true) => labmesh_web::Gauges::All,
-                labmesh_config::WebGauges::Fields(f) => labmesh_web::Gauges::Fields(f.clone()),
-            },
-            ..Default::default()
+    Ok(labmesh_web::WebOptions {
+        listen,
+        token,
+        ws_queue_bytes: cfg.web.ws_queue_bytes,
+        max_ws: cfg.web.max_clients,
+        gauges: match &cfg.web.gauges {
+            labmesh_config::WebGauges::All(false) => labmesh_web::Gauges::Off,
+            labmesh_config::WebGauges::All(true) => labmesh_web::Gauges::All,
+            labmesh_config::WebGauges::Fields(f) => labmesh_web::Gauges::Fields(f.clone()),
         },
-    )
-    .await?;
-    println!("labmesh web: http://{}/", web.addr());
-    shutdown_signal().await;
-    web.shutdown().await;
-    Ok(ExitCode::SUCCESS)
+        ..Default::default()
+    })
 }

@@ -39,6 +39,7 @@ driver = "mock-psu"
 rpc_bind = "tcp://127.0.0.1:*"
 [web]
 listen = "127.0.0.1:0"
+gauges = ["voltage"]
 "#,
             dir.join("data").display()
         ),
@@ -121,7 +122,45 @@ listen = "127.0.0.1:0"
         "{}",
         &mesh[..mesh.len().min(400)]
     );
+    // `up` reads the same [web] options as `labmesh web`: the gauge asked
+    // for in the file is exported (up once ignored `gauges`).
+    let gauge = "labmesh_web_state_value{relay=\"psu-up\",field=\"voltage\"} 4";
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if get("/metrics").await?.contains(gauge) {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no {gauge} in /metrics"))??;
     node.kill().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[tokio::test]
+async fn up_refuses_an_empty_web_token_file() -> anyhow::Result<()> {
+    // An empty token file once started `up`'s dashboard with the empty
+    // string as the operator token; `labmesh web` refused it.
+    let dir = std::env::temp_dir().join(format!("labmesh-up-token-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let token = dir.join("token");
+    std::fs::write(&token, "\n")?;
+    let cfg = dir.join("up.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[broker]\nrpc_bind = \"tcp://127.0.0.1:*\"\nxsub_bind = \"tcp://127.0.0.1:*\"\n\
+             xpub_bind = \"tcp://127.0.0.1:*\"\n[web]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
+            token.display()
+        ),
+    )?;
+    let out = crate::run_cli_within(Some(&cfg), &["up"], WAIT).await?;
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stderr.contains("is empty"), "{}", out.stderr);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
