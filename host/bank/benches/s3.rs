@@ -14,12 +14,12 @@
 //! `LMH_BENCH_RSS_MB` go in and back out.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 #[path = "../tests/it/weed.rs"]
 mod weed;
 
-use std::pin::Pin;
 use std::process::{Command, Stdio};
-use std::task::{Context, Poll};
+
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -27,67 +27,16 @@ use labmesh_bank::{Bank, BankOptions, Storage};
 use labmesh_transfer::{download_to_file, upload_reader, DownloadOptions, UploadOptions};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, WriteMultipart};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::AsyncReadExt;
 
 const MIB: usize = 1024 * 1024;
 
-fn env_n(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// `left` bytes of a cheap deterministic pattern, produced on the fly.
-struct Pattern {
-    left: u64,
-    x: u64,
-}
-
-impl AsyncRead for Pattern {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let n = (buf.remaining() as u64).min(self.left) as usize;
-        let mut chunk = vec![0u8; n];
-        for b in chunk.chunks_mut(8) {
-            self.x = self
-                .x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let bytes = self.x.to_le_bytes();
-            b.copy_from_slice(&bytes[..b.len()]);
-        }
-        buf.put_slice(&chunk);
-        self.left -= n as u64;
-        Poll::Ready(Ok(()))
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// Bare object_store: multipart PUT in 8 MiB parts, then a streamed GET.
 async fn bare(store: &object_store::aws::AmazonS3, key: &str, mb: usize, x: u64) -> (f64, f64) {
     let path = ObjPath::from(key);
     let t0 = Instant::now();
     let upload = store.put_multipart(&path).await.unwrap();
     let mut w = WriteMultipart::new_with_chunk_size(upload, 8 * MIB);
-    let mut src = Pattern {
+    let mut src = common::Pattern {
         left: (mb * MIB) as u64,
         x,
     };
@@ -128,7 +77,7 @@ async fn through_bank(
         window: 8,
         ..Default::default()
     };
-    let src = Pattern {
+    let src = common::Pattern {
         left: (mb * MIB) as u64,
         x,
     };
@@ -152,9 +101,9 @@ async fn through_bank(
 }
 
 fn main() {
-    let mb = env_n("LMH_BENCH_MB", 256);
-    let runs = env_n("LMH_BENCH_RUNS", 3).max(1);
-    let rss_mb = env_n("LMH_BENCH_RSS_MB", 1024);
+    let mb = common::env_n("LMH_BENCH_MB", 256);
+    let runs = common::env_n("LMH_BENCH_RUNS", 3).max(1);
+    let rss_mb = common::env_n("LMH_BENCH_RSS_MB", 1024);
     if !weed::weed_ready() {
         return;
     }
@@ -185,8 +134,8 @@ fn main() {
         }
         let med = |v: &[(f64, f64)]| {
             (
-                median(v.iter().map(|p| p.0).collect()),
-                median(v.iter().map(|p| p.1).collect()),
+                common::median(v.iter().map(|p| p.0).collect()),
+                common::median(v.iter().map(|p| p.1).collect()),
             )
         };
         let (bu, bd) = med(&b);
@@ -238,26 +187,26 @@ fn main() {
             parts.next().unwrap().to_string(),
         );
         let pid = child.id();
-        let idle = vm_hwm_kib(pid).unwrap_or(0);
+        let idle = common::vm_hwm_kib(pid).unwrap_or(0);
         let opts = UploadOptions {
             dataset_id: Some("big".into()),
             chunk_size: MIB,
             ..Default::default()
         };
-        let source = Pattern {
+        let source = common::Pattern {
             left: (rss_mb * MIB) as u64,
             x: 3,
         };
         upload_reader(&ctx, &ingest, source, None, opts)
             .await
             .unwrap();
-        let after_up = vm_hwm_kib(pid).unwrap_or(0);
+        let after_up = common::vm_hwm_kib(pid).unwrap_or(0);
         let dest = tmp.path().join("big.bin");
         download_to_file(&ctx, &retrieve, "big", &dest, Default::default())
             .await
             .unwrap();
         let _ = std::fs::remove_file(&dest);
-        let after_down = vm_hwm_kib(pid).unwrap_or(0);
+        let after_down = common::vm_hwm_kib(pid).unwrap_or(0);
         println!(
             "S3-backed bank process VmHWM: idle {:.1} MiB; after {rss_mb} MiB ingest {:.1} MiB; after its download {:.1} MiB",
             idle as f64 / 1024.0,

@@ -16,10 +16,12 @@
 //!   back out.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::Write;
 use std::pin::Pin;
 use std::process::{Command, Stdio};
-use std::task::{Context, Poll};
+
 use std::time::Instant;
 
 use labmesh_bank::{Bank, BankOptions};
@@ -29,41 +31,6 @@ use labmesh_transfer::{
 use tokio::io::{AsyncRead, ReadBuf};
 
 const MIB: usize = 1024 * 1024;
-
-fn env_mb(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// `len` bytes of a cheap deterministic pattern, produced on the fly.
-struct Pattern {
-    left: u64,
-    x: u64,
-}
-
-impl AsyncRead for Pattern {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let n = (buf.remaining() as u64).min(self.left) as usize;
-        let mut chunk = vec![0u8; n];
-        for b in chunk.chunks_mut(8) {
-            self.x = self
-                .x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let bytes = self.x.to_le_bytes();
-            b.copy_from_slice(&bytes[..b.len()]);
-        }
-        buf.put_slice(&chunk);
-        self.left -= n as u64;
-        Poll::Ready(Ok(()))
-    }
-}
 
 fn raw_zmq(total: usize) -> f64 {
     let ctx = zmq::Context::new();
@@ -92,19 +59,9 @@ fn raw_zmq(total: usize) -> f64 {
     total as f64 / MIB as f64 / secs
 }
 
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 fn main() {
-    let mb = env_mb("LMH_BENCH_MB", 256);
-    let rss_mb = env_mb("LMH_BENCH_RSS_MB", 1024);
+    let mb = common::env_n("LMH_BENCH_MB", 256);
+    let rss_mb = common::env_n("LMH_BENCH_RSS_MB", 1024);
     let total = mb * MIB;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -116,7 +73,7 @@ fn main() {
     let src = tmp.path().join("src.bin");
     rt.block_on(async {
         let mut f = std::fs::File::create(&src).unwrap();
-        let mut p = Pattern {
+        let mut p = common::Pattern {
             left: total as u64,
             x: 1,
         };
@@ -134,7 +91,7 @@ fn main() {
     rt.block_on(async {
         let ctx = zmq::Context::new();
         let mut bopts = BankOptions::new("bench", tmp.path().join("bank"));
-        bopts.checkpoint_bytes = (env_mb("LMH_BENCH_CHECKPOINT_MB", 32) * MIB) as u64;
+        bopts.checkpoint_bytes = (common::env_n("LMH_BENCH_CHECKPOINT_MB", 32) * MIB) as u64;
         let bank = Bank::start(&ctx, bopts).await.unwrap();
         let opts = UploadOptions {
             dataset_id: Some("bench".into()),
@@ -155,7 +112,7 @@ fn main() {
             ("download legacy get ", 0u32),
             (
                 "download credit mode",
-                env_mb("LMH_BENCH_CREDIT", 32) as u32,
+                common::env_n("LMH_BENCH_CREDIT", 32) as u32,
             ),
             ("download legacy get ", 0),
         ] {
@@ -209,7 +166,7 @@ fn main() {
         parts.next().unwrap().to_string(),
     );
     let pid = child.id();
-    let idle = vm_hwm_kib(pid).unwrap_or(0);
+    let idle = common::vm_hwm_kib(pid).unwrap_or(0);
     rt.block_on(async {
         let ctx = zmq::Context::new();
         let opts = UploadOptions {
@@ -217,16 +174,16 @@ fn main() {
             chunk_size: MIB,
             ..Default::default()
         };
-        let source = Pattern { left: (rss_mb * MIB) as u64, x: 3 };
+        let source = common::Pattern { left: (rss_mb * MIB) as u64, x: 3 };
         upload_reader(&ctx, &ingest, source, None, opts).await.unwrap();
-        let after_up = vm_hwm_kib(pid).unwrap_or(0);
+        let after_up = common::vm_hwm_kib(pid).unwrap_or(0);
         let dest = tmp.path().join("big.bin");
         let mut after = Vec::new();
         for credit in [0u32, 32] {
             let opts = DownloadOptions { credit, ..Default::default() };
             download_to_file(&ctx, &retrieve, "big", &dest, opts).await.unwrap();
             let _ = std::fs::remove_file(&dest);
-            after.push(vm_hwm_kib(pid).unwrap_or(0));
+            after.push(common::vm_hwm_kib(pid).unwrap_or(0));
         }
         println!(
             "bank process VmHWM: idle {:.1} MiB; after {rss_mb} MiB ingest {:.1} MiB; + legacy download {:.1} MiB; + credit download {:.1} MiB",
