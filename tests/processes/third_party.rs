@@ -8,10 +8,9 @@
 //! `CI=true` it fails.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use labmesh_tests::{free_port, last_json, run_python, skip_or_fail};
+use labmesh_tests::{free_port, last_json, run_python};
 use serde_json::Value;
 
 use crate::Node;
@@ -19,24 +18,10 @@ use crate::Node;
 /// Python that imports pyvisa, pyvisa-py and `module`, or `None` (skipped
 /// with the reason; a failure under `CI=true`).
 fn python_with(module: &str, pip: &str) -> Option<PathBuf> {
-    let py = std::env::var_os("PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("python3"));
-    let ok = std::process::Command::new(&py)
-        .args(["-c", &format!("import pyvisa, pyvisa_py, {module}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if ok {
-        return Some(py);
-    }
-    skip_or_fail(&format!(
-        "{} cannot import {module} with pyvisa-py (pip install pyvisa-py {pip})",
-        py.display()
-    ));
-    None
+    labmesh_tests::python_importing(
+        &format!("pyvisa, pyvisa_py, {module}"),
+        &format!("pyvisa-py {pip}"),
+    )
 }
 
 /// Start `labmesh sim psu --dialect D --model M --tcp 127.0.0.1:PORT` and

@@ -116,39 +116,25 @@ impl Mesh {
 /// Whether the Python labmesh package is importable. Locally a missing
 /// package skips (with a printed reason); with `CI=true` it fails.
 pub fn python_labmesh() -> Option<PathBuf> {
-    let py = std::env::var_os("PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("python3"));
-    let ok = std::process::Command::new(&py)
-        .args(["-c", "import labmesh, zmq"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if ok {
-        return Some(py);
-    }
-    let why = format!(
-        "{} cannot import labmesh and zmq (pip install labmesh pyzmq)",
-        py.display()
-    );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true and {why}");
-    }
-    eprintln!("SKIPPED: {why}");
-    None
+    python_importing("labmesh, zmq", "labmesh pyzmq")
 }
 
 /// Whether pyvisa with the pyvisa-py backend is importable (VXI-11 and
 /// HiSLIP interop). Locally a missing package skips (with a printed
 /// reason); with `CI=true` it fails.
 pub fn python_pyvisa() -> Option<PathBuf> {
+    python_importing("pyvisa, pyvisa_py", "pyvisa pyvisa-py")
+}
+
+/// `$PYTHON` (default `python3`) if it can `import MODULES` (a Python
+/// import list), or `None`: skipped with the reason and the `pip install
+/// PIP` that would help; a failure under `CI=true`.
+pub fn python_importing(modules: &str, pip: &str) -> Option<PathBuf> {
     let py = std::env::var_os("PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("python3"));
     let ok = std::process::Command::new(&py)
-        .args(["-c", "import pyvisa, pyvisa_py"])
+        .args(["-c", &format!("import {modules}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -158,7 +144,7 @@ pub fn python_pyvisa() -> Option<PathBuf> {
         return Some(py);
     }
     skip_or_fail(&format!(
-        "{} cannot import pyvisa and pyvisa_py (pip install pyvisa pyvisa-py)",
+        "{} cannot import {modules} (pip install {pip})",
         py.display()
     ));
     None
