@@ -113,6 +113,29 @@ impl Mesh {
     }
 }
 
+/// Start Python labmesh's relay (`tests/python/relay_node.py`) as `id`
+/// on a free port, registered with `broker`; returns the process (killed
+/// on drop) and the port, once it printed `ready`.
+pub async fn spawn_python_relay(
+    py: &PathBuf,
+    broker: &BrokerHandle,
+    id: &str,
+) -> anyhow::Result<(tokio::process::Child, u16)> {
+    let port = free_port()?;
+    let child = spawn_python(
+        py,
+        "relay_node.py",
+        &[
+            broker.rpc_endpoint(),
+            broker.xsub_endpoint(),
+            id,
+            &port.to_string(),
+        ],
+    )
+    .await?;
+    Ok((child, port))
+}
+
 /// Whether the Python labmesh package is importable. Locally a missing
 /// package skips (with a printed reason); with `CI=true` it fails.
 pub fn python_labmesh() -> Option<PathBuf> {

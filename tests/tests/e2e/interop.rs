@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use labmesh_tests::{last_json, python_labmesh, run_python, spawn_python, Mesh, WAIT};
+use labmesh_tests::{last_json, python_labmesh, run_python, Mesh, WAIT};
 use labmesh_wire::auth::Password;
 use serde_json::json;
 
@@ -54,18 +54,7 @@ async fn python_relay_registers_with_rust_broker_and_is_called_from_rust() -> an
         return Ok(());
     };
     let mesh = Mesh::start(&["rust-psu"], Duration::from_millis(100)).await?;
-    let port = labmesh_tests::free_port()?.to_string();
-    let mut child = spawn_python(
-        &py,
-        "relay_node.py",
-        &[
-            mesh.broker.rpc_endpoint(),
-            mesh.broker.xsub_endpoint(),
-            "py-psu",
-            &port,
-        ],
-    )
-    .await?;
+    let (mut child, port) = labmesh_tests::spawn_python_relay(&py, &mesh.broker, "py-psu").await?;
     let info = mesh.client.wait_for_relay("py-psu", WAIT).await?;
     assert_eq!(info.rpc_endpoint, format!("tcp://127.0.0.1:{port}"));
     let psu = mesh.client.relay("py-psu").await?;
@@ -316,18 +305,7 @@ async fn python_relay_without_heartbeats_stays_listed_by_probes_until_it_dies() 
         labmesh_client::ClientOptions::new(broker.rpc_endpoint(), broker.xpub_endpoint()),
     )
     .await?;
-    let port = labmesh_tests::free_port()?.to_string();
-    let mut child = spawn_python(
-        &py,
-        "relay_node.py",
-        &[
-            broker.rpc_endpoint(),
-            broker.xsub_endpoint(),
-            "py-quiet",
-            &port,
-        ],
-    )
-    .await?;
+    let (mut child, _) = labmesh_tests::spawn_python_relay(&py, &broker, "py-quiet").await?;
     client.wait_for_relay("py-quiet", WAIT).await?;
     // Three TTLs pass with no heartbeat from it: probes keep it listed.
     tokio::time::sleep(ttl * 3).await;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use labmesh_client::{Client, ClientOptions, Event, LockEvent, LockEventKind, LockOptions};
-use labmesh_tests::{python_labmesh, script, spawn_python, Mesh, WAIT};
+use labmesh_tests::{python_labmesh, script, Mesh, WAIT};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
@@ -348,18 +348,7 @@ async fn python_labmesh_relay_ignores_the_lease_field() -> anyhow::Result<()> {
         return Ok(());
     };
     let mesh = Mesh::start(&["rust-psu"], Duration::from_millis(100)).await?;
-    let port = labmesh_tests::free_port()?.to_string();
-    let mut child = spawn_python(
-        &py,
-        "relay_node.py",
-        &[
-            mesh.broker.rpc_endpoint(),
-            mesh.broker.xsub_endpoint(),
-            "py-psu",
-            &port,
-        ],
-    )
-    .await?;
+    let (mut child, _) = labmesh_tests::spawn_python_relay(&py, &mesh.broker, "py-psu").await?;
     mesh.client.wait_for_relay("py-psu", WAIT).await?;
     let psu = mesh.client.relay("py-psu").await?;
     psu.use_lease(Some(1_764_633_600_001));
