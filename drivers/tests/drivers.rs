@@ -16,7 +16,9 @@ use labmesh_drivers::{
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+
+mod common;
+use common::Served;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -24,8 +26,7 @@ const LIMIT: Duration = Duration::from_secs(20);
 struct TcpSim {
     sim: SimPsu,
     resource: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    served: Served,
 }
 
 impl TcpSim {
@@ -33,38 +34,18 @@ impl TcpSim {
         let sim = SimPsu::new(SimConfig::new(family))?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (stop, rx) = oneshot::channel::<()>();
         let s = sim.clone();
-        let task = tokio::spawn(async move {
-            s.serve_tcp(listener, async {
-                let _ = rx.await;
-            })
-            .await
-        });
+        let served =
+            Served::spawn(move |stopped| async move { s.serve_tcp(listener, stopped).await });
         Ok(TcpSim {
             sim,
             resource: format!("tcp://{addr}"),
-            stop: Some(stop),
-            task: Some(task),
+            served,
         })
     }
 
-    async fn shutdown(mut self) -> Result<()> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await??;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for TcpSim {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+    async fn shutdown(self) -> Result<()> {
+        self.served.shutdown().await
     }
 }
 

@@ -19,6 +19,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+mod common;
+use common::Served;
+
 const LIMIT: Duration = Duration::from_secs(20);
 
 async fn bounded<T>(f: impl Future<Output = Result<T>>) -> Result<T> {
@@ -32,8 +35,7 @@ struct VxiSim {
     sim: SimPsu,
     pm_port: u16,
     core_port: u16,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    served: Served,
 }
 
 impl VxiSim {
@@ -41,20 +43,16 @@ impl VxiSim {
         let pm = TcpListener::bind(("127.0.0.1", pm_port)).await?;
         let core = TcpListener::bind(("127.0.0.1", core_port)).await?;
         let (pm_port, core_port) = (pm.local_addr()?.port(), core.local_addr()?.port());
-        let (stop, rx) = oneshot::channel::<()>();
         let s = sim.clone();
-        let task = tokio::spawn(async move {
-            s.serve_vxi11(Some(pm), core, async {
-                let _ = rx.await;
-            })
-            .await
-        });
+        let served =
+            Served::spawn(
+                move |stopped| async move { s.serve_vxi11(Some(pm), core, stopped).await },
+            );
         Ok(VxiSim {
             sim,
             pm_port,
             core_port,
-            stop: Some(stop),
-            task: Some(task),
+            served,
         })
     }
 
@@ -66,22 +64,8 @@ impl VxiSim {
         format!("vxi11://127.0.0.1:{}/inst0", self.pm_port)
     }
 
-    async fn shutdown(mut self) -> Result<()> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await??;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for VxiSim {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+    async fn shutdown(self) -> Result<()> {
+        self.served.shutdown().await
     }
 }
 
@@ -325,28 +309,17 @@ async fn vxi11_refusals_are_clear() -> Result<()> {
 struct HislipSim {
     sim: SimPsu,
     port: u16,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    served: Served,
 }
 
 impl HislipSim {
     async fn start(sim: SimPsu, port: u16) -> Result<HislipSim> {
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let port = listener.local_addr()?.port();
-        let (stop, rx) = oneshot::channel::<()>();
         let s = sim.clone();
-        let task = tokio::spawn(async move {
-            s.serve_hislip(listener, async {
-                let _ = rx.await;
-            })
-            .await
-        });
-        Ok(HislipSim {
-            sim,
-            port,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        let served =
+            Served::spawn(move |stopped| async move { s.serve_hislip(listener, stopped).await });
+        Ok(HislipSim { sim, port, served })
     }
 
     async fn keysight() -> Result<HislipSim> {
@@ -357,22 +330,8 @@ impl HislipSim {
         format!("TCPIP::127.0.0.1::hislip0,{}::INSTR", self.port)
     }
 
-    async fn shutdown(mut self) -> Result<()> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await??;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for HislipSim {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+    async fn shutdown(self) -> Result<()> {
+        self.served.shutdown().await
     }
 }
 
