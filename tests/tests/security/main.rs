@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
+mod cascade;
+
 const SHORT: Duration = Duration::from_secs(3);
 
 struct Keys {
