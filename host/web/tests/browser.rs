@@ -153,6 +153,19 @@ async fn lanes(b: &Browser) -> Value {
     .unwrap()
 }
 
+/// [`lanes`] once `ok` holds (bounded).
+async fn lanes_until(b: &Browser, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let l = lanes(b).await;
+        if ok(&l) {
+            return l;
+        }
+        assert!(Instant::now() < deadline, "timeline: {l}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn voltage(mesh: &Mesh) -> f64 {
     mesh.client
         .call("psu-1", "get_state", Value::Null)
@@ -305,14 +318,7 @@ async fn dashboard_in_headless_chromium() {
             .await
             .unwrap();
         until_attr(&b, "#presence-timeline", "data-window", "60").await;
-        let png = shot(&b, "mesh-timeline.png").await;
-        if std::env::var_os("LABMESH_UPDATE_DOCS_SCREENSHOT").is_some() {
-            std::fs::write(
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/web-mesh.png"),
-                png,
-            )
-            .unwrap();
-        }
+        shot(&b, "mesh-timeline.png").await;
 
         // Instrument page: a call made elsewhere shows within a second.
         b.goto(&format!("{base}/#/relay/psu-1")).await.unwrap();
@@ -467,6 +473,29 @@ async fn dashboard_in_headless_chromium() {
             .await
             .unwrap();
         assert_eq!(got.as_str(), Some(sha.as_str()));
+
+        // The mesh page again, freshly loaded: psu-3's lane is rebuilt from
+        // the web node's presence events (online, then offline).
+        b.goto(&format!("{base}/#/mesh")).await.unwrap();
+        let l = lanes_until(&b, |l| l["psu-3"]["status"] == "offline").await;
+        let segs = l["psu-3"]["segs"].as_array().unwrap();
+        assert_eq!(segs.len(), 2, "{l}");
+        assert_eq!(segs[0]["status"], "online");
+        b.find(Locator::Css("#timeline-window"))
+            .await
+            .unwrap()
+            .select_by_value("60")
+            .await
+            .unwrap();
+        until_attr(&b, "#presence-timeline", "data-window", "60").await;
+        let png = shot(&b, "mesh-timeline-reloaded.png").await;
+        if std::env::var_os("LABMESH_UPDATE_DOCS_SCREENSHOT").is_some() {
+            std::fs::write(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/web-mesh.png"),
+                png,
+            )
+            .unwrap();
+        }
     })
     .await
     .expect("browser test bounded");
