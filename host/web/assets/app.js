@@ -63,33 +63,60 @@ function watch(relay) {
 }
 
 // ---------- plot ----------
-// A rolling window of WINDOW points; *pause* freezes it (new points are
+// A rolling window of WINDOW points, one or more series: a number is one
+// series; an object or array of numbers (a stream sample's value) is one
+// series per numeric field (nested ones as `a.b`, array items as `[i]`; at
+// most MAX_SERIES), with a legend. *pause* freezes it (new points are
 // counted, not kept); zoom (buttons or the mouse wheel) shows the newest
-// `span` seconds; *CSV* exports what is shown.
+// `span` seconds; *CSV* exports what is shown, one column per series.
+const MAX_SERIES = 16;
+const COLOURS = ['#2563eb', '#d9480f', '#2b8a3e', '#9c36b5', '#c92a2a', '#0b7285', '#e67700', '#5c7cfa'];
+const SKIP_FIELDS = ['ts', 'last_updated', 'runs', 'seq', 't_wall', 't_mono'];
+function numericFields(v, prefix = '', out = [], depth = 0) {
+  if (typeof v === 'number') { if (isFinite(v)) out.push([prefix, v]); return out; }
+  if (!v || typeof v !== 'object' || depth > 3) return out;
+  const items = Array.isArray(v) ? v.map((x, i) => [`[${i}]`, x]) : Object.entries(v).filter(([k]) => !SKIP_FIELDS.includes(k)).map(([k, x]) => [prefix ? `.${k}` : k, x]);
+  for (const [k, x] of items) { if (out.length >= MAX_SERIES) break; numericFields(x, prefix + k, out, depth + 1); }
+  return out;
+}
 class Plot {
-  constructor(key, title, unit) {
-    this.key = key; this.title = title; this.unit = unit || '';
-    this.pts = []; this.paused = false; this.total = 0; this.span = null;
-    this.canvas = h('canvas', { 'data-plot': key, 'data-points': '0', 'data-total': '0', 'data-visible': '0', 'data-span': 'all', 'data-paused': 'false', width: 800, height: 140 });
+  // `unitOf(series)` gives a series' unit ('' for none).
+  constructor(key, title, unitOf) {
+    this.key = key; this.title = title; this.unitOf = typeof unitOf === 'function' ? unitOf : () => unitOf || '';
+    this.cols = []; this.pts = []; this.paused = false; this.total = 0; this.span = null;
+    this.canvas = h('canvas', { 'data-plot': key, 'data-points': '0', 'data-total': '0', 'data-visible': '0', 'data-span': 'all', 'data-paused': 'false', 'data-series': '', width: 800, height: 140 });
     this.label = h('span', { class: 'mono' }, '');
+    this.legend = h('div', { class: 'legend', 'data-legend': key });
     const pause = h('button', { 'data-act': 'pause', onclick: () => { this.paused = !this.paused; pause.textContent = this.paused ? 'resume' : 'pause'; this.canvas.dataset.paused = String(this.paused); } }, 'pause');
     const btn = (act, text, title, fn) => h('button', { 'data-act': act, title, onclick: fn }, text);
     this.el = h('div', { class: 'plot', 'data-plot-box': key },
       h('div', { class: 'bar' }, h('strong', {}, title), this.label, h('span', { class: 'spacer' }),
         pause, btn('zoom-in', '+', 'zoom in (newest half)', () => this.zoom(0.5)), btn('zoom-out', '−', 'zoom out', () => this.zoom(2)),
         btn('zoom-reset', 'all', 'the whole window', () => { this.span = null; this.update(); }), btn('csv', 'CSV', 'export the points shown', () => this.csv())),
-      this.canvas);
+      this.canvas, this.legend);
     this.canvas.addEventListener('wheel', (ev) => { ev.preventDefault(); this.zoom(ev.deltaY < 0 ? 0.8 : 1.25); }, { passive: false });
   }
+  // `v`: a number, or an object/array whose numeric fields are series.
   add(t, v) {
-    if (typeof v !== 'number' || !isFinite(v)) return;
+    const f = numericFields(v);
+    if (!f.length || typeof t !== 'number') return;
     this.total++;
     this.canvas.dataset.total = String(this.total);
     if (this.paused) return;
-    this.pts.push([t, v]);
+    let grew = false;
+    for (const [name] of f) if (!this.cols.includes(name) && this.cols.length < MAX_SERIES) { this.cols.push(name); grew = true; }
+    const row = this.cols.map(() => null);
+    for (const [name, x] of f) { const i = this.cols.indexOf(name); if (i >= 0) row[i] = x; }
+    this.pts.push([t, row]);
     if (this.pts.length > WINDOW) this.pts.shift();
     this.canvas.dataset.points = String(this.pts.length);
-    this.label.textContent = `${v.toPrecision(6)} ${this.unit}`;
+    if (grew) {
+      this.canvas.dataset.series = this.cols.join(',');
+      this.legend.hidden = this.cols.length < 2;
+      this.legend.replaceChildren(...this.cols.map((c, i) => h('span', { 'data-series-name': c }, h('i', { class: 'sw', style: `background:${COLOURS[i % COLOURS.length]}` }), h('span', {}, c || this.title), h('span', { class: 'mono mute', 'data-series-value': c }, ''))));
+    }
+    if (this.cols.length === 1) this.label.textContent = `${row[0].toPrecision(6)} ${this.unitOf(this.cols[0])}`;
+    else for (const [name, x] of f) { const e = this.legend.querySelector(`[data-series-value="${CSS.escape(name)}"]`); if (e) e.textContent = ` ${x.toPrecision(6)} ${this.unitOf(name)}`; }
     this.update();
   }
   // The points shown: the newest `span` seconds, or all.
@@ -118,20 +145,31 @@ class Plot {
     g.clearRect(0, 0, W, H);
     if (p.length < 1) return;
     let lo = Infinity, hi = -Infinity;
-    for (const [, v] of p) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    for (const [, row] of p) for (const v of row) if (v !== null && v !== undefined) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    if (!isFinite(lo)) return;
     if (hi - lo < 1e-12) { hi += 0.5; lo -= 0.5; }
     const t0 = p[0][0], t1 = Math.max(p[p.length - 1][0], t0 + 1e-6);
     const x = (t) => 40 + (W - 50) * (t - t0) / (t1 - t0), y = (v) => H - 14 - (H - 24) * (v - lo) / (hi - lo);
     g.strokeStyle = '#dde1e7'; g.fillStyle = '#6b7585'; g.font = '11px sans-serif';
     for (const v of [lo, (lo + hi) / 2, hi]) { g.beginPath(); g.moveTo(40, y(v)); g.lineTo(W - 10, y(v)); g.stroke(); g.fillText(v.toPrecision(4), 2, y(v) + 4); }
     g.fillText(`${(t1 - t0).toFixed(1)} s${this.paused ? ' · paused' : ''}`, W - 90, H - 2);
-    g.strokeStyle = '#2563eb'; g.lineWidth = 1.5; g.beginPath();
-    p.forEach(([t, v], i) => (i ? g.lineTo(x(t), y(v)) : g.moveTo(x(t), y(v))));
-    g.stroke();
+    g.lineWidth = 1.5;
+    this.cols.forEach((_, i) => {
+      g.strokeStyle = COLOURS[i % COLOURS.length]; g.beginPath();
+      let pen = false;
+      for (const [t, row] of p) {
+        const v = row[i];
+        if (v === null || v === undefined) { pen = false; continue; }
+        if (pen) g.lineTo(x(t), y(v)); else { g.moveTo(x(t), y(v)); pen = true; }
+      }
+      g.stroke();
+    });
   }
   csvText() {
-    const col = this.title.replace(/[^\w.:-]/g, '_') + (this.unit ? `_${this.unit.replace(/[^\w]/g, '')}` : '');
-    return ['time_unix_s,' + col, ...this.view().map(([t, v]) => `${t},${v}`)].join('\n') + '\n';
+    const clean = (s) => s.replace(/[^\w.:\[\]-]/g, '_');
+    const head = this.cols.map((c) => { const u = this.unitOf(c).replace(/[^\w]/g, ''); return clean(c ? `${this.title}.${c}` : this.title) + (u ? `_${u}` : ''); });
+    const cell = (v) => (v === null || v === undefined ? '' : String(v));
+    return ['time_unix_s,' + head.join(','), ...this.view().map(([t, row]) => [t, ...this.cols.map((_, i) => cell(row[i]))].join(','))].join('\n') + '\n';
   }
   csv() {
     const a = h('a', { href: URL.createObjectURL(new Blob([this.csvText()], { type: 'text/csv' })), download: this.key.replace(/[^\w.-]/g, '_') + '.csv' });
@@ -145,15 +183,98 @@ const plots = new Map();
 let cleanup = () => {};
 function page(fn) { cleanup(); cleanup = () => {}; listeners.clear(); plots.clear(); main.replaceChildren(); return fn(); }
 
+// ---------- presence timeline ----------
+// One lane per relay/bank, time on x (the newest `win` seconds), coloured
+// segments online / stale / offline. Built from the web node's presence
+// events (`timeline`, then live `presence` messages), the directory's
+// status at each refresh (which is also the state before the first event:
+// a node listed with no event was there since the web node started) and
+// `stale` as the directory reports it. Before the web node started, or
+// before a node's first `online` event, the lane is empty (unknown).
+const SVGNS = 'http://www.w3.org/2000/svg';
+function s(tag, attrs = {}, ...kids) {
+  const el = document.createElementNS(SVGNS, tag);
+  for (const [k, v] of Object.entries(attrs)) if (v !== undefined && v !== null) el.setAttribute(k, v);
+  for (const k of kids.flat()) el.append(k instanceof Node ? k : document.createTextNode(String(k)));
+  return el;
+}
+const fmtExact = (ts) => { const d = new Date(ts * 1000); return d.toLocaleTimeString([], { hour12: false }) + '.' + String(d.getMilliseconds()).padStart(3, '0'); };
+const fmtDur = (s) => s < 60 ? `${s.toFixed(1)} s` : s < 3600 ? `${Math.floor(s / 60)} min${Math.round(s % 60) ? ` ${Math.round(s % 60)} s` : ''}` : `${(s / 3600).toFixed(1)} h`;
+class Timeline {
+  constructor() {
+    this.win = 600; this.since = null; this.nodes = new Map(); // id -> {role, tr: [{t, status, why}]}
+    this.skew = 0; // web node's clock minus ours
+    this.svg = s('svg', { id: 'presence-timeline', 'data-window': String(this.win), width: '100%', height: 40 });
+    const sel = h('select', { id: 'timeline-window', onchange: () => { this.win = Number(sel.value); this.draw(); } },
+      [[60, '1 min'], [300, '5 min'], [600, '10 min'], [1800, '30 min'], [3600, '1 h']].map(([v, t]) => h('option', { value: v, selected: v === this.win ? '' : undefined }, t)));
+    this.el = h('div', { class: 'tl' }, h('div', { class: 'bar' }, 'window ', sel,
+      h('span', { class: 'legend' }, ['online', 'stale', 'offline', 'unknown'].map((k) => h('span', {}, h('i', { class: `sw tl-${k}` }), k)))), this.svg);
+  }
+  node(id, role) {
+    if (!this.nodes.has(id)) { if (this.nodes.size >= 200) return null; this.nodes.set(id, { role, tr: [] }); }
+    const n = this.nodes.get(id); if (role) n.role = role; return n;
+  }
+  // A transition at `t` to `status`; dropped when it changes nothing.
+  mark(id, role, t, status, why) {
+    const n = this.node(id, role); if (!n) return;
+    let i = n.tr.length; while (i > 0 && n.tr[i - 1].t > t) i--;
+    if (i > 0 && n.tr[i - 1].status === status) return;
+    n.tr.splice(i, 0, { t, status, why });
+    if (n.tr.length > 1000) n.tr.shift();
+  }
+  presence(p) { this.mark(p.id, p.role, p.ts, p.status === 'online' ? 'online' : 'offline', p.reason); }
+  // The directory now (from /api/mesh).
+  directory(m) {
+    this.since = m.since; this.skew = m.now - Date.now() / 1000;
+    for (const [list, role] of [[m.relays, 'relay'], [m.banks, 'bank']]) for (const n of list) {
+      const k = this.node(n.id, role); if (!k) continue;
+      // Listed, and no event since the web node started: there since then.
+      if (!k.tr.length && n.status !== 'offline') this.mark(n.id, role, m.since, 'online', 'listed when the web node started');
+      // Online <-> stale from the directory; offline and back only from
+      // presence events (a refresh racing an event must not undo it).
+      const cur = k.tr.length ? k.tr[k.tr.length - 1].status : null;
+      if ((cur === 'online' || cur === 'stale') && (n.status === 'online' || n.status === 'stale')) this.mark(n.id, role, m.now, n.status, n.status === 'stale' ? 'no state for 3 intervals' : 'state again');
+    }
+  }
+  draw() {
+    const VW = Math.max(300, this.svg.clientWidth || 1000), now = Date.now() / 1000 + this.skew, t0 = now - this.win, L = 110, R = VW - 10, W = R - L;
+    const x = (t) => L + W * (Math.min(Math.max(t, t0), now) - t0) / this.win;
+    const ids = [...this.nodes.keys()].sort((a, b) => (this.nodes.get(a).role === 'bank') - (this.nodes.get(b).role === 'bank') || a.localeCompare(b));
+    const lane = 20, H = 18 + lane * ids.length;
+    this.svg.setAttribute('viewBox', `0 0 ${VW} ${H}`); this.svg.setAttribute('height', H); this.svg.dataset.window = String(this.win);
+    const kids = [];
+    for (let k = 0; k <= 5; k++) {
+      const t = t0 + this.win * k / 5, xx = L + W * k / 5;
+      kids.push(s('line', { x1: xx, x2: xx, y1: 0, y2: H - 14, class: 'tl-grid' }), s('text', { x: xx, y: H - 3, 'text-anchor': k === 0 ? 'start' : k === 5 ? 'end' : 'middle', class: 'tl-axis' }, k === 5 ? 'now' : `−${fmtDur(this.win - this.win * k / 5)}`));
+    }
+    ids.forEach((id, i) => {
+      const n = this.nodes.get(id), y = 2 + i * lane, g = s('g', { 'data-lane': id, 'data-role': n.role, 'data-status': n.tr.length ? n.tr[n.tr.length - 1].status : 'unknown' });
+      g.append(s('text', { x: 4, y: y + 13, class: 'tl-label' }, id));
+      n.tr.forEach((tr, j) => {
+        const to = j + 1 < n.tr.length ? n.tr[j + 1].t : now;
+        if (to < t0) return;
+        const x1 = x(tr.t), x2 = Math.max(x(to), x1 + 1);
+        g.append(s('rect', { x: x1, y, width: x2 - x1, height: lane - 4, class: `tl-${tr.status}`, 'data-status': tr.status, 'data-from': tr.t.toFixed(3), 'data-to': j + 1 < n.tr.length ? to.toFixed(3) : 'now' },
+          s('title', {}, `${id}: ${tr.status} from ${fmtExact(tr.t)} to ${j + 1 < n.tr.length ? fmtExact(to) : 'now'} (${fmtDur(to - tr.t)}) — ${tr.why}`)));
+      });
+      kids.push(g);
+    });
+    if (!ids.length) kids.push(s('text', { x: L, y: 14, class: 'tl-axis' }, 'no relays or banks seen yet'));
+    this.svg.replaceChildren(...kids);
+  }
+}
+
 async function meshPage() {
   watch(null);
   const relays = h('tbody', { id: 'relays' }), banks = h('tbody', { id: 'banks' }), tl = h('ul', { class: 'timeline', id: 'timeline' });
+  const lanes = new Timeline();
   const head = (...c) => h('thead', {}, h('tr', {}, c.map((x) => h('th', {}, x))));
   main.append(
     h('div', { class: 'grid2' },
       h('div', { class: 'card' }, h('h2', {}, 'Relays'), h('table', {}, head('relay', 'status', 'last seen', 'endpoint'), relays)),
       h('div', { class: 'card' }, h('h2', {}, 'Banks'), h('table', {}, head('bank', 'status', 'last seen', 'retrieve'), banks))),
-    h('div', { class: 'card' }, h('h2', {}, 'Presence timeline'), tl));
+    h('div', { class: 'card' }, h('h2', {}, 'Presence timeline'), lanes.el,
+      h('details', {}, h('summary', { class: 'mute' }, 'presence events (newest first)'), tl)));
   const seen = {};
   const row = (n, kind) => h('tr', { 'data-relay': kind === 'relay' ? n.id : undefined, 'data-bank': kind === 'bank' ? n.id : undefined },
     h('td', {}, kind === 'relay' ? h('a', { href: `#/relay/${encodeURIComponent(n.id)}` }, n.id) : n.id),
@@ -161,9 +282,12 @@ async function meshPage() {
     h('td', { class: 'mono', 'data-last-seen': n.id }, ago(seen[n.id] || n.last_seen)),
     h('td', { class: 'mono mute' }, n.endpoint || ''));
   const tlItem = (p) => h('li', {}, h('span', { class: 'mono' }, fmtTime(p.ts)), ' ', h('strong', {}, p.id), ` (${p.role}) `, h('span', { class: `badge st-${p.status}` }, p.status), ` — ${p.reason}`);
+  let first = true;
   async function refresh() {
     try {
       const m = await api('/api/mesh');
+      if (first) { for (const p of m.timeline) lanes.presence(p); first = false; }
+      lanes.directory(m); lanes.draw();
       relays.replaceChildren(...m.relays.map((n) => row(n, 'relay')));
       banks.replaceChildren(...m.banks.map((n) => row(n, 'bank')));
       tl.replaceChildren(...m.timeline.slice().reverse().slice(0, 50).map(tlItem));
@@ -172,11 +296,11 @@ async function meshPage() {
   }
   listeners.add((m) => {
     if (m.type === 'state') { seen[m.relay_id] = m.ts || Date.now() / 1000; const c = $(`[data-last-seen="${CSS.escape(m.relay_id)}"]`); if (c) c.textContent = ago(seen[m.relay_id]); }
-    if (m.type === 'presence') { tl.prepend(tlItem(m.presence)); refresh(); }
+    if (m.type === 'presence') { tl.prepend(tlItem(m.presence)); if (!first) { lanes.presence(m.presence); lanes.draw(); } refresh(); }
   });
   await refresh();
-  const t = setInterval(refresh, 3000);
-  cleanup = () => clearInterval(t);
+  const t = setInterval(refresh, 2000), t2 = setInterval(() => lanes.draw(), 1000);
+  cleanup = () => { clearInterval(t); clearInterval(t2); };
 }
 
 function paramInput(p) {
@@ -210,12 +334,15 @@ function readParams(form, m) {
   return params;
 }
 
-// Setpoint vs measured, from the description's `state_fields`:
-// confirmed (the instrument reports the setting, and a measurement of it
-// agrees within tolerance), pending (asked from this page and not yet
-// reported, or the setting changed and the measurement is settling),
-// mismatch (still not so after the settle time), stale (no fresh state),
-// off (the measurement is not compared while e.g. `output` is false).
+// Setpoint vs measured, from the description's `state_fields`, derived
+// from the published state itself, so every tab agrees whoever made the
+// setting (this page, another browser, the CLI, Python):
+// confirmed (the state reports the setting and its measurement agrees
+// within tolerance), pending (the measurement is not there yet but the
+// setting changed, or the measurement got closer to it, within the settle
+// time; or a setting asked from this page is not reported yet), mismatch
+// (no progress for the settle time), stale (no fresh state), off (the
+// measurement is not compared while e.g. `output` is false).
 const same = (a, b) => (typeof a === 'number' && typeof b === 'number') ? Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(b)) : a === b;
 function isStale(st) {
   if (!st) return true;
@@ -223,7 +350,21 @@ function isStale(st) {
   const iv = st.interval || 1;
   return st.ts ? Date.now() / 1000 - st.ts > Math.max(3 * iv, 2) : false;
 }
-function indicator(f, meas, st, requested, changed) {
+// Per setting, from each state: the setting, the closest the measurement
+// came to it since it changed, and when it last came closer (or the
+// setting changed, or comparing resumed). A tab opened mid-ramp starts
+// here, so it shows pending, not mismatch, while the ramp goes on.
+function track(tr, f, meas, st) {
+  const now = Date.now() / 1000, cur = st.state[f.name];
+  const mv = meas ? st.state[meas.name] : undefined;
+  const dist = typeof cur === 'number' && typeof mv === 'number' ? Math.abs(mv - cur) : null;
+  const off = meas?.active_when && st.state[meas.active_when] === false;
+  const t = tr[f.name];
+  if (!t || !same(t.set, cur) || off || st.stale) { tr[f.name] = { set: cur, best: off ? null : dist, at: now }; return; }
+  const eps = Math.max((meas?.tolerance || 0) / 10, 1e-9);
+  if (dist !== null && (t.best === null || dist < t.best - eps)) { t.best = dist; t.at = now; }
+}
+function indicator(f, meas, st, requested, tr) {
   const now = Date.now() / 1000;
   const settle = Math.max(2, 3 * (st?.interval || 0.5));
   if (!st || isStale(st)) return ['stale', 'no fresh state from the relay'];
@@ -241,8 +382,8 @@ function indicator(f, meas, st, requested, changed) {
   if (typeof mv !== 'number' || typeof cur !== 'number') return ['stale', `no measurement in ${meas.name}`];
   const tol = meas.tolerance || 0;
   if (Math.abs(mv - cur) <= tol) return ['confirmed', `measured ${mv} within ±${tol} of ${cur}`];
-  const ch = changed[f.name];
-  return ch && now - ch.at < settle ? ['pending', `settling: measured ${mv}, set ${cur}`] : ['mismatch', `measured ${mv} differs from the setting ${cur} by more than ±${tol}`];
+  const t = tr[f.name];
+  return t && now - t.at < settle ? ['pending', `settling: measured ${mv}, set ${cur}`] : ['mismatch', `measured ${mv} differs from the setting ${cur} by more than ±${tol}, no closer for ${t ? (now - t.at).toFixed(0) : '?'} s`];
 }
 
 async function relayPage(id) {
@@ -259,7 +400,7 @@ async function relayPage(id) {
   const setpoints = fields.filter((f) => f.set_by);
   const measOf = {};
   for (const f of fields) if (f.measures) measOf[f.measures] = f;
-  const requested = {}, changed = {};
+  const requested = {}, settling = {};
   let last = d.state;
   // Units: the description's state fields, else a parameter of that name.
   const units = {};
@@ -317,7 +458,7 @@ async function relayPage(id) {
   function showSetpoints() {
     for (const { f, set, measured, badge } of spRows) {
       const meas = measOf[f.name];
-      const [ind, why] = indicator(f, meas, last, requested, changed);
+      const [ind, why] = indicator(f, meas, last, requested, settling);
       set.textContent = `${fmt(last?.state?.[f.name])} ${unitOf(f.name)}`.trim();
       if (meas) measured.textContent = `${fmt(last?.state?.[meas.name])} ${unitOf(meas.name)}`.trim();
       if (badge.dataset.indicator !== ind) { badge.dataset.indicator = ind; badge.className = `badge ind-${ind}`; badge.textContent = ind; }
@@ -326,9 +467,7 @@ async function relayPage(id) {
   }
   function showState(s) {
     if (!s || typeof s.state !== 'object' || s.state === null) return;
-    for (const f of setpoints) {
-      if (last?.state && !same(last.state[f.name], s.state[f.name])) changed[f.name] = { value: s.state[f.name], at: Date.now() / 1000 };
-    }
+    for (const f of setpoints) track(settling, f, measOf[f.name], s);
     last = s;
     $('#state-meta').textContent = `seq ${s.seq ?? '—'} · ${fmtTime(s.ts)}${s.stale ? ' · stale' : ''}`;
     const rows = [];
@@ -336,7 +475,7 @@ async function relayPage(id) {
       rows.push(h('tr', {}, h('th', {}, k), h('td', { class: 'num', 'data-field': k }, fmt(v)), h('td', { class: 'mute' }, unitOf(k))));
       if (typeof v === 'number' && !['ts', 'last_updated', 'runs', 'seq'].includes(k)) {
         const key = 'state:' + k;
-        if (!plots.has(key)) { const p = new Plot(key, k, unitOf(k)); plots.set(key, p); statePlots.append(p.el); }
+        if (!plots.has(key)) { const p = new Plot(key, k, () => unitOf(k)); plots.set(key, p); statePlots.append(p.el); }
         plots.get(key).add(s.ts || Date.now() / 1000, v);
       }
     }
@@ -349,9 +488,10 @@ async function relayPage(id) {
     if (m.type === 'lock' && m.lock?.relay_id === id) loadLease();
     if (m.type === 'sample' && m.relay_id === id && m.ok) {
       const key = 'stream:' + m.stream;
-      if (!plots.has(key)) { const p = new Plot(key, m.stream, ''); plots.set(key, p); streamPlots.append(p.el); }
-      const v = typeof m.value === 'number' ? m.value : (m.value && typeof m.value === 'object' ? (typeof m.value.value === 'number' ? m.value.value : Object.values(m.value).find((x) => typeof x === 'number')) : undefined);
-      plots.get(key).add(m.t_wall, v);
+      // Every numeric field of the sample's value is a series; a field
+      // named like a state field gets its unit.
+      if (!plots.has(key)) { const p = new Plot(key, m.stream, (c) => unitOf(c.split('.').pop())); plots.set(key, p); streamPlots.append(p.el); }
+      plots.get(key).add(m.t_wall, m.value);
     }
   });
 

@@ -38,6 +38,8 @@ pub struct App {
     describes: Mutex<HashMap<String, (Instant, DescribeResult)>>,
     pub(crate) streams_watched: Mutex<HashSet<(String, String)>>,
     pub(crate) stop: tokio::sync::watch::Receiver<bool>,
+    /// When this web node started (Unix seconds): presence before it is unknown.
+    pub(crate) started: f64,
 }
 
 /// What the bus said about nodes coming and going.
@@ -77,6 +79,7 @@ impl App {
             describes: Mutex::new(HashMap::new()),
             streams_watched: Mutex::new(HashSet::new()),
             stop,
+            started: now(),
         }
     }
 
@@ -378,6 +381,7 @@ async fn mesh(State(app): State<Arc<App>>) -> ApiResult {
         "banks": bank_views,
         "timeline": timeline,
         "now": t,
+        "since": app.started,
         "web": {"local": app.local, "token_required": !app.local},
     })))
 }
