@@ -10,11 +10,19 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-pub async fn exec(ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
-    run(ctx).await.map(|_| ExitCode::SUCCESS)
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// After the script, keep the mesh and the dashboard running (open
+    /// the printed URL, call Inst-0 from another terminal) until Ctrl-C.
+    #[arg(long)]
+    keep: bool,
 }
 
-async fn run(ctx: &zmq::Context) -> anyhow::Result<()> {
+pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
+    run(ctx, a.keep).await.map(|_| ExitCode::SUCCESS)
+}
+
+async fn run(ctx: &zmq::Context, keep: bool) -> anyhow::Result<()> {
     println!("== labmesh demo: a simulated Keysight PSU over SCPI/TCP, a broker, relay Inst-0 and a client, on loopback ==");
     let sim = SimPsu::new(SimConfig::new(Dialect::KeysightE36xx))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -121,6 +129,18 @@ async fn run(ctx: &zmq::Context) -> anyhow::Result<()> {
 
     dataset_round_trip(&client, bank, &work).await?;
     drop(client);
+    if keep {
+        println!(
+            "== demo done; the mesh keeps running (directory {}, dashboard {}): Ctrl-C to stop ==",
+            nodes.broker.rpc_endpoint(),
+            nodes
+                .web
+                .as_ref()
+                .map(|w| format!("http://{}/", w.addr()))
+                .unwrap_or_else(|| "-".into())
+        );
+        crate::common::shutdown_signal().await;
+    }
     nodes.shutdown().await;
     let _ = std::fs::remove_dir_all(&work);
     let _ = sim_stop.send(());

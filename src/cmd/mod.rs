@@ -105,7 +105,7 @@ pub enum Command {
     /// List the drivers (built-in, and declarative ones from `[relay] driver_dirs`).
     Drivers,
     /// Run a whole mesh in one process and show it working.
-    Demo,
+    Demo(demo::Args),
     /// Run every node the configuration file describes in one process
     /// (broker; bank with `[bank]`; relay with `[[relay.instruments]]`; web
     /// with `[web]`).
@@ -138,7 +138,7 @@ impl Cli {
             Command::Keygen(_)
                 | Command::Sim(_)
                 | Command::Scan(_)
-                | Command::Demo
+                | Command::Demo(_)
                 | Command::InstallService(_)
         )
     }
@@ -153,7 +153,7 @@ impl Cli {
             | Command::Sim(_)
             | Command::Web(_)
             | Command::Up(_) => "info",
-            Command::Demo => "error",
+            Command::Demo(_) => "error",
             _ => "warn",
         }
     }
@@ -170,7 +170,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Sim(_)
         | Command::Scan(_)
         | Command::Drivers
-        | Command::Demo
+        | Command::Demo(_)
         | Command::InstallService(_) => None,
         _ => crate::security::install(&ctx, &crate::common::load_lenient(g)?)?,
     };
@@ -191,7 +191,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Streams(a) => streams::list(a.args, &g.with_broker(a.broker), &ctx).await,
         Command::Stream(c) => streams::control(c.cmd, &g.with_broker(c.broker), &ctx).await,
         Command::Drivers => drivers::exec(g).await,
-        Command::Demo => demo::exec(&ctx).await,
+        Command::Demo(a) => demo::exec(a, &ctx).await,
         Command::Up(a) => up::exec(a, g, &ctx).await,
         Command::Bench(a) => bench::exec(a, &ctx).await,
         Command::Web(a) => web::exec(a, g, &ctx).await,

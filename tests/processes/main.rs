@@ -10,7 +10,7 @@ use anyhow::Context;
 use labmesh_client::{Client, ClientOptions, Event};
 use labmesh_tests::{free_port, init_logging, WAIT};
 use serde_json::json;
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_labmesh");
@@ -328,6 +328,36 @@ async fn demo_runs_the_whole_mesh_and_exits_zero() -> anyhow::Result<()> {
         out.contains("web        dashboard at http://127.0.0.1:"),
         "{out}"
     );
+    Ok(())
+}
+
+/// `demo --keep`: after the script the dashboard it printed still answers
+/// (without it the URL was dead by the time anyone opened it), the mesh
+/// is still callable, and Ctrl-C (SIGTERM) ends it cleanly.
+#[tokio::test]
+async fn demo_keep_leaves_the_dashboard_up_until_a_signal() -> anyhow::Result<()> {
+    let dir = tempfile_dir()?;
+    let node = Node::start(&dir.join("none.toml"), &["demo", "--keep"], "demo done").await?;
+    let url = node
+        .ready_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .map(|u| u.trim_end_matches(['/', ')', ':']).to_string())
+        .context("no dashboard URL in the line")?;
+    let mut tcp = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(&url)).await??;
+    tcp.write_all(
+        format!("GET /api/mesh HTTP/1.1\r\nHost: {url}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut resp = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut resp)).await??;
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.contains("\"Inst-0\""),
+        "{resp}"
+    );
+    let status = node.terminate().await?;
+    assert!(status.success(), "{status:?}");
     Ok(())
 }
 
