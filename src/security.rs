@@ -51,10 +51,18 @@ pub fn from_config_and(
         let key = CurveKey::from_z85(&a.key, &format!("security.allow[{i}].key"))?;
         let role = Role::parse(&a.role)
             .with_context(|| format!("security.allow[{i}].role: {:?} is not a role", a.role))?;
+        let mut instruments = std::collections::BTreeMap::new();
+        for (id, r) in &a.instruments {
+            let r = Role::parse(r).with_context(|| {
+                format!("security.allow[{i}].instruments.{id}: {r:?} is not a role")
+            })?;
+            instruments.insert(id.clone(), r);
+        }
         sec.allow.push(AllowEntry {
             key,
             role,
             name: a.name.clone(),
+            instruments,
         });
     }
     if !sec.allow.is_empty() && sec.server.is_none() {

@@ -11,6 +11,7 @@
 //! key = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
 //! role = "viewer"                  # viewer | operator | admin
 //! name = "alice's laptop"
+//! instruments = { psu1 = "operator", hv1 = "viewer" }  # per relay id, replaces role there
 //! ```
 //!
 //! labmesh's variables (`ZMQ_SERVER_SECRETKEY`, `ZMQ_SERVER_PUBLICKEY`,
@@ -18,6 +19,7 @@
 //! one by one. This crate checks shapes only (a key is 40 characters of
 //! Z85, a role one of the three); `labmesh-wire`'s `curve` decodes them.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -54,6 +56,14 @@ pub struct AllowKey {
     /// Who this key is, for logs.
     #[serde(default)]
     pub name: Option<String>,
+    /// Per-instrument roles: relay id -> role, replacing `role` on that
+    /// instrument (higher or lower).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub instruments: BTreeMap<String, String>,
+}
+
+fn is_role(s: &str) -> bool {
+    matches!(s, "viewer" | "operator" | "admin")
 }
 
 /// Z85's alphabet (ZeroMQ RFC 32).
@@ -139,10 +149,40 @@ impl SecuritySection {
                     "not a CURVE public key (40 characters of Z85)",
                 ));
             }
-            if !matches!(a.role.as_str(), "viewer" | "operator" | "admin") {
+            if !is_role(&a.role) {
                 return Err(bad(
                     format!("security.allow[{i}].role"),
-                    "must be viewer, operator or admin",
+                    &format!(
+                        "{:?} is not a role: must be viewer, operator or admin",
+                        a.role
+                    ),
+                ));
+            }
+            for (id, role) in &a.instruments {
+                let key = format!("security.allow[{i}].instruments.{id}");
+                if id.is_empty() {
+                    return Err(bad(key, "an instrument id cannot be empty"));
+                }
+                if !is_role(role) {
+                    return Err(bad(
+                        key,
+                        &format!("{role:?} is not a role: must be viewer, operator or admin"),
+                    ));
+                }
+            }
+        }
+        for (i, a) in self.allow.iter().enumerate() {
+            // The User-Id a server sees carries the key's first 8 Z85
+            // characters: two listed keys sharing them could not be told
+            // apart for per-instrument roles and lease ownership.
+            let fp = a.key.get(..8);
+            if let Some(j) = self.allow[..i].iter().position(|b| b.key.get(..8) == fp) {
+                return Err(bad(
+                    format!("security.allow[{i}].key"),
+                    &format!(
+                        "starts with the same 8 characters as security.allow[{j}].key \
+                         (its fingerprint): list each key once, or make a new key pair"
+                    ),
                 ));
             }
         }
@@ -181,6 +221,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("security.server_public_key"), "{err}");
+    }
+
+    #[test]
+    fn per_instrument_roles_parse_and_unknown_roles_are_refused() {
+        const K2: &str = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID";
+        let text = format!(
+            "[security]\nserver_public_key = \"{K}\"\nserver_secret_key = \"{K}\"\n\
+             [[security.allow]]\nkey = \"{K2}\"\nrole = \"viewer\"\n\
+             instruments = {{ psu1 = \"operator\", hv1 = \"viewer\" }}\n"
+        );
+        let (cfg, _) = Config::parse(&text, Path::new("t.toml")).unwrap();
+        let a = &cfg.security.allow[0];
+        assert_eq!(a.instruments["psu1"], "operator");
+        assert_eq!(a.instruments["hv1"], "viewer");
+        let err = Config::parse(
+            &text.replace("\"operator\"", "\"boss\""),
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("security.allow[0].instruments.psu1") && err.contains("\"boss\""),
+            "{err}"
+        );
+        // Two keys with one fingerprint are refused.
+        let dup = format!(
+            "{text}[[security.allow]]\nkey = \"{}{}\"\nrole = \"admin\"\n",
+            &K2[..8],
+            &K[8..]
+        );
+        let err = Config::parse(&dup, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("security.allow[1].key"), "{err}");
     }
 
     #[test]

@@ -117,7 +117,7 @@ impl Port {
                 let got = held
                     || {
                         let holder = format!("LAN session {session}");
-                        match lease.lock(&LockParams::new(MAX_TTL_S, &holder)) {
+                        match lease.lock(&LockParams::new(MAX_TTL_S, &holder), None) {
                             Ok(r) => {
                                 tracing::info!(%relay_id, session, token = r.token, "LAN lock: lease granted");
                                 self.locks.insert(session, r.token);
@@ -130,7 +130,7 @@ impl Port {
             }
             Op::Unlock { session, reply } => {
                 let released = match self.locks.remove(&session) {
-                    Some(token) => lease.unlock(token).is_ok(),
+                    Some(token) => lease.unlock(token, None).is_ok(),
                     None => false,
                 };
                 let _ = reply.send(released);
@@ -141,7 +141,7 @@ impl Port {
                 reply,
             } => {
                 let token = self.locks.get(&session).copied();
-                if let Err(e) = lease.admit(false, token) {
+                if let Err(e) = lease.admit(false, token, None) {
                     let _ = reply.send(Err(Refused::Locked(e.message)));
                 } else if self.queue.len() >= QUEUE_LIMIT {
                     tracing::warn!(%relay_id, "LAN gateway queue full");

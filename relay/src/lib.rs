@@ -366,6 +366,7 @@ pub async fn spawn(
         drop(state_rx);
     }
 
+    let security = labmesh_wire::curve::for_context(ctx);
     let mut served = Vec::new();
     // t_mono of every stream sample counts from here.
     let epoch = std::time::Instant::now();
@@ -429,6 +430,7 @@ pub async fn spawn(
                 description,
                 password: opts.password.clone(),
                 lease: lease::Lease::new(&h.relay_id, state_tx.clone()),
+                security: security.clone(),
             },
             h.instrument,
             serve::Settings {

@@ -28,6 +28,9 @@ pub(crate) struct RpcContext {
     pub(crate) password: Password,
     /// The instrument's lease (`lm.lock`, `lm.unlock`, `lm.who`).
     pub(crate) lease: Lease,
+    /// The CURVE security installed on the relay's context (allow-list
+    /// entries: per-instrument roles and key names), if any.
+    pub(crate) security: Option<std::sync::Arc<labmesh_wire::curve::Security>>,
 }
 
 /// What to do with one request.
@@ -90,9 +93,11 @@ pub(crate) fn handle(
             error(codes::UNAUTHORIZED, "invalid password".into(), rpc.rpc_uuid),
         );
     }
+    let caller = crate::authz::caller(&ctx.relay_id, user, ctx.security.as_ref());
+    let who = caller.as_ref().map(|c| &c.key);
     if let Err(m) = crate::authz::check(
         &ctx.relay_id,
-        user,
+        caller.as_ref(),
         &rpc.method,
         &rpc.params,
         &ctx.description,
@@ -130,7 +135,7 @@ pub(crate) fn handle(
         | RelayMethod::StreamSetRate => {
             // Streams call instrument methods: changing them needs the
             // lease while someone holds it (lm.streams and lm.last do not).
-            if let Err(e) = ctx.lease.admit(false, rpc.lease) {
+            if let Err(e) = ctx.lease.admit(false, rpc.lease, who) {
                 return Handled::Reply(ident, error(e.code, e.message, rpc.rpc_uuid));
             }
             let m = rpc.method.as_str();
@@ -161,13 +166,13 @@ pub(crate) fn handle(
         RelayMethod::Lock => {
             let outcome = serde_json::from_value::<LockParams>(rpc.params.clone())
                 .map_err(|e| ErrorBody::new(codes::BAD_REQUEST, format!("lm.lock: {e}")))
-                .and_then(|p| ctx.lease.lock(&p));
+                .and_then(|p| ctx.lease.lock(&p, who));
             return Handled::Reply(ident, lease_reply(rpc.rpc_uuid, outcome));
         }
         RelayMethod::Unlock => {
             let outcome = serde_json::from_value::<UnlockParams>(rpc.params.clone())
                 .map_err(|e| ErrorBody::new(codes::BAD_REQUEST, format!("lm.unlock: {e}")))
-                .and_then(|p| ctx.lease.unlock(p.token))
+                .and_then(|p| ctx.lease.unlock(p.token, who))
                 .map(|()| UnlockResult { ok: true });
             return Handled::Reply(ident, lease_reply(rpc.rpc_uuid, outcome));
         }
@@ -192,7 +197,7 @@ pub(crate) fn handle(
             .methods
             .iter()
             .any(|m| m.name == rpc.method && m.read_only);
-        if let Err(e) = ctx.lease.admit(read_only, rpc.lease) {
+        if let Err(e) = ctx.lease.admit(read_only, rpc.lease, who) {
             labmesh_wire::warn_throttled!(relay_id = %ctx.relay_id, method = %rpc.method, "call refused: instrument leased");
             return Handled::Reply(ident, error(e.code, e.message, rpc.rpc_uuid));
         }

@@ -116,6 +116,7 @@ pub async fn exec(a: Args) -> anyhow::Result<()> {
             key: client.public,
             role: Role::Operator,
             name: Some("bench".into()),
+            instruments: Default::default(),
         }],
     };
     let dir = std::env::temp_dir().join(format!(

@@ -17,7 +17,7 @@ use labmesh_proto::bank::{
 };
 use labmesh_proto::codes;
 use labmesh_proto::mesh::{encode, DatasetAnnounce};
-use labmesh_wire::socket::{AfterError, RecvErrors};
+use labmesh_wire::socket::{AfterError, MessageMeta, RecvErrors};
 use labmesh_wire::AsyncSocket;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
@@ -124,10 +124,10 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
-            frames = ing.sock.recv_multipart() => match frames {
-                Ok(frames) => {
+            frames = ing.sock.recv_multipart_peer() => match frames {
+                Ok((frames, meta)) => {
                     errors.ok();
-                    ing.on_frames(frames).await
+                    ing.on_frames(frames, &meta).await
                 }
                 Err(e) => match errors.failed(&e).await {
                     AfterError::Retry => {}
@@ -178,7 +178,7 @@ impl Ingest {
         self.reply(ident, IngestReply::Error(e));
     }
 
-    async fn on_frames(&mut self, mut frames: Vec<Vec<u8>>) {
+    async fn on_frames(&mut self, mut frames: Vec<Vec<u8>>, meta: &MessageMeta) {
         if frames.len() < 2 {
             labmesh_wire::warn_throttled!(
                 frames = frames.len(),
@@ -210,6 +210,22 @@ impl Ingest {
                 return;
             }
         };
+        let kind = match &req {
+            IngestRequest::IngestStart(_) => "ingest_start",
+            IngestRequest::IngestChunk(_) => "ingest_chunk",
+            IngestRequest::IngestResume(_) => "ingest_resume",
+            IngestRequest::IngestAbort(_) => "ingest_abort",
+        };
+        if let Err(m) = crate::authz::check(true, kind, meta) {
+            let id = match &req {
+                IngestRequest::IngestStart(s) => s.dataset_id.as_deref(),
+                IngestRequest::IngestChunk(c) => c.dataset_id.as_deref(),
+                IngestRequest::IngestResume(r) => Some(r.dataset_id.as_str()),
+                IngestRequest::IngestAbort(a) => Some(a.dataset_id.as_str()),
+            };
+            self.error(&ident, id, codes::FORBIDDEN, m);
+            return;
+        }
         match req {
             IngestRequest::IngestStart(s) => self.on_start(ident, s).await,
             IngestRequest::IngestChunk(c) => {

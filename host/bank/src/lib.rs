@@ -26,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+mod authz;
 mod ingest;
 mod retrieve;
 pub mod s3;

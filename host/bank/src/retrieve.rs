@@ -25,7 +25,7 @@ use labmesh_proto::bank::{
 };
 use labmesh_proto::codes;
 use labmesh_proto::mesh::encode;
-use labmesh_wire::socket::{AfterError, RecvErrors};
+use labmesh_wire::socket::{AfterError, MessageMeta, RecvErrors};
 use labmesh_wire::{AsyncSocket, WireError};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -154,10 +154,10 @@ pub(crate) async fn run(
         let retry = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now));
         tokio::select! {
             _ = shutdown.changed() => break,
-            frames = r.sock.recv_multipart() => match frames {
-                Ok(f) => {
+            frames = r.sock.recv_multipart_peer() => match frames {
+                Ok((f, meta)) => {
                     errors.ok();
-                    r.on_frames(f)
+                    r.on_frames(f, &meta)
                 }
                 Err(e) => match errors.failed(&e).await {
                     AfterError::Retry => {}
@@ -195,7 +195,7 @@ impl Retrieve {
         self.reply(ident, &RetrieveReply::Error(BankErrorReply::new(code, msg)));
     }
 
-    fn on_frames(&mut self, frames: Frames) {
+    fn on_frames(&mut self, frames: Frames, meta: &MessageMeta) {
         let mut it = frames.into_iter();
         let (Some(ident), Some(head)) = (it.next(), it.next()) else {
             labmesh_wire::warn_throttled!("retrieve message without a body; ignored");
@@ -205,7 +205,20 @@ impl Retrieve {
             self.error(&ident, codes::BAD_REQUEST, "expected one frame");
             return;
         }
-        match decode_retrieve(&head) {
+        let req = decode_retrieve(&head);
+        if let Ok(req) = &req {
+            let kind = match req {
+                RetrieveRequest::Get(_) => "get",
+                RetrieveRequest::Credit(_) => "credit",
+                RetrieveRequest::Cancel(_) => "cancel",
+                RetrieveRequest::ListDatasets(_) => "list_datasets",
+            };
+            if let Err(m) = crate::authz::check(false, kind, meta) {
+                self.error(&ident, codes::FORBIDDEN, m);
+                return;
+            }
+        }
+        match req {
             Ok(RetrieveRequest::Get(g)) => self.on_get(ident, g),
             Ok(RetrieveRequest::Credit(c)) => {
                 if let Some(d) = self

@@ -126,6 +126,15 @@ pub struct LeaseInfo {
     pub since: f64,
     /// When it expires unless renewed, Unix seconds.
     pub expires: f64,
+    /// Extension, CURVE on: the fingerprint of the holder's key (the first
+    /// 8 Z85 characters of its public key). Only that key may use the
+    /// lease's token. Absent without CURVE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Extension, CURVE on: the holder key's `name` in the relay's
+    /// allow-list, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
 }
 
 /// Result of [`crate::lm::WHO`].
@@ -195,6 +204,48 @@ pub fn leased_error(relay_id: &str, lease: &LeaseInfo, now: f64) -> ErrorBody {
     )
 }
 
+/// Who presents a request, CURVE on: the caller key's fingerprint and its
+/// allow-list name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHolder {
+    /// First 8 Z85 characters of the public key.
+    pub fingerprint: String,
+    /// The allow-list's `name` for the key.
+    pub name: Option<String>,
+}
+
+impl KeyHolder {
+    fn describe(&self) -> String {
+        match &self.name {
+            Some(n) => format!("key {} ({n})", self.fingerprint),
+            None => format!("key {}", self.fingerprint),
+        }
+    }
+}
+
+/// The 403 a call, `lm.lock` renewal or `lm.unlock` gets when it carries the
+/// current lease's token but comes from another CURVE key than the one
+/// that took the lease (a copied token): `"psu-1: lease token T belongs to
+/// key <fp> (alice); refused from key <fp> (bob)"`.
+pub fn wrong_key_error(
+    relay_id: &str,
+    token: u64,
+    holder: &KeyHolder,
+    caller: Option<&KeyHolder>,
+) -> ErrorBody {
+    let from = match caller {
+        Some(c) => c.describe(),
+        None => "a connection without a key".to_string(),
+    };
+    ErrorBody::new(
+        codes::FORBIDDEN,
+        format!(
+            "{relay_id}: lease token {token} belongs to {}; refused from {from}",
+            holder.describe()
+        ),
+    )
+}
+
 /// The 409 a call (or `lm.lock`, `lm.unlock`) carrying a token that is not
 /// the current lease's gets: the lease ended or was taken over.
 pub fn stale_token_error(relay_id: &str, token: u64, now_held: Option<&LeaseInfo>) -> ErrorBody {
@@ -257,10 +308,29 @@ mod tests {
             holder: "bob".into(),
             since: 1.5,
             expires: 31.5,
+            key: None,
+            key_name: None,
         });
         assert_eq!(
             serde_json::to_string(&who).unwrap(),
             r#"{"holder":"bob","since":1.5,"expires":31.5}"#
+        );
+        // CURVE on: the holder's key fingerprint and allow-list name.
+        let keyed: WhoResult = Some(LeaseInfo {
+            key: Some("rq:rM>}U".into()),
+            key_name: Some("bob".into()),
+            ..who.clone().unwrap()
+        });
+        let bytes = serde_json::to_string(&keyed).unwrap();
+        assert_eq!(
+            bytes,
+            r#"{"holder":"bob","since":1.5,"expires":31.5,"key":"rq:rM>}U","key_name":"bob"}"#
+        );
+        assert_eq!(serde_json::from_str::<WhoResult>(&bytes).unwrap(), keyed);
+        assert_eq!(
+            serde_json::from_str::<WhoResult>(r#"{"holder":"bob","since":1.5,"expires":31.5}"#)
+                .unwrap(),
+            who
         );
         assert_eq!(serde_json::to_string(&None::<LeaseInfo>).unwrap(), "null");
         let ev = LockEvent {
@@ -306,6 +376,8 @@ mod tests {
             holder: "alice@bench-3".into(),
             since: 100.0,
             expires: 130.25,
+            key: None,
+            key_name: None,
         };
         assert_eq!(
             serde_json::to_string(&leased_error("psu-1", &l, 110.0)).unwrap(),
@@ -320,5 +392,17 @@ mod tests {
         assert!(stale_token_error("psu-1", 5, None)
             .message
             .ends_with("it is not leased now"));
+        let alice = KeyHolder {
+            fingerprint: "rq:rM>}U".into(),
+            name: Some("alice".into()),
+        };
+        let bob = KeyHolder {
+            fingerprint: "Yne@$w-v".into(),
+            name: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&wrong_key_error("psu-1", 5, &alice, Some(&bob))).unwrap(),
+            r#"{"code":403,"message":"psu-1: lease token 5 belongs to key rq:rM>}U (alice); refused from key Yne@$w-v"}"#
+        );
     }
 }

@@ -110,6 +110,32 @@ pub fn relay_method_role(method: &RelayMethod<'_>, read_only: bool, force: bool)
     }
 }
 
+/// The least role for a request `kind` (its `type`) on a bank socket:
+/// every ingest request (`ingest_start`, `ingest_chunk`, `ingest_resume`,
+/// `ingest_abort`) is an upload and needs [`Role::Operator`]; everything
+/// on the retrieve socket (`get`, `credit`, `cancel`, `list_datasets`) is a
+/// download or the catalogue, [`Role::Viewer`]. A kind not listed (a
+/// malformed request, answered 400 anyway) counts as an upload when it
+/// arrives on the ingest socket.
+pub fn bank_request_role(ingest_socket: bool, kind: &str) -> Role {
+    match (ingest_socket, kind) {
+        (false, "get" | "credit" | "cancel" | "list_datasets") => Role::Viewer,
+        (true, _) => Role::Operator,
+        (false, _) => Role::Viewer,
+    }
+}
+
+/// The role a key has on one instrument: its per-instrument override if
+/// the allow-list gives one (`instruments = { psu1 = "operator" }`), else
+/// its role everywhere.
+pub fn role_on_instrument(
+    role: Role,
+    overrides: &std::collections::BTreeMap<String, Role>,
+    instrument: &str,
+) -> Role {
+    overrides.get(instrument).copied().unwrap_or(role)
+}
+
 /// The message of a 403: names the role, the method and the role needed.
 pub fn forbidden_message(role: Role, method: &str, needed: Role) -> String {
     format!("forbidden: role {role} may not call {method} (needs {needed})")
@@ -138,6 +164,38 @@ mod tests {
             forbidden_message(Role::Viewer, "set_voltage", Role::Operator),
             "forbidden: role viewer may not call set_voltage (needs operator)"
         );
+    }
+
+    #[test]
+    fn bank_requests_by_role() {
+        for kind in [
+            "ingest_start",
+            "ingest_chunk",
+            "ingest_resume",
+            "ingest_abort",
+            "x",
+        ] {
+            assert_eq!(bank_request_role(true, kind), Role::Operator, "{kind}");
+        }
+        for kind in ["get", "credit", "cancel", "list_datasets"] {
+            assert_eq!(bank_request_role(false, kind), Role::Viewer, "{kind}");
+        }
+        assert_eq!(
+            forbidden_message(Role::Viewer, "ingest_start", Role::Operator),
+            "forbidden: role viewer may not call ingest_start (needs operator)"
+        );
+    }
+
+    #[test]
+    fn instrument_overrides_replace_the_role() {
+        let o: std::collections::BTreeMap<String, Role> = [
+            ("psu1".to_string(), Role::Operator),
+            ("hv".to_string(), Role::Viewer),
+        ]
+        .into();
+        assert_eq!(role_on_instrument(Role::Viewer, &o, "psu1"), Role::Operator);
+        assert_eq!(role_on_instrument(Role::Admin, &o, "hv"), Role::Viewer);
+        assert_eq!(role_on_instrument(Role::Viewer, &o, "psu2"), Role::Viewer);
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! [`AsyncSocket`]: crate::AsyncSocket
 //! [`AsyncSocket::recv_multipart_meta`]: crate::AsyncSocket::recv_multipart_meta
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -194,6 +195,21 @@ pub struct AllowEntry {
     pub role: Role,
     /// A name for logs (who this key belongs to).
     pub name: Option<String>,
+    /// Per-instrument roles (relay id -> role) that replace `role` on
+    /// those instruments (`instruments = { psu1 = "operator" }`).
+    pub instruments: BTreeMap<String, Role>,
+}
+
+impl AllowEntry {
+    /// An entry with the same role on every instrument.
+    pub fn new(key: CurveKey, role: Role, name: Option<&str>) -> AllowEntry {
+        AllowEntry {
+            key,
+            role,
+            name: name.map(str::to_string),
+            instruments: BTreeMap::new(),
+        }
+    }
 }
 
 /// A node's CURVE keys and allow-list. The default is "no CURVE".
@@ -275,6 +291,18 @@ impl Security {
             return Some(Role::Admin);
         }
         self.allow.iter().find(|e| e.key == *key).map(|e| e.role)
+    }
+
+    /// The allow-list entry whose key has this fingerprint (what a
+    /// `User-Id` carries). `None` when no entry or more than one has it
+    /// (the config loader refuses lists where two keys share one).
+    pub fn entry_by_fingerprint(&self, fingerprint: &str) -> Option<&AllowEntry> {
+        let mut found = self
+            .allow
+            .iter()
+            .filter(|e| e.key.fingerprint() == fingerprint);
+        let first = found.next()?;
+        found.next().is_none().then_some(first)
     }
 
     /// The client side: (own pair, server public key), if connecting
@@ -540,14 +568,16 @@ mod tests {
         let stranger = KeyPair::generate().unwrap().public;
         let sec = Security {
             server: Some(server),
-            allow: vec![AllowEntry {
-                key: v,
-                role: Role::Viewer,
-                name: Some("alice".into()),
-            }],
+            allow: vec![AllowEntry::new(v, Role::Viewer, Some("alice"))],
             ..Security::default()
         };
         assert!(!sec.accepts_any_key());
+        assert_eq!(
+            sec.entry_by_fingerprint(&v.fingerprint())
+                .and_then(|e| e.name.as_deref()),
+            Some("alice")
+        );
+        assert!(sec.entry_by_fingerprint(&stranger.fingerprint()).is_none());
         assert_eq!(sec.role_of(&v), Some(Role::Viewer));
         assert_eq!(sec.role_of(&stranger), None);
         assert_eq!(sec.role_of(&server.public), Some(Role::Admin));

@@ -56,6 +56,15 @@ impl Default for SocketOptions {
     }
 }
 
+/// What libzmq tells about a received message besides its frames.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageMeta {
+    /// The ZAP handler's `User-Id` (`<role>:<fingerprint>`), CURVE only.
+    pub user: Option<String>,
+    /// The peer's address (libzmq's `Peer-Address`; TCP and IPC).
+    pub peer: Option<String>,
+}
+
 /// A ZeroMQ socket usable from async code. See the module docs.
 pub struct AsyncSocket {
     // Declared before `sock` so it is deregistered before the socket closes.
@@ -172,18 +181,46 @@ impl AsyncSocket {
     /// the frames that carry one (a ROUTER's identity frame does not).
     fn rest_with_user(
         &mut self,
-        mut first: zmq::Message,
+        first: zmq::Message,
     ) -> Result<(Vec<Vec<u8>>, Option<String>), WireError> {
-        let mut user = first.gets("User-Id").map(str::to_string);
+        self.rest_with_meta(first).map(|(f, m)| (f, m.user))
+    }
+
+    /// [`AsyncSocket::rest_with_user`] with the peer's address too.
+    fn rest_with_meta(
+        &mut self,
+        mut first: zmq::Message,
+    ) -> Result<(Vec<Vec<u8>>, MessageMeta), WireError> {
+        let mut meta = MessageMeta::default();
+        let mut take = |m: &mut zmq::Message| {
+            if meta.user.is_none() {
+                meta.user = m.gets("User-Id").map(str::to_string);
+            }
+            if meta.peer.is_none() {
+                meta.peer = m.gets("Peer-Address").map(str::to_string);
+            }
+        };
+        take(&mut first);
         let mut frames = vec![first.to_vec()];
         while self.sock.get_rcvmore()? {
             let mut m = self.sock.recv_msg(0)?;
-            if user.is_none() {
-                user = m.gets("User-Id").map(str::to_string);
-            }
+            take(&mut m);
             frames.push(m.to_vec());
         }
-        Ok((frames, user))
+        Ok((frames, meta))
+    }
+
+    /// [`AsyncSocket::recv_multipart_meta`] with the peer's address as
+    /// well (for logs of refused requests). Cancel-safe.
+    pub async fn recv_multipart_peer(&mut self) -> Result<(Vec<Vec<u8>>, MessageMeta), WireError> {
+        loop {
+            match self.sock.recv_msg(zmq::DONTWAIT) {
+                Ok(first) => return self.rest_with_meta(first),
+                Err(zmq::Error::EAGAIN) => self.wait_for(zmq::POLLIN).await?,
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Receive one whole multipart message with its `User-Id` (set by the

@@ -172,6 +172,7 @@ mod tests {
                 key: viewer,
                 role: Role::Viewer,
                 name: None,
+                instruments: Default::default(),
             }],
             ..Security::default()
         };

@@ -22,6 +22,9 @@ use tokio::time::timeout;
 mod cascade;
 
 const SHORT: Duration = Duration::from_secs(3);
+/// Client timeout for calls expected to be answered (a loaded CI machine
+/// runs these tests side by side).
+const CALLS: Duration = Duration::from_secs(10);
 
 struct Keys {
     server: KeyPair,
@@ -46,11 +49,13 @@ fn server_security(k: &Keys) -> Security {
                 key: k.operator.public,
                 role: Role::Operator,
                 name: Some("op".into()),
+                instruments: Default::default(),
             },
             AllowEntry {
                 key: k.viewer.public,
                 role: Role::Viewer,
                 name: Some("viewer".into()),
+                instruments: Default::default(),
             },
         ],
         ..Security::default()
@@ -72,10 +77,21 @@ struct Servers {
     _installed: Option<Installed>,
     broker: labmesh_broker::BrokerHandle,
     relay: labmesh_relay::RelayHandle,
+    bank: Option<labmesh_bank::BankHandle>,
 }
 
 impl Servers {
     async fn start(sec: Option<Security>) -> Servers {
+        Servers::start_with(sec, &["psu"], None).await
+    }
+
+    /// A broker, a relay hosting a mock PSU per id in `ids`, and a bank
+    /// storing in `bank_dir` if given.
+    async fn start_with(
+        sec: Option<Security>,
+        ids: &[&str],
+        bank_dir: Option<&std::path::Path>,
+    ) -> Servers {
         init_logging();
         let ctx = zmq::Context::new();
         let installed = sec.map(|s| curve::install(&ctx, s).unwrap());
@@ -85,16 +101,29 @@ impl Servers {
         let relay = labmesh_relay::spawn(
             &ctx,
             RelayOptions::with_broker(broker.rpc_endpoint(), broker.xsub_endpoint()),
-            vec![Hosted::new("psu", Box::new(MockPsu::new("psu")))
-                .poll_every(Duration::from_millis(50))],
+            ids.iter()
+                .map(|id| {
+                    Hosted::new(id, Box::new(MockPsu::new(id)))
+                        .poll_every(Duration::from_millis(50))
+                })
+                .collect(),
         )
         .await
         .unwrap();
+        let bank = match bank_dir {
+            Some(dir) => Some(
+                labmesh_bank::Bank::start(&ctx, labmesh_bank::BankOptions::new("bank-s", dir))
+                    .await
+                    .unwrap(),
+            ),
+            None => None,
+        };
         Servers {
             _ctx: ctx,
             _installed: installed,
             broker,
             relay,
+            bank,
         }
     }
 
@@ -106,6 +135,9 @@ impl Servers {
     }
 
     async fn stop(self) {
+        if let Some(b) = self.bank {
+            b.shutdown().await;
+        }
         self.relay.shutdown().await;
         self.broker.shutdown().await;
     }
@@ -450,6 +482,7 @@ async fn keys_from_the_labmesh_variables_are_what_python_generates() {
         key: pair.public,
         role: Role::Operator,
         name: None,
+        instruments: Default::default(),
     });
     let s = Servers::start(Some(sec)).await;
     let (_c, _i, c) = client(&s, client_security(pair, k.server.public), SHORT).await;
@@ -457,5 +490,291 @@ async fn keys_from_the_labmesh_variables_are_what_python_generates() {
         .ping()
         .await
         .unwrap();
+    s.stop().await;
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p =
+            std::env::temp_dir().join(format!("labmesh-security-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn upload_opts(id: &str) -> labmesh_transfer::UploadOptions {
+    labmesh_transfer::UploadOptions {
+        dataset_id: Some(id.into()),
+        relay_id: "psu".into(),
+        timeout: CALLS,
+        retries: 0,
+        ..Default::default()
+    }
+}
+
+async fn catalogue_ids(ctx: &zmq::Context, retrieve: &str) -> Vec<String> {
+    let list = timeout(
+        WAIT,
+        labmesh_transfer::list_datasets(ctx, retrieve, labmesh_transfer::Query::default()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    list.into_iter().map(|d| d.dataset_id).collect()
+}
+
+#[tokio::test]
+async fn bank_viewer_lists_and_downloads_but_may_not_upload() {
+    let k = keys();
+    let dir = TempDir::new("bank");
+    let s = Servers::start_with(
+        Some(server_security(&k)),
+        &["psu"],
+        Some(&dir.0.join("bank")),
+    )
+    .await;
+    let bank = s.bank.as_ref().unwrap();
+    let (ingest, retrieve) = (
+        bank.ingest_endpoint().to_string(),
+        bank.retrieve_endpoint().to_string(),
+    );
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let src = dir.0.join("src.bin");
+    std::fs::write(&src, &payload).unwrap();
+
+    // An operator uploads.
+    let op_ctx = zmq::Context::new();
+    let _op = curve::install(&op_ctx, client_security(k.operator, k.server.public)).unwrap();
+    timeout(
+        WAIT,
+        labmesh_transfer::upload_file(&op_ctx, &ingest, &src, upload_opts("op-1")),
+    )
+    .await
+    .unwrap()
+    .expect("an operator may upload");
+
+    // A viewer sees it in the catalogue and downloads it.
+    let v_ctx = zmq::Context::new();
+    let _v = curve::install(&v_ctx, client_security(k.viewer, k.server.public)).unwrap();
+    assert_eq!(catalogue_ids(&v_ctx, &retrieve).await, vec!["op-1"]);
+    let dest = dir.0.join("dest.bin");
+    timeout(
+        WAIT,
+        labmesh_transfer::download_to_file(
+            &v_ctx,
+            &retrieve,
+            "op-1",
+            &dest,
+            labmesh_transfer::DownloadOptions::default(),
+        ),
+    )
+    .await
+    .unwrap()
+    .expect("a viewer may download");
+    assert_eq!(std::fs::read(&dest).unwrap(), payload);
+
+    // The viewer's upload: 403 naming the role and the request.
+    match timeout(
+        WAIT,
+        labmesh_transfer::upload_file(&v_ctx, &ingest, &src, upload_opts("v-1")),
+    )
+    .await
+    .unwrap()
+    {
+        Err(labmesh_transfer::TransferError::Remote(e)) => {
+            assert_eq!(e.code, codes::FORBIDDEN);
+            assert!(
+                e.message.contains("viewer") && e.message.contains("ingest_"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("a viewer's upload: {other:?}"),
+    }
+    // The labmesh v0 session, frame by frame (what Python's upload_dataset
+    // sends): the error is the v0 error shape, every request refused.
+    let mut raw =
+        labmesh_wire::AsyncSocket::new(&v_ctx, zmq::DEALER, SocketOptions::default()).unwrap();
+    raw.connect(&ingest).unwrap();
+    let start = br#"{"type":"ingest_start","dataset_id":"v-2","relay_id":"r","meta":{}}"#;
+    raw.send_multipart(&[start.to_vec()]).await.unwrap();
+    let reply = timeout(WAIT, raw.recv_multipart()).await.unwrap().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&reply[0]),
+        r#"{"type":"error","dataset_id":"v-2","error":{"code":403,"message":"forbidden: role viewer may not call ingest_start (needs operator)"}}"#
+    );
+    let chunk = br#"{"type":"ingest_chunk","dataset_id":"v-2","seq":0,"eof":false}"#;
+    raw.send_multipart(&[chunk.to_vec(), b"hello".to_vec()])
+        .await
+        .unwrap();
+    let eof = br#"{"type":"ingest_chunk","dataset_id":"v-2","seq":1,"eof":true}"#;
+    raw.send_multipart(&[eof.to_vec()]).await.unwrap();
+    for _ in 0..2 {
+        let r = timeout(WAIT, raw.recv_multipart()).await.unwrap().unwrap();
+        let v: Value = serde_json::from_slice(&r[0]).unwrap();
+        assert_eq!(v["error"]["code"], json!(403), "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("ingest_chunk"),
+            "{v}"
+        );
+    }
+
+    // Nothing stored; the bank still serves the operator.
+    assert_eq!(catalogue_ids(&op_ctx, &retrieve).await, vec!["op-1"]);
+    timeout(
+        WAIT,
+        labmesh_transfer::upload_file(&op_ctx, &ingest, &src, upload_opts("op-2")),
+    )
+    .await
+    .unwrap()
+    .expect("the bank keeps serving");
+    let mut ids = catalogue_ids(&v_ctx, &retrieve).await;
+    ids.sort();
+    assert_eq!(ids, vec!["op-1", "op-2"]);
+    drop(raw);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn per_instrument_roles_override_the_keys_role() {
+    let k = keys();
+    let mut sec = server_security(&k);
+    // The viewer operates psu1; the operator only views psu2.
+    sec.allow[1]
+        .instruments
+        .insert("psu1".into(), Role::Operator);
+    sec.allow[0].instruments.insert("psu2".into(), Role::Viewer);
+    let s = Servers::start_with(Some(sec), &["psu1", "psu2"], None).await;
+    let set = json!({"value": 3.0});
+    for (pair, ok, refused, role) in [
+        (k.viewer, "psu1", "psu2", "viewer"),
+        (k.operator, "psu1", "psu2", "viewer"),
+    ] {
+        let (_c, _i, c) = client(&s, client_security(pair, k.server.public), CALLS).await;
+        let c = c.unwrap();
+        c.wait_for_relay(refused, WAIT).await.unwrap();
+        c.wait_for_relay(ok, WAIT).await.unwrap();
+        let yes = c.relay(ok).await.unwrap();
+        assert_eq!(
+            yes.call("set_voltage", set.clone()).await.unwrap()["voltage"],
+            json!(3.0)
+        );
+        let no = c.relay(refused).await.unwrap();
+        match no.call("set_voltage", set.clone()).await {
+            Err(ClientError::Remote { code, message, .. }) => {
+                assert_eq!(code, codes::FORBIDDEN);
+                assert!(
+                    message.contains(&format!("role {role} may not call set_voltage")),
+                    "{message}"
+                );
+            }
+            other => panic!("{refused}: {other:?}"),
+        }
+        // Reading stays allowed there.
+        no.call("get_state", json!({})).await.unwrap();
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn lease_token_works_only_from_the_holders_key() {
+    let k = keys();
+    let op2 = KeyPair::generate().unwrap();
+    let mut sec = server_security(&k);
+    sec.allow
+        .push(AllowEntry::new(op2.public, Role::Operator, Some("op2")));
+    let s = Servers::start(Some(sec)).await;
+    let (_c1, _i1, holder) = client(&s, client_security(k.operator, k.server.public), CALLS).await;
+    let holder = holder.unwrap();
+    holder.wait_for_relay("psu", WAIT).await.unwrap();
+    let psu = holder.relay("psu").await.unwrap();
+    let lease = psu
+        .lock_with(labmesh_client::LockOptions {
+            renew: false,
+            ..labmesh_client::LockOptions::new(Duration::from_secs(60))
+        })
+        .await
+        .unwrap();
+    let token = lease.token();
+
+    // lm.who names the holder's key.
+    let who = psu.who().await.unwrap().unwrap();
+    assert_eq!(
+        who.key.as_deref(),
+        Some(k.operator.public.fingerprint().as_str())
+    );
+    assert_eq!(who.key_name.as_deref(), Some("op"));
+
+    // Another operator key with the copied token: 403, nothing changes.
+    let (_c2, _i2, thief) = client(&s, client_security(op2, k.server.public), CALLS).await;
+    let thief = thief.unwrap();
+    let tpsu = thief.relay("psu").await.unwrap();
+    match tpsu
+        .call_leased("set_voltage", json!({"value": 9.0}), Some(token))
+        .await
+    {
+        Err(ClientError::Remote { code, message, .. }) => {
+            assert_eq!(code, codes::FORBIDDEN);
+            assert!(
+                message.contains(&k.operator.public.fingerprint())
+                    && message.contains(&op2.public.fingerprint()),
+                "{message}"
+            );
+        }
+        other => panic!("a stolen token: {other:?}"),
+    }
+    match tpsu.unlock_token(token).await {
+        Err(ClientError::Remote { code, .. }) => assert_eq!(code, codes::FORBIDDEN),
+        other => panic!("unlock with a stolen token: {other:?}"),
+    }
+    // Without the token: the usual 409 (leased).
+    match tpsu.call("set_voltage", json!({"value": 9.0})).await {
+        Err(ClientError::Remote { code, .. }) => assert_eq!(code, codes::CONFLICT),
+        other => panic!("{other:?}"),
+    }
+    // The holder's calls work; the lease is still theirs.
+    assert_eq!(
+        psu.call("set_voltage", json!({"value": 1.25}))
+            .await
+            .unwrap()["voltage"],
+        json!(1.25)
+    );
+    assert_eq!(
+        psu.call("get_state", json!({})).await.unwrap()["voltage"],
+        json!(1.25)
+    );
+    assert_eq!(
+        psu.who().await.unwrap().unwrap().key_name.as_deref(),
+        Some("op")
+    );
+    // Forced takeover stays admin only.
+    let forced = tpsu
+        .lock_with(labmesh_client::LockOptions {
+            force: true,
+            renew: false,
+            ..labmesh_client::LockOptions::new(Duration::from_secs(60))
+        })
+        .await;
+    match forced {
+        Err(ClientError::Remote { code, .. }) => assert_eq!(code, codes::FORBIDDEN),
+        other => panic!("an operator's force: {:?}", other.map(|l| l.token())),
+    }
+    lease.unlock().await.unwrap();
+    assert!(psu.who().await.unwrap().is_none());
     s.stop().await;
 }
