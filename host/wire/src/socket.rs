@@ -20,6 +20,33 @@ use tokio::io::Interest;
 
 use crate::WireError;
 
+/// Who sent a message, from libzmq's message properties (set by the ZAP
+/// handler on CURVE sockets; all `None` on plaintext and inproc).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// `User-Id`: `<role>:<fingerprint>`
+    /// ([`labmesh_proto::security::UserId`]).
+    pub user_id: Option<String>,
+    /// The whole client public key, Z85
+    /// ([`labmesh_proto::security::KEY_PROPERTY`]).
+    pub key: Option<String>,
+    /// `Peer-Address`: the client's IP address.
+    pub address: Option<String>,
+}
+
+impl Peer {
+    /// The properties of one received frame.
+    pub fn of(m: &mut zmq::Message) -> Peer {
+        Peer {
+            user_id: m.gets("User-Id").map(str::to_string),
+            key: m
+                .gets(labmesh_proto::security::KEY_PROPERTY)
+                .map(str::to_string),
+            address: m.gets("Peer-Address").map(str::to_string),
+        }
+    }
+}
+
 /// Default largest accepted inbound message (ZMQ_MAXMSGSIZE), 64 MiB.
 pub const DEFAULT_MAX_MSG_SIZE: i64 = labmesh_proto::limits::DEFAULT_MAX_MSG as i64;
 
@@ -195,6 +222,31 @@ impl AsyncSocket {
         loop {
             match self.sock.recv_msg(zmq::DONTWAIT) {
                 Ok(first) => return self.rest_with_user(first),
+                Err(zmq::Error::EAGAIN) => self.wait_for(zmq::POLLIN).await?,
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Receive one whole multipart message with who sent it ([`Peer`]:
+    /// `User-Id`, whole CURVE key, address; all `None` on a plaintext
+    /// socket). Cancel-safe.
+    pub async fn recv_multipart_peer(&mut self) -> Result<(Vec<Vec<u8>>, Peer), WireError> {
+        loop {
+            match self.sock.recv_msg(zmq::DONTWAIT) {
+                Ok(mut first) => {
+                    let mut peer = Peer::of(&mut first);
+                    let mut frames = vec![first.to_vec()];
+                    while self.sock.get_rcvmore()? {
+                        let mut m = self.sock.recv_msg(0)?;
+                        if peer.user_id.is_none() {
+                            peer = Peer::of(&mut m);
+                        }
+                        frames.push(m.to_vec());
+                    }
+                    return Ok((frames, peer));
+                }
                 Err(zmq::Error::EAGAIN) => self.wait_for(zmq::POLLIN).await?,
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(e.into()),
