@@ -9,12 +9,12 @@
 //! no `User-Id`: no roles apply (the network password, if any, does).
 
 use labmesh_proto::security::{bank_request_role, forbidden_message, Role, UserId};
-use labmesh_wire::socket::MessageMeta;
+use labmesh_wire::socket::Peer;
 
 /// `Err(message)` for a 403 when the sender of a request of `kind` on the
 /// ingest (`ingest`) or retrieve socket may not make it.
-pub(crate) fn check(ingest: bool, kind: &str, meta: &MessageMeta) -> Result<(), String> {
-    let Some(user) = meta.user.as_deref() else {
+pub(crate) fn check(ingest: bool, kind: &str, meta: &Peer) -> Result<(), String> {
+    let Some(user) = meta.user_id.as_deref() else {
         return Ok(());
     };
     // A User-Id our ZAP handler did not make gets the least role.
@@ -28,7 +28,7 @@ pub(crate) fn check(ingest: bool, kind: &str, meta: &MessageMeta) -> Result<(), 
     labmesh_wire::warn_throttled!(
         key = %fingerprint,
         %role,
-        peer = %meta.peer.as_deref().unwrap_or("?"),
+        peer = %meta.address.as_deref().unwrap_or("?"),
         request = %kind,
         "bank request refused: role may not make it"
     );
@@ -39,10 +39,11 @@ pub(crate) fn check(ingest: bool, kind: &str, meta: &MessageMeta) -> Result<(), 
 mod tests {
     use super::*;
 
-    fn meta(user: Option<&str>) -> MessageMeta {
-        MessageMeta {
-            user: user.map(str::to_string),
-            peer: Some("127.0.0.1".into()),
+    fn meta(user: Option<&str>) -> Peer {
+        Peer {
+            user_id: user.map(str::to_string),
+            key: None,
+            address: Some("127.0.0.1".into()),
         }
     }
 

@@ -17,7 +17,7 @@ use labmesh_proto::bank::{
 };
 use labmesh_proto::codes;
 use labmesh_proto::mesh::{encode, DatasetAnnounce};
-use labmesh_wire::socket::{AfterError, MessageMeta, RecvErrors};
+use labmesh_wire::socket::{AfterError, Peer, RecvErrors};
 use labmesh_wire::AsyncSocket;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
@@ -178,7 +178,7 @@ impl Ingest {
         self.reply(ident, IngestReply::Error(e));
     }
 
-    async fn on_frames(&mut self, mut frames: Vec<Vec<u8>>, meta: &MessageMeta) {
+    async fn on_frames(&mut self, mut frames: Vec<Vec<u8>>, meta: &Peer) {
         if frames.len() < 2 {
             labmesh_wire::warn_throttled!(
                 frames = frames.len(),

@@ -25,7 +25,7 @@ use labmesh_proto::bank::{
 };
 use labmesh_proto::codes;
 use labmesh_proto::mesh::encode;
-use labmesh_wire::socket::{AfterError, MessageMeta, RecvErrors};
+use labmesh_wire::socket::{AfterError, Peer, RecvErrors};
 use labmesh_wire::{AsyncSocket, WireError};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -195,7 +195,7 @@ impl Retrieve {
         self.reply(ident, &RetrieveReply::Error(BankErrorReply::new(code, msg)));
     }
 
-    fn on_frames(&mut self, frames: Frames, meta: &MessageMeta) {
+    fn on_frames(&mut self, frames: Frames, meta: &Peer) {
         let mut it = frames.into_iter();
         let (Some(ident), Some(head)) = (it.next(), it.next()) else {
             labmesh_wire::warn_throttled!("retrieve message without a body; ignored");

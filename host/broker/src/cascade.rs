@@ -18,9 +18,18 @@
 //!
 //!   So only topics someone subscribed to cross a link, a message crosses
 //!   each link at most once, and chains of brokers have no loops.
+//!
+//!   With CURVE on, a local publisher's message passes the same check as
+//!   in the broker without a parent ([`crate::bus`]) before it goes
+//!   anywhere. Messages from the parent are not checked again here: the
+//!   parent checked them against its own registrations.
+//! * **Keys**: with CURVE on, this broker registers our nodes in the parent
+//!   with its own key, so in the parent those ids belong to this broker's
+//!   key, and this broker's `up` socket (the same key) is what publishes
+//!   their topics there. The parent trusts this broker for every id it
+//!   registered `via` it; this broker checks its own publishers.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use labmesh_proto::mesh::{BankInfo, RelayInfo};
@@ -33,8 +42,7 @@ use tokio::sync::watch;
 use crate::gateway::Gateway;
 pub use labmesh_config::Advertise;
 
-/// Ids registered in this broker's directory right now.
-pub(crate) type LocalIds = Arc<RwLock<HashSet<String>>>;
+pub(crate) use crate::bus::LocalIds;
 
 /// The parent broker's endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,9 +155,25 @@ fn forward(from: &zmq::Socket, to: &[&zmq::Socket], keep: impl Fn(&[u8]) -> Vec<
     }
 }
 
+/// Send a whole message without blocking (see [`forward`]).
+fn send_copy(to: &zmq::Socket, frames: &[zmq::Message]) {
+    let n = frames.len();
+    for (i, f) in frames.iter().enumerate() {
+        let flags = if i + 1 < n {
+            zmq::SNDMORE | zmq::DONTWAIT
+        } else {
+            zmq::DONTWAIT
+        };
+        if to.send(&f[..], flags).is_err() {
+            break;
+        }
+    }
+}
+
 /// The cascading bus loop (its own thread, like `zmq::proxy`). Ends on
 /// `TERMINATE` on `ctl`.
-pub(crate) fn bus_loop(s: BusSockets, local: LocalIds) {
+/// With `guard` (CURVE on), local publishers' messages are checked.
+pub(crate) fn bus_loop(s: BusSockets, local: LocalIds, guard: Option<crate::bus::Guard>) {
     loop {
         let mut items = [
             s.xsub.as_poll_item(zmq::POLLIN),
@@ -177,9 +201,19 @@ pub(crate) fn bus_loop(s: BusSockets, local: LocalIds) {
         for _ in 0..256 {
             let mut moved = false;
             if ready[0] && s.xsub.get_events().is_ok_and(|e| e.contains(zmq::POLLIN)) {
-                forward(&s.xsub, &[&s.xpub, &s.up], |t| {
-                    vec![true, !t.starts_with(topic::PRESENCE_PREFIX.as_bytes())]
-                });
+                let presence = |t: &[u8]| t.starts_with(topic::PRESENCE_PREFIX.as_bytes());
+                match &guard {
+                    None => forward(&s.xsub, &[&s.xpub, &s.up], |t| vec![true, !presence(t)]),
+                    Some(g) => {
+                        if let Some(frames) = crate::bus::recv_checked(&s.xsub, g) {
+                            let up = frames.first().is_some_and(|t| !presence(t));
+                            send_copy(&s.xpub, &frames);
+                            if up {
+                                send_copy(&s.up, &frames);
+                            }
+                        }
+                    }
+                }
                 moved = true;
             }
             if ready[1] && s.xpub.get_events().is_ok_and(|e| e.contains(zmq::POLLIN)) {

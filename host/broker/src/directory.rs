@@ -6,8 +6,16 @@
 //! heartbeat; any reply, even an `rpc_error`, proves life). A node silent
 //! for `ttl` is expired. Changes are published on the bus as
 //! `presence.<id>` events.
+//!
+//! With CURVE on, an id also belongs to the key that registered it (the
+//! `X-Labmesh-Key` property of the `hello`): a `hello` for a live id,
+//! heartbeats and `bye` from any other key are refused, and registering
+//! needs the `operator` role (docs/SECURITY.md, Broker and bus). The key
+//! of each id is shared with the bus thread ([`crate::bus`]), which
+//! forwards an id's topics only from that key.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use labmesh_proto::bank::Get;
@@ -16,10 +24,11 @@ use labmesh_proto::mesh::{
     self, encode, valid_endpoint, valid_node_id, BankInfo, Bye, Heartbeat, Hello, HelloAck,
     Presence, PresenceReason, PresenceStatus, RelayInfo, Reply, Request, Role, RpcRequest,
 };
+use labmesh_proto::security::{self, UserId, FINGERPRINT_CHARS};
 use labmesh_proto::{codes, topic, ErrorBody};
 use labmesh_wire::dealer::RpcOutcome;
 use labmesh_wire::socket::{AfterError, RecvErrors};
-use labmesh_wire::{AsyncSocket, DealerConn, SocketOptions};
+use labmesh_wire::{AsyncSocket, DealerConn, Peer, SocketOptions};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
@@ -36,6 +45,8 @@ struct Entry<T> {
     token: String,
     /// The child broker that registered it (cascading), if any.
     via: Option<String>,
+    /// The CURVE key (Z85) that registered it; `None` without CURVE.
+    key: Option<Arc<str>>,
 }
 
 impl<T> Entry<T> {
@@ -46,6 +57,7 @@ impl<T> Entry<T> {
             probing: false,
             token: labmesh_wire::dealer::new_rpc_uuid(),
             via: None,
+            key: None,
         }
     }
 }
@@ -83,11 +95,54 @@ enum Internal {
         ident: Vec<u8>,
         hello: Box<Hello>,
         old_alive: bool,
+        /// The key of the new registrant.
+        key: Option<Arc<str>>,
     },
 }
 
+/// Who sent a request, as the ZAP handler labelled the connection
+/// (everything `None` without CURVE).
+#[derive(Debug, Clone, Default)]
+struct Who {
+    key: Option<Arc<str>>,
+    user: Option<UserId>,
+    address: String,
+}
+
+impl Who {
+    fn of(peer: &Peer) -> Who {
+        Who {
+            key: peer.key.as_deref().map(Arc::from),
+            user: peer.user_id.as_deref().and_then(UserId::parse),
+            address: peer.address.clone().unwrap_or_else(|| "-".into()),
+        }
+    }
+
+    /// The key's fingerprint for logs and messages (`-`: none).
+    fn fingerprint(&self) -> String {
+        fingerprint(self.key.as_deref())
+    }
+
+    fn role(&self) -> Option<security::Role> {
+        self.user.as_ref().map(|u| u.role)
+    }
+}
+
+fn fingerprint(key: Option<&str>) -> String {
+    key.map_or_else(
+        || "-".into(),
+        |k| k.chars().take(FINGERPRINT_CHARS).collect(),
+    )
+}
+
+/// The least role that may register (`hello` as relay or bank), heartbeat
+/// and say `bye` with CURVE on.
+pub(crate) const REGISTER_ROLE: security::Role = security::Role::Operator;
+
 struct Directory {
     opts: BrokerOptions,
+    /// CURVE on: ids belong to keys, registering needs [`REGISTER_ROLE`].
+    curve: bool,
     ctx: zmq::Context,
     relays: BTreeMap<String, Entry<RelayInfo>>,
     banks: BTreeMap<String, Entry<BankInfo>>,
@@ -111,12 +166,14 @@ pub(crate) async fn run(
     ctx: zmq::Context,
     presence: Option<AsyncSocket>,
     local: crate::cascade::LocalIds,
+    curve: bool,
     mut stop: watch::Receiver<bool>,
 ) {
     let (internal, mut internal_rx) = mpsc::channel(256);
     let sweep_every = (opts.ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut dir = Directory {
         opts,
+        curve,
         ctx,
         relays: BTreeMap::new(),
         banks: BTreeMap::new(),
@@ -137,8 +194,8 @@ pub(crate) async fn run(
                     send(&mut router, &ident, &reply).await;
                 }
             }
-            f = router.recv_multipart() => {
-                let frames = match f {
+            f = router.recv_multipart_peer() => {
+                let (frames, peer) = match f {
                     Ok(f) => {
                         errors.ok();
                         f
@@ -149,7 +206,7 @@ pub(crate) async fn run(
                     },
                 };
                 if let Some(ident) = frames.first() {
-                    if let Action::Reply(reply) = dir.handle(&frames) {
+                    if let Action::Reply(reply) = dir.handle(&frames, &Who::of(&peer)) {
                         send(&mut router, ident, &reply).await;
                     }
                 }
@@ -206,7 +263,7 @@ async fn send(router: &mut AsyncSocket, ident: &[u8], reply: &[u8]) {
 
 impl Directory {
     /// One request.
-    fn handle(&mut self, frames: &[Vec<u8>]) -> Action {
+    fn handle(&mut self, frames: &[Vec<u8>], who: &Who) -> Action {
         let (ident, payload) = match frames {
             [ident, payload] => (ident, payload),
             [_ident, rest @ ..] => {
@@ -228,20 +285,70 @@ impl Directory {
             }
         };
         match req {
-            Request::Hello(h) => self.hello(ident.clone(), h),
+            Request::Hello(h) => self.hello(ident.clone(), h, who),
             Request::Rpc(r) => Action::Reply(self.rpc(r)),
-            Request::Heartbeat(hb) => self.heartbeat(hb),
+            Request::Heartbeat(hb) => self.heartbeat(hb, who),
             Request::Bye(b) => {
-                self.bye(b);
+                self.bye(b, who);
                 Action::Nothing
             }
         }
     }
 
-    fn hello(&mut self, ident: Vec<u8>, h: Hello) -> Action {
+    /// With CURVE on: whether `who` may register (`operator` or more).
+    fn may_register(&self, who: &Who) -> bool {
+        !self.curve || who.role().is_some_and(|r| r.allows(REGISTER_ROLE))
+    }
+
+    /// With CURVE on: whether `who` holds the key that registered an
+    /// entry (always true without CURVE: the token decides).
+    fn owns<T>(&self, e: &Entry<T>, who: &Who) -> bool {
+        !self.curve || (e.key.is_some() && e.key == who.key)
+    }
+
+    /// The 403 for a key whose role may not register.
+    fn forbidden(&self, what: &str, who: &Who) -> Action {
+        let role = who.role().unwrap_or(security::Role::Viewer);
+        labmesh_wire::warn_throttled!(key = %who.fingerprint(), peer = %who.address, %role, what, "registration refused: role too low");
+        Action::Reply(encode(&Reply::Error {
+            error: ErrorBody::new(
+                codes::FORBIDDEN,
+                security::forbidden_message(role, what, REGISTER_ROLE),
+            ),
+        }))
+    }
+
+    /// The 409 for a `hello` of a live id that another key registered.
+    fn key_clash(kind: &str, id: &str, owner: Option<&str>, who: &Who) -> Action {
+        labmesh_wire::warn_throttled!(
+            %kind, %id, owner = %fingerprint(owner), key = %who.fingerprint(), peer = %who.address,
+            "hello for an id another key registered refused"
+        );
+        Action::Reply(encode(&Reply::Error {
+            error: ErrorBody::new(
+                codes::CONFLICT,
+                format!(
+                    "{kind}_id '{id}' is registered by another key ({}); refused for key {}",
+                    fingerprint(owner),
+                    who.fingerprint()
+                ),
+            ),
+        }))
+    }
+
+    fn hello(&mut self, ident: Vec<u8>, h: Hello, who: &Who) -> Action {
         if !self.opts.password.accepts(h.password.as_ref()) {
             labmesh_wire::warn_throttled!(role = %h.role.as_ref().map_or_else(|| "-".to_string(), |r| r.to_string()), "hello with a wrong password refused");
             return Action::Reply(encode(&Reply::Hello(HelloAck::refused("invalid password"))));
+        }
+        match h.role {
+            Some(Role::Relay) if !self.may_register(who) => {
+                return self.forbidden("hello (register a relay)", who)
+            }
+            Some(Role::Bank) if !self.may_register(who) => {
+                return self.forbidden("hello (register a bank)", who)
+            }
+            _ => {}
         }
         match h.role {
             Some(Role::Relay) => {
@@ -257,19 +364,24 @@ impl Directory {
                 match self.relays.get(rid) {
                     Some(old) => {
                         let fresh = old.last_seen.elapsed() < self.opts.ttl;
+                        if fresh && !self.owns(old, who) {
+                            // A live id belongs to its key: no probe can
+                            // tell a thief at the same endpoint apart.
+                            return Self::key_clash("relay", rid, old.key.as_deref(), who);
+                        }
                         if old.info.rpc_endpoint != ep && fresh {
                             // Is the first registrant still there? Ask it,
                             // without blocking the directory; the answer comes
                             // back as Internal::DuplicateChecked.
                             let old_ep = old.info.rpc_endpoint.clone();
-                            self.check_duplicate(ident, h, old_ep, Role::Relay);
+                            self.check_duplicate(ident, h, old_ep, Role::Relay, who);
                             return Action::Nothing;
                         }
                     }
                     None if self.full() => return self.refuse_full(rid),
                     None => {}
                 }
-                Action::Reply(self.register_relay(&h))
+                Action::Reply(self.register_relay(&h, who.key.clone()))
             }
             Some(Role::Bank) => {
                 let bank_id = h
@@ -287,13 +399,16 @@ impl Directory {
                 match self.banks.get(&bank_id) {
                     Some(old) => {
                         let fresh = old.last_seen.elapsed() < self.opts.ttl;
+                        if fresh && !self.owns(old, who) {
+                            return Self::key_clash("bank", &bank_id, old.key.as_deref(), who);
+                        }
                         let same = old.info.ingest == h.ingest && old.info.retrieve == h.retrieve;
                         if !same && fresh {
                             // Same ownership rule as relays: probe the old
                             // bank, 409 while it is alive.
                             match old.info.retrieve.clone() {
                                 Some(old_ep) => {
-                                    self.check_duplicate(ident, h, old_ep, Role::Bank);
+                                    self.check_duplicate(ident, h, old_ep, Role::Bank, who);
                                     return Action::Nothing;
                                 }
                                 None => {
@@ -310,7 +425,7 @@ impl Directory {
                     None if self.full() => return self.refuse_full(&bank_id),
                     None => {}
                 }
-                Action::Reply(self.register_bank(&h, bank_id))
+                Action::Reply(self.register_bank(&h, bank_id, who.key.clone()))
             }
             _ => {
                 tracing::debug!("client hello");
@@ -336,7 +451,7 @@ impl Directory {
         }))
     }
 
-    fn register_bank(&mut self, h: &Hello, bank_id: String) -> Vec<u8> {
+    fn register_bank(&mut self, h: &Hello, bank_id: String, key: Option<Arc<str>>) -> Vec<u8> {
         let info = BankInfo {
             bank_id: bank_id.clone(),
             ingest: h.ingest.clone(),
@@ -355,8 +470,12 @@ impl Directory {
         }
         let mut entry = Entry::new(info);
         entry.via = h.via.clone();
+        entry.key = key.clone();
         let token = entry.token.clone();
         self.banks.insert(bank_id.clone(), entry);
+        if let Ok(mut reg) = self.local.write() {
+            reg.banks.insert(bank_id.clone(), key);
+        }
         encode(&Reply::Hello(HelloAck {
             bank_id: Some(bank_id),
             token: Some(token),
@@ -364,7 +483,7 @@ impl Directory {
         }))
     }
 
-    fn register_relay(&mut self, h: &Hello) -> Vec<u8> {
+    fn register_relay(&mut self, h: &Hello, key: Option<Arc<str>>) -> Vec<u8> {
         let (rid, ep) = (
             h.relay_id.clone().unwrap_or_default(),
             h.rpc_endpoint.clone().unwrap_or_default(),
@@ -388,7 +507,11 @@ impl Directory {
             rpc_endpoint: ep,
         });
         entry.via = h.via.clone();
+        entry.key = key.clone();
         let token = entry.token.clone();
+        if let Ok(mut reg) = self.local.write() {
+            reg.relays.insert(rid.clone(), key);
+        }
         self.relays.insert(rid, entry);
         encode(&Reply::Hello(HelloAck {
             token: Some(token),
@@ -396,7 +519,15 @@ impl Directory {
         }))
     }
 
-    fn check_duplicate(&mut self, ident: Vec<u8>, hello: Hello, old_endpoint: String, role: Role) {
+    fn check_duplicate(
+        &mut self,
+        ident: Vec<u8>,
+        hello: Hello,
+        old_endpoint: String,
+        role: Role,
+        who: &Who,
+    ) {
+        let key = who.key.clone();
         let conn = match self.probe_conn(&old_endpoint) {
             Some(c) => c,
             None => {
@@ -405,6 +536,7 @@ impl Directory {
                     ident,
                     hello: Box::new(hello),
                     old_alive: false,
+                    key,
                 });
                 return;
             }
@@ -425,12 +557,13 @@ impl Directory {
                     ident,
                     hello: Box::new(hello),
                     old_alive,
+                    key,
                 })
                 .await;
         });
     }
 
-    fn heartbeat(&mut self, hb: Heartbeat) -> Action {
+    fn heartbeat(&mut self, hb: Heartbeat, who: &Who) -> Action {
         if !self.opts.password.accepts(hb.password.as_ref()) {
             labmesh_wire::warn_throttled!("heartbeat with a wrong password ignored");
             return Action::Nothing;
@@ -440,25 +573,28 @@ impl Directory {
         // A heartbeat with a token refreshes only the registration it was
         // handed to (and, from a relay, only at the registered endpoint);
         // a labmesh v0 heartbeat (no token) refreshes by id, as before.
+        // With CURVE on, also only from the key that registered it.
         let owns = |token: &str, hb: &Heartbeat| hb.token.as_deref().is_none_or(|t| t == token);
+        let curve = self.curve;
+        let by_key = |key: &Option<Arc<str>>| !curve || (key.is_some() && *key == who.key);
         if let Some(e) = hb.relay_id.as_ref().and_then(|id| self.relays.get_mut(id)) {
             let at_endpoint = hb
                 .rpc_endpoint
                 .as_deref()
                 .is_none_or(|ep| ep == e.info.rpc_endpoint);
-            if owns(&e.token, &hb) && at_endpoint {
+            if owns(&e.token, &hb) && at_endpoint && by_key(&e.key) {
                 e.last_seen = now;
                 known = true;
             } else {
-                labmesh_wire::warn_throttled!(relay_id = %e.info.relay_id, "heartbeat from another registrant than the registered one");
+                labmesh_wire::warn_throttled!(relay_id = %e.info.relay_id, key = %who.fingerprint(), owner = %fingerprint(e.key.as_deref()), peer = %who.address, "heartbeat from another registrant than the registered one");
             }
         }
         if let Some(e) = hb.bank_id.as_ref().and_then(|id| self.banks.get_mut(id)) {
-            if owns(&e.token, &hb) {
+            if owns(&e.token, &hb) && by_key(&e.key) {
                 e.last_seen = now;
                 known = true;
             } else {
-                labmesh_wire::warn_throttled!(bank_id = %e.info.bank_id, "heartbeat from another registrant than the registered one");
+                labmesh_wire::warn_throttled!(bank_id = %e.info.bank_id, key = %who.fingerprint(), owner = %fingerprint(e.key.as_deref()), peer = %who.address, "heartbeat from another registrant than the registered one");
             }
         }
         match hb.rpc_uuid {
@@ -471,18 +607,26 @@ impl Directory {
         }
     }
 
-    fn bye(&mut self, b: Bye) {
+    fn bye(&mut self, b: Bye, who: &Who) {
         if !self.opts.password.accepts(b.password.as_ref()) {
             labmesh_wire::warn_throttled!("bye with a wrong password ignored");
             return;
         }
         // Only the registrant may say goodbye: a bye must carry the
         // registration's token (labmesh v0 nodes never send bye).
-        let owner = |token: &str| b.token.as_deref() == Some(token);
+        // With CURVE on, also only from the key that registered it.
+        let curve = self.curve;
+        let owner = |e_token: &str, e_key: &Option<Arc<str>>| {
+            b.token.as_deref() == Some(e_token)
+                && (!curve || (e_key.is_some() && *e_key == who.key))
+        };
         let relay = b.relay_id.as_ref().filter(|id| {
-            let ok = self.relays.get(*id).is_some_and(|e| owner(&e.token));
-            if !ok && self.relays.contains_key(*id) {
-                labmesh_wire::warn_throttled!(relay_id = %id, "bye without the registration's token ignored");
+            let ok = self
+                .relays
+                .get(*id)
+                .is_some_and(|e| owner(&e.token, &e.key));
+            if let Some(e) = self.relays.get(*id).filter(|_| !ok) {
+                labmesh_wire::warn_throttled!(relay_id = %id, key = %who.fingerprint(), owner = %fingerprint(e.key.as_deref()), peer = %who.address, "bye from another registrant than the registered one ignored");
             }
             ok
         });
@@ -498,9 +642,12 @@ impl Directory {
             );
         }
         let bank = b.bank_id.as_ref().filter(|id| {
-            let ok = self.banks.get(*id).is_some_and(|e| owner(&e.token));
-            if !ok && self.banks.contains_key(*id) {
-                labmesh_wire::warn_throttled!(bank_id = %id, "bye without the registration's token ignored");
+            let ok = self
+                .banks
+                .get(*id)
+                .is_some_and(|e| owner(&e.token, &e.key));
+            if let Some(e) = self.banks.get(*id).filter(|_| !ok) {
+                labmesh_wire::warn_throttled!(bank_id = %id, key = %who.fingerprint(), owner = %fingerprint(e.key.as_deref()), peer = %who.address, "bye from another registrant than the registered one ignored");
             }
             ok
         });
@@ -595,6 +742,7 @@ impl Directory {
                 ident,
                 hello,
                 old_alive,
+                key,
             } if hello.role == Some(Role::Bank) => {
                 let bid = hello
                     .bank_id
@@ -637,13 +785,14 @@ impl Directory {
                         ep,
                     );
                 }
-                let reply = self.register_bank(&hello, bid);
+                let reply = self.register_bank(&hello, bid, key);
                 Some((ident, reply))
             }
             Internal::DuplicateChecked {
                 ident,
                 hello,
                 old_alive,
+                key,
             } => {
                 let rid = hello.relay_id.clone().unwrap_or_default();
                 if old_alive {
@@ -680,7 +829,7 @@ impl Directory {
                         Some(ep),
                     );
                 }
-                let reply = self.register_relay(&hello);
+                let reply = self.register_relay(&hello, key);
                 Some((ident, reply))
             }
         }
@@ -792,16 +941,14 @@ impl Directory {
         reason: PresenceReason,
         endpoint: Option<String>,
     ) {
-        // Every registration and removal passes here: keep the shared set
-        // of our ids exact.
-        if let Ok(mut ids) = self.local.write() {
-            match status {
-                PresenceStatus::Online => {
-                    ids.insert(id.to_string());
-                }
-                _ => {
-                    ids.remove(id);
-                }
+        // Every removal passes here (registrations are shared where the
+        // entry is made, with its key): keep the shared map exact.
+        if status != PresenceStatus::Online {
+            if let Ok(mut reg) = self.local.write() {
+                match role {
+                    Role::Bank => reg.banks.remove(id),
+                    _ => reg.relays.remove(id),
+                };
             }
         }
         let Some(sock) = self.presence.as_mut() else {

@@ -3,7 +3,9 @@
 //! * Directory: a ROUTER where relays and banks register (`hello`) and
 //!   clients ask `list_relay_ids`, `list_banks`, `ping`.
 //! * State bus: libzmq's own proxy between an XSUB (publishers connect) and
-//!   an XPUB (subscribers connect), on its own thread.
+//!   an XPUB (subscribers connect), on its own thread. With CURVE on, a
+//!   loop that forwards a published message only if its publisher's key
+//!   registered the topic's id (see `bus.rs`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), labmesh_broker::BrokerError> {
@@ -14,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+mod bus;
 mod cascade;
 mod directory;
 mod gateway;
@@ -21,6 +24,8 @@ mod gateway;
 pub use cascade::{Advertise, ParentOptions};
 pub use gateway::{GATEWAY_HWM, MAX_FRAME, MAX_SESSIONS, SESSION_IDLE};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use labmesh_proto::endpoint::public_endpoint;
@@ -140,6 +145,7 @@ pub struct BrokerHandle {
     mirror: Option<tokio::task::JoinHandle<()>>,
     proxy_ctl: zmq::Socket,
     proxy: Option<std::thread::JoinHandle<()>>,
+    dropped: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for BrokerHandle {
@@ -166,6 +172,12 @@ impl BrokerHandle {
     /// The XPUB endpoint subscribers connect to.
     pub fn xpub_endpoint(&self) -> &str {
         &self.xpub
+    }
+
+    /// Messages the bus dropped because their publisher's key may not
+    /// publish their topic (CURVE on; always 0 without CURVE).
+    pub fn bus_dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Stop serving: the directory answers what it has already received,
@@ -205,6 +217,13 @@ pub async fn spawn(ctx: &zmq::Context, opts: BrokerOptions) -> Result<BrokerHand
     xsub.set_maxmsgsize(i64::try_from(opts.bus_max_msg).unwrap_or(i64::MAX))?;
     labmesh_wire::curve::prepare_bind(ctx, &xsub)?;
     bind_raw(&xsub, &opts.xsub_bind)?;
+    // Before the inproc bind below, which would be the last endpoint.
+    let xsub_ep = public_endpoint(&last_endpoint(&xsub)?, &opts.advertise_host);
+    // The broker's own presence publisher connects over inproc: no CURVE
+    // handshake there, so with CURVE on a message without a key is the
+    // broker's own (the only one allowed to publish `presence.`).
+    let presence_ep = format!("inproc://labmesh-broker-presence-{}", uuid_like());
+    xsub.bind(&presence_ep)?;
     let xpub = ctx.socket(zmq::XPUB)?;
     xpub.set_sndhwm(hwm)?;
     xpub.set_rcvhwm(hwm)?;
@@ -212,7 +231,6 @@ pub async fn spawn(ctx: &zmq::Context, opts: BrokerOptions) -> Result<BrokerHand
     xpub.set_xpub_verbose(true)?;
     labmesh_wire::curve::prepare_bind(ctx, &xpub)?;
     bind_raw(&xpub, &opts.xpub_bind)?;
-    let xsub_ep = public_endpoint(&last_endpoint(&xsub)?, &opts.advertise_host);
     let xpub_ep = public_endpoint(&last_endpoint(&xpub)?, &opts.advertise_host);
 
     let ctl_addr = format!("inproc://labmesh-broker-proxy-{}", uuid_like());
@@ -221,6 +239,14 @@ pub async fn spawn(ctx: &zmq::Context, opts: BrokerOptions) -> Result<BrokerHand
     let ctl_peer = ctx.socket(zmq::PAIR)?;
     ctl_peer.connect(&ctl_addr)?;
     let local: cascade::LocalIds = Default::default();
+    // CURVE on: this context serves with a server key (and its ZAP handler
+    // labels every connection).
+    let curve = labmesh_wire::curve::for_context(ctx).is_some_and(|s| s.server.is_some());
+    let dropped = Arc::new(AtomicU64::new(0));
+    let guard = curve.then(|| bus::Guard {
+        local: local.clone(),
+        dropped: dropped.clone(),
+    });
     let parent_sockets = match &opts.parent {
         Some(p) => Some(cascade::parent_sockets(
             ctx,
@@ -244,13 +270,19 @@ pub async fn spawn(ctx: &zmq::Context, opts: BrokerOptions) -> Result<BrokerHand
                     ctl: ctl_peer,
                 },
                 bus_local,
+                guard,
             ),
-            None => {
-                let (mut xsub, mut xpub, mut ctl) = (xsub, xpub, ctl_peer);
-                if let Err(e) = zmq::proxy_steerable(&mut xsub, &mut xpub, &mut ctl) {
-                    tracing::error!(error = %e, "bus proxy stopped");
+            None => match guard {
+                // CURVE: every published message checked against its key.
+                Some(guard) => bus::checked_proxy(xsub, xpub, ctl_peer, guard),
+                // Plaintext: libzmq's own proxy, untouched.
+                None => {
+                    let (mut xsub, mut xpub, mut ctl) = (xsub, xpub, ctl_peer);
+                    if let Err(e) = zmq::proxy_steerable(&mut xsub, &mut xpub, &mut ctl) {
+                        tracing::error!(error = %e, "bus proxy stopped");
+                    }
                 }
-            }
+            },
         })
         .map_err(BrokerError::Thread)?;
 
@@ -267,7 +299,7 @@ pub async fn spawn(ctx: &zmq::Context, opts: BrokerOptions) -> Result<BrokerHand
 
     // Presence events go out through our own bus, like any publisher's.
     let mut presence = AsyncSocket::new(ctx, zmq::PUB, SocketOptions::default())?;
-    presence.connect(&xsub_ep)?;
+    presence.connect(&presence_ep)?;
 
     let (stop, stop_rx) = watch::channel(false);
     let mirror = opts.parent.clone().map(|parent| {
@@ -291,6 +323,7 @@ pub async fn spawn(ctx: &zmq::Context, opts: BrokerOptions) -> Result<BrokerHand
         ctx.clone(),
         Some(presence),
         local,
+        curve,
         stop_rx,
     ));
     Ok(BrokerHandle {
@@ -302,6 +335,7 @@ pub async fn spawn(ctx: &zmq::Context, opts: BrokerOptions) -> Result<BrokerHand
         mirror,
         proxy_ctl,
         proxy: Some(proxy),
+        dropped,
     })
 }
 

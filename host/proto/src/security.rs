@@ -60,6 +60,12 @@ impl fmt::Display for Role {
 /// `User-Id`: enough to tell a lab's keys apart, too few to be the key.
 pub const FINGERPRINT_CHARS: usize = 8;
 
+/// The ZAP metadata property (libzmq message property) holding the
+/// client's whole public key in Z85, next to `User-Id`: what the broker
+/// records as the owner of an id and checks bus topics against (a
+/// fingerprint is for logs; 8 characters could be ground out).
+pub const KEY_PROPERTY: &str = "X-Labmesh-Key";
+
 /// The `User-Id` the ZAP handler gives an authenticated connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserId {

@@ -398,8 +398,17 @@ pub fn for_context(ctx: &zmq::Context) -> Option<Arc<Security>> {
             continue;
         };
         let _ = probe.set_linger(0);
-        if let Err(zmq::Error::EADDRINUSE) = probe.bind(&marker(id)) {
-            return Some(sec);
+        match probe.bind(&marker(id)) {
+            Err(zmq::Error::EADDRINUSE) => return Some(sec),
+            // Not this context's: give the name back now. Closing the probe
+            // frees it only when libzmq's reaper gets to it, and until then
+            // the next probe here would see EADDRINUSE and take another
+            // context's security for this one's (seen with two CURVE
+            // brokers in one process).
+            Ok(()) => {
+                let _ = probe.unbind(&marker(id));
+            }
+            Err(_) => {}
         }
     }
     None

@@ -20,7 +20,7 @@ pub mod throttle;
 pub mod zap;
 
 pub use dealer::DealerConn;
-pub use socket::{AsyncSocket, SocketOptions};
+pub use socket::{AsyncSocket, Peer, SocketOptions};
 
 /// Errors from the ZeroMQ plumbing.
 #[derive(Debug, thiserror::Error)]

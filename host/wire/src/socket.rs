@@ -20,6 +20,33 @@ use tokio::io::Interest;
 
 use crate::WireError;
 
+/// Who sent a message, from libzmq's message properties (set by the ZAP
+/// handler on CURVE sockets; all `None` on plaintext and inproc).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// `User-Id`: `<role>:<fingerprint>`
+    /// ([`labmesh_proto::security::UserId`]).
+    pub user_id: Option<String>,
+    /// The whole client public key, Z85
+    /// ([`labmesh_proto::security::KEY_PROPERTY`]).
+    pub key: Option<String>,
+    /// `Peer-Address`: the client's IP address.
+    pub address: Option<String>,
+}
+
+impl Peer {
+    /// The properties of one received frame.
+    pub fn of(m: &mut zmq::Message) -> Peer {
+        Peer {
+            user_id: m.gets("User-Id").map(str::to_string),
+            key: m
+                .gets(labmesh_proto::security::KEY_PROPERTY)
+                .map(str::to_string),
+            address: m.gets("Peer-Address").map(str::to_string),
+        }
+    }
+}
+
 /// Default largest accepted inbound message (ZMQ_MAXMSGSIZE), 64 MiB.
 pub const DEFAULT_MAX_MSG_SIZE: i64 = labmesh_proto::limits::DEFAULT_MAX_MSG as i64;
 
@@ -54,15 +81,6 @@ impl Default for SocketOptions {
             max_msg_size: DEFAULT_MAX_MSG_SIZE,
         }
     }
-}
-
-/// What libzmq tells about a received message besides its frames.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MessageMeta {
-    /// The ZAP handler's `User-Id` (`<role>:<fingerprint>`), CURVE only.
-    pub user: Option<String>,
-    /// The peer's address (libzmq's `Peer-Address`; TCP and IPC).
-    pub peer: Option<String>,
 }
 
 /// A ZeroMQ socket usable from async code. See the module docs.
@@ -183,44 +201,25 @@ impl AsyncSocket {
         &mut self,
         first: zmq::Message,
     ) -> Result<(Vec<Vec<u8>>, Option<String>), WireError> {
-        self.rest_with_meta(first).map(|(f, m)| (f, m.user))
+        self.rest_with_peer(first).map(|(f, p)| (f, p.user_id))
     }
 
-    /// [`AsyncSocket::rest_with_user`] with the peer's address too.
-    fn rest_with_meta(
+    /// [`AsyncSocket::rest_with_user`] with the whole key and the peer's
+    /// address too (from the first frame that carries them).
+    fn rest_with_peer(
         &mut self,
         mut first: zmq::Message,
-    ) -> Result<(Vec<Vec<u8>>, MessageMeta), WireError> {
-        let mut meta = MessageMeta::default();
-        let mut take = |m: &mut zmq::Message| {
-            if meta.user.is_none() {
-                meta.user = m.gets("User-Id").map(str::to_string);
-            }
-            if meta.peer.is_none() {
-                meta.peer = m.gets("Peer-Address").map(str::to_string);
-            }
-        };
-        take(&mut first);
+    ) -> Result<(Vec<Vec<u8>>, Peer), WireError> {
+        let mut peer = Peer::of(&mut first);
         let mut frames = vec![first.to_vec()];
         while self.sock.get_rcvmore()? {
             let mut m = self.sock.recv_msg(0)?;
-            take(&mut m);
+            if peer.user_id.is_none() {
+                peer = Peer::of(&mut m);
+            }
             frames.push(m.to_vec());
         }
-        Ok((frames, meta))
-    }
-
-    /// [`AsyncSocket::recv_multipart_meta`] with the peer's address as
-    /// well (for logs of refused requests). Cancel-safe.
-    pub async fn recv_multipart_peer(&mut self) -> Result<(Vec<Vec<u8>>, MessageMeta), WireError> {
-        loop {
-            match self.sock.recv_msg(zmq::DONTWAIT) {
-                Ok(first) => return self.rest_with_meta(first),
-                Err(zmq::Error::EAGAIN) => self.wait_for(zmq::POLLIN).await?,
-                Err(zmq::Error::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        Ok((frames, peer))
     }
 
     /// Receive one whole multipart message with its `User-Id` (set by the
@@ -232,6 +231,20 @@ impl AsyncSocket {
         loop {
             match self.sock.recv_msg(zmq::DONTWAIT) {
                 Ok(first) => return self.rest_with_user(first),
+                Err(zmq::Error::EAGAIN) => self.wait_for(zmq::POLLIN).await?,
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Receive one whole multipart message with who sent it ([`Peer`]:
+    /// `User-Id`, whole CURVE key, address; all `None` on a plaintext
+    /// socket). Cancel-safe.
+    pub async fn recv_multipart_peer(&mut self) -> Result<(Vec<Vec<u8>>, Peer), WireError> {
+        loop {
+            match self.sock.recv_msg(zmq::DONTWAIT) {
+                Ok(first) => return self.rest_with_peer(first),
                 Err(zmq::Error::EAGAIN) => self.wait_for(zmq::POLLIN).await?,
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(e.into()),

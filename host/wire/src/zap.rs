@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use labmesh_proto::security::UserId;
+use labmesh_proto::security::{UserId, KEY_PROPERTY};
 
 use crate::curve::{CurveError, CurveKey, Security};
 
@@ -93,16 +93,17 @@ fn serve(sock: zmq::Socket, sec: &Security, stop: &AtomicBool) {
 /// code, status text, user id, metadata.
 pub fn decide(sec: &Security, frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let request_id = frames.get(1).cloned().unwrap_or_default();
-    let reply = |code: &str, text: &str, user: &str| -> Vec<Vec<u8>> {
+    let reply_meta = |code: &str, text: &str, user: &str, meta: Vec<u8>| -> Vec<Vec<u8>> {
         vec![
             b"1.0".to_vec(),
             request_id.clone(),
             code.as_bytes().to_vec(),
             text.as_bytes().to_vec(),
             user.as_bytes().to_vec(),
-            Vec::new(),
+            meta,
         ]
     };
+    let reply = |code: &str, text: &str, user: &str| reply_meta(code, text, user, Vec::new());
     if frames.len() < 6 || frames.first().map(Vec::as_slice) != Some(b"1.0") {
         return reply("500", "malformed ZAP request", "");
     }
@@ -130,7 +131,7 @@ pub fn decide(sec: &Security, frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
                 fingerprint: key.fingerprint(),
             };
             tracing::debug!(peer = %address, user = %user, "CURVE client accepted");
-            reply("200", "OK", &user.to_string())
+            reply_meta("200", "OK", &user.to_string(), key_metadata(&key))
         }
         None => {
             crate::warn_throttled!(
@@ -141,6 +142,21 @@ pub fn decide(sec: &Security, frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
             reply("400", "key not allowed", "")
         }
     }
+}
+
+/// The ZAP metadata of an accepted key (ZMTP property encoding: name
+/// length byte, name, 4-byte big-endian value length, value): the whole
+/// public key as [`KEY_PROPERTY`], which libzmq attaches to every message
+/// of the connection.
+fn key_metadata(key: &CurveKey) -> Vec<u8> {
+    let value = key.z85();
+    let mut m = Vec::with_capacity(1 + KEY_PROPERTY.len() + 4 + value.len());
+    // Both lengths are constants far below the fields' limits.
+    m.push(KEY_PROPERTY.len() as u8);
+    m.extend_from_slice(KEY_PROPERTY.as_bytes());
+    m.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    m.extend_from_slice(value.as_bytes());
+    m
 }
 
 #[cfg(test)]
@@ -183,6 +199,10 @@ mod tests {
             String::from_utf8(ok[4].clone()).unwrap(),
             format!("viewer:{}", viewer.fingerprint())
         );
+        let meta = key_metadata(&viewer);
+        assert_eq!(ok[5], meta);
+        assert_eq!(meta[0] as usize, KEY_PROPERTY.len());
+        assert!(meta.ends_with(viewer.z85().as_bytes()));
         let no = decide(&sec, &request(&stranger));
         assert_eq!(no[2], b"400");
         assert_eq!(no[4], b"");

@@ -22,16 +22,8 @@ async fn a_relay_below_a_child_broker_is_called_and_watched_from_the_parent() {
     let user = KeyPair::generate().unwrap();
     let stranger = KeyPair::generate().unwrap();
     let allow = vec![
-        AllowEntry {
-            key: child.public,
-            role: Role::Operator,
-            name: Some("lab-broker".into()),
-        },
-        AllowEntry {
-            key: user.public,
-            role: Role::Operator,
-            name: Some("user".into()),
-        },
+        AllowEntry::new(child.public, Role::Operator, Some("lab-broker")),
+        AllowEntry::new(user.public, Role::Operator, Some("user")),
     ];
     // The parent: a CURVE server only.
     let top_ctx = zmq::Context::new();

@@ -691,6 +691,149 @@ async fn per_instrument_roles_override_the_keys_role() {
     s.stop().await;
 }
 
+// ---- The broker half: no forged state on the bus, ids owned by keys ----
+
+/// A publisher on the broker's XSUB with `sec`'s key, made as an XPUB so
+/// the test sees the subscriptions reach it (then anything it publishes
+/// would be delivered, were the broker not checking).
+async fn publisher(ctx: &zmq::Context, s: &Servers) -> labmesh_wire::AsyncSocket {
+    let mut p = labmesh_wire::AsyncSocket::new(ctx, zmq::XPUB, SocketOptions::default()).unwrap();
+    p.connect(s.broker.xsub_endpoint()).unwrap();
+    let sub = timeout(WAIT, p.recv_multipart())
+        .await
+        .expect("the bus forwards subscriptions to a new publisher (XPUB -> XSUB)")
+        .unwrap();
+    assert_eq!(sub[0][0], 1, "a subscription: {sub:?}");
+    p
+}
+
+/// A subscriber to `state.` and `stream.` on the broker's XPUB.
+fn subscriber(ctx: &zmq::Context, s: &Servers) -> labmesh_wire::AsyncSocket {
+    let mut sub = labmesh_wire::AsyncSocket::new(ctx, zmq::SUB, SocketOptions::default()).unwrap();
+    sub.raw().set_subscribe(b"state.").unwrap();
+    sub.raw().set_subscribe(b"stream.").unwrap();
+    sub.connect(s.broker.xpub_endpoint()).unwrap();
+    sub
+}
+
+fn relay_hello(id: &str, endpoint: &str) -> Vec<u8> {
+    use labmesh_proto::mesh::{encode, Hello, Request, Role as NodeRole};
+    encode(&Request::Hello(Hello {
+        role: Some(NodeRole::Relay),
+        relay_id: Some(id.into()),
+        rpc_endpoint: Some(endpoint.into()),
+        ..Hello::default()
+    }))
+}
+
+fn error_code(reply: &labmesh_proto::mesh::Reply) -> Option<(i64, String)> {
+    match reply {
+        labmesh_proto::mesh::Reply::Error { error } => Some((error.code, error.message.clone())),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn forged_state_and_stream_from_another_allowed_key_never_reach_subscribers() {
+    let k = keys();
+    let s = Servers::start(Some(server_security(&k))).await;
+
+    let (_cv, _iv) = {
+        let ctx = zmq::Context::new();
+        let i = curve::install(&ctx, client_security(k.viewer, k.server.public)).unwrap();
+        (ctx, i)
+    };
+    let mut sub = subscriber(&_cv, &s);
+    // The real relay's state arrives through the checked bus.
+    let first = timeout(WAIT, async {
+        loop {
+            let m = sub.recv_multipart().await.unwrap();
+            if m[0] == b"state.psu" {
+                break m;
+            }
+        }
+    })
+    .await
+    .expect("the real relay's state reaches a subscriber");
+    assert!(serde_json::from_slice::<Value>(&first[1]).is_ok());
+
+    // The forger: an allowed operator key that registers its own relay id.
+    let ctx = zmq::Context::new();
+    let _i = curve::install(&ctx, client_security(k.operator, k.server.public)).unwrap();
+    let dir = DealerConn::connect(&ctx, s.broker.rpc_endpoint(), SocketOptions::default()).unwrap();
+    let r = dir
+        .request(relay_hello("evil", "tcp://127.0.0.1:9"), None, WAIT)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r, labmesh_proto::mesh::Reply::Hello(a) if a.ok),
+        "an operator key registers its own id: {r:?}"
+    );
+    let mut forger = publisher(&ctx, &s).await;
+
+    // A viewer publishes too (it may not publish at all).
+    let mut viewer_pub = publisher(&_cv, &s).await;
+
+    let forged_stream = labmesh_proto::topic::stream("psu", "v");
+    let mut rounds = 0;
+    let mut own_seen = 0;
+    let mut real_seen = 0;
+    timeout(WAIT, async {
+        while own_seen < 5 || real_seen < 5 {
+            rounds += 1;
+            // Forged state and a forged multi-part stream sample (a raw
+            // third frame), then the forger's own state: per-connection
+            // order is kept end to end, so once `state.evil` #n arrives,
+            // forged messages sent before it would have arrived first.
+            forger
+                .send_multipart([&b"state.psu"[..], br#"{"voltage": 99.0, "forged": true}"#])
+                .await
+                .unwrap();
+            forger
+                .send_multipart([&forged_stream[..], br#"{"forged": true}"#, b"\x00\x01raw"])
+                .await
+                .unwrap();
+            viewer_pub
+                .send_multipart([&b"state.psu"[..], br#"{"forged": true, "by": "viewer"}"#])
+                .await
+                .unwrap();
+            forger
+                .send_multipart([
+                    &b"state.evil"[..],
+                    format!(r#"{{"own": {rounds}}}"#).as_bytes(),
+                ])
+                .await
+                .unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+            while let Ok(m) = tokio::time::timeout_at(deadline, sub.recv_multipart()).await {
+                let m = m.unwrap();
+                let body = String::from_utf8_lossy(&m[1]).into_owned();
+                assert!(
+                    !body.contains("forged"),
+                    "a forged message reached a subscriber: {:?} {body}",
+                    String::from_utf8_lossy(&m[0])
+                );
+                match &m[0][..] {
+                    b"state.evil" => own_seen += 1,
+                    b"state.psu" => real_seen += 1,
+                    _ => {}
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!("own states {own_seen}, real states {real_seen} after {rounds} rounds")
+    });
+    // Every forgery was counted as dropped.
+    assert!(
+        s.broker.bus_dropped() >= 3 * rounds as u64,
+        "dropped {} after {rounds} rounds",
+        s.broker.bus_dropped()
+    );
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn lease_token_works_only_from_the_holders_key() {
     let k = keys();
@@ -776,5 +919,112 @@ async fn lease_token_works_only_from_the_holders_key() {
     }
     lease.unlock().await.unwrap();
     assert!(psu.who().await.unwrap().is_none());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn ids_belong_to_their_key_and_viewers_cannot_register() {
+    use labmesh_proto::mesh::{encode, Bye, Heartbeat, Reply, Request, Role as NodeRole};
+    let k = keys();
+    let s = Servers::start(Some(server_security(&k))).await;
+    let relay_ep = s.relay.endpoint("psu").unwrap().to_string();
+
+    let (_cv, _iv, viewer) = client(&s, client_security(k.viewer, k.server.public), SHORT).await;
+    let viewer = viewer.expect("a viewer may say hello as a client and list");
+    viewer.wait_for_relay("psu", WAIT).await.unwrap();
+
+    // Another allowed key says hello for `psu` at the relay's own
+    // endpoint: a probe there would be answered by the real relay, so
+    // only the key tells them apart. Before key ownership this replaced
+    // the registration (and handed out its token).
+    let ctx = zmq::Context::new();
+    let _i = curve::install(&ctx, client_security(k.operator, k.server.public)).unwrap();
+    let dir = DealerConn::connect(&ctx, s.broker.rpc_endpoint(), SocketOptions::default()).unwrap();
+    for ep in [relay_ep.as_str(), "tcp://127.0.0.1:9"] {
+        let r = dir
+            .request(relay_hello("psu", ep), None, WAIT)
+            .await
+            .unwrap();
+        let (code, msg) = error_code(&r)
+            .unwrap_or_else(|| panic!("re-hello for someone else's id at {ep}: {r:?}"));
+        assert_eq!(code, codes::CONFLICT, "{msg}");
+        assert!(msg.contains("another key"), "{msg}");
+        assert!(msg.contains(&k.operator.public.fingerprint()), "{msg}");
+    }
+    // Its heartbeat does not count; its bye (with any token) is ignored.
+    let hb = dir
+        .request(
+            encode(&Request::Heartbeat(Heartbeat {
+                role: Some(NodeRole::Relay),
+                relay_id: Some("psu".into()),
+                rpc_uuid: Some("hb-1".into()),
+                ..Heartbeat::default()
+            })),
+            Some("hb-1".into()),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(hb, Reply::HeartbeatAck { known: false, .. }),
+        "{hb:?}"
+    );
+    dir.send(encode(&Request::Bye(Bye {
+        role: Some(NodeRole::Relay),
+        relay_id: Some("psu".into()),
+        token: Some("guessed".into()),
+        ..Bye::default()
+    })))
+    .await
+    .unwrap();
+
+    // A viewer key may not register at all: 403 naming the role.
+    let vctx = zmq::Context::new();
+    let _vi = curve::install(&vctx, client_security(k.viewer, k.server.public)).unwrap();
+    let vdir =
+        DealerConn::connect(&vctx, s.broker.rpc_endpoint(), SocketOptions::default()).unwrap();
+    let r = vdir
+        .request(relay_hello("viewer-relay", "tcp://127.0.0.1:9"), None, WAIT)
+        .await
+        .unwrap();
+    let (code, msg) = error_code(&r).unwrap_or_else(|| panic!("viewer hello: {r:?}"));
+    assert_eq!(code, codes::FORBIDDEN, "{msg}");
+    assert!(msg.contains("viewer") && msg.contains("operator"), "{msg}");
+    // ... but may list (the ping below is answered after the bye above was
+    // handled: one directory task, requests in order per connection).
+    let list = vdir
+        .rpc(labmesh_proto::lm::LIST_RELAY_IDS, json!({}), None, WAIT)
+        .await
+        .unwrap()
+        .unwrap();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["relay_id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["psu"],
+        "viewer-relay not registered, psu still there"
+    );
+    let op_list = dir
+        .rpc(labmesh_proto::lm::LIST_RELAY_IDS, json!({}), None, WAIT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        op_list[0]["rpc_endpoint"],
+        json!(relay_ep),
+        "psu still at its own endpoint"
+    );
+
+    // The owner keeps working: listed, callable, its state on the bus.
+    let psu = viewer.relay("psu").await.unwrap();
+    psu.call("get_state", json!({})).await.unwrap();
+    viewer
+        .wait_state("psu", WAIT, |_| true)
+        .await
+        .expect("the real relay still publishes");
     s.stop().await;
 }
