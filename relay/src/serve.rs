@@ -223,6 +223,11 @@ pub(crate) async fn run(
         } else {
             None
         };
+        // Only while replies wait for room does a wake-up without a
+        // message matter (the loop's top flushes them); otherwise the
+        // socket waits on for the next request without another turn of
+        // this loop.
+        let report_signal = !outbox.is_empty();
         tokio::select! {
             biased;
             Some((inst, work)) = OptionFuture::from(busy.as_mut()), if busy.is_some() => {
@@ -253,7 +258,7 @@ pub(crate) async fn run(
                 // Stop taking requests; queued calls finish and are answered.
                 stopping = true;
             }
-            frames = router.recv_or_signal_meta(), if !stopping => {
+            frames = router.recv_or_signal_meta(report_signal), if !stopping => {
                 let (frames, user) = match frames {
                     Ok(Some(f)) => {
                         errors.ok();

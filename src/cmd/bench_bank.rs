@@ -281,7 +281,8 @@ async fn rust_download(
         .await
         .map_err(what)?;
     let mut got = 0usize;
-    while let Some(c) = s.next_chunk().await.map_err(what)? {
+    // Zero-copy: each chunk stays in the message libzmq received.
+    while let Some(c) = s.next_message().await.map_err(what)? {
         got += c.len();
     }
     let secs = t.elapsed().as_secs_f64();

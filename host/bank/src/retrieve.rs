@@ -27,7 +27,6 @@ use labmesh_proto::codes;
 use labmesh_proto::mesh::encode;
 use labmesh_wire::socket::{AfterError, Peer, RecvErrors};
 use labmesh_wire::{AsyncSocket, WireError};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::store::{Source, Store};
@@ -522,10 +521,11 @@ impl Retrieve {
             let Some(d) = self.downloads.get_mut(&id) else {
                 return;
             };
-            let Some(out) = d.queue.front() else {
+            let Some(out) = d.queue.front_mut() else {
                 return;
             };
-            match self.sock.try_send_multipart(&out.frames) {
+            // The chunk's buffer goes to libzmq as it is (no copy).
+            match self.sock.try_send_multipart_owned(&mut out.frames) {
                 Ok(true) => {
                     let kind = out.kind;
                     d.queue.pop_front();
@@ -579,7 +579,11 @@ fn release_freed_memory() {
 
 /// What a reader reads from.
 enum Input {
-    File(tokio::fs::File),
+    /// Read with `std::fs` inside one blocking call per chunk, straight
+    /// into the chunk's buffer (tokio's `File` reads into a buffer of its
+    /// own and copies from it: one memcpy per chunk more). `None` only
+    /// while a read is under way.
+    File(Option<std::fs::File>),
     S3 {
         stream: futures::stream::BoxStream<'static, Result<bytes::Bytes, crate::s3::ObjectError>>,
         /// Bytes received but not yet put in a chunk.
@@ -593,20 +597,18 @@ impl Input {
     async fn read_chunk(&mut self, size: usize) -> Result<Vec<u8>, String> {
         let mut buf = Vec::with_capacity(size);
         match self {
-            Input::File(f) => {
-                buf.resize(size, 0);
-                let mut filled = 0;
-                while filled < buf.len() {
-                    let n = f
-                        .read(buf.get_mut(filled..).unwrap_or_default())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if n == 0 {
-                        break;
-                    }
-                    filled += n;
-                }
-                buf.truncate(filled);
+            Input::File(slot) => {
+                let Some(mut f) = slot.take() else {
+                    return Err("file read after a failed read".to_string());
+                };
+                let (f, read) = tokio::task::spawn_blocking(move || {
+                    let r = read_full(&mut f, &mut buf, size);
+                    (f, r.map(|()| buf))
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                *slot = Some(f);
+                buf = read.map_err(|e| e.to_string())?;
             }
             Input::S3 { stream, left } => {
                 use futures::StreamExt;
@@ -626,6 +628,20 @@ impl Input {
             Input::Empty => {}
         }
         Ok(buf)
+    }
+}
+
+/// Fill `buf` (empty, capacity `size`) with up to `size` bytes of `f`:
+/// fewer only at the end of the file.
+fn read_full(f: &mut std::fs::File, buf: &mut Vec<u8>, size: usize) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut limited = f.take(size as u64);
+    loop {
+        match limited.read_to_end(buf) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -669,13 +685,17 @@ impl Reader {
         tracing::trace!(dataset_id = %self.dataset_id, offset = self.offset, "reader starts");
         let mut input = match &self.source {
             Source::File(path) => {
-                let mut f = tokio::fs::File::open(path)
-                    .await
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                f.seek(std::io::SeekFrom::Start(self.offset))
-                    .await
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                Input::File(f)
+                let (path, offset) = (path.clone(), self.offset);
+                let f = tokio::task::spawn_blocking(move || {
+                    use std::io::{Seek, SeekFrom};
+                    let what = |e: std::io::Error| format!("{}: {e}", path.display());
+                    let mut f = std::fs::File::open(&path).map_err(what)?;
+                    f.seek(SeekFrom::Start(offset)).map_err(what)?;
+                    Ok::<_, String>(f)
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+                Input::File(Some(f))
             }
             // Nothing left to read: no range request (S3 refuses an empty
             // range with 416).

@@ -151,6 +151,17 @@ pub(crate) fn transfer_socket(
 }
 
 /// Receive one message within `timeout`; `Ok(None)` on timeout.
+/// [`recv_within`] keeping libzmq's messages (no copy of the frames).
+pub(crate) async fn recv_messages_within(
+    sock: &mut AsyncSocket,
+    timeout: Duration,
+) -> Result<Option<Vec<zmq::Message>>, WireError> {
+    match tokio::time::timeout(timeout, sock.recv_messages()).await {
+        Ok(r) => r.map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
 pub(crate) async fn recv_within(
     sock: &mut AsyncSocket,
     timeout: Duration,

@@ -11,7 +11,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::{recv_within, transfer_socket, DownloadOptions, TransferError};
+use crate::{recv_messages_within, recv_within, transfer_socket, DownloadOptions, TransferError};
 use labmesh_proto::bank::{
     decode_retrieve_reply, valid_dataset_id, Credit, Get, MetaMsg, RetrieveReply, RetrieveRequest,
 };
@@ -124,6 +124,14 @@ impl DownloadStream {
     /// The next chunk, `Ok(None)` after the last one once size and SHA-256
     /// matched. An error ends the stream.
     pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, TransferError> {
+        Ok(self.next_message().await?.map(|m| m.to_vec()))
+    }
+
+    /// [`DownloadStream::next_chunk`] without a copy: the bytes stay in the
+    /// message libzmq received them into (`zmq::Message` derefs to
+    /// `[u8]`). For a consumer that only reads the bytes (hashes, writes
+    /// them), this saves a memcpy of every chunk.
+    pub async fn next_message(&mut self) -> Result<Option<zmq::Message>, TransferError> {
         if self.done {
             return Ok(None);
         }
@@ -134,19 +142,23 @@ impl DownloadStream {
         r
     }
 
-    async fn next_inner(&mut self) -> Result<Option<Vec<u8>>, TransferError> {
-        let mut frames = recv_within(&mut self.sock, self.opts.timeout)
+    async fn next_inner(&mut self) -> Result<Option<zmq::Message>, TransferError> {
+        let mut frames = recv_messages_within(&mut self.sock, self.opts.timeout)
             .await?
             .ok_or(TransferError::Timeout(self.opts.timeout))?;
-        let chunk = match decode(&frames)? {
-            RetrieveReply::Chunk(c) => c,
-            RetrieveReply::Error(e) => return Err(TransferError::Remote(e.error)),
-            other => {
-                return Err(TransferError::Protocol(format!(
-                    "expected chunk, got {other:?}"
-                )))
-            }
-        };
+        let head = frames
+            .first()
+            .ok_or_else(|| TransferError::Protocol("empty reply".to_string()))?;
+        let chunk =
+            match decode_retrieve_reply(head).map_err(|m| TransferError::Protocol(m.message()))? {
+                RetrieveReply::Chunk(c) => c,
+                RetrieveReply::Error(e) => return Err(TransferError::Remote(e.error)),
+                other => {
+                    return Err(TransferError::Protocol(format!(
+                        "expected chunk, got {other:?}"
+                    )))
+                }
+            };
         if chunk.dataset_id != self.meta.dataset_id || chunk.seq != self.seq {
             return Err(TransferError::Protocol(format!(
                 "chunk {} of {:?} out of order (expected {} of {:?})",
@@ -172,7 +184,7 @@ impl DownloadStream {
         let data = if frames.len() > 1 {
             frames.swap_remove(1)
         } else {
-            Vec::new()
+            zmq::Message::new()
         };
         if self.offset + data.len() as u64 > self.meta.size {
             return Err(TransferError::Integrity(format!(
@@ -180,7 +192,7 @@ impl DownloadStream {
                 self.meta.size
             )));
         }
-        self.hasher.update(&data);
+        self.hasher.update(&data[..]);
         self.offset += data.len() as u64;
         self.seq += 1;
         if self.credit_mode {

@@ -13,7 +13,10 @@
 //! receive and send selects over `recv_multipart` and a channel of outgoing
 //! messages (see the broker and relay for the pattern).
 
+use std::cell::Cell;
+use std::future::poll_fn;
 use std::os::fd::{AsRawFd, RawFd};
+use std::task::Poll;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -91,6 +94,11 @@ pub struct AsyncSocket {
     /// The context's CURVE security (`curve::install`), applied at bind
     /// (server) and connect (client).
     security: Option<std::sync::Arc<crate::curve::Security>>,
+    /// Whether libzmq may hold a message (or have processed a command)
+    /// that the descriptor will not signal again: set by every operation
+    /// other than a receive that found nothing, cleared by such a receive.
+    /// While it is set a receive tries the socket before it sleeps.
+    unsure: Cell<bool>,
 }
 
 impl std::fmt::Debug for AsyncSocket {
@@ -123,11 +131,17 @@ impl AsyncSocket {
         let fd = unsafe { AsyncFd::register_with_interest(ZmqFd(raw), Interest::READABLE) }
             .map_err(|e| WireError::Io(e.into_parts().1))?;
         let security = crate::curve::for_context(ctx);
-        Ok(AsyncSocket { fd, sock, security })
+        Ok(AsyncSocket {
+            fd,
+            sock,
+            security,
+            unsure: Cell::new(true),
+        })
     }
 
     /// The underlying socket, for options not wrapped here.
     pub fn raw(&self) -> &zmq::Socket {
+        self.unsure.set(true);
         &self.sock
     }
 
@@ -167,6 +181,7 @@ impl AsyncSocket {
 
     /// Wait until `ZMQ_EVENTS` contains `want`.
     async fn wait_for(&mut self, want: zmq::PollEvents) -> Result<(), WireError> {
+        self.unsure.set(true);
         loop {
             if self.sock.get_events()?.contains(want) {
                 return Ok(());
@@ -182,16 +197,64 @@ impl AsyncSocket {
         }
     }
 
-    /// Receive one whole multipart message. Cancel-safe.
-    pub async fn recv_multipart(&mut self) -> Result<Vec<Vec<u8>>, WireError> {
+    /// Receive the first frame of the next message. Cancel-safe.
+    ///
+    /// A `DONTWAIT` receive that finds nothing has processed libzmq's
+    /// pending commands before it says `EAGAIN`, and so drained the
+    /// descriptor exactly as reading `ZMQ_EVENTS` does: readiness is
+    /// cleared on its word, and the task sleeps only after such a receive
+    /// with nothing done to the socket since (`unsure`). This is one
+    /// `poll(2)` of libzmq's mailbox per empty receive; the earlier loop
+    /// read `ZMQ_EVENTS` before and after every sleep as well (two more).
+    /// `clear_ready` keeps an edge newer than its guard, so a command that
+    /// lands after the attempt still wakes the task.
+    async fn recv_first(&mut self) -> Result<zmq::Message, WireError> {
         loop {
-            match self.sock.recv_multipart(zmq::DONTWAIT) {
-                Ok(frames) => return Ok(frames),
-                Err(zmq::Error::EAGAIN) => self.wait_for(zmq::POLLIN).await?,
+            let ready = poll_fn(|cx| Poll::Ready(self.fd.poll_read_ready(cx))).await;
+            let mut guard = match ready {
+                Poll::Ready(guard) => Some(guard?),
+                // The waker is registered: any later edge wakes us.
+                Poll::Pending if !self.unsure.get() => Some(self.fd.readable().await?),
+                Poll::Pending => None,
+            };
+            match self.sock.recv_msg(zmq::DONTWAIT) {
+                Ok(m) => {
+                    // More may be queued without a new edge.
+                    self.unsure.set(true);
+                    return Ok(m);
+                }
+                Err(zmq::Error::EAGAIN) => {
+                    self.unsure.set(false);
+                    if let Some(g) = guard.as_mut() {
+                        g.clear_ready();
+                    }
+                }
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Receive one whole multipart message. Cancel-safe.
+    pub async fn recv_multipart(&mut self) -> Result<Vec<Vec<u8>>, WireError> {
+        let first = self.recv_first().await?;
+        let mut frames = vec![first.to_vec()];
+        while self.sock.get_rcvmore()? {
+            frames.push(self.sock.recv_msg(0)?.to_vec());
+        }
+        Ok(frames)
+    }
+
+    /// Receive one whole multipart message as libzmq's own messages: no
+    /// copy of the frames into `Vec`s (a 1 MiB bank chunk stays in the
+    /// buffer libzmq received it into). Cancel-safe.
+    pub async fn recv_messages(&mut self) -> Result<Vec<zmq::Message>, WireError> {
+        let first = self.recv_first().await?;
+        let mut frames = vec![first];
+        while self.sock.get_rcvmore()? {
+            frames.push(self.sock.recv_msg(0)?);
+        }
+        Ok(frames)
     }
 
     /// The rest of a multipart message whose first frame is `first` (it is
@@ -228,14 +291,8 @@ impl AsyncSocket {
     pub async fn recv_multipart_meta(
         &mut self,
     ) -> Result<(Vec<Vec<u8>>, Option<String>), WireError> {
-        loop {
-            match self.sock.recv_msg(zmq::DONTWAIT) {
-                Ok(first) => return self.rest_with_user(first),
-                Err(zmq::Error::EAGAIN) => self.wait_for(zmq::POLLIN).await?,
-                Err(zmq::Error::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let first = self.recv_first().await?;
+        self.rest_with_user(first)
     }
 
     /// Receive one whole multipart message with who sent it ([`Peer`]:
@@ -257,14 +314,25 @@ impl AsyncSocket {
     /// a connection coming or going). A ROUTER that keeps replies for peers
     /// whose pipes were full retries them after `None`. Cancel-safe.
     pub async fn recv_or_signal(&mut self) -> Result<Option<Vec<Vec<u8>>>, WireError> {
-        Ok(self.recv_or_signal_meta().await?.map(|(frames, _)| frames))
+        Ok(self
+            .recv_or_signal_meta(true)
+            .await?
+            .map(|(frames, _)| frames))
     }
 
     /// [`AsyncSocket::recv_or_signal`] with the message's `User-Id` (see
-    /// [`AsyncSocket::recv_multipart_meta`]). Cancel-safe.
+    /// [`AsyncSocket::recv_multipart_meta`]). With `report_signal` false
+    /// (the caller has no replies waiting for room) a wake-up without a
+    /// message is not reported: this is [`AsyncSocket::recv_multipart_meta`].
+    /// Cancel-safe.
     pub async fn recv_or_signal_meta(
         &mut self,
+        report_signal: bool,
     ) -> Result<Option<(Vec<Vec<u8>>, Option<String>)>, WireError> {
+        if !report_signal {
+            return Ok(Some(self.recv_multipart_meta().await?));
+        }
+        self.unsure.set(true);
         loop {
             match self.sock.recv_msg(zmq::DONTWAIT) {
                 Ok(first) => return Ok(Some(self.rest_with_user(first)?)),
@@ -306,6 +374,9 @@ impl AsyncSocket {
     }
 
     async fn send_one(&mut self, data: &[u8], flags: i32, first: bool) -> Result<(), WireError> {
+        // A send may process libzmq's commands (an "activate read" among
+        // them) and so consume the descriptor's signal.
+        self.unsure.set(true);
         loop {
             match self.sock.send(data, flags | zmq::DONTWAIT) {
                 Ok(()) => return Ok(()),
@@ -319,6 +390,7 @@ impl AsyncSocket {
     /// Send one message without waiting: `Ok(false)` if the socket is at its
     /// high-water mark (the message is dropped, as PUB would).
     pub fn try_send_multipart<T: AsRef<[u8]>>(&mut self, frames: &[T]) -> Result<bool, WireError> {
+        self.unsure.set(true);
         let Some((last, head)) = frames.split_last() else {
             return Ok(true);
         };
@@ -334,6 +406,35 @@ impl AsyncSocket {
             Err(zmq::Error::EAGAIN) if head.is_empty() => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+impl AsyncSocket {
+    /// [`AsyncSocket::try_send_multipart`], handing the last frame's buffer
+    /// to libzmq instead of copying it (`zmq_msg_init_data`: libzmq frees
+    /// it once sent). Small frames are copied as before; the last frame is
+    /// moved out of `frames` only once the first frame is queued (from then
+    /// on libzmq takes the whole message), so on `Ok(false)` `frames` is
+    /// untouched and can be retried.
+    pub fn try_send_multipart_owned(&mut self, frames: &mut [Vec<u8>]) -> Result<bool, WireError> {
+        const OWN_ABOVE: usize = 64 * 1024;
+        let Some((last, head)) = frames.split_last_mut() else {
+            return Ok(true);
+        };
+        if head.is_empty() || last.len() <= OWN_ABOVE {
+            return self.try_send_multipart(frames);
+        }
+        self.unsure.set(true);
+        for (i, f) in head.iter().enumerate() {
+            match self.sock.send(f.as_slice(), zmq::SNDMORE | zmq::DONTWAIT) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) if i == 0 => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let msg = zmq::Message::from(std::mem::take(last));
+        self.sock.send(msg, zmq::DONTWAIT)?;
+        Ok(true)
     }
 }
 
@@ -394,5 +495,91 @@ impl RecvErrors {
         tokio::time::sleep(self.delay).await;
         self.delay = (self.delay * 2).min(Self::MAX);
         AfterError::Retry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const WAIT: Duration = Duration::from_secs(15);
+
+    fn pair(ctx: &zmq::Context) -> (AsyncSocket, AsyncSocket) {
+        let mut router = AsyncSocket::new(ctx, zmq::ROUTER, SocketOptions::default()).unwrap();
+        let ep = router.bind("tcp://127.0.0.1:*").unwrap();
+        let mut dealer = AsyncSocket::new(ctx, zmq::DEALER, SocketOptions::default()).unwrap();
+        dealer.connect(&ep).unwrap();
+        (router, dealer)
+    }
+
+    /// A server that answers each request before it reads the next (its
+    /// sends process libzmq's commands, which may consume the signal of
+    /// requests already queued) still receives every pipelined request:
+    /// the receive tries the socket before it sleeps after any send.
+    #[tokio::test]
+    async fn pipelined_requests_all_arrive_while_the_server_sends() {
+        let ctx = zmq::Context::new();
+        let (mut router, mut dealer) = pair(&ctx);
+        const N: usize = 2000;
+        let server = tokio::spawn(async move {
+            for i in 0..N {
+                let mut frames = router.recv_multipart().await.unwrap();
+                assert_eq!(frames.len(), 2, "request {i}");
+                let body = frames.pop().unwrap();
+                router
+                    .send_multipart([frames.remove(0), body])
+                    .await
+                    .unwrap();
+            }
+            router
+        });
+        for i in 0..N {
+            dealer.send_multipart([format!("req {i}")]).await.unwrap();
+        }
+        for i in 0..N {
+            let got = tokio::time::timeout(WAIT, dealer.recv_multipart())
+                .await
+                .expect("reply in time")
+                .unwrap();
+            assert_eq!(got, vec![format!("req {i}").into_bytes()]);
+        }
+        tokio::time::timeout(WAIT, server).await.unwrap().unwrap();
+    }
+
+    /// `try_send_multipart_owned` leaves the message whole when libzmq
+    /// refuses it, and sends the same bytes as the copying send when it
+    /// takes it.
+    #[tokio::test]
+    async fn owned_send_keeps_the_frames_when_refused_and_sends_them_intact() {
+        let ctx = zmq::Context::new();
+        let mut router = AsyncSocket::new(&ctx, zmq::ROUTER, SocketOptions::default()).unwrap();
+        let ep = router.bind("tcp://127.0.0.1:*").unwrap();
+        // Not connected yet: a DEALER without a peer has nowhere to queue.
+        let mut dealer = AsyncSocket::new(&ctx, zmq::DEALER, SocketOptions::default()).unwrap();
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut frames = vec![b"head".to_vec(), big.clone()];
+        assert!(!dealer.try_send_multipart_owned(&mut frames).unwrap());
+        assert_eq!(frames, vec![b"head".to_vec(), big.clone()], "untouched");
+        dealer.connect(&ep).unwrap();
+        // Once a first message has gone (waits for the connection), the
+        // pipe has room.
+        tokio::time::timeout(WAIT, dealer.send_multipart([b"hi".to_vec()]))
+            .await
+            .expect("connected in time")
+            .unwrap();
+        let hi = tokio::time::timeout(WAIT, router.recv_multipart())
+            .await
+            .expect("hi in time")
+            .unwrap();
+        assert_eq!(hi[1], b"hi");
+        assert!(dealer.try_send_multipart_owned(&mut frames).unwrap());
+        let got = tokio::time::timeout(WAIT, router.recv_messages())
+            .await
+            .expect("message in time")
+            .unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(&got[1][..], b"head");
+        assert_eq!(&got[2][..], &big[..]);
     }
 }
