@@ -139,24 +139,14 @@ fn forward(from: &zmq::Socket, to: &[&zmq::Socket], keep: impl Fn(&[u8]) -> Vec<
         if !want {
             continue;
         }
-        let n = frames.len();
-        for (i, f) in frames.iter().enumerate() {
-            let flags = if i + 1 < n {
-                zmq::SNDMORE | zmq::DONTWAIT
-            } else {
-                zmq::DONTWAIT
-            };
-            // A full peer drops, as XPUB does at its high-water mark; the
-            // rest of a message whose first frame went always fits.
-            if sock.send(f.as_slice(), flags).is_err() {
-                break;
-            }
-        }
+        send_copy(sock, &frames);
     }
 }
 
-/// Send a whole message without blocking (see [`forward`]).
-fn send_copy(to: &zmq::Socket, frames: &[zmq::Message]) {
+/// Send a whole message without blocking. A full peer drops it, as XPUB
+/// does at its high-water mark; the rest of a message whose first frame
+/// went always fits.
+fn send_copy<F: std::ops::Deref<Target = [u8]>>(to: &zmq::Socket, frames: &[F]) {
     let n = frames.len();
     for (i, f) in frames.iter().enumerate() {
         let flags = if i + 1 < n {
@@ -164,7 +154,7 @@ fn send_copy(to: &zmq::Socket, frames: &[zmq::Message]) {
         } else {
             zmq::DONTWAIT
         };
-        if to.send(&f[..], flags).is_err() {
+        if to.send(&**f, flags).is_err() {
             break;
         }
     }
