@@ -158,15 +158,20 @@ async fn lanes(b: &Browser) -> Value {
     .unwrap()
 }
 
-/// [`lanes`] once `ok` holds (bounded).
-async fn lanes_until(b: &Browser, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
+/// [`lanes`] once `ok` holds, within `bound` (`what` names the wait).
+async fn lanes_until(
+    b: &Browser,
+    what: &str,
+    bound: Duration,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + bound;
     loop {
         let l = lanes(b).await;
         if ok(&l) {
             return l;
         }
-        assert!(Instant::now() < deadline, "timeline: {l}");
+        assert!(Instant::now() < deadline, "timeline never {what}: {l}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -263,21 +268,7 @@ async fn dashboard_in_headless_chromium() {
         .unwrap();
         mesh.client.wait_for_relay("psu-3", WAIT).await.unwrap();
         // (The lanes are redrawn every second: read them in one go.)
-        let until_lanes = |what: &'static str, bound: Duration, ok: fn(&Value) -> bool| {
-            let b = &b;
-            async move {
-                let deadline = Instant::now() + bound;
-                loop {
-                    let l = lanes(b).await;
-                    if ok(&l) {
-                        return l;
-                    }
-                    assert!(Instant::now() < deadline, "timeline never {what}: {l}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        };
-        let l = until_lanes("showed psu-3", WAIT, |l| l["psu-3"]["status"] == "online").await;
+        let l = lanes_until(&b, "showed psu-3", WAIT, |l| l["psu-3"]["status"] == "online").await;
         assert!(
             l["psu-3"]["segs"].as_array().unwrap().iter().all(|s| s["status"] == "online"),
             "psu-3 offline before it stopped: {l}"
@@ -287,7 +278,8 @@ async fn dashboard_in_headless_chromium() {
             .unwrap()
             .as_secs_f64();
         extra.shutdown().await;
-        let l = until_lanes(
+        let l = lanes_until(
+            &b,
             "showed psu-3 offline",
             labmesh_proto::limits::DEFAULT_TTL + WAIT,
             |l| l["psu-3"]["status"] == "offline",
@@ -483,7 +475,7 @@ async fn dashboard_in_headless_chromium() {
         // The mesh page again, freshly loaded: psu-3's lane is rebuilt from
         // the web node's presence events (online, then offline).
         b.goto(&format!("{base}/#/mesh")).await.unwrap();
-        let l = lanes_until(&b, |l| l["psu-3"]["status"] == "offline").await;
+        let l = lanes_until(&b, "rebuilt psu-3 offline", WAIT, |l| l["psu-3"]["status"] == "offline").await;
         let segs = l["psu-3"]["segs"].as_array().unwrap();
         assert_eq!(segs.len(), 2, "{l}");
         assert_eq!(segs[0]["status"], "online");
