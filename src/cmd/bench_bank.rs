@@ -67,12 +67,14 @@ async def main():
             pass
     else:
         raise SystemExit("no announcement for the warm-up upload")
+    os.sync()  # no dirty pages of an earlier step in this one's time
     t0 = time.perf_counter()
     await upload_dataset(ingest, data, dataset_id=did, relay_id="bench")
     await wait_announce(sub, did, 120)
     up = time.perf_counter() - t0
     bank = BankClient(retrieve)
     await bank.connect()
+    os.sync()
     t0 = time.perf_counter()
     await bank.download(did, out, timeout=120)
     down = time.perf_counter() - t0
@@ -150,8 +152,19 @@ fn write_source(path: &Path, bytes: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Write back every dirty page (`sync(1)`), so that a timed step does not
+/// pay for the writeback of an earlier one. Without it the runs were
+/// bimodal on a fast disk (`dd conv=fsync` of 256 MiB: 0.18 s or 0.85 s,
+/// depending on what the Python bank, which never fsyncs, had left dirty).
+fn settle() -> anyhow::Result<()> {
+    let st = std::process::Command::new("sync").status()?;
+    anyhow::ensure!(st.success(), "sync failed: {st}");
+    Ok(())
+}
+
 /// Seconds `dd bs=1M count=MB conv=fsync` takes to copy `src` to `dest`.
 fn dd_fsync(src: &Path, dest: &Path, mb: usize) -> anyhow::Result<f64> {
+    settle()?;
     let t = Instant::now();
     let st = std::process::Command::new("dd")
         .arg(format!("if={}", src.display()))
@@ -254,6 +267,7 @@ async fn rust_upload(
         chunk_size: 1 << 20,
         ..Default::default()
     };
+    settle()?;
     let t = Instant::now();
     labmesh_transfer::upload_file(ctx, ingest, src, opts)
         .await
@@ -275,6 +289,7 @@ async fn rust_download(
         chunk_size: Some(1 << 20),
         ..Default::default()
     };
+    settle()?;
     let t = Instant::now();
     let what = |e| anyhow::anyhow!("Rust download of {did} (credit {credit}): {e}");
     let mut s = labmesh_transfer::DownloadStream::open(ctx, retrieve, did, opts)

@@ -46,7 +46,8 @@ enum WriterCmd {
         ident: Ident,
         seq: u64,
         eof: bool,
-        data: Vec<u8>,
+        /// The chunk as libzmq received it (no copy before the file).
+        data: zmq::Message,
         size: Option<u64>,
         sha256: Option<String>,
     },
@@ -124,7 +125,7 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
-            frames = ing.sock.recv_multipart_peer() => match frames {
+            frames = ing.sock.recv_messages_peer() => match frames {
                 Ok((frames, meta)) => {
                     errors.ok();
                     ing.on_frames(frames, &meta).await
@@ -178,7 +179,7 @@ impl Ingest {
         self.reply(ident, IngestReply::Error(e));
     }
 
-    async fn on_frames(&mut self, mut frames: Vec<Vec<u8>>, meta: &Peer) {
+    async fn on_frames(&mut self, mut frames: Vec<zmq::Message>, meta: &Peer) {
         if frames.len() < 2 {
             labmesh_wire::warn_throttled!(
                 frames = frames.len(),
@@ -186,7 +187,7 @@ impl Ingest {
             );
             return;
         }
-        let ident = frames.remove(0);
+        let ident = frames.remove(0).to_vec();
         if frames.len() > 2 {
             self.error(
                 &ident,
@@ -201,8 +202,8 @@ impl Ingest {
         } else {
             None
         };
-        let head = frames.pop().unwrap_or_default();
-        let req = match decode_ingest(&head) {
+        let head = frames.pop().unwrap_or_else(zmq::Message::new);
+        let req = match decode_ingest(&head[..]) {
             Ok(r) => r,
             Err(m) => {
                 labmesh_wire::warn_throttled!(problem = %m.message(), "bad ingest request");
@@ -233,7 +234,7 @@ impl Ingest {
                     self.error(&ident, None, codes::CONFLICT, NO_SESSION.to_string());
                     return;
                 };
-                let data = data.unwrap_or_default();
+                let data = data.unwrap_or_else(zmq::Message::new);
                 if data.len() > self.cfg.max_chunk {
                     let id = self.sessions.get(&key).map(|s| s.dataset_id.clone());
                     let msg = format!(
@@ -676,8 +677,14 @@ impl Writer {
         mut partial: Partial,
         mut rx: mpsc::Receiver<WriterCmd>,
     ) -> Option<(Ident, IngestReply)> {
+        // A command taken off the queue while gathering a batch.
+        let mut next: Option<WriterCmd> = None;
         loop {
-            let Some(cmd) = rx.recv().await else {
+            let cmd = match next.take() {
+                Some(c) => Some(c),
+                None => rx.recv().await,
+            };
+            let Some(cmd) = cmd else {
                 // Idle, shutdown or replaced: keep resumable bytes.
                 let _ = tokio::task::spawn_blocking(move || partial.suspend()).await;
                 return None;
@@ -705,54 +712,60 @@ impl Writer {
                     data,
                     ..
                 } => {
-                    let dataset_id = partial.info().dataset_id.clone();
-                    if seq != partial.next_seq() {
-                        let r = IngestReply::IngestAckChunk(IngestAckChunk {
-                            dataset_id,
-                            next_seq: partial.next_seq(),
-                            status: Some(labmesh_proto::mesh::ChunkStatus::OutOfOrder),
-                            durable_seq: partial.resumable().then_some(partial.durable_seq()),
-                        });
-                        self.send(&ident, &r);
-                        continue;
-                    }
-                    if !data.is_empty() {
-                        let job = tokio::task::spawn_blocking(move || {
-                            let r = partial.append(&data);
-                            (partial, r)
-                        })
-                        .await;
-                        match job {
-                            Ok((p, Ok(()))) => partial = p,
-                            Ok((p, Err(e))) => {
-                                if matches!(e, StoreError::Quota { .. }) {
-                                    tracing::warn!(%dataset_id, error = %e, "upload refused");
-                                } else {
-                                    tracing::error!(%dataset_id, error = %e, "write failed");
-                                }
-                                let r = IngestReply::Error(BankErrorReply::for_dataset(
-                                    &dataset_id,
-                                    codes::UNAVAILABLE,
-                                    format!("storage: {e}"),
-                                ));
-                                // A failed session frees its space at once
-                                // (a full disk must not stay full).
-                                let _ = tokio::task::spawn_blocking(move || p.discard()).await;
-                                return Some((ident, r));
+                    // This chunk and the ones already queued behind it go to
+                    // the blocking pool in one trip (one hop per batch, not
+                    // per 1 MiB chunk); an eof or a control command ends the
+                    // batch and is handled next.
+                    let mut batch = vec![(ident, seq, data)];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(WriterCmd::Chunk {
+                                ident,
+                                seq,
+                                eof: false,
+                                data,
+                                ..
+                            }) => batch.push((ident, seq, data)),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
                             }
-                            Err(e) => {
-                                tracing::error!(%dataset_id, error = %e, "write task failed");
-                                return None;
-                            }
+                            Err(_) => break,
                         }
                     }
-                    let r = IngestReply::IngestAckChunk(IngestAckChunk {
-                        dataset_id,
-                        next_seq: partial.next_seq(),
-                        status: None,
-                        durable_seq: partial.resumable().then_some(partial.durable_seq()),
-                    });
-                    self.send(&ident, &r);
+                    let job = tokio::task::spawn_blocking(move || {
+                        let out = append_batch(&mut partial, batch);
+                        (partial, out)
+                    })
+                    .await;
+                    let (p, (acks, failed)) = match job {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(error = %e, "write task failed");
+                            return None;
+                        }
+                    };
+                    partial = p;
+                    for (ident, r) in &acks {
+                        self.send(ident, r);
+                    }
+                    if let Some((ident, e)) = failed {
+                        let dataset_id = partial.info().dataset_id.clone();
+                        if matches!(e, StoreError::Quota { .. }) {
+                            tracing::warn!(%dataset_id, error = %e, "upload refused");
+                        } else {
+                            tracing::error!(%dataset_id, error = %e, "write failed");
+                        }
+                        let r = IngestReply::Error(BankErrorReply::for_dataset(
+                            &dataset_id,
+                            codes::UNAVAILABLE,
+                            format!("storage: {e}"),
+                        ));
+                        // A failed session frees its space at once
+                        // (a full disk must not stay full).
+                        let _ = tokio::task::spawn_blocking(move || partial.discard()).await;
+                        return Some((ident, r));
+                    }
                 }
                 WriterCmd::Chunk {
                     ident,
@@ -863,4 +876,35 @@ impl Writer {
             }
         }
     }
+}
+
+/// Chunks handed to the blocking pool in one trip, at most.
+const MAX_BATCH: usize = 16;
+
+/// Append a batch of in-order chunks (on the blocking pool): the ack of
+/// each, in order, and the first failure with the uploader to tell. A
+/// chunk out of order is answered with `next_seq` and not written, as
+/// before; nothing after a failure is written.
+#[allow(clippy::type_complexity)]
+fn append_batch(
+    partial: &mut Partial,
+    batch: Vec<(Ident, u64, zmq::Message)>,
+) -> (Vec<(Ident, IngestReply)>, Option<(Ident, StoreError)>) {
+    let mut acks = Vec::with_capacity(batch.len());
+    for (ident, seq, data) in batch {
+        let in_order = seq == partial.next_seq();
+        if in_order && !data.is_empty() {
+            if let Err(e) = partial.append(&data) {
+                return (acks, Some((ident, e)));
+            }
+        }
+        let r = IngestReply::IngestAckChunk(IngestAckChunk {
+            dataset_id: partial.info().dataset_id.clone(),
+            next_seq: partial.next_seq(),
+            status: (!in_order).then_some(labmesh_proto::mesh::ChunkStatus::OutOfOrder),
+            durable_seq: partial.resumable().then_some(partial.durable_seq()),
+        });
+        acks.push((ident, r));
+    }
+    (acks, None)
 }

@@ -269,18 +269,24 @@ impl AsyncSocket {
 
     /// [`AsyncSocket::rest_with_user`] with the whole key and the peer's
     /// address too (from the first frame that carries them).
-    fn rest_with_peer(
+    fn rest_with_peer(&mut self, first: zmq::Message) -> Result<(Vec<Vec<u8>>, Peer), WireError> {
+        let (frames, peer) = self.rest_messages_with_peer(first)?;
+        Ok((frames.iter().map(|m| m.to_vec()).collect(), peer))
+    }
+
+    /// [`AsyncSocket::rest_with_peer`] as libzmq's messages (no copy).
+    fn rest_messages_with_peer(
         &mut self,
         mut first: zmq::Message,
-    ) -> Result<(Vec<Vec<u8>>, Peer), WireError> {
+    ) -> Result<(Vec<zmq::Message>, Peer), WireError> {
         let mut peer = Peer::of(&mut first);
-        let mut frames = vec![first.to_vec()];
+        let mut frames = vec![first];
         while self.sock.get_rcvmore()? {
             let mut m = self.sock.recv_msg(0)?;
             if peer.user_id.is_none() {
                 peer = Peer::of(&mut m);
             }
-            frames.push(m.to_vec());
+            frames.push(m);
         }
         Ok((frames, peer))
     }
@@ -299,9 +305,17 @@ impl AsyncSocket {
     /// `User-Id`, whole CURVE key, address; all `None` on a plaintext
     /// socket). Cancel-safe.
     pub async fn recv_multipart_peer(&mut self) -> Result<(Vec<Vec<u8>>, Peer), WireError> {
+        let (frames, peer) = self.recv_messages_peer().await?;
+        Ok((frames.iter().map(|m| m.to_vec()).collect(), peer))
+    }
+
+    /// [`AsyncSocket::recv_multipart_peer`] as libzmq's own messages (no
+    /// copy of the frames: a bank's 1 MiB ingest chunk stays in the buffer
+    /// libzmq received it into, all the way to the file). Cancel-safe.
+    pub async fn recv_messages_peer(&mut self) -> Result<(Vec<zmq::Message>, Peer), WireError> {
         loop {
             match self.sock.recv_msg(zmq::DONTWAIT) {
-                Ok(first) => return self.rest_with_peer(first),
+                Ok(first) => return self.rest_messages_with_peer(first),
                 Err(zmq::Error::EAGAIN) => self.wait_for(zmq::POLLIN).await?,
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => return Err(e.into()),
