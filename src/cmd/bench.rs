@@ -223,6 +223,10 @@ async fn rpc(ctx: &zmq::Context, n: usize) -> anyhow::Result<()> {
     let get = mesh_calls(&client, "get_state", n).await?;
     let (set_free, set_leased) = lease_ab(&client, "set_voltage", n).await?;
     let (get_free, get_leased) = lease_ab(&client, "get_state", n).await?;
+    // lm.ping again, seconds after the start: the first row also holds
+    // whatever the mesh does in its first second (registration, the
+    // broker's probe, first state polls).
+    let ping_late = mesh_calls(&client, "lm.ping", n).await?;
     relay.shutdown().await;
     broker.shutdown().await;
 
@@ -251,6 +255,7 @@ async fn rpc(ctx: &zmq::Context, n: usize) -> anyhow::Result<()> {
         ),
         ("labmesh client -> relay -> mock-psu set_voltage", set),
         ("labmesh client -> relay -> mock-psu get_state", get),
+        ("lm.ping again, after the rows above", summarise(ping_late)),
     ] {
         println!(
             "{:<44} {:>9.1} {:>9.1} {:>9.1} {:>9.2}x",
