@@ -123,7 +123,7 @@ pub async fn exec(a: Args, ctx: &zmq::Context) -> anyhow::Result<ExitCode> {
     );
     part!("directory", super::bench_directory::run(ctx, 10_000, 10));
     if !a.no_bank {
-        part!("bank", super::bench_bank::run(ctx, 64, 3));
+        part!("bank", super::bench_bank::run(ctx, 256, 5));
     }
     print_table(
         &format!(

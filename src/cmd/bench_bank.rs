@@ -17,10 +17,10 @@ use super::bench_all::{median, Row};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Dataset size in MiB (1..=4096).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=4096))]
     mb: u64,
     /// Runs of each measurement; medians are printed (1..=20).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=20))]
     runs: u64,
 }
 

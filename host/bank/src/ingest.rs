@@ -878,6 +878,15 @@ impl Writer {
     }
 }
 
+/// A received chunk, shared with the upload's hashing thread.
+struct Chunk(zmq::Message);
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// Chunks handed to the blocking pool in one trip, at most.
 const MAX_BATCH: usize = 16;
 
@@ -894,7 +903,7 @@ fn append_batch(
     for (ident, seq, data) in batch {
         let in_order = seq == partial.next_seq();
         if in_order && !data.is_empty() {
-            if let Err(e) = partial.append(&data) {
+            if let Err(e) = partial.append_shared(Arc::new(Chunk(data))) {
                 return (acks, Some((ident, e)));
             }
         }

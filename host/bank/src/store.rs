@@ -53,6 +53,9 @@ pub enum StoreError {
     /// The catalogue lock was poisoned by a panic elsewhere.
     #[error("catalogue lock poisoned")]
     Poisoned,
+    /// The upload's hashing thread ended before the upload did.
+    #[error("the upload's SHA-256 thread ended early")]
+    HashThread,
     /// The object store (S3 backend) failed or refused; its reason is kept.
     #[error(transparent)]
     Object(Box<ObjectError>),
@@ -661,7 +664,7 @@ impl Store {
             path,
             sidecar,
             file: None,
-            hasher: Sha256::new(),
+            hasher: UploadHash::new(Sha256::new()),
             cp,
             next_seq: 0,
             offset: 0,
@@ -710,7 +713,7 @@ impl Store {
                     path,
                     sidecar: Some(self.checkpoint_path(token)),
                     file: None,
-                    hasher: Sha256::new(),
+                    hasher: UploadHash::new(Sha256::new()),
                     next_seq: cp.next_seq,
                     offset: 0,
                     cp,
@@ -750,7 +753,7 @@ impl Store {
             path,
             sidecar: Some(self.checkpoint_path(token)),
             file: Some(file),
-            hasher,
+            hasher: UploadHash::new(hasher),
             next_seq: cp.next_seq,
             offset: cp.offset,
             cp,
@@ -1035,6 +1038,93 @@ fn start_writeback(file: Option<&File>, offset: u64, len: usize) {
     let _ = (file, offset, len);
 }
 
+/// Bytes shared with an upload's hashing thread without a copy (a received
+/// `zmq::Message` behind an `Arc`).
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// Chunks at least this large are hashed on the upload's own thread.
+const HASH_THREAD_FROM: usize = 256 * 1024;
+/// Chunks queued for the hashing thread, at most; then the writer waits.
+/// With 1 MiB chunks, a session's hashing holds at most ~5 MiB.
+const HASH_QUEUE: usize = 4;
+
+/// The SHA-256 of an upload. It starts on the writer's thread; the first
+/// large shared chunk moves it to a thread of its own, which hashes while
+/// the writer writes and the socket receives. Hashing is about half of the
+/// bank's ingest CPU (docs/PERFORMANCE.md, issue 16): on the writer's
+/// thread it was added to every chunk's write. Chunks reach the thread in
+/// order over a bounded channel; [`UploadHash::finish`] waits for the last.
+#[derive(Debug)]
+enum UploadHash {
+    Inline(Sha256),
+    Thread {
+        tx: std::sync::mpsc::SyncSender<SharedBytes>,
+        join: std::thread::JoinHandle<Sha256>,
+    },
+    /// Taken by `finish`.
+    Done,
+}
+
+impl UploadHash {
+    fn new(h: Sha256) -> Self {
+        UploadHash::Inline(h)
+    }
+
+    /// Hash `data` (`shared` is the same bytes, when the thread may keep them).
+    fn update(&mut self, data: &[u8], shared: Option<SharedBytes>) -> Result<(), StoreError> {
+        if let UploadHash::Inline(h) = self {
+            match shared {
+                Some(bytes) if data.len() >= HASH_THREAD_FROM => {
+                    let (tx, rx) = std::sync::mpsc::sync_channel::<SharedBytes>(HASH_QUEUE);
+                    let start = h.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("bank-sha256".into())
+                        .spawn(move || {
+                            let mut h = start;
+                            for c in rx {
+                                h.update((*c).as_ref());
+                            }
+                            h
+                        });
+                    match spawned {
+                        Ok(join) => {
+                            // Cannot fail: the thread holds the receiver
+                            // until this sender is dropped.
+                            tx.send(bytes).map_err(|_| StoreError::HashThread)?;
+                            *self = UploadHash::Thread { tx, join };
+                        }
+                        Err(e) => {
+                            labmesh_wire::warn_throttled!(error = %e, "no hashing thread; hashing on the writer");
+                            h.update(data);
+                        }
+                    }
+                }
+                _ => h.update(data),
+            }
+            return Ok(());
+        }
+        match self {
+            UploadHash::Thread { tx, .. } => {
+                let bytes = shared.unwrap_or_else(|| Arc::new(data.to_vec()));
+                tx.send(bytes).map_err(|_| StoreError::HashThread)
+            }
+            _ => Err(StoreError::HashThread),
+        }
+    }
+
+    /// The hasher with every byte in (joins the thread).
+    fn finish(self) -> Result<Sha256, StoreError> {
+        match self {
+            UploadHash::Inline(h) => Ok(h),
+            UploadHash::Thread { tx, join } => {
+                drop(tx);
+                join.join().map_err(|_| StoreError::HashThread)
+            }
+            UploadHash::Done => Err(StoreError::HashThread),
+        }
+    }
+}
+
 /// An upload being written.
 #[derive(Debug)]
 pub struct Partial {
@@ -1042,7 +1132,7 @@ pub struct Partial {
     sidecar: Option<PathBuf>,
     /// Opened (created) by the first write.
     file: Option<File>,
-    hasher: Sha256,
+    hasher: UploadHash,
     cp: Checkpoint,
     next_seq: u64,
     offset: u64,
@@ -1138,13 +1228,31 @@ impl Partial {
     /// resumable uploads.
     /// Refused when the bytes would exceed the partial quota.
     pub fn append(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.append_inner(data, None)
+    }
+
+    /// [`Partial::append`] of bytes the hashing thread can share: a large
+    /// chunk is hashed there, overlapping with this thread's write and the
+    /// receiving of the next chunks, without a copy.
+    pub fn append_shared(&mut self, data: SharedBytes) -> Result<(), StoreError> {
+        let keep = data.clone();
+        self.append_inner((*keep).as_ref(), Some(data))
+    }
+
+    /// The SHA-256 of everything appended (waits for the hashing thread).
+    fn take_digest(&mut self) -> Result<String, StoreError> {
+        let h = std::mem::replace(&mut self.hasher, UploadHash::Done).finish()?;
+        Ok(hex::encode(h.finalize()))
+    }
+
+    fn append_inner(&mut self, data: &[u8], shared: Option<SharedBytes>) -> Result<(), StoreError> {
         self.usage.reserve(data.len() as u64)?;
         self.counted += data.len() as u64;
         if let Some(s3) = self.s3.as_mut() {
             // Parts end at chunk boundaries, so what the store holds is
             // always a whole number of chunks (durable_seq).
             s3.buf.extend_from_slice(data);
-            self.hasher.update(data);
+            self.hasher.update(data, shared)?;
             self.offset += data.len() as u64;
             self.next_seq += 1;
             if s3.buf.len() >= s3.backend.objs.part_size {
@@ -1156,7 +1264,7 @@ impl Partial {
         }
         self.open()?.write_all(data).map_err(io_err(&self.path))?;
         start_writeback(self.file.as_ref(), self.offset, data.len());
-        self.hasher.update(data);
+        self.hasher.update(data, shared)?;
         self.offset += data.len() as u64;
         self.next_seq += 1;
         self.since_checkpoint += data.len() as u64;
@@ -1206,7 +1314,14 @@ impl Partial {
                     return Err(e);
                 }
             }
-            let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+            let sha256 = match self.take_digest() {
+                Ok(d) => d,
+                Err(e) => {
+                    s3.abort();
+                    self.discard();
+                    return Err(e);
+                }
+            };
             return Ok(Finished {
                 path: self.path,
                 sidecar: self.sidecar,
@@ -1226,7 +1341,13 @@ impl Partial {
             self.discard();
             return Err(e);
         }
-        let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        let sha256 = match self.take_digest() {
+            Ok(d) => d,
+            Err(e) => {
+                self.discard();
+                return Err(e);
+            }
+        };
         Ok(Finished {
             path: self.path,
             sidecar: self.sidecar,
@@ -1324,6 +1445,39 @@ mod tests {
         assert!(matches!(store.commit(done).unwrap(), Commit::Stored(_)));
         assert_eq!(fs::read(store.object_path("d2")).unwrap(), b"");
         assert_eq!(store.partial_bytes(), 0);
+    }
+
+    #[test]
+    fn hashing_thread_digest_is_the_sha256_of_every_byte_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), "b", Duration::from_secs(60)).unwrap();
+        let mut p = store.create_partial(None, cp("h"), 1 << 20).unwrap();
+        let big = |seed: u8| -> Vec<u8> {
+            (0..HASH_THREAD_FROM + 7)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                .collect()
+        };
+        let mut all = Vec::new();
+        // Small first (inline), then large shared (moves to the thread),
+        // then small copied and large shared chunks (through the thread).
+        for (i, chunk) in [b"head".to_vec(), big(1), b"mid".to_vec(), big(2), big(3)]
+            .into_iter()
+            .enumerate()
+        {
+            all.extend_from_slice(&chunk);
+            if i % 2 == 0 {
+                p.append(&chunk).unwrap();
+            } else {
+                p.append_shared(Arc::new(chunk)).unwrap();
+            }
+            if i == 1 {
+                assert!(matches!(p.hasher, UploadHash::Thread { .. }));
+            }
+        }
+        let done = p.finish().unwrap();
+        assert_eq!(done.sha256, hex::encode(Sha256::digest(&all)));
+        assert!(matches!(store.commit(done).unwrap(), Commit::Stored(_)));
+        assert_eq!(fs::read(store.object_path("h")).unwrap(), all);
     }
 
     #[test]
