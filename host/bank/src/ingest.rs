@@ -887,8 +887,11 @@ impl AsRef<[u8]> for Chunk {
     }
 }
 
-/// Chunks handed to the blocking pool in one trip, at most.
-const MAX_BATCH: usize = 16;
+/// Chunks handed to the blocking pool in one trip, at most. With the
+/// writer's queue (4) and the hashing thread's (2 + 1), a session holds at
+/// most 11 chunks (11 MiB of 1 MiB chunks) besides libzmq's receive
+/// high-water mark of the connection.
+const MAX_BATCH: usize = 4;
 
 /// Append a batch of in-order chunks (on the blocking pool): the ack of
 /// each, in order, and the first failure with the uploader to tell. A

@@ -1045,8 +1045,9 @@ pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 /// Chunks at least this large are hashed on the upload's own thread.
 const HASH_THREAD_FROM: usize = 256 * 1024;
 /// Chunks queued for the hashing thread, at most; then the writer waits.
-/// With 1 MiB chunks, a session's hashing holds at most ~5 MiB.
-const HASH_QUEUE: usize = 4;
+/// With 1 MiB chunks a session's hashing holds at most 3 MiB (2 queued,
+/// 1 being hashed).
+const HASH_QUEUE: usize = 2;
 
 /// The SHA-256 of an upload. It starts on the writer's thread; the first
 /// large shared chunk moves it to a thread of its own, which hashes while
