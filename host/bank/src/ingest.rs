@@ -680,9 +680,10 @@ impl Writer {
         // A command taken off the queue while gathering a batch.
         let mut next: Option<WriterCmd> = None;
         loop {
-            let cmd = match next.take() {
-                Some(c) => Some(c),
-                None => rx.recv().await,
+            let cmd = if next.is_some() {
+                next.take()
+            } else {
+                rx.recv().await
             };
             let Some(cmd) = cmd else {
                 // Idle, shutdown or replaced: keep resumable bytes.
@@ -741,7 +742,7 @@ impl Writer {
                     let (p, (acks, failed)) = match job {
                         Ok(r) => r,
                         Err(e) => {
-                            tracing::error!(error = %e, "write task failed");
+                            tracing::error!(session = %self.key, error = %e, "write task failed");
                             return None;
                         }
                     };
